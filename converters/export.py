@@ -1,0 +1,120 @@
+"""Step 1: PyTorch -> ONNX (opset 17, batch axis dynamic on every tensor)."""
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from converters.batching import BatchPlan
+from converters.errors import UserError
+from converters.io_config import IOConfig, TensorSpec
+from converters.publish import atomic_output
+
+DEFAULT_OPSET = 17  # LayerNormalization is a single op from 17: TensorRT maps it to one fp32-capable layer
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    onnx_path: Path
+    graph_inputs: tuple[str, ...]  # the inputs the exported graph really uses
+    seconds: float
+
+
+def make_sample(io: IOConfig, plan: BatchPlan, batch: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+    """Deterministic random inputs at the opt shape (or at `batch`)."""
+    rng = np.random.default_rng(seed)
+    return {spec.name: _random_tensor(spec, plan.sample_shape(spec, batch), rng) for spec in io.inputs}
+
+
+def _random_tensor(spec: TensorSpec, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    dtype = spec.numpy_dtype
+    if dtype == np.bool_:
+        return rng.integers(0, 2, size=shape).astype(bool)
+    if np.issubdtype(dtype, np.integer):
+        low, high = spec.value_range or (0, 100)
+        return rng.integers(int(low), int(high), size=shape).astype(dtype)
+    low, high = spec.value_range or (0.0, 1.0)
+    return rng.uniform(low, high, size=shape).astype(dtype)
+
+
+def run_torch(model: torch.nn.Module, io: IOConfig, feeds: dict[str, np.ndarray], device: str = "cpu") -> dict[str, np.ndarray]:
+    """Run the model on numpy feeds (inputs in IO-config order) and name its outputs."""
+    args = tuple(torch.from_numpy(feeds[name]).to(device) for name in io.input_names)
+    with torch.inference_mode():
+        result = model(*args)
+    return name_outputs(result, io)
+
+
+def name_outputs(result: object, io: IOConfig) -> dict[str, np.ndarray]:
+    if isinstance(result, torch.Tensor):
+        values = [result]
+    elif isinstance(result, dict):
+        values = [result[name] for name in io.output_names if name in result] or list(result.values())
+    elif isinstance(result, (tuple, list)):
+        values = list(result)
+    else:
+        raise UserError(f"the model returned {type(result).__name__}; return a tensor, a tuple of tensors or a dict.")
+    if len(values) != len(io.outputs):
+        raise UserError(
+            f"the model returned {len(values)} output(s) but --model-io-config lists {len(io.outputs)} "
+            f"({', '.join(io.output_names)})."
+        )
+    return {name: value.detach().float().cpu().numpy() if value.dtype in (torch.float16, torch.bfloat16)
+            else value.detach().cpu().numpy() for name, value in zip(io.output_names, values)}
+
+
+def export_onnx(model: torch.nn.Module, io: IOConfig, plan: BatchPlan, onnx_path: Path,
+                device: str = "cpu", opset: int = DEFAULT_OPSET) -> ExportResult:
+    """Export with the batch axis (and every -1 dimension) dynamic; written atomically."""
+    sample = make_sample(io, plan)
+    args = tuple(torch.from_numpy(sample[name]).to(device) for name in io.input_names)
+    dynamic_axes = {}
+    for spec in io.inputs + io.outputs:
+        axes = {0: "batch"}
+        axes.update({i + 1: f"{spec.name}_dim{i + 1}" for i, d in enumerate(spec.shape) if d == -1})
+        dynamic_axes[spec.name] = axes
+    started = time.perf_counter()
+    with atomic_output(Path(onnx_path)) as tmp_path, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer chatter
+        try:
+            torch.onnx.export(
+                model, args, str(tmp_path), input_names=io.input_names, output_names=io.output_names,
+                dynamic_axes=dynamic_axes, opset_version=opset, do_constant_folding=True, dynamo=False,
+            )
+        except Exception as exc:
+            message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            raise UserError(
+                f"ONNX export of --model-class-name failed with the --model-io-config inputs ({message}); "
+                "check that forward() takes the inputs in that order with those dtypes and shapes."
+            ) from exc
+        graph = onnx.load(str(tmp_path), load_external_data=False)
+    graph_inputs = tuple(i.name for i in graph.graph.input)
+    return ExportResult(Path(onnx_path), graph_inputs, time.perf_counter() - started)
+
+
+def onnx_graph_inputs(onnx_path: Path) -> tuple[str, ...]:
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    initializers = {i.name for i in model.graph.initializer}
+    return tuple(i.name for i in model.graph.input if i.name not in initializers)
+
+
+def has_qdq_nodes(onnx_path: Path) -> bool:
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    return any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in model.graph.node)
+
+
+def convert_to_fp16(onnx_path: Path, out_path: Path, keep_fp32_ops: tuple[str, ...]) -> Path:
+    """An fp16 ONNX for strongly typed TensorRT: fp16 weights and casts, the kept ops in fp32,
+    fp32 inputs and outputs so the served contract does not change."""
+    from onnxconverter_common import float16
+
+    model = onnx.load(str(onnx_path))
+    converted = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=list(keep_fp32_ops))
+    with atomic_output(Path(out_path)) as tmp_path:
+        onnx.save(converted, str(tmp_path))
+    return Path(out_path)

@@ -1,0 +1,91 @@
+"""The manifest beside each published model: what it was built from, with what, for which GPU.
+
+It makes a publish self-describing and lets a re-run with identical inputs do nothing, while
+an engine built for another GPU or TensorRT version is rebuilt, never loaded blindly.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+MANIFEST_NAME = "manifest.json"
+_TOOLS = ("torch", "onnx", "onnxruntime", "tensorrt", "transformers")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def tool_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for tool in _TOOLS:
+        try:
+            versions[tool] = metadata.version(tool)
+        except metadata.PackageNotFoundError:
+            versions[tool] = None
+    return versions
+
+
+def gpu_identity() -> dict[str, str | None]:
+    """Name and compute capability of GPU 0, or Nones on a machine without one."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            major, minor = torch.cuda.get_device_capability(0)
+            return {"name": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}"}
+    except Exception:  # a broken CUDA install must not stop a CPU build
+        pass
+    return {"name": None, "compute_capability": None}
+
+
+def fingerprint(sources: dict[str, str], settings: dict, versions: dict, gpu: dict, serve_backend: str) -> str:
+    """What decides whether the published artifacts are current. Engines depend on the GPU and
+    TensorRT; ONNX artifacts do not."""
+    relevant_versions = {k: versions.get(k) for k in ("torch", "onnx")}
+    key = {"sources": sources, "settings": settings, "versions": relevant_versions, "serve_backend": serve_backend}
+    if serve_backend == "tensorrt_plan":
+        key["tensorrt"] = versions.get("tensorrt")
+        key["compute_capability"] = gpu.get("compute_capability")
+    return text_sha256(json.dumps(key, sort_keys=True))
+
+
+def read_manifest(model_dir: Path) -> dict | None:
+    path = Path(model_dir) / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None  # a damaged manifest means: not current, rebuild
+
+
+@dataclass(frozen=True)
+class Compatibility:
+    ok: bool
+    reason: str = ""
+
+
+def engine_compatibility(manifest: dict, tensorrt: str | None, compute_capability: str | None) -> Compatibility:
+    """May this host load the engine the manifest describes?"""
+    if manifest.get("serve_backend") != "tensorrt_plan":
+        return Compatibility(True)
+    built_trt = manifest.get("versions", {}).get("tensorrt")
+    built_cc = manifest.get("gpu", {}).get("compute_capability")
+    if tensorrt is not None and built_trt and built_trt.split(".")[:2] != tensorrt.split(".")[:2]:
+        return Compatibility(False, f"built with TensorRT {built_trt}, this host has {tensorrt}")
+    if compute_capability is not None and built_cc and built_cc != compute_capability:
+        return Compatibility(False, f"built for compute capability {built_cc}, this GPU is {compute_capability}")
+    return Compatibility(True)

@@ -1,0 +1,252 @@
+"""export -> check -> build -> publish, each step a small function with a plain result."""
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from converters import export as export_step
+from converters.check import CheckResult, check_graph, compare, run_onnx
+from converters.errors import UserError
+from converters.loading import build_model
+from converters.manifest import (MANIFEST_NAME, file_sha256, fingerprint, gpu_identity, read_manifest,
+                                 text_sha256, tool_versions)
+from converters.precision import TOLERANCES, plan_precision
+from converters.publish import atomic_output, publish_model_folder
+from converters.runners import ONNX_RUNNER
+from converters.settings import ConversionSettings
+from converters.triton_config import InstancePlan, TritonModelConfig, build_config, check_config_fits_profile, config_text
+
+log = logging.getLogger("converters")
+
+GOLDEN_NAME = "golden.npz"
+GOLDEN_BATCH = 2
+
+
+@dataclass
+class ConversionResult:
+    model_dir: Path | None = None
+    serve_backend: str = ""
+    up_to_date: bool = False
+    onnx_check: CheckResult | None = None
+    engine_check: CheckResult | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    messages: list[str] = field(default_factory=list)
+
+
+def _say(result: ConversionResult, message: str) -> None:
+    log.info(message)
+    result.messages.append(message)
+
+
+def resolve_serve_backend(settings: ConversionSettings, tensorrt: str | None) -> str:
+    """`auto` serves the engine where TensorRT built one, else the ONNX through the python runner."""
+    if settings.serve_backend != "auto":
+        if settings.serve_backend == "tensorrt_plan" and tensorrt is None:
+            raise UserError("--serve-backend tensorrt_plan needs TensorRT, which is not installed here; "
+                            "build in the builder container on a GPU host or choose python_onnx.")
+        return settings.serve_backend
+    return "tensorrt_plan" if settings.generate_trt and tensorrt is not None else "python_onnx"
+
+
+def source_hashes(settings: ConversionSettings) -> dict[str, str]:
+    return {"checkpoint": file_sha256(settings.ckpt_path), "script": file_sha256(settings.model_script_path),
+            "io_config": text_sha256(settings.io.source_text)}
+
+
+def convert(settings: ConversionSettings) -> ConversionResult:
+    from converters.tensorrt_backend import tensorrt_version  # lazy: no TensorRT import here
+
+    result = ConversionResult()
+    for flag, path in (("--ckpt-path", settings.ckpt_path), ("--model-script-path", settings.model_script_path)):
+        if not Path(path).is_file():
+            raise UserError(f"{flag} {path} does not exist.")
+    tensorrt = tensorrt_version()
+    serve_backend = resolve_serve_backend(settings, tensorrt)
+    result.serve_backend = serve_backend
+    if settings.generate_trt and tensorrt is None:
+        _say(result, "TensorRT is not installed here: no engine is built; the ONNX is served through the "
+                     "python_onnx runner (pass --serve-backend tensorrt_plan to require an engine).")
+
+    versions, gpu = tool_versions(), gpu_identity()
+    sources = source_hashes(settings)
+    key = fingerprint(sources, settings.manifest_settings(), versions, gpu, serve_backend)
+    model_dir = settings.triton_repo / settings.model_name
+    existing = read_manifest(model_dir)
+    if (settings.generate_triton_config and not settings.force and existing and existing.get("fingerprint") == key
+            and (model_dir / "config.pbtxt").is_file()):
+        result.model_dir, result.up_to_date = model_dir, True
+        _say(result, f"{model_dir} is up to date with these inputs and settings; nothing to do (--force rebuilds).")
+        return result
+
+    started = time.perf_counter()
+    model = build_model(settings.model_script_path, settings.model_class_name, settings.ckpt_path, settings.device)
+    result.timings["load"] = time.perf_counter() - started
+
+    onnx_path = Path(settings.onnx_path)
+    if settings.generate_onnx:
+        if onnx_path.exists() and not settings.overwrite:
+            _say(result, f"kept the existing {onnx_path} (pass --overwrite to replace it).")
+        else:
+            _say(result, f"exporting {settings.model_class_name} to {onnx_path} (opset {settings.opset})")
+            exported = export_step.export_onnx(model, settings.io, settings.plan, onnx_path, settings.device, settings.opset)
+            result.timings["export"] = exported.seconds
+    if not onnx_path.is_file():
+        raise UserError(f"--onnx-path {onnx_path} does not exist; add --generate-onnx to export it first.")
+
+    # Check: the ONNX against PyTorch on the same sample. A failure blocks everything after it.
+    started = time.perf_counter()
+    check_graph(onnx_path)
+    graph_inputs = export_step.onnx_graph_inputs(onnx_path)
+    triton_inputs = _resolve_triton_inputs(settings, graph_inputs)
+    sample = export_step.make_sample(settings.io, settings.plan)
+    reference = export_step.run_torch(model, settings.io, sample, settings.device)
+    result.onnx_check = compare(reference, run_onnx(onnx_path, sample), TOLERANCES["fp32"])
+    result.timings["check"] = time.perf_counter() - started
+    _say(result, "ONNX Runtime vs PyTorch:\n" + result.onnx_check.report())
+    _gate(result.onnx_check, settings, "the ONNX")
+
+    publish_files: dict[str, Path | bytes | str] = {}
+    precision = "fp32"
+    with tempfile.TemporaryDirectory(prefix="convert-") as scratch:
+        if serve_backend == "tensorrt_plan":
+            engine, precision = _build_and_check_engine(settings, onnx_path, tensorrt, model, sample, result, Path(scratch))
+            publish_files["1/model.plan"] = engine
+        elif serve_backend in ("python_onnx", "onnxruntime_onnx"):
+            publish_files["1/model.onnx"] = onnx_path
+            if serve_backend == "python_onnx":
+                publish_files["1/model.py"] = ONNX_RUNNER
+
+        if not settings.generate_triton_config:
+            return result
+
+        config = build_config(TritonModelConfig(
+            name=settings.model_name, serve_backend=serve_backend, io=settings.io, triton_inputs=triton_inputs,
+            plan=settings.plan, dynamic_batching=settings.dynamic_batching,
+            max_queue_delay_us=settings.max_queue_delay_us, instances=_instances(settings, serve_backend),
+            warmup=settings.warmup))
+        check_config_fits_profile(config, settings.plan.profiles(settings.io))
+        golden_inputs = export_step.make_sample(settings.io, settings.plan, batch=min(GOLDEN_BATCH, settings.plan.max_batch_size), seed=1)
+        golden_outputs = export_step.run_torch(model, settings.io, golden_inputs, settings.device)
+        publish_files["config.pbtxt"] = config_text(config)
+        publish_files[GOLDEN_NAME] = _golden_bytes(golden_inputs, golden_outputs, triton_inputs, TOLERANCES[precision])
+        manifest = {
+            "model": settings.model_name, "fingerprint": key, "serve_backend": serve_backend,
+            "precision": precision, "demo": settings.demo, "sources": sources,
+            "source_paths": {"checkpoint": str(settings.ckpt_path), "script": str(settings.model_script_path)},
+            "settings": settings.manifest_settings(),
+            "profile": {name: [list(s) for s in shapes] for name, shapes in settings.plan.profiles(settings.io).items()},
+            "versions": versions, "gpu": gpu, "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        publish_files[MANIFEST_NAME] = json.dumps(manifest, indent=2) + "\n"
+        if model_dir.exists() and not settings.overwrite and existing is not None:
+            _say(result, f"replacing {model_dir}: its manifest says it was built from other inputs or settings.")
+        result.model_dir = publish_model_folder(settings.triton_repo, settings.model_name, publish_files)
+    _say(result, f"published {result.model_dir} ({serve_backend}, {precision})")
+    return result
+
+
+def _resolve_triton_inputs(settings: ConversionSettings, graph_inputs: tuple[str, ...]) -> tuple[str, ...]:
+    if settings.triton_inputs is None:
+        return graph_inputs
+    known = set(settings.io.input_names)
+    unknown = [n for n in settings.triton_inputs if n not in known]
+    if unknown:
+        raise UserError(f"--triton-inputs names {', '.join(unknown)}, which --model-io-config does not list "
+                        f"(its inputs: {', '.join(settings.io.input_names)}).")
+    unused = [n for n in settings.triton_inputs if n not in graph_inputs]
+    if unused:
+        raise UserError(f"--triton-inputs names {', '.join(unused)}, which the exported graph does not use; "
+                        f"drop it (the graph takes {', '.join(graph_inputs)}).")
+    required = [n for n in graph_inputs if n not in settings.triton_inputs]
+    if required:
+        raise UserError(f"--triton-inputs leaves out {', '.join(required)}, which the model requires; add it.")
+    return tuple(settings.triton_inputs)
+
+
+def _instances(settings: ConversionSettings, serve_backend: str) -> InstancePlan:
+    if settings.instances.kind != "auto":
+        return settings.instances
+    kind = "KIND_GPU" if serve_backend == "tensorrt_plan" or settings.device == "cuda" else "KIND_CPU"
+    return InstancePlan(settings.instances.count, kind, settings.instances.gpus if kind == "KIND_GPU" else ())
+
+
+def _gate(check: CheckResult, settings: ConversionSettings, what: str) -> None:
+    if check.ok:
+        return
+    if settings.accept_check_failure:
+        log.warning("%s is over tolerance; publishing anyway because --accept-check-failure was given", what)
+        return
+    worst = max(check.errors, key=lambda e: e.max_abs)
+    raise UserError(f"{what} differs from PyTorch on output '{worst.name}' (max abs error {worst.max_abs:.3g}, "
+                    f"over atol={check.tolerance[0]:g}); nothing was published (--accept-check-failure overrides).")
+
+
+def _golden_bytes(inputs: dict, outputs: dict, triton_inputs: tuple[str, ...], tolerance: tuple[float, float]) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    arrays = {f"input__{k}": v for k, v in inputs.items() if k in triton_inputs}
+    arrays.update({f"output__{k}": v for k, v in outputs.items()})
+    arrays["tolerance"] = np.asarray(tolerance, dtype=np.float64)
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _build_and_check_engine(settings, onnx_path, tensorrt, model, sample, result, scratch: Path):
+    from converters import tensorrt_backend
+
+    trt_major = int(tensorrt.split(".")[0])
+    has_qdq = export_step.has_qdq_nodes(onnx_path)
+    plan = plan_precision(settings.use_fp16, settings.use_int8, trt_major, calibration_data=settings.calibration_data,
+                          calibration_cache=settings.calibration_cache, onnx_has_qdq=has_qdq)
+    engine_path = Path(settings.engine_path)
+    if engine_path.exists() and not settings.overwrite:
+        _say(result, f"kept the existing {engine_path} (pass --overwrite to replace it).")
+        engine = engine_path.read_bytes()
+    else:
+        build_from = onnx_path
+        if plan.fp16_onnx:
+            build_from = export_step.convert_to_fp16(onnx_path, scratch / "model.fp16.onnx", plan.fp32_layer_types)
+        calibration = None
+        if plan.int8_source == "calibration-data":
+            with np.load(settings.calibration_data) as data:
+                calibration = _calibration_batches(dict(data), settings)
+        started = time.perf_counter()
+        engine = tensorrt_backend.build_engine(
+            build_from, settings.plan.profiles(settings.io), plan, settings.memory_pool_limit,
+            engine_path.with_suffix(".timing.cache"), calibration, settings.calibration_cache)
+        result.timings["build"] = time.perf_counter() - started
+        with atomic_output(engine_path) as tmp:
+            tmp.write_bytes(engine)
+    info = tensorrt_backend.inspect_engine(engine)
+    expected = settings.plan.profiles(settings.io)
+    for name, (_, shapes) in info.inputs.items():
+        if name not in expected:
+            raise UserError(f"the engine at {engine_path} takes input '{name}', which --model-io-config lacks.")
+        if tuple(tuple(s) for s in shapes) != tuple(tuple(s) for s in expected[name]):
+            raise UserError(f"the engine at {engine_path} has profile {shapes} for '{name}', expected {expected[name]}; "
+                            "rebuild it with --overwrite.")
+    missing_outputs = [n for n in settings.io.output_names if n not in info.outputs]
+    if missing_outputs:
+        raise UserError(f"the engine at {engine_path} lacks the outputs {missing_outputs}; rebuild it with --overwrite.")
+    reference = export_step.run_torch(model, settings.io, sample, settings.device)
+    result.engine_check = compare(reference, tensorrt_backend.run_engine(engine, {k: v for k, v in sample.items() if k in info.inputs}), plan.tolerance)
+    _say(result, "TensorRT vs PyTorch:\n" + result.engine_check.report())
+    _gate(result.engine_check, settings, "the TensorRT engine")
+    return engine, plan.precision
+
+
+def _calibration_batches(data: dict[str, np.ndarray], settings: ConversionSettings) -> list[dict[str, np.ndarray]]:
+    """Split the arrays of a calibration .npz (one per input, batch first) into max-batch chunks."""
+    missing = [n for n in settings.io.input_names if n not in data]
+    if missing:
+        raise UserError(f"--calibration-data {settings.calibration_data} lacks arrays for inputs {missing}.")
+    total = len(next(iter(data.values())))
+    step = settings.plan.max_batch_size
+    return [{n: data[n][i:i + step] for n in settings.io.input_names} for i in range(0, total - step + 1, step)]

@@ -1,0 +1,4 @@
+"""Triton python-backend models copied into published model folders."""
+from pathlib import Path
+
+ONNX_RUNNER = Path(__file__).with_name("onnx_runner.py")

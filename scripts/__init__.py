@@ -1,0 +1,1 @@
+"""The stack's orchestrator: settings from .env, builders, Triton, health and verification."""

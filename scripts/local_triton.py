@@ -1,0 +1,157 @@
+"""A real Triton Inference Server without containers: the binary in the nvidia-pytriton wheel.
+
+That build carries only the python backend, so it serves the python_onnx runner and the
+python-backend pre/post-processing models; TensorRT plans need NVIDIA's images on a GPU host.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from converters.errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def triton_distribution() -> Path:
+    try:
+        import pytriton
+    except ImportError:
+        raise UserError("the local Triton needs the nvidia-pytriton wheel: pip install -e '.[local]'.") from None
+    return Path(pytriton.__file__).parent / "tritonserver"
+
+
+@dataclass
+class Ports:
+    http: int
+    grpc: int
+    metrics: int
+
+    @classmethod
+    def free(cls) -> "Ports":
+        return cls(free_port(), free_port(), free_port())
+
+
+class LocalTriton:
+    """Start, wait for and stop one tritonserver process on a model repository."""
+
+    def __init__(self, model_repository: Path, ports: Ports | None = None, log_path: Path | None = None,
+                 extra_args: tuple[str, ...] = ()) -> None:
+        self.model_repository = Path(model_repository).resolve()
+        self.ports = ports or Ports.free()
+        self.log_path = log_path
+        self.extra_args = extra_args
+        self.process: subprocess.Popen | None = None
+        self._workdir: tempfile.TemporaryDirectory | None = None
+        self._log_handle = None
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.ports.http}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.ports.grpc}"
+
+    def _backend_directory(self) -> Path:
+        """The python backend plus the stub for the running Python, as Triton expects them."""
+        dist = triton_distribution()
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        stub = dist / "python_backend_stubs" / version / "triton_python_backend_stub"
+        if not stub.is_file():
+            raise UserError(f"nvidia-pytriton has no python backend stub for Python {version}; use Python 3.8-3.13.")
+        self._workdir = tempfile.TemporaryDirectory(prefix="triton-backends-")
+        python_backend = Path(self._workdir.name) / "backends" / "python"
+        shutil.copytree(dist / "backends" / "python", python_backend)
+        shutil.copy2(stub, python_backend / "triton_python_backend_stub")
+        return python_backend.parent
+
+    def _environment(self) -> dict[str, str]:
+        dist = triton_distribution()
+        env = dict(os.environ)
+        libs = [str(dist.parent.parent / "nvidia_pytriton.libs"), sysconfig.get_config_var("LIBDIR") or ""]
+        env["LD_LIBRARY_PATH"] = os.pathsep.join([p for p in libs if p] + [env.get("LD_LIBRARY_PATH", "")]).rstrip(os.pathsep)
+        # Python-backend models see third-party packages (and this repository) only through PYTHONPATH.
+        paths = [str(REPO_ROOT)] + [p for p in sys.path if p.endswith("site-packages")]
+        env["PYTHONPATH"] = os.pathsep.join(paths + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        return env
+
+    def start(self) -> "LocalTriton":
+        for name, port in vars(self.ports).items():
+            if port_in_use(port):
+                raise UserError(f"port {port} ({name}) is already in use; free it or choose another port.")
+        if not self.model_repository.is_dir():
+            raise UserError(f"model repository {self.model_repository} does not exist; build the models first.")
+        command = [str(triton_distribution() / "bin" / "tritonserver"),
+                   f"--model-repository={self.model_repository}",
+                   f"--backend-directory={self._backend_directory()}",
+                   f"--http-port={self.ports.http}", f"--grpc-port={self.ports.grpc}",
+                   f"--metrics-port={self.ports.metrics}", "--allow-metrics=true",
+                   "--exit-on-error=false", "--strict-readiness=true", *self.extra_args]
+        output = subprocess.DEVNULL
+        if self.log_path:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log_handle = output = open(self.log_path, "ab")
+        self.process = subprocess.Popen(command, env=self._environment(), stdout=output, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        return self
+
+    def wait_live(self, timeout: float = 60.0) -> None:
+        import tritonclient.http as http
+
+        client = http.InferenceServerClient(self.http_url)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process and self.process.poll() is not None:
+                raise UserError(f"tritonserver exited with code {self.process.returncode}; see {self.log_path or 'its log'}.")
+            try:
+                if client.is_server_live():
+                    return
+            except Exception:  # not listening yet
+                pass
+            time.sleep(0.2)
+        raise UserError(f"tritonserver did not become live within {timeout:.0f} s; see {self.log_path or 'its log'}.")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)  # Triton unloads models and exits cleanly on SIGINT
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self._log_handle:
+            self._log_handle.close()
+            self._log_handle = None
+        if self._workdir:
+            self._workdir.cleanup()
+            self._workdir = None
+
+    def __enter__(self) -> "LocalTriton":
+        self.start()
+        self.wait_live()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
