@@ -111,6 +111,11 @@ def convert(settings: ConversionSettings) -> ConversionResult:
     _say(result, "ONNX Runtime vs PyTorch:\n" + result.onnx_check.report())
     _gate(result.onnx_check, settings, "the ONNX")
 
+    if settings.generate_trt:  # refuse an impossible precision request before any build work
+        plan_precision(settings.use_fp16, settings.use_int8, int(tensorrt.split(".")[0]) if tensorrt else None,
+                       calibration_data=settings.calibration_data, calibration_cache=settings.calibration_cache,
+                       onnx_has_qdq=export_step.has_qdq_nodes(onnx_path))
+
     publish_files: dict[str, Path | bytes | str] = {}
     precision = "fp32"
     with tempfile.TemporaryDirectory(prefix="convert-") as scratch:

@@ -57,11 +57,12 @@ class LocalTriton:
     """Start, wait for and stop one tritonserver process on a model repository."""
 
     def __init__(self, model_repository: Path, ports: Ports | None = None, log_path: Path | None = None,
-                 extra_args: tuple[str, ...] = ()) -> None:
+                 extra_args: tuple[str, ...] = (), exit_timeout_s: int = 10) -> None:
         self.model_repository = Path(model_repository).resolve()
         self.ports = ports or Ports.free()
         self.log_path = log_path
         self.extra_args = extra_args
+        self.exit_timeout_s = exit_timeout_s  # how long a stop waits for in-flight requests and open connections
         self.process: subprocess.Popen | None = None
         self._workdir: tempfile.TemporaryDirectory | None = None
         self._log_handle = None
@@ -108,7 +109,8 @@ class LocalTriton:
                    f"--backend-directory={self._backend_directory()}",
                    f"--http-port={self.ports.http}", f"--grpc-port={self.ports.grpc}",
                    f"--metrics-port={self.ports.metrics}", "--allow-metrics=true",
-                   "--exit-on-error=false", "--strict-readiness=true", *self.extra_args]
+                   "--exit-on-error=false", "--strict-readiness=true",
+                   f"--exit-timeout-secs={self.exit_timeout_s}", *self.extra_args]
         output = subprocess.DEVNULL
         if self.log_path:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,70 @@
+"""Health means "answers correctly": send each model's golden inputs through Triton and compare."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from converters.pipeline import GOLDEN_NAME
+from converters.triton_config import read_config
+
+# Triton data types as the client protocol spells them
+_WIRE_TYPES = {"TYPE_FP32": "FP32", "TYPE_FP16": "FP16", "TYPE_INT64": "INT64", "TYPE_INT32": "INT32",
+               "TYPE_INT8": "INT8", "TYPE_UINT8": "UINT8", "TYPE_BOOL": "BOOL", "TYPE_STRING": "BYTES"}
+
+
+@dataclass(frozen=True)
+class Verification:
+    model: str
+    ok: bool
+    detail: str
+
+
+def verify_model(client, model_dir: Path) -> Verification:
+    """`client` is a tritonclient.http.InferenceServerClient; `model_dir` the published folder."""
+    import tritonclient.http as http
+    from tritonclient.grpc import model_config_pb2 as pb
+
+    model_dir = Path(model_dir)
+    name = model_dir.name
+    golden_path = model_dir / GOLDEN_NAME
+    if not golden_path.is_file():
+        return Verification(name, False, f"no {GOLDEN_NAME} in {model_dir}; rebuild the model")
+    config = read_config(model_dir / "config.pbtxt")
+    with np.load(golden_path, allow_pickle=False) as golden:
+        arrays = dict(golden)
+    atol, rtol = arrays.pop("tolerance", np.asarray([1e-4, 1e-3]))
+    inputs = []
+    for model_input in config.input:
+        key = f"input__{model_input.name}"
+        if key not in arrays:
+            return Verification(name, False, f"{GOLDEN_NAME} lacks input '{model_input.name}'")
+        value = arrays[key]
+        wire = _WIRE_TYPES[pb.DataType.Name(model_input.data_type)]
+        if wire == "BYTES":
+            value = value.astype(object)
+        tensor = http.InferInput(model_input.name, list(value.shape), wire)
+        tensor.set_data_from_numpy(value)
+        inputs.append(tensor)
+    outputs = [k[len("output__"):] for k in arrays if k.startswith("output__")]
+    try:
+        response = client.infer(name, inputs, outputs=[http.InferRequestedOutput(o) for o in outputs])
+    except Exception as exc:  # the server's answer, whatever its type, is the finding
+        return Verification(name, False, f"inference failed: {exc}")
+    worst = 0.0
+    for output in outputs:
+        expected, actual = arrays[f"output__{output}"], response.as_numpy(output)
+        if actual is None or actual.shape != expected.shape:
+            return Verification(name, False, f"output '{output}' has shape {None if actual is None else actual.shape}, "
+                                              f"expected {expected.shape}")
+        if expected.dtype.kind in "SUO":
+            if [bytes(x) if not isinstance(x, bytes) else x for x in actual.ravel()] != [
+                    x.encode() if isinstance(x, str) else bytes(x) for x in expected.ravel()]:
+                return Verification(name, False, f"output '{output}' differs from the golden text")
+            continue
+        diff = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
+        worst = max(worst, float(diff.max()) if diff.size else 0.0)
+        if not np.all(diff <= atol + rtol * np.abs(expected)):
+            return Verification(name, False, f"output '{output}' max abs error {float(diff.max()):.3g} over atol={atol:g}")
+    return Verification(name, True, f"max abs error {worst:.3g}")

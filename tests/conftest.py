@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import SMALL_DEBERTA_SCRIPT
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    script: Path
+    ckpt: Path
+    class_name: str
+
+
+@pytest.fixture(scope="session")
+def small_deberta(tmp_path_factory) -> Checkpoint:
+    folder = tmp_path_factory.mktemp("small_deberta")
+    script = folder / "small_deberta.py"
+    script.write_text(SMALL_DEBERTA_SCRIPT)
+    from converters.loading import import_model_class
+
+    torch.manual_seed(0)
+    model = import_model_class(script, "SmallDeberta")()
+    ckpt = folder / "model_0.pt"
+    torch.save(model.state_dict(), ckpt)
+    return Checkpoint(script, ckpt, "SmallDeberta")
+
+
+@pytest.fixture
+def triton_server():
+    """Start the real Triton (nvidia-pytriton's binary) on a repository; stopped after the test."""
+    from scripts.local_triton import LocalTriton
+
+    servers = []
+
+    def start(repo: Path) -> LocalTriton:
+        server = LocalTriton(repo, log_path=Path(repo).parent / "triton.log", exit_timeout_s=2)
+        server.start()
+        server.wait_live()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()

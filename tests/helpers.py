@@ -1,0 +1,80 @@
+"""Shared test helpers: small real checkpoints and the seed README's command."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+SEED_IO_CONFIG = json.dumps({
+    "inputs": [{"name": "input_ids", "dtype": "int64", "shape": [128]},
+               {"name": "input_mask", "dtype": "float32", "shape": [128]},
+               {"name": "input_token_type_ids", "dtype": "float32", "shape": [128]}],
+    "outputs": [{"name": "output", "dtype": "float32", "shape": [1]}],
+})
+
+# A DeBERTa of the real architecture, small enough to export in seconds. Built with no arguments.
+SMALL_DEBERTA_SCRIPT = f'''
+import importlib.util
+from transformers import DebertaConfig
+
+_spec = importlib.util.spec_from_file_location(
+    "caption_model_script_for_tests", {str(REPO_ROOT / "triton_models/caption_classification/model_script.py")!r})
+_module = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_module)
+
+
+class SmallDeberta(_module.DebertaLargeModel):
+    def __init__(self):
+        super().__init__(DebertaConfig(
+            vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+            max_position_embeddings=512, type_vocab_size=0, relative_attention=True, max_relative_positions=-1,
+            pos_att_type=["c2p", "p2c"], position_biased_input=False))
+'''
+
+
+def seed_command(ckpt: Path, script: Path, work: Path, repo: Path, class_name: str = "SmallDeberta") -> list[str]:
+    """The seed README's DeBERTa command, as written, with this repository's script path."""
+    return [
+        "--ckpt-path", str(ckpt), "--dynamic-batching", "--engine-path", str(work / "model.plan"),
+        "--generate-onnx", "--generate-triton-config", "--generate-trt", "--input-size", "8", "128",
+        "--model-class-name", class_name, "--model-io-config", SEED_IO_CONFIG, "--model-name", "deberta_large",
+        "--model-script-path", str(script), "--onnx-path", str(work / "model.onnx"), "--overwrite",
+        "--triton-inputs", "input_ids,input_mask", "--triton-repo", str(repo), "--use-fp16",
+    ]
+
+
+def run_converter(args: list[str], script_form: bool = False) -> subprocess.CompletedProcess:
+    entry = [sys.executable, str(REPO_ROOT / "converters/trt_converters.py")] if script_form else [sys.executable, "-m", "converters"]
+    return subprocess.run(entry + args, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+
+
+def wait_models_ready(client, names: list[str], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if all(client.is_model_ready(n) for n in names):
+                return
+        except Exception:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"models {names} not ready within {timeout} s")
+
+
+def infer(client, model: str, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+    import tritonclient.http as http
+
+    wire = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64", np.dtype(np.uint8): "UINT8",
+            np.dtype(np.int32): "INT32", np.dtype(object): "BYTES", np.dtype(np.float16): "FP16"}
+    tensors = []
+    for name, value in feeds.items():
+        tensor = http.InferInput(name, list(value.shape), wire[value.dtype])
+        tensor.set_data_from_numpy(value)
+        tensors.append(tensor)
+    response = client.infer(model, tensors, outputs=[http.InferRequestedOutput(o) for o in outputs])
+    return {o: response.as_numpy(o) for o in outputs}

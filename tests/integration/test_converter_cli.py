@@ -1,0 +1,240 @@
+"""The conversion tool end to end: real export, real ONNX Runtime, the real Triton binary."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from converters.loading import import_model_class
+from scripts.verify import verify_model
+from tests.helpers import SEED_IO_CONFIG, infer, run_converter, seed_command, wait_models_ready
+
+
+@pytest.fixture(scope="module")
+def published(small_deberta, tmp_path_factory):
+    """The seed README's command, run as written (script form), on a small random DeBERTa."""
+    work = tmp_path_factory.mktemp("seed")
+    repo = work / "triton_models"
+    result = run_converter(seed_command(small_deberta.ckpt, small_deberta.script, work, repo), script_form=True)
+    assert result.returncode == 0, result.stderr
+    return work, repo, result
+
+
+def test_seed_command_publishes_onnx_config_manifest_and_golden(published):
+    work, repo, result = published
+    model_dir = repo / "deberta_large"
+    assert (work / "model.onnx").is_file()
+    assert sorted(p.name for p in model_dir.iterdir()) == ["1", "config.pbtxt", "golden.npz", "manifest.json"]
+    assert sorted(p.name for p in (model_dir / "1").iterdir()) == ["model.onnx", "model.py"]
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    assert manifest["model"] == "deberta_large" and manifest["serve_backend"] == "python_onnx"
+    assert len(manifest["sources"]["checkpoint"]) == 64 and manifest["versions"]["torch"]
+    assert manifest["profile"]["input_ids"] == [[1, 128], [8, 128], [8, 128]]
+    assert "max abs error" in result.stderr and "TensorRT is not installed" in result.stderr
+    assert not (repo / "deberta_large_trt").exists()  # the Triton name is exactly --model-name
+
+
+def test_triton_serves_the_published_model_and_matches_pytorch(published, small_deberta, triton_server):
+    _, repo, _ = published
+    server = triton_server(repo)
+    import tritonclient.http as http
+
+    client = http.InferenceServerClient(server.http_url)
+    wait_models_ready(client, ["deberta_large"])
+    model = import_model_class(small_deberta.script, "SmallDeberta")()
+    model.load_state_dict(torch.load(small_deberta.ckpt, weights_only=True))
+    model.eval()
+    rng = np.random.default_rng(7)
+    ids = rng.integers(0, 1000, size=(3, 128)).astype(np.int64)
+    mask = np.ones((3, 128), dtype=np.float32)
+    mask[1, 60:] = 0
+    served = infer(client, "deberta_large", {"input_ids": ids, "input_mask": mask}, ["output"])["output"]
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+    assert served.shape == (3, 1)
+    np.testing.assert_allclose(served, expected, atol=1e-4, rtol=1e-3)
+    verification = verify_model(client, repo / "deberta_large")
+    assert verification.ok, verification.detail
+
+    # A bad request gets Triton's error, and the model keeps serving.
+    with pytest.raises(Exception, match="input_ids"):
+        infer(client, "deberta_large", {"input_ids": ids.astype(np.float32), "input_mask": mask}, ["output"])
+    with pytest.raises(Exception, match="batch"):
+        infer(client, "deberta_large", {"input_ids": np.zeros((9, 128), np.int64), "input_mask": np.ones((9, 128), np.float32)}, ["output"])
+    assert verify_model(client, repo / "deberta_large").ok
+
+
+def test_dynamic_batching_merges_concurrent_requests(small_deberta, tmp_path, triton_server):
+    repo = tmp_path / "repo"
+    args = seed_command(small_deberta.ckpt, small_deberta.script, tmp_path, repo) + ["--max-queue-delay", "50000"]
+    assert run_converter(args).returncode == 0
+    server = triton_server(repo)
+    import tritonclient.http as http
+
+    client = http.InferenceServerClient(server.http_url, concurrency=16)
+    wait_models_ready(client, ["deberta_large"])
+    ids, mask = http.InferInput("input_ids", [1, 128], "INT64"), http.InferInput("input_mask", [1, 128], "FP32")
+    ids.set_data_from_numpy(np.ones((1, 128), np.int64))
+    mask.set_data_from_numpy(np.ones((1, 128), np.float32))
+    pending = [client.async_infer("deberta_large", [ids, mask]) for _ in range(32)]
+    assert all(p.get_result().as_numpy("output").shape == (1, 1) for p in pending)
+    stats = client.get_inference_statistics("deberta_large")["model_stats"][0]
+    assert stats["inference_count"] == 32
+    assert stats["execution_count"] < 32  # requests were merged into batches
+
+
+def test_rerun_with_identical_inputs_does_no_work(published, small_deberta):
+    work, repo, _ = published
+    config = repo / "deberta_large" / "config.pbtxt"
+    before = config.stat().st_mtime_ns
+    result = run_converter(seed_command(small_deberta.ckpt, small_deberta.script, work, repo))
+    assert result.returncode == 0, result.stderr
+    assert "up to date" in result.stderr and "exporting" not in result.stderr
+    assert config.stat().st_mtime_ns == before
+
+
+def test_changed_settings_rebuild(published, small_deberta, tmp_path):
+    work, repo, _ = published
+    copy = tmp_path / "repo"
+    shutil.copytree(repo, copy)
+    args = seed_command(small_deberta.ckpt, small_deberta.script, work, copy) + ["--max-batch-size", "16"]
+    result = run_converter(args)
+    assert result.returncode == 0, result.stderr
+    assert "max_batch_size: 16" in (copy / "deberta_large" / "config.pbtxt").read_text()
+
+
+def test_without_overwrite_the_existing_onnx_is_kept(small_deberta, tmp_path):
+    (tmp_path / "model.onnx").write_bytes(b"")
+    args = [a for a in seed_command(small_deberta.ckpt, small_deberta.script, tmp_path, tmp_path / "repo") if a != "--overwrite"]
+    result = run_converter(args)
+    assert "kept the existing" in result.stderr
+    assert result.returncode == 1 and "onnx" in result.stderr.lower()  # an empty file is not a model
+    assert not (tmp_path / "repo" / "deberta_large").exists()
+
+
+def test_generate_trt_alone_without_onnx_says_so(small_deberta, tmp_path):
+    args = ["--ckpt-path", str(small_deberta.ckpt), "--engine-path", str(tmp_path / "m.plan"), "--generate-trt",
+            "--model-class-name", "SmallDeberta", "--model-io-config", SEED_IO_CONFIG, "--model-name", "m",
+            "--model-script-path", str(small_deberta.script), "--onnx-path", str(tmp_path / "missing.onnx"),
+            "--triton-repo", str(tmp_path / "repo")]
+    result = run_converter(args)
+    assert result.returncode == 1
+    assert "--onnx-path" in result.stderr and "--generate-onnx" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def _replace(args: list[str], flag: str, value: str) -> list[str]:
+    out = list(args)
+    out[out.index(flag) + 1] = value
+    return out
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda a, t: _replace(a, "--model-io-config", '{"inputs": ['), "--model-io-config is not valid JSON"),
+    (lambda a, t: _replace(a, "--ckpt-path", str(t / "nope.pt")), "--ckpt-path"),
+    (lambda a, t: _replace(a, "--model-class-name", "DebertaHuge"), "--model-class-name DebertaHuge is not a class"),
+    (lambda a, t: _replace(a, "--triton-inputs", "input_ids,input_mask,pixels"), "--triton-inputs names pixels"),
+    (lambda a, t: _replace(a, "--triton-inputs", "input_ids"), "leaves out input_mask"),
+    (lambda a, t: _replace(a, "--triton-inputs", "input_ids,input_mask,input_token_type_ids"), "does not use"),
+    (lambda a, t: a + ["--preferred-batch-sizes", "1,4,16"], "--preferred-batch-sizes 16"),
+    (lambda a, t: a + ["--memory-pool-limit", "lots"], "--memory-pool-limit"),
+    (lambda a, t: a + ["--serve-backend", "tensorrt_plan"], "--serve-backend tensorrt_plan needs TensorRT"),
+    (lambda a, t: a + ["--use-int8"], "--use-int8 needs calibration"),
+    (lambda a, t: a + ["--device", "cuda"], "--device cuda"),
+])
+def test_bad_input_is_one_clear_line_and_publishes_nothing(small_deberta, tmp_path, edit, fragment):
+    repo = tmp_path / "repo"
+    args = edit(seed_command(small_deberta.ckpt, small_deberta.script, tmp_path, repo), tmp_path)
+    result = run_converter(args)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and fragment in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (repo / "deberta_large").exists()
+
+
+def test_state_dict_mismatch_names_missing_and_unexpected_keys(small_deberta, tmp_path):
+    state = torch.load(small_deberta.ckpt, weights_only=True)
+    state["extra.weight"] = torch.zeros(1)
+    del state["head.bias"]
+    bad = tmp_path / "bad.pt"
+    torch.save(state, bad)
+    result = run_converter(seed_command(bad, small_deberta.script, tmp_path, tmp_path / "repo"))
+    assert result.returncode == 1
+    assert "missing keys head.bias" in result.stderr and "unexpected keys extra.weight" in result.stderr
+
+
+def test_corrupt_or_non_state_dict_checkpoints_are_refused(small_deberta, tmp_path):
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    result = run_converter(seed_command(corrupt, small_deberta.script, tmp_path, tmp_path / "repo"))
+    assert result.returncode == 1 and "not a readable state_dict checkpoint" in result.stderr
+    listing = tmp_path / "list.pt"
+    torch.save([1, 2, 3], listing)
+    result = run_converter(seed_command(listing, small_deberta.script, tmp_path, tmp_path / "repo"))
+    assert result.returncode == 1 and "holds no state_dict" in result.stderr
+
+
+def test_wrapped_and_data_parallel_checkpoints_load(small_deberta, tmp_path):
+    state = torch.load(small_deberta.ckpt, weights_only=True)
+    wrapped = tmp_path / "wrapped.pt"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": torch.tensor(3)}, wrapped)
+    args = seed_command(wrapped, small_deberta.script, tmp_path, tmp_path / "repo")
+    args += ["--memory-pool-limit", "1 << 32", "--preferred-batch-sizes", "2,8", "--max-queue-delay", "200",
+             "--instance-count", "2", "--warmup", "--max-batch-size", "8", "--device", "cpu"]
+    result = run_converter(args)
+    assert result.returncode == 0, result.stderr
+    config = (tmp_path / "repo/deberta_large/config.pbtxt").read_text()
+    assert "preferred_batch_size: 2\n  preferred_batch_size: 8" in config
+    assert "max_queue_delay_microseconds: 200" in config and "count: 2" in config and "model_warmup" in config
+    manifest = json.loads((tmp_path / "repo/deberta_large/manifest.json").read_text())
+    assert manifest["settings"]["memory_pool_limit"] == 1 << 32
+
+
+def test_default_input_size_works(small_deberta, tmp_path):
+    args = seed_command(small_deberta.ckpt, small_deberta.script, tmp_path, tmp_path / "repo")
+    at = args.index("--input-size")
+    del args[at:at + 3]
+    result = run_converter(args)
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "repo/deberta_large/manifest.json").read_text())
+    assert manifest["profile"]["input_ids"][1] == [8, 128]  # opt batch = max batch
+
+
+def test_script_named_like_an_installed_module(tmp_path):
+    script = tmp_path / "onnx.py"
+    script.write_text("import torch\nclass Tiny(torch.nn.Module):\n    def forward(self, x):\n        return x * 2\n")
+    cls = import_model_class(script, "Tiny")
+    import onnx
+
+    assert hasattr(onnx, "load")  # the real package, not the script
+    assert str(tmp_path) not in __import__("sys").path
+    assert cls()(torch.ones(1)).item() == 2.0
+
+
+def test_fp16_onnx_for_strongly_typed_tensorrt_keeps_accuracy(published, small_deberta, tmp_path):
+    """The TensorRT 11 precision path, run in ONNX Runtime: fp16 graph, LayerNorm/Softmax in fp32."""
+    import onnx
+
+    from converters.batching import BatchPlan
+    from converters.check import compare, run_onnx
+    from converters.export import convert_to_fp16, make_sample, run_torch
+    from converters.io_config import parse_io_config
+    from converters.loading import build_model
+    from converters.precision import FP32_ONNX_OPS, TOLERANCES
+
+    work, _, _ = published
+    fp16_path = convert_to_fp16(work / "model.onnx", tmp_path / "model.fp16.onnx", FP32_ONNX_OPS)
+    graph = onnx.load(str(fp16_path))
+    assert any(init.data_type == onnx.TensorProto.FLOAT16 for init in graph.graph.initializer)
+    assert graph.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT64
+    assert graph.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # contract unchanged
+    io = parse_io_config(SEED_IO_CONFIG)
+    plan = BatchPlan.create(8, (8, 128), None)
+    sample = make_sample(io, plan)
+    model = build_model(small_deberta.script, "SmallDeberta", small_deberta.ckpt)
+    check = compare(run_torch(model, io, sample), run_onnx(fp16_path, sample), TOLERANCES["fp16"])
+    assert check.ok, check.report()

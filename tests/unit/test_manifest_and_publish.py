@@ -1,0 +1,69 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from converters.manifest import engine_compatibility, fingerprint, read_manifest
+from converters.publish import atomic_output, publish_model_folder
+
+
+def _key(**changes):
+    parts = dict(sources={"checkpoint": "a"}, settings={"max_batch_size": 8}, versions={"torch": "2", "onnx": "1", "tensorrt": "10.3"},
+                 gpu={"compute_capability": "9.0"}, serve_backend="tensorrt_plan")
+    parts.update(changes)
+    return fingerprint(**parts)
+
+
+def test_fingerprint_changes_with_what_the_engine_depends_on():
+    base = _key()
+    assert base == _key()
+    assert base != _key(sources={"checkpoint": "b"})
+    assert base != _key(settings={"max_batch_size": 16})
+    assert base != _key(gpu={"compute_capability": "8.0"})
+    assert base != _key(versions={"torch": "2", "onnx": "1", "tensorrt": "10.8"})
+
+
+def test_onnx_artifacts_do_not_depend_on_the_gpu():
+    onnx = dict(serve_backend="python_onnx")
+    assert _key(**onnx) == _key(gpu={"compute_capability": "8.0"}, **onnx)
+
+
+def test_engine_gate_refuses_another_gpu_or_tensorrt():
+    manifest = {"serve_backend": "tensorrt_plan", "versions": {"tensorrt": "10.3.0"}, "gpu": {"compute_capability": "9.0"}}
+    assert engine_compatibility(manifest, "10.3.1", "9.0").ok
+    other_gpu = engine_compatibility(manifest, "10.3.0", "8.0")
+    assert not other_gpu.ok and "compute capability 9.0" in other_gpu.reason
+    assert not engine_compatibility(manifest, "10.8.0", "9.0").ok
+    assert engine_compatibility({"serve_backend": "python_onnx"}, None, None).ok
+
+
+def test_damaged_manifest_reads_as_absent(tmp_path):
+    (tmp_path / "manifest.json").write_text("{half")
+    assert read_manifest(tmp_path) is None
+
+
+def test_atomic_output_keeps_the_old_file_on_failure(tmp_path):
+    target = tmp_path / "model.plan"
+    target.write_bytes(b"good")
+    with pytest.raises(RuntimeError):
+        with atomic_output(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("build died")
+    assert target.read_bytes() == b"good"
+    assert os.listdir(tmp_path) == ["model.plan"]
+
+
+def test_publish_swaps_the_whole_folder(tmp_path):
+    publish_model_folder(tmp_path, "m", {"config.pbtxt": "old", "1/model.onnx": b"1", "1/stale": b"x"})
+    publish_model_folder(tmp_path, "m", {"config.pbtxt": "new", "1/model.onnx": b"2"})
+    assert (tmp_path / "m/config.pbtxt").read_text() == "new"
+    assert not (tmp_path / "m/1/stale").exists()
+    assert sorted(os.listdir(tmp_path)) == ["m"]
+
+
+def test_publish_failure_leaves_the_previous_model(tmp_path):
+    publish_model_folder(tmp_path, "m", {"config.pbtxt": "old"})
+    with pytest.raises(FileNotFoundError):
+        publish_model_folder(tmp_path, "m", {"config.pbtxt": "new", "1/model.onnx": Path(tmp_path / "missing.onnx")})
+    assert (tmp_path / "m/config.pbtxt").read_text() == "old"
+    assert sorted(os.listdir(tmp_path)) == ["m"]
