@@ -7,8 +7,10 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
+import torch
 
 from converters import export as export_step
 from converters.check import CheckResult, check_graph, compare, run_onnx
@@ -59,12 +61,16 @@ def source_hashes(settings: ConversionSettings) -> dict[str, str]:
             "io_config": text_sha256(settings.io.source_text)}
 
 
-def convert(settings: ConversionSettings) -> ConversionResult:
+def convert(settings: ConversionSettings, load_model: Callable[[], torch.nn.Module] | None = None,
+            extra_files: dict[str, Path | bytes | str] | None = None) -> ConversionResult:
+    """Run the steps the settings ask for. `load_model` builds the PyTorch model (default: the class
+    from --model-script-path with the --ckpt-path state_dict); `extra_files` are published in the
+    model folder too (e.g. a tokenizer)."""
     from converters.tensorrt_backend import tensorrt_version  # lazy: no TensorRT import here
 
     result = ConversionResult()
     for flag, path in (("--ckpt-path", settings.ckpt_path), ("--model-script-path", settings.model_script_path)):
-        if not Path(path).is_file():
+        if not Path(path).exists():
             raise UserError(f"{flag} {path} does not exist.")
     tensorrt = tensorrt_version()
     serve_backend = resolve_serve_backend(settings, tensorrt)
@@ -85,7 +91,10 @@ def convert(settings: ConversionSettings) -> ConversionResult:
         return result
 
     started = time.perf_counter()
-    model = build_model(settings.model_script_path, settings.model_class_name, settings.ckpt_path, settings.device)
+    if load_model is None:
+        model = build_model(settings.model_script_path, settings.model_class_name, settings.ckpt_path, settings.device)
+    else:
+        model = load_model().to(settings.device).eval()
     result.timings["load"] = time.perf_counter() - started
 
     onnx_path = Path(settings.onnx_path)
@@ -116,7 +125,7 @@ def convert(settings: ConversionSettings) -> ConversionResult:
                        calibration_data=settings.calibration_data, calibration_cache=settings.calibration_cache,
                        onnx_has_qdq=export_step.has_qdq_nodes(onnx_path))
 
-    publish_files: dict[str, Path | bytes | str] = {}
+    publish_files: dict[str, Path | bytes | str] = dict(extra_files or {})
     precision = "fp32"
     with tempfile.TemporaryDirectory(prefix="convert-") as scratch:
         if serve_backend == "tensorrt_plan":

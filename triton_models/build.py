@@ -1,0 +1,72 @@
+"""`python -m triton_models.build MODEL`: build one model into a Triton model repository.
+
+Without --checkpoint a demo checkpoint of the real architecture is made (random weights; real
+MiniLM weights for E5) and everything published is labelled demo.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from converters.errors import UserError
+from converters.settings import parse_int_list
+from triton_models.common import BuildOptions
+from triton_models.registry import MODELS, get
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m triton_models.build", description=__doc__)
+    p.add_argument("model", choices=[m.key for m in MODELS])
+    p.add_argument("--checkpoint", type=Path, help="the model's checkpoint (file or folder); default: a demo checkpoint")
+    p.add_argument("--repo", type=Path, default=Path("build/model_repository"), help="Triton model repository")
+    p.add_argument("--work-dir", type=Path, default=Path("build/work"), help="ONNX, engines, demo checkpoints")
+    p.add_argument("--max-batch-size", type=int, help="default: the registry's batch size for the model")
+    p.add_argument("--precision", choices=("fp16", "fp32"), default="fp16")
+    p.add_argument("--serve-backend", choices=("auto", "tensorrt_plan", "onnxruntime_onnx", "python_onnx"), default="auto")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--instance-count", type=int, default=1)
+    p.add_argument("--gpus", default=None, help="comma list of GPU ids for the instance group")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="model-specific option")
+    p.add_argument("--force", action="store_true", help="rebuild even when current")
+    return p
+
+
+def options_from_args(args: argparse.Namespace) -> BuildOptions:
+    spec = get(args.model)
+    demo = args.checkpoint is None
+    checkpoint = args.checkpoint
+    if demo:
+        checkpoint = spec.builder.make_demo_checkpoint(args.work_dir / "demo_checkpoints")
+    elif not checkpoint.exists():
+        raise UserError(f"--checkpoint {checkpoint} does not exist.")
+    extra = {}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--option {item} must be KEY=VALUE.")
+        extra[key] = value
+    return BuildOptions(
+        checkpoint=checkpoint, repo=args.repo, work_dir=args.work_dir,
+        max_batch_size=args.max_batch_size or spec.default_batch_size, precision=args.precision,
+        serve_backend=args.serve_backend, device=args.device, instance_count=args.instance_count,
+        gpus=parse_int_list(args.gpus, "--gpus") if args.gpus else (), force=args.force, demo=demo, extra=extra)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format=f"[build {args.model}] %(message)s")
+    try:
+        options = options_from_args(args)
+        published = get(args.model).builder.build(options)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for folder in published:
+        print(f"published {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

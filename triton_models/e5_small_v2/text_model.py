@@ -1,0 +1,81 @@
+"""Triton python backend: strings -> "query: "/"passage: " prefix -> tokenize -> e5_small_v2 -> embedding.
+
+Inputs: `text` BYTES [1] and optional `input_type` BYTES [1] ("query" default, or "passage").
+The tokenizer is the one published beside this file; nothing downloads at serve time.
+"""
+import json
+import os
+import sys
+
+sys.path[:0] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
+
+import numpy as np  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402
+from transformers import AutoTokenizer  # noqa: E402
+
+PREFIXES = {"query": "query: ", "passage": "passage: "}
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        here = os.path.join(args["model_repository"], args["model_version"])
+        self.tokenizer = AutoTokenizer.from_pretrained(os.path.join(here, "tokenizer"), local_files_only=True)
+        self.core = params["core_model"]
+        self.max_length = int(params.get("max_length", "512"))
+
+    def _texts(self, request):
+        raw = pb_utils.get_input_tensor_by_name(request, "text").as_numpy().reshape(-1)
+        kinds_tensor = pb_utils.get_input_tensor_by_name(request, "input_type")
+        kinds = kinds_tensor.as_numpy().reshape(-1) if kinds_tensor is not None else [b"query"] * len(raw)
+        if len(raw) == 0:
+            raise ValueError("'text' is empty: send at least one string")
+        if len(kinds) != len(raw):
+            raise ValueError(f"'input_type' has {len(kinds)} entries for {len(raw)} texts")
+        texts = []
+        for value, kind in zip(raw, kinds):
+            try:
+                text = value.decode("utf-8") if isinstance(value, bytes) else str(value)
+                kind = kind.decode("utf-8") if isinstance(kind, bytes) else str(kind)
+            except UnicodeDecodeError:
+                raise ValueError("'text' and 'input_type' must be UTF-8") from None
+            if kind not in PREFIXES:
+                raise ValueError(f"'input_type' must be 'query' or 'passage', got '{kind}'")
+            texts.append(PREFIXES[kind] + text)
+        return texts
+
+    def execute(self, requests):
+        responses = [None] * len(requests)
+        texts, owners = [], []
+        for index, request in enumerate(requests):
+            try:
+                mine = self._texts(request)
+            except ValueError as exc:
+                responses[index] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
+                continue
+            texts += mine
+            owners += [index] * len(mine)
+        if texts:
+            try:
+                embeddings = self._embed(texts)
+            except RuntimeError as exc:
+                for index in set(owners):
+                    responses[index] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
+                return responses
+            owners = np.asarray(owners)
+            for index in set(owners.tolist()):
+                rows = embeddings[owners == index]
+                responses[index] = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("embedding", rows)])
+        return responses
+
+    def _embed(self, texts):
+        tokens = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np")
+        request = pb_utils.InferenceRequest(
+            model_name=self.core, requested_output_names=["embedding"],
+            inputs=[pb_utils.Tensor("input_ids", tokens["input_ids"].astype(np.int64)),
+                    pb_utils.Tensor("attention_mask", tokens["attention_mask"].astype(np.int64))])
+        response = request.exec()
+        if response.has_error():
+            raise RuntimeError(f"{self.core}: {response.error().message()}")
+        return pb_utils.get_output_tensor_by_name(response, "embedding").as_numpy().astype(np.float32)
