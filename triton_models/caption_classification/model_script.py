@@ -32,3 +32,14 @@ class DebertaLargeModel(torch.nn.Module):
         # signature but unused, so the exported graph drops that input.
         hidden = self.backbone(input_ids=input_ids, attention_mask=input_mask).last_hidden_state
         return self.head(self.norm(hidden[:, 0]))
+
+
+class FoldAverage(torch.nn.Module):
+    """Several fold models served as one: the mean of their logits (the original averaged 5 folds)."""
+
+    def __init__(self, folds: list[DebertaLargeModel]):
+        super().__init__()
+        self.folds = torch.nn.ModuleList(folds)
+
+    def forward(self, input_ids, input_mask, input_token_type_ids=None):
+        return torch.stack([fold(input_ids, input_mask) for fold in self.folds]).mean(dim=0)
