@@ -57,7 +57,7 @@ def tensor(name: str, dtype: str, dims: list[int], optional: bool = False) -> di
 
 def python_model_config(name: str, inputs: list[dict], outputs: list[dict], max_batch_size: int,
                         parameters: dict[str, str] | None = None, dynamic_batching: bool = True,
-                        instance_count: int = 1) -> pb.ModelConfig:
+                        instance_count: int = 1, kind: str = "KIND_CPU", gpus: tuple[int, ...] = ()) -> pb.ModelConfig:
     """A python-backend companion's config, written through Triton's schema."""
     config = pb.ModelConfig(name=name, backend="python", max_batch_size=max_batch_size)
     for spec in inputs:
@@ -67,7 +67,10 @@ def python_model_config(name: str, inputs: list[dict], outputs: list[dict], max_
         config.output.append(pb.ModelOutput(name=spec["name"], data_type=pb.DataType.Value(spec["data_type"]), dims=spec["dims"]))
     if dynamic_batching and max_batch_size > 0:
         config.dynamic_batching.max_queue_delay_microseconds = 1000
-    config.instance_group.append(pb.ModelInstanceGroup(count=instance_count, kind=pb.ModelInstanceGroup.KIND_CPU))
+    group = pb.ModelInstanceGroup(count=instance_count, kind=pb.ModelInstanceGroup.Kind.Value(kind))
+    if kind == "KIND_GPU":
+        group.gpus.extend(gpus)
+    config.instance_group.append(group)
     for key, value in (parameters or {}).items():
         config.parameters[key].string_value = value
     return config
