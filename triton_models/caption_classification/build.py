@@ -73,7 +73,7 @@ def load_model(folder: Path, folds: list[int]) -> torch.nn.Module:
             raise UserError(f"{available[fold]} does not match DebertaLargeModel (missing {result.missing_keys[:3]}, "
                             f"unexpected {result.unexpected_keys[:3]}); add a config.json for its size.")
         models.append(model)
-    return models[0] if len(models) == 1 else FoldAverage(models)
+    return (models[0] if len(models) == 1 else FoldAverage(models)).eval()
 
 
 def _folds(folder: Path, option: str) -> list[int]:
@@ -152,7 +152,7 @@ def _golden(folder, folds, tokenizer_folder, threshold, min_words, precision) ->
     io = parse_io_config(IO_CONFIG)
     feeds = {"input_ids": tokens["input_ids"].astype(np.int64), "input_mask": tokens["attention_mask"].astype(np.float32),
              "input_token_type_ids": np.zeros_like(tokens["attention_mask"], dtype=np.float32)}
-    logits = run_torch(load_model(folder, folds).eval(), io, feeds)["output"].reshape(-1)
+    logits = run_torch(load_model(folder, folds), io, feeds)["output"].reshape(-1)
     probabilities = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
     best = int(np.argmax(probabilities))
     caption = kept[best] if probabilities[best] >= threshold else ""

@@ -1,0 +1,187 @@
+"""All four models built from (demo) checkpoints and served together by the real Triton."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from scripts.verify import verify_model
+from tests.helpers import infer, wait_models_ready
+from triton_models.build import main as build_main
+from triton_models.registry import MODELS
+
+ALL_NAMES = [name for spec in MODELS for name in spec.triton_names]
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory):
+    """Build every registered model into one repository, then serve it."""
+    from scripts.local_triton import LocalTriton
+    import tritonclient.http as http
+
+    root = tmp_path_factory.mktemp("suite")
+    repo, work = root / "repo", root / "work"
+    for spec in MODELS:
+        assert build_main([spec.key, "--repo", str(repo), "--work-dir", str(work)]) == 0
+    server = LocalTriton(repo, log_path=root / "triton.log", exit_timeout_s=2)
+    server.start()
+    server.wait_live()
+    client = http.InferenceServerClient(server.http_url, network_timeout=120)
+    wait_models_ready(client, ALL_NAMES, timeout=180)
+    yield client, repo, work
+    client.close()
+    server.stop()
+
+
+def test_every_model_answers_its_golden_inputs(suite):
+    client, repo, _ = suite
+    for name in ALL_NAMES:
+        result = verify_model(client, repo / name)
+        assert result.ok, f"{name}: {result.detail}"
+
+
+def test_everything_published_from_demo_checkpoints_is_labelled_demo(suite):
+    _, repo, _ = suite
+    for name in ALL_NAMES:
+        assert json.loads((repo / name / "manifest.json").read_text())["demo"] is True, name
+
+
+# --- E5 with real MiniLM weights -------------------------------------------------------------
+
+def _e5_reference(folder: Path, texts: list[str]) -> np.ndarray:
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    model = AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
+    tokens = tokenizer(texts, padding=True, truncation=True, max_length=512, return_tensors="pt")
+    with torch.inference_mode():
+        hidden = model(**tokens).last_hidden_state
+    mask = tokens["attention_mask"].unsqueeze(-1).float()
+    pooled = (hidden * mask).sum(1) / mask.sum(1)
+    return torch.nn.functional.normalize(pooled, dim=-1).numpy()
+
+
+def test_e5_embeddings_match_pytorch_and_rank_the_related_passage_first(suite):
+    client, _, work = suite
+    query = "how do plants make food from sunlight"
+    passages = ["Photosynthesis converts light energy, water and carbon dioxide into glucose in plant leaves.",
+                "The stock market closed lower on Friday after a volatile week.",
+                "A recipe for chocolate chip cookies with brown butter."]
+    texts = np.array([[query]] + [[p] for p in passages], dtype=object)
+    kinds = np.array([["query"]] + [["passage"]] * 3, dtype=object)
+    served = infer(client, "e5_small_v2_text", {"text": texts, "input_type": kinds}, ["embedding"])["embedding"]
+    reference = _e5_reference(work / "demo_checkpoints/e5_small_v2_demo",
+                              ["query: " + query] + ["passage: " + p for p in passages])
+    cosines = np.sum(served * reference, axis=1) / np.linalg.norm(served, axis=1) / np.linalg.norm(reference, axis=1)
+    assert cosines.min() >= 0.999, cosines
+    similarity = served[1:] @ served[0]
+    assert int(np.argmax(similarity)) == 0, similarity
+    np.testing.assert_allclose(np.linalg.norm(served, axis=1), 1.0, atol=1e-5)
+
+
+def test_e5_input_type_defaults_to_query_and_changes_the_embedding(suite):
+    client, _, _ = suite
+    text = np.array([["solar panels"]], dtype=object)
+    default = infer(client, "e5_small_v2_text", {"text": text}, ["embedding"])["embedding"]
+    query = infer(client, "e5_small_v2_text", {"text": text, "input_type": np.array([["query"]], dtype=object)}, ["embedding"])["embedding"]
+    passage = infer(client, "e5_small_v2_text", {"text": text, "input_type": np.array([["passage"]], dtype=object)}, ["embedding"])["embedding"]
+    np.testing.assert_allclose(default, query, atol=1e-6)
+    assert float(np.abs(default - passage).max()) > 1e-3
+
+
+# --- Caption selection ------------------------------------------------------------------------
+
+def test_caption_selection_matches_a_pytorch_reference(suite):
+    from transformers import AutoTokenizer
+
+    from triton_models.caption_classification.build import load_model
+
+    client, _, work = suite
+    folder = work / "demo_checkpoints/caption_demo"
+    candidates = [f"candidate caption number {i} about a chart" for i in range(11)] + ["", "   ", "x"]
+    out = infer(client, "caption_selection", {"candidates": np.array(candidates, dtype=object)}, ["caption", "score"])
+    tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"), local_files_only=True)
+    kept = [c for c in candidates if c.strip()]  # min_words 1: "x" stays, blanks go
+    tokens = tokenizer(kept, padding="max_length", truncation=True, max_length=128, return_tensors="pt")
+    with torch.inference_mode():
+        logits = load_model(folder, [0])(tokens["input_ids"], tokens["attention_mask"].float()).reshape(-1)
+    probabilities = torch.sigmoid(logits).numpy()
+    best = int(np.argmax(probabilities))
+    assert out["score"][0] == pytest.approx(probabilities[best], abs=1e-4)
+    expected = kept[best] if probabilities[best] >= 0.5 else ""
+    assert out["caption"][0].decode() == expected
+
+
+def test_caption_selection_with_only_blank_candidates_scores_nothing(suite):
+    client, _, _ = suite
+    out = infer(client, "caption_selection", {"candidates": np.array(["", "  "], dtype=object)}, ["caption", "score"])
+    assert out["caption"][0] == b"" and out["score"][0] == 0.0
+
+
+# --- YOLOX page elements ----------------------------------------------------------------------
+
+def test_page_elements_from_png_bytes_and_pixels_agree_with_the_reference(suite):
+    from PIL import Image
+
+    from triton_models.yolox.build import demo_page, load_model
+    from triton_models.yolox.page_processing import letterbox, postprocess
+
+    client, _, work = suite
+    page = demo_page()[:700, :500].copy()
+    encoded = io.BytesIO()
+    Image.fromarray(page).save(encoded, format="PNG")
+    from_bytes = infer(client, "yolox_page_elements", {"image": np.array([[encoded.getvalue()]], dtype=object)},
+                       ["boxes", "labels", "scores"])
+    from_pixels = infer(client, "yolox_page_elements", {"pixels": page[None]}, ["boxes", "labels", "scores"])
+    np.testing.assert_allclose(from_bytes["boxes"], from_pixels["boxes"], atol=1e-6)
+    tensor, ratio = letterbox(page)
+    with torch.inference_mode():
+        raw = load_model(work / "demo_checkpoints/yolox_demo/best_ckpt.pth")(torch.from_numpy(tensor[None])).numpy()[0]
+    boxes, labels, scores = postprocess(raw, ratio, page.shape[:2])
+    assert from_pixels["boxes"].shape == (1, len(boxes), 4)
+    np.testing.assert_allclose(from_pixels["boxes"][0], boxes, atol=1e-4)
+    np.testing.assert_allclose(from_pixels["scores"][0], scores, atol=1e-4)
+    assert [l.decode() for l in from_pixels["labels"][0]] == list(labels)
+    assert from_pixels["boxes"].min() >= 0.0 and from_pixels["boxes"].max() <= 1.0
+
+
+# --- ECLAIR -----------------------------------------------------------------------------------
+
+def test_eclair_returns_one_text_per_page(suite):
+    from triton_models.eclair.pages import pad_page
+
+    client, _, _ = suite
+    pages = np.stack([pad_page(np.full((900, 700, 3), v, np.uint8))[0] for v in (255, 128, 0)])
+    out = infer(client, "eclair", {"image": pages}, ["text"])["text"]
+    assert out.shape == (3, 1)
+    assert all(isinstance(t, bytes) for t in out.ravel())
+
+
+# --- Bad requests: a clear error, and every model keeps serving ------------------------------
+
+@pytest.mark.parametrize("model, feeds, fragment", [
+    ("e5_small_v2", {"input_ids": np.ones((1, 8), np.float32), "attention_mask": np.ones((1, 8), np.int64)}, "input_ids"),
+    ("e5_small_v2_text", {"text": np.array([], dtype=object).reshape(0, 1)}, ""),
+    ("e5_small_v2_text", {"text": np.array([[b"\xff\xfe"]], dtype=object)}, "UTF-8"),
+    ("e5_small_v2_text", {"text": np.array([["a"]], dtype=object), "input_type": np.array([["document"]], dtype=object)}, "input_type"),
+    ("caption_selection", {"candidates": np.array([], dtype=object)}, "empty"),
+    ("caption_selection", {"candidates": np.array([b"\xc3\x28"], dtype=object)}, "UTF-8"),
+    ("deberta_large", {"input_ids": np.ones((9, 128), np.int64), "input_mask": np.ones((9, 128), np.float32)}, "batch"),
+    ("yolox", {"input": np.ones((1, 3, 512, 512), np.float32)}, "input"),
+    ("yolox_page_elements", {"image": np.array([[b"not an image"]], dtype=object)}, "PNG/JPEG"),
+    ("yolox_page_elements", {}, ""),
+    ("eclair", {"image": np.zeros((1, 1000, 1024, 3), np.uint8)}, "image"),
+    ("eclair", {"image": np.zeros((17, 1280, 1024, 3), np.uint8)}, "batch"),
+])
+def test_bad_requests_get_a_clear_error_and_the_server_keeps_serving(suite, model, feeds, fragment):
+    client, repo, _ = suite
+    with pytest.raises(Exception) as info:
+        infer(client, model, feeds, [])
+    assert fragment in str(info.value)
+    for name in ALL_NAMES:
+        assert client.is_model_ready(name), name
+    assert verify_model(client, repo / "e5_small_v2_text").ok

@@ -1,0 +1,75 @@
+import numpy as np
+import pytest
+
+from triton_models.eclair.pages import PAGE_HEIGHT, PAGE_WIDTH, Block, pad_page, parse_blocks
+from triton_models.yolox.page_processing import (INPUT_SIZE, PAD_VALUE, decode_grid, decode_image, grid_and_strides,
+                                                 letterbox, nms, postprocess)
+
+
+def test_letterbox_keeps_aspect_pads_114_and_swaps_to_bgr():
+    page = np.zeros((2048, 1024, 3), np.uint8)
+    page[..., 0] = 200  # red in RGB
+    tensor, ratio = letterbox(page)
+    assert tensor.shape == (3, INPUT_SIZE, INPUT_SIZE) and tensor.dtype == np.float32
+    assert ratio == 0.5
+    assert tensor[2, 0, 0] == 200 and tensor[0, 0, 0] == 0  # BGR: red lands in channel 2
+    assert np.all(tensor[:, :, 512:] == PAD_VALUE)
+
+
+def test_letterbox_refuses_non_rgb():
+    with pytest.raises(ValueError, match="uint8 HxWx3"):
+        letterbox(np.zeros((10, 10), np.uint8))
+
+
+def test_grid_covers_21504_anchors_at_1024():
+    grids, strides = grid_and_strides()
+    assert grids.shape == (21504, 2) and strides.shape == (21504, 1)
+    assert tuple(grids[1]) == (1, 0) and strides[0, 0] == 8 and strides[-1, 0] == 32
+
+
+def test_decode_grid_maps_offsets_to_pixels():
+    raw = np.zeros((21504, 8), np.float32)
+    decoded = decode_grid(raw)
+    assert tuple(decoded[1, :4]) == (8.0, 0.0, 8.0, 8.0)  # cell (1,0) at stride 8, exp(0)*8 wide
+    with pytest.raises(ValueError, match="anchors"):
+        decode_grid(np.zeros((10, 8), np.float32))
+
+
+def test_nms_suppresses_overlaps_only():
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]], np.float32)
+    assert nms(boxes, np.array([0.9, 0.8, 0.7]), 0.5) == [0, 2]
+    assert nms(boxes, np.array([0.9, 0.8, 0.7]), 0.9) == [0, 1, 2]
+
+
+def test_postprocess_scores_thresholds_and_normalises_to_the_page():
+    raw = np.zeros((21504, 8), np.float32)
+    raw[:, 4] = 0.01  # objectness low everywhere
+    raw[100, 4], raw[100, 6] = 0.9, 0.8  # one confident 'chart' at anchor 100 (cell x=100 of row 0)
+    raw[100, 2:4] = np.log(4.0)  # 32x32 box at stride 8
+    boxes, labels, scores = postprocess(raw, ratio=0.5, page_hw=(2048, 1024), score_threshold=0.5)
+    assert list(labels) == ["chart"] and scores[0] == pytest.approx(0.72)
+    cx = (100 + 0) * 8 / 0.5
+    assert boxes[0] == pytest.approx([(cx - 32) / 1024, 0.0, (cx + 32) / 1024, 32 / 2048], abs=1e-6)
+
+
+def test_decode_image_rejects_garbage():
+    with pytest.raises(ValueError, match="PNG/JPEG"):
+        decode_image(b"definitely not a png")
+
+
+def test_pad_page_scales_onto_a_white_canvas():
+    canvas, scale = pad_page(np.zeros((640, 256, 3), np.uint8))
+    assert canvas.shape == (PAGE_HEIGHT, PAGE_WIDTH, 3) and scale == 2.0
+    assert canvas[0, 0, 0] == 0 and canvas[0, 600, 0] == 255
+
+
+def test_parse_blocks_maps_boxes_back_to_the_page():
+    text = ("<x_10><y_20>Quarterly report<x_500><y_60><class_Title>"
+            "<x_10><y_100>Revenue grew.\nCosts fell.<x_1000><y_1300><class_Text>")
+    blocks = parse_blocks(text, scale=2.0, page_hw=(600, 480))
+    assert blocks == [Block((5.0, 10.0, 250.0, 30.0), "Title", "Quarterly report"),
+                      Block((5.0, 50.0, 480.0, 600.0), "Text", "Revenue grew.\nCosts fell.")]
+
+
+def test_parse_blocks_ignores_text_outside_blocks():
+    assert parse_blocks("no coordinates here <x_1>") == []
