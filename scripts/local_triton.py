@@ -42,6 +42,27 @@ def triton_distribution() -> Path:
     return Path(pytriton.__file__).parent / "tritonserver"
 
 
+def layout_backends(root: Path) -> Path:
+    """Lay out `<root>/backends/python` as Triton expects: the wheel's python backend plus the
+    stub built for the running Python. Returns `<root>/backends`."""
+    dist = triton_distribution()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = dist / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise UserError(f"nvidia-pytriton has no python backend stub for Python {version}; use Python 3.8-3.13.")
+    python_backend = Path(root) / "backends" / "python"
+    shutil.copytree(dist / "backends" / "python", python_backend, dirs_exist_ok=True)
+    shutil.copy2(stub, python_backend / "triton_python_backend_stub")
+    return python_backend.parent
+
+
+def library_path() -> str:
+    """LD_LIBRARY_PATH for the wheel's tritonserver: its bundled libraries and libpython."""
+    dist = triton_distribution()
+    libs = [str(dist.parent.parent / "nvidia_pytriton.libs"), sysconfig.get_config_var("LIBDIR") or ""]
+    return os.pathsep.join(p for p in libs if p)
+
+
 @dataclass
 class Ports:
     http: int
@@ -57,11 +78,12 @@ class LocalTriton:
     """Start, wait for and stop one tritonserver process on a model repository."""
 
     def __init__(self, model_repository: Path, ports: Ports | None = None, log_path: Path | None = None,
-                 extra_args: tuple[str, ...] = (), exit_timeout_s: int = 10) -> None:
+                 extra_args: tuple[str, ...] = (), exit_timeout_s: int = 10, backend_root: Path | None = None) -> None:
         self.model_repository = Path(model_repository).resolve()
         self.ports = ports or Ports.free()
         self.log_path = log_path
         self.extra_args = extra_args
+        self.backend_root = backend_root  # a lasting folder for the backends (detached servers); default: temporary
         self.exit_timeout_s = exit_timeout_s  # how long a stop waits for in-flight requests and open connections
         self.process: subprocess.Popen | None = None
         self._workdir: tempfile.TemporaryDirectory | None = None
@@ -76,23 +98,14 @@ class LocalTriton:
         return f"127.0.0.1:{self.ports.grpc}"
 
     def _backend_directory(self) -> Path:
-        """The python backend plus the stub for the running Python, as Triton expects them."""
-        dist = triton_distribution()
-        version = f"{sys.version_info.major}.{sys.version_info.minor}"
-        stub = dist / "python_backend_stubs" / version / "triton_python_backend_stub"
-        if not stub.is_file():
-            raise UserError(f"nvidia-pytriton has no python backend stub for Python {version}; use Python 3.8-3.13.")
+        if self.backend_root is not None:
+            return layout_backends(self.backend_root)
         self._workdir = tempfile.TemporaryDirectory(prefix="triton-backends-")
-        python_backend = Path(self._workdir.name) / "backends" / "python"
-        shutil.copytree(dist / "backends" / "python", python_backend)
-        shutil.copy2(stub, python_backend / "triton_python_backend_stub")
-        return python_backend.parent
+        return layout_backends(Path(self._workdir.name))
 
     def _environment(self) -> dict[str, str]:
-        dist = triton_distribution()
         env = dict(os.environ)
-        libs = [str(dist.parent.parent / "nvidia_pytriton.libs"), sysconfig.get_config_var("LIBDIR") or ""]
-        env["LD_LIBRARY_PATH"] = os.pathsep.join([p for p in libs if p] + [env.get("LD_LIBRARY_PATH", "")]).rstrip(os.pathsep)
+        env["LD_LIBRARY_PATH"] = os.pathsep.join([library_path(), env.get("LD_LIBRARY_PATH", "")]).rstrip(os.pathsep)
         # Python-backend models see third-party packages (and this repository) only through PYTHONPATH.
         paths = [str(REPO_ROOT)] + [p for p in sys.path if p.endswith("site-packages")]
         env["PYTHONPATH"] = os.pathsep.join(paths + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
@@ -157,3 +170,35 @@ class LocalTriton:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def stop_process(pid: int, timeout: float = 30.0) -> bool:
+    """Stop a detached tritonserver by its process id (SIGINT, then SIGKILL). False if it was gone."""
+    try:
+        os.kill(pid, signal.SIGINT)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    os.kill(pid, signal.SIGKILL)
+    return True
+
+
+if __name__ == "__main__":
+    # `python -m scripts.local_triton layout DIR`: lay out the wheel's server in DIR (the CPU image
+    # uses it so its tritonserver runs with the same command line as NVIDIA's images).
+    if len(sys.argv) != 3 or sys.argv[1] != "layout":
+        sys.exit("usage: python -m scripts.local_triton layout DIR")
+    target = Path(sys.argv[2])
+    layout_backends(target)
+    (target / "bin").mkdir(parents=True, exist_ok=True)
+    binary = target / "bin" / "tritonserver"
+    if not binary.exists():
+        binary.symlink_to(triton_distribution() / "bin" / "tritonserver")
+    (target / "ld_library_path").write_text(library_path() + "\n")
+    print(f"tritonserver laid out in {target}")

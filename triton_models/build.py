@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from converters.errors import UserError
+from converters.manifest import MANIFEST_NAME
 from converters.settings import parse_int_list
 from triton_models.common import BuildOptions
 from triton_models.registry import MODELS, get
@@ -59,13 +60,21 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format=f"[build {args.model}] %(message)s")
     try:
         options = options_from_args(args)
-        published = get(args.model).builder.build(options)
+        before = {name: built_at(options.repo / name) for name in get(args.model).triton_names}
+        folders = get(args.model).builder.build(options)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    for folder in published:
-        print(f"published {folder}")
+    for folder in folders:
+        fresh = built_at(folder) != before.get(folder.name)
+        print(f"{'published' if fresh else 'up to date'} {folder}")
     return 0
+
+
+def built_at(folder: Path) -> int | None:
+    """When the folder's manifest was written (publishing swaps the whole folder in)."""
+    manifest = folder / MANIFEST_NAME
+    return manifest.stat().st_mtime_ns if manifest.is_file() else None
 
 
 if __name__ == "__main__":

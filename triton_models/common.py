@@ -86,27 +86,30 @@ def golden_bytes(inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray], 
     return buffer.getvalue()
 
 
-def publish_python_model(repo: Path, config: pb.ModelConfig, model_py: Path, *, sources: dict[str, str],
-                         files: dict[str, Path | bytes | str] | None = None, golden: bytes | None = None,
-                         demo: bool = False, force: bool = False) -> tuple[Path, bool]:
-    """Publish `<repo>/<name>/` (config, 1/model.py, files, golden, manifest); skip when current.
+def core_fingerprint(core) -> str:
+    """The core model's manifest fingerprint: a companion's golden answers depend on it."""
+    manifest = read_manifest(core.model_dir) if core.model_dir else None
+    return (manifest or {}).get("fingerprint", "")
 
-    Returns (folder, rebuilt)."""
-    text = config_text(config)
-    versions, gpu = tool_versions(), gpu_identity()
-    key = fingerprint(sources, {"config": text}, versions, gpu, "python")
-    folder = Path(repo) / config.name
-    existing = read_manifest(folder)
-    if not force and existing and existing.get("fingerprint") == key and (folder / "config.pbtxt").is_file():
-        return folder, False
-    content: dict[str, Path | bytes | str] = {"config.pbtxt": text, "1/model.py": model_py}
+
+def companion_is_current(repo: Path, config: pb.ModelConfig, sources: dict[str, str], force: bool = False) -> bool:
+    """True when `<repo>/<name>/` was published from these sources and this config (skip the work)."""
+    existing = read_manifest(Path(repo) / config.name)
+    return (not force and existing is not None and existing.get("fingerprint") == _companion_key(config, sources)
+            and (Path(repo) / config.name / "config.pbtxt").is_file())
+
+
+def _companion_key(config: pb.ModelConfig, sources: dict[str, str]) -> str:
+    return fingerprint(sources, {"config": config_text(config)}, tool_versions(), gpu_identity(), "python")
+
+
+def publish_python_model(repo: Path, config: pb.ModelConfig, model_py: Path, *, sources: dict[str, str],
+                         golden: bytes, files: dict[str, Path | bytes | str] | None = None, demo: bool = False) -> Path:
+    """Publish `<repo>/<name>/`: config, 1/model.py, extra files, golden answers and manifest."""
+    content: dict[str, Path | bytes | str] = {"config.pbtxt": config_text(config), "1/model.py": model_py, GOLDEN_NAME: golden}
     content.update(files or {})
-    if golden is not None:
-        content[GOLDEN_NAME] = golden
-    manifest = {"model": config.name, "fingerprint": key, "serve_backend": "python", "precision": "fp32",
-                "demo": demo, "sources": sources, "versions": versions, "gpu": gpu,
+    manifest = {"model": config.name, "fingerprint": _companion_key(config, sources), "serve_backend": "python",
+                "precision": "fp32", "demo": demo, "sources": sources, "versions": tool_versions(), "gpu": gpu_identity(),
                 "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     content[MANIFEST_NAME] = json.dumps(manifest, indent=2) + "\n"
-    return publish_model_folder(repo, config.name, content), True
-
-
+    return publish_model_folder(repo, config.name, content)

@@ -24,8 +24,8 @@ from converters.manifest import file_sha256
 from converters.pipeline import convert
 from converters.precision import TOLERANCES
 from triton_models.caption_classification.model_script import DebertaLargeModel, FoldAverage
-from triton_models.common import (BuildOptions, conversion_settings, golden_bytes, publish_python_model,
-                                  python_model_config, tensor)
+from triton_models.common import (BuildOptions, companion_is_current, conversion_settings, core_fingerprint, golden_bytes,
+                                  publish_python_model, python_model_config, tensor)
 
 HERE = Path(__file__).parent
 CORE, SELECTION = "deberta_large", "caption_selection"
@@ -129,17 +129,19 @@ def build(options: BuildOptions) -> list[Path]:
     core = convert(settings, load_model=lambda: load_model(folder, folds))
     precision = "fp16" if core.serve_backend == "tensorrt_plan" and options.precision == "fp16" else "fp32"
 
-    golden = _golden(folder, folds, tokenizer_folder, threshold, min_words, precision)
     config = python_model_config(
         SELECTION, [tensor("candidates", "TYPE_STRING", [-1])],
         [tensor("caption", "TYPE_STRING", [1]), tensor("score", "TYPE_FP32", [1])], 0,
         {"core_model": CORE, "core_max_batch": str(options.max_batch_size), "max_length": str(MAX_LENGTH),
          "threshold": str(threshold), "min_words": str(min_words)}, instance_count=options.instance_count)
+    sources = {"checkpoint": file_sha256(folder), "model_py": file_sha256(HERE / "selection_model.py"),
+               "core": core_fingerprint(core)}
+    if companion_is_current(options.repo, config, sources, options.force):
+        return [core.model_dir, options.repo / SELECTION]
+    golden = _golden(folder, folds, tokenizer_folder, threshold, min_words, precision)
     files = {f"1/tokenizer/{p.name}": p for p in tokenizer_folder.iterdir() if p.is_file()}
-    selection_dir, _ = publish_python_model(
-        options.repo, config, HERE / "selection_model.py", files=files, golden=golden, demo=options.demo,
-        force=options.force, sources={"checkpoint": file_sha256(folder), "model_py": file_sha256(HERE / "selection_model.py")})
-    return [core.model_dir, selection_dir]
+    return [core.model_dir, publish_python_model(options.repo, config, HERE / "selection_model.py", sources=sources,
+                                                 golden=golden, files=files, demo=options.demo)]
 
 
 def _golden(folder, folds, tokenizer_folder, threshold, min_words, precision) -> bytes:

@@ -12,8 +12,8 @@ from converters.errors import UserError
 from converters.manifest import file_sha256
 from converters.pipeline import convert
 from converters.precision import TOLERANCES
-from triton_models.common import (BuildOptions, conversion_settings, golden_bytes, publish_python_model,
-                                  python_model_config, tensor)
+from triton_models.common import (BuildOptions, companion_is_current, conversion_settings, core_fingerprint, golden_bytes,
+                                  publish_python_model, python_model_config, tensor)
 from triton_models.e5_small_v2.model_script import E5Embedder
 
 HERE = Path(__file__).parent
@@ -64,7 +64,15 @@ def build(options: BuildOptions) -> list[Path]:
     core = convert(settings, load_model=lambda: E5Embedder.from_folder(folder))
     precision = "fp16" if core.serve_backend == "tensorrt_plan" and options.precision == "fp16" else "fp32"
 
-    # The text-in model: golden answers computed here with PyTorch and the same tokenizer.
+    config = python_model_config(
+        TEXT, [tensor("text", "TYPE_STRING", [1]), tensor("input_type", "TYPE_STRING", [1], optional=True)],
+        [tensor("embedding", "TYPE_FP32", [hidden])], options.max_batch_size,
+        {"core_model": CORE, "max_length": str(MAX_LENGTH)}, instance_count=options.instance_count)
+    sources = {"checkpoint": file_sha256(folder), "model_py": file_sha256(HERE / "text_model.py"), "core": core_fingerprint(core)}
+    if companion_is_current(options.repo, config, sources, options.force):
+        return [core.model_dir, options.repo / TEXT]
+
+    # Golden answers of the text-in model, computed here with PyTorch and the same tokenizer.
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
@@ -75,12 +83,6 @@ def build(options: BuildOptions) -> list[Path]:
         expected = model(tokens["input_ids"], tokens["attention_mask"]).numpy()
     golden = golden_bytes({"text": np.array([[t] for t, _ in GOLDEN_TEXTS]), "input_type": np.array([[k] for _, k in GOLDEN_TEXTS])},
                           {"embedding": expected}, TOLERANCES[precision])
-    config = python_model_config(
-        TEXT, [tensor("text", "TYPE_STRING", [1]), tensor("input_type", "TYPE_STRING", [1], optional=True)],
-        [tensor("embedding", "TYPE_FP32", [hidden])], options.max_batch_size,
-        {"core_model": CORE, "max_length": str(MAX_LENGTH)}, instance_count=options.instance_count)
     files = {f"1/tokenizer/{name}": folder / name for name in TOKENIZER_FILES if (folder / name).is_file()}
-    text_dir, _ = publish_python_model(
-        options.repo, config, HERE / "text_model.py", files=files, golden=golden, demo=options.demo, force=options.force,
-        sources={"checkpoint": file_sha256(folder), "model_py": file_sha256(HERE / "text_model.py")})
-    return [core.model_dir, text_dir]
+    return [core.model_dir, publish_python_model(options.repo, config, HERE / "text_model.py", sources=sources,
+                                                 golden=golden, files=files, demo=options.demo)]

@@ -17,7 +17,8 @@ import torch
 from converters.errors import UserError
 from converters.manifest import file_sha256
 from converters.precision import TOLERANCES
-from triton_models.common import BuildOptions, golden_bytes, publish_python_model, python_model_config, tensor
+from triton_models.common import (BuildOptions, companion_is_current, golden_bytes, publish_python_model,
+                                  python_model_config, tensor)
 from triton_models.eclair.pages import PAGE_HEIGHT, PAGE_WIDTH, pad_page
 
 HERE = Path(__file__).parent
@@ -81,19 +82,19 @@ def build(options: BuildOptions) -> list[Path]:
     folder = Path(options.checkpoint)
     check_folder(folder)
     max_new_tokens = int(options.extra.get("max_new_tokens", "64" if options.demo else "4096"))
-    canvas, _ = pad_page(demo_page())
-    runtime = EclairRuntime(folder, max_new_tokens=max_new_tokens)
-    expected = runtime(canvas[None])
-    golden = golden_bytes({"image": canvas[None]}, {"text": np.array([[t] for t in expected])}, TOLERANCES["fp32"])
     kind = "KIND_GPU" if options.device == "cuda" else "KIND_CPU"
     config = python_model_config(
         NAME, [tensor("image", "TYPE_UINT8", [PAGE_HEIGHT, PAGE_WIDTH, 3])], [tensor("text", "TYPE_STRING", [1])],
         options.max_batch_size, {"max_new_tokens": str(max_new_tokens)}, instance_count=options.instance_count, kind=kind,
         gpus=options.gpus)
+    sources = {"checkpoint": file_sha256(folder), "model_py": file_sha256(HERE / "eclair_model.py"),
+               "runtime": file_sha256(HERE / "runtime.py")}
+    if companion_is_current(options.repo, config, sources, options.force):
+        return [options.repo / NAME]
+    canvas, _ = pad_page(demo_page())
+    expected = EclairRuntime(folder, max_new_tokens=max_new_tokens)(canvas[None])
+    golden = golden_bytes({"image": canvas[None]}, {"text": np.array([[t] for t in expected])}, TOLERANCES["fp32"])
     files: dict[str, Path | bytes | str] = {"1/eclair_runtime.py": HERE / "runtime.py"}
     files.update({f"1/checkpoint/{n}": folder / n for n in _CHECKPOINT_FILES if (folder / n).is_file()})
-    published, _ = publish_python_model(
-        options.repo, config, HERE / "eclair_model.py", files=files, golden=golden, demo=options.demo, force=options.force,
-        sources={"checkpoint": file_sha256(folder), "model_py": file_sha256(HERE / "eclair_model.py"),
-                 "runtime": file_sha256(HERE / "runtime.py")})
-    return [published]
+    return [publish_python_model(options.repo, config, HERE / "eclair_model.py", sources=sources, golden=golden,
+                                 files=files, demo=options.demo)]

@@ -20,8 +20,8 @@ from converters.manifest import file_sha256
 from converters.pipeline import convert
 from converters.precision import TOLERANCES
 from third_party.yolox import build_yolox
-from triton_models.common import (BuildOptions, conversion_settings, golden_bytes, publish_python_model,
-                                  python_model_config, tensor)
+from triton_models.common import (BuildOptions, companion_is_current, conversion_settings, core_fingerprint, golden_bytes,
+                                  publish_python_model, python_model_config, tensor)
 from triton_models.yolox.page_processing import INPUT_SIZE, LABELS, letterbox, postprocess
 
 HERE = Path(__file__).parent
@@ -83,6 +83,17 @@ def build(options: BuildOptions) -> list[Path]:
     core = convert(settings, load_model=lambda: load_model(checkpoint))
     precision = "fp16" if core.serve_backend == "tensorrt_plan" and options.precision == "fp16" else "fp32"
 
+    config = python_model_config(
+        PAGES, [tensor("image", "TYPE_STRING", [1], optional=True), tensor("pixels", "TYPE_UINT8", [-1, -1, 3], optional=True)],
+        [tensor("boxes", "TYPE_FP32", [-1, 4]), tensor("labels", "TYPE_STRING", [-1]), tensor("scores", "TYPE_FP32", [-1])],
+        options.max_batch_size, {"core_model": CORE, "core_max_batch": str(options.max_batch_size),
+                                 "score_threshold": str(score_threshold), "nms_iou_threshold": str(iou_threshold)},
+        instance_count=options.instance_count)
+    sources = {"checkpoint": file_sha256(checkpoint), "model_py": file_sha256(HERE / "page_elements_model.py"),
+               "processing": file_sha256(HERE / "page_processing.py"), "core": core_fingerprint(core)}
+    if companion_is_current(options.repo, config, sources, options.force):
+        return [core.model_dir, options.repo / PAGES]
+
     from PIL import Image
 
     page = demo_page()
@@ -95,15 +106,6 @@ def build(options: BuildOptions) -> list[Path]:
     golden = golden_bytes({"image": np.array([[encoded.getvalue()]], dtype=np.bytes_)},
                           {"boxes": boxes[None], "labels": np.array([labels.astype(str)]), "scores": scores[None]},
                           TOLERANCES[precision])
-    config = python_model_config(
-        PAGES, [tensor("image", "TYPE_STRING", [1], optional=True), tensor("pixels", "TYPE_UINT8", [-1, -1, 3], optional=True)],
-        [tensor("boxes", "TYPE_FP32", [-1, 4]), tensor("labels", "TYPE_STRING", [-1]), tensor("scores", "TYPE_FP32", [-1])],
-        options.max_batch_size, {"core_model": CORE, "core_max_batch": str(options.max_batch_size),
-                                 "score_threshold": str(score_threshold), "nms_iou_threshold": str(iou_threshold)},
-        instance_count=options.instance_count)
-    pages_dir, _ = publish_python_model(
-        options.repo, config, HERE / "page_elements_model.py", files={"1/page_processing.py": HERE / "page_processing.py"},
-        golden=golden, demo=options.demo, force=options.force,
-        sources={"checkpoint": file_sha256(checkpoint), "model_py": file_sha256(HERE / "page_elements_model.py"),
-                 "processing": file_sha256(HERE / "page_processing.py")})
-    return [core.model_dir, pages_dir]
+    return [core.model_dir, publish_python_model(
+        options.repo, config, HERE / "page_elements_model.py", sources=sources, golden=golden,
+        files={"1/page_processing.py": HERE / "page_processing.py"}, demo=options.demo)]

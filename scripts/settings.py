@@ -1,0 +1,154 @@
+"""The stack's settings: read once from `.env` (python-dotenv), validated all at once.
+
+Every key, its type and default lives in `KEYS`; `.env.example` documents the same keys (a test
+keeps the two in step). An unknown key, a bad number or a missing checkpoint path are listed
+together and nothing starts.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+from converters.errors import UserError
+from triton_models.registry import MODELS
+
+
+@dataclass(frozen=True)
+class Key:
+    name: str
+    kind: str  # int | port | str | path | gpu_ids | choice:<a>|<b> | models
+    default: str
+    help: str
+
+
+KEYS: tuple[Key, ...] = (
+    Key("COMPOSE_FILE", "str", "docker-compose.yaml",
+        "compose files; GPU hosts: docker-compose.yaml:docker-compose.gpu.yaml"),
+    Key("COMPOSE_PROJECT_NAME", "str", "doc-triton", "compose project name (prefix of containers and the volume)"),
+    Key("TRITON_BASE_IMAGE", "str", "", "NVIDIA's tritonserver image (NGC, e.g. release 25.01-py3) for the server and builders"),
+    Key("TRTLLM_BASE_IMAGE", "str", "", "NVIDIA's Triton TensorRT-LLM image (NGC, e.g. 25.01-trtllm-python-py3) for ECLAIR"),
+    Key("BUILD_WHEELS_DIR", "str", "build/wheels", "wheels the images install from first (CI fills it; may be empty)"),
+    Key("TRITON_BIND_ADDRESS", "str", "127.0.0.1", "address the Triton ports are published on"),
+    Key("TRITON_HTTP_PORT", "port", "8000", "Triton HTTP port on the host"),
+    Key("TRITON_GRPC_PORT", "port", "8001", "Triton gRPC port on the host"),
+    Key("TRITON_METRICS_PORT", "port", "8002", "Triton metrics port on the host"),
+    Key("TRITON_GPU_IDS", "gpu_ids", "0", "GPUs the Triton service reserves (comma list)"),
+    Key("BUILDER_GPU_ID", "gpu_ids", "0", "GPU the builders build on"),
+    Key("TRITON_SHM_SIZE", "str", "2gb", "shared memory of the Triton container (python backend tensors)"),
+    Key("PRECISION", "choice:fp16|fp32", "fp16", "engine precision"),
+    Key("INSTANCE_COUNT", "int", "1", "model instances per GPU (or on CPU)"),
+    Key("MODELS", "models", ",".join(m.key for m in MODELS), "which models to build and serve (comma list)"),
+    Key("CAPTION_BATCH_SIZE", "int", "8", "max batch of deberta_large"),
+    Key("YOLOX_BATCH_SIZE", "int", "8", "max batch of yolox"),
+    Key("E5_BATCH_SIZE", "int", "64", "max batch of e5_small_v2"),
+    Key("ECLAIR_BATCH_SIZE", "int", "16", "max batch of eclair (16 was tuned for an A100)"),
+    Key("CHECKPOINTS_DIR", "path", "./checkpoints", "host folder mounted read-only at /checkpoints in the builders"),
+    Key("CAPTION_CHECKPOINT", "checkpoint", "", "caption model folder under CHECKPOINTS_DIR (empty: demo)"),
+    Key("YOLOX_CHECKPOINT", "checkpoint", "", "best_ckpt.pth under CHECKPOINTS_DIR (empty: demo)"),
+    Key("E5_CHECKPOINT", "checkpoint", "", "e5-small-v2 Hugging Face folder under CHECKPOINTS_DIR (empty: demo)"),
+    Key("ECLAIR_CHECKPOINT", "checkpoint", "", "ECLAIR VisionEncoderDecoder folder under CHECKPOINTS_DIR (empty: demo)"),
+    Key("ECLAIR_CHECKPOINT_DIR", "str", "./third_party/eclair_triton/checkpoints", "TensorRT-LLM overlay: checkpoints folder"),
+    Key("ECLAIR_CHECKPOINT_NAME", "str", "", "TensorRT-LLM overlay: checkpoint folder name inside ECLAIR_CHECKPOINT_DIR"),
+    Key("ECLAIR_MODEL_DIR", "str", "./third_party/eclair_triton/models", "TensorRT-LLM overlay: where its engines go"),
+    Key("LOCAL_REPOSITORY", "path", "build/model_repository", "--local: the model repository folder"),
+    Key("READY_TIMEOUT_S", "int", "600", "how long `up` waits for Triton and every model"),
+)
+KEY_NAMES = {k.name for k in KEYS}
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    values: dict[str, str]
+    env_file: Path | None
+    root: Path = field(default=Path("."))
+
+    def __getitem__(self, name: str) -> str:
+        return self.values[name]
+
+    def int(self, name: str) -> int:
+        return int(self.values[name])
+
+    def path(self, name: str) -> Path:
+        value = Path(self.values[name])
+        return value if value.is_absolute() else self.root / value
+
+    @property
+    def models(self) -> list[str]:
+        return [m for m in self.values["MODELS"].split(",") if m]
+
+    @property
+    def gpu_mode(self) -> bool:
+        return "docker-compose.gpu.yaml" in self.values["COMPOSE_FILE"]
+
+    def checkpoint(self, model_key: str) -> Path | None:
+        """The host path of a model's checkpoint, or None for a demo checkpoint."""
+        spec = next(m for m in MODELS if m.key == model_key)
+        value = self.values[spec.checkpoint_key]
+        return self.path("CHECKPOINTS_DIR") / value if value else None
+
+    def compose_environment(self) -> dict[str, str]:
+        """What `docker compose` sees: every key, defaults filled in."""
+        return dict(self.values)
+
+
+def _problem(key: Key, value: str, root: Path, values: dict[str, str]) -> str | None:
+    kind = key.kind
+    if kind in ("int", "port"):
+        if not re.fullmatch(r"\d+", value):
+            return f"{key.name}={value!r} is not a whole number"
+        number = int(value)
+        if kind == "port" and not 1 <= number <= 65535:
+            return f"{key.name}={value} is not a port (1-65535)"
+        if kind == "int" and number < 1:
+            return f"{key.name}={value} must be at least 1"
+    elif kind == "gpu_ids":
+        if not re.fullmatch(r"\d+(,\d+)*", value):
+            return f"{key.name}={value!r} must be GPU ids like 0 or 0,1"
+    elif kind.startswith("choice:"):
+        choices = kind.split(":", 1)[1].split("|")
+        if value not in choices:
+            return f"{key.name}={value!r} must be one of {', '.join(choices)}"
+    elif kind == "models":
+        unknown = [m for m in value.split(",") if m and m not in {s.key for s in MODELS}]
+        if unknown or not value:
+            return f"MODELS={value!r} names unknown models {unknown}; choose from {', '.join(s.key for s in MODELS)}"
+    elif kind == "checkpoint" and value:
+        base = Path(values["CHECKPOINTS_DIR"])
+        path = (base if base.is_absolute() else root / base) / value
+        if not path.exists():
+            return f"{key.name}={value} does not exist under CHECKPOINTS_DIR ({path}); fix the path or leave it empty for a demo"
+    return None
+
+
+def load_settings(env_file: Path | None = Path(".env"), root: Path = Path("."), overrides: dict[str, str] | None = None) -> StackSettings:
+    """Read `.env` (if present), fill defaults, validate everything, report all problems at once."""
+    raw: dict[str, str] = {}
+    if env_file is not None and Path(env_file).is_file():
+        raw = {k: (v or "") for k, v in dotenv_values(env_file).items()}
+    raw.update(overrides or {})
+    problems = [f"unknown key {k} (known keys are listed in .env.example)" for k in raw if k not in KEY_NAMES]
+    values = {k.name: raw.get(k.name, k.default).strip() for k in KEYS}
+    for key in KEYS:
+        problem = _problem(key, values[key.name], root, values)
+        if problem:
+            problems.append(problem)
+    ports = [values[k] for k in ("TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT")]
+    if len(set(ports)) != len(ports):
+        problems.append(f"TRITON_HTTP_PORT, TRITON_GRPC_PORT and TRITON_METRICS_PORT must differ, got {', '.join(ports)}")
+    if problems:
+        where = env_file if env_file is not None and Path(env_file).is_file() else "the settings"
+        raise UserError(f"{where} has {len(problems)} problem(s): " + "; ".join(problems) + ".")
+    return StackSettings(values, env_file, root)
+
+
+def env_example_text() -> str:
+    """The text of `.env.example`, generated from KEYS so the two never drift."""
+    lines = ["# Settings of the stack. Copy to .env and edit; every key is optional, shown with its default.",
+             "# `python -m scripts.stack` validates them all at once before anything starts.", ""]
+    for key in KEYS:
+        lines.append(f"# {key.help}")
+        lines.append(f"{key.name}={key.default}")
+    return "\n".join(lines) + "\n"

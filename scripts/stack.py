@@ -1,0 +1,354 @@
+"""`python -m scripts.stack COMMAND`: build every model, serve it with Triton, and prove it answers.
+
+Commands: up, build [MODEL], status, verify, logs [SERVICE], down.
+Modes: `--mode docker` drives `docker compose` (builders -> volume -> Triton) and follows the
+containers with the docker SDK; `--mode local` runs the same steps without Docker (builders as
+subprocesses into a local repository, Triton from the nvidia-pytriton wheel, on CPU).
+`--mode auto` (default) picks docker on a host with Docker and an NVIDIA GPU, else local.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from converters.errors import UserError
+from scripts.report import ModelRow, table
+from scripts.settings import StackSettings, load_settings
+from triton_models.registry import MODELS, get
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def log(message: str) -> None:
+    print(f"[stack] {message}", flush=True)
+
+
+def tail(text: str, lines: int = 15) -> str:
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def model_names(settings: StackSettings) -> list[str]:
+    return [name for key in settings.models for name in get(key).triton_names]
+
+
+# --- Triton health and verification (shared by both modes) -----------------------------------
+
+def wait_until_ready(http_url: str, names: list[str], timeout: float, alive=lambda: None) -> dict[str, float]:
+    """Wait for live, then ready, then each model ready; returns seconds until each model was ready."""
+    import tritonclient.http as http
+
+    client = http.InferenceServerClient(http_url)
+    started, ready_at = time.monotonic(), {}
+    deadline = started + timeout
+    while time.monotonic() < deadline:
+        alive()
+        try:
+            if client.is_server_live():
+                for name in names:
+                    if name not in ready_at and client.is_model_ready(name):
+                        ready_at[name] = time.monotonic() - started
+                if len(ready_at) == len(names):
+                    return ready_at
+        except Exception:  # not accepting connections yet
+            pass
+        time.sleep(0.5)
+    missing = [n for n in names if n not in ready_at]
+    raise UserError(f"Triton did not make {', '.join(missing)} ready within {timeout:.0f} s; run `python -m scripts.stack logs` "
+                    "to see why.")
+
+
+def verify_all(http_url: str, folders: dict[str, Path], load_times: dict[str, float] | None = None) -> tuple[list[ModelRow], bool]:
+    import tritonclient.http as http
+
+    from scripts.verify import verify_model
+
+    client = http.InferenceServerClient(http_url, network_timeout=300)
+    rows, all_ok = [], True
+    for name, folder in folders.items():
+        row = ModelRow.from_folder(folder)
+        try:
+            row.ready = "yes" if client.is_model_ready(name) else "no"
+        except Exception:
+            row.ready = "no"
+        if row.ready == "yes":
+            result = verify_model(client, folder)
+            row.verified = "yes" if result.ok else f"NO: {result.detail}"
+            all_ok &= result.ok
+        else:
+            all_ok = False
+        if load_times and name in load_times:
+            row.load_s = f"{load_times[name]:.1f}"
+        rows.append(row)
+    client.close()
+    return rows, all_ok
+
+
+# --- Local mode ---------------------------------------------------------------------------------
+
+class LocalStack:
+    """Builders as subprocesses, Triton from the nvidia-pytriton wheel, detached, on CPU."""
+
+    def __init__(self, settings: StackSettings) -> None:
+        self.settings = settings
+        self.repo = settings.path("LOCAL_REPOSITORY")
+        self.state = ROOT / "build" / "local"
+        self.pid_file = self.state / "triton.pid"
+        self.log_file = self.state / "triton.log"
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.settings['TRITON_HTTP_PORT']}"
+
+    def build(self, keys: list[str]) -> None:
+        self.state.mkdir(parents=True, exist_ok=True)
+        for index, key in enumerate(keys, 1):
+            spec = get(key)
+            command = [sys.executable, "-m", "triton_models.build", key, "--repo", str(self.repo),
+                       "--work-dir", str(ROOT / "build" / "work"), "--max-batch-size", self.settings[spec.batch_size_key],
+                       "--precision", self.settings["PRECISION"], "--serve-backend", "python_onnx",
+                       "--instance-count", self.settings["INSTANCE_COUNT"]]
+            checkpoint = self.settings.checkpoint(key)
+            if checkpoint is not None:
+                command += ["--checkpoint", str(checkpoint)]
+            log(f"[{index}/{len(keys)}] building {key} ({'demo checkpoint' if checkpoint is None else checkpoint})")
+            started = time.monotonic()
+            result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+            (self.state / f"build-{key}.log").write_text(result.stdout + result.stderr)
+            if result.returncode != 0:
+                raise UserError(f"builder {key} failed with exit code {result.returncode}; Triton was not started. "
+                                f"Last lines of build/local/build-{key}.log:\n{tail(result.stderr or result.stdout)}")
+            skipped = "published" not in result.stdout
+            log(f"      {key}: {'up to date, skipped' if skipped else 'built'} in {time.monotonic() - started:.1f} s")
+
+    def running_pid(self) -> int | None:
+        if not self.pid_file.is_file():
+            return None
+        pid = int(self.pid_file.read_text())
+        try:
+            import os
+
+            os.kill(pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return None
+        return pid
+
+    def start_server(self) -> None:
+        from scripts.local_triton import LocalTriton, Ports
+
+        self.down(quiet=True)
+        ports = Ports(self.settings.int("TRITON_HTTP_PORT"), self.settings.int("TRITON_GRPC_PORT"),
+                      self.settings.int("TRITON_METRICS_PORT"))
+        self.log_file.unlink(missing_ok=True)
+        server = LocalTriton(self.repo, ports, log_path=self.log_file, backend_root=self.state / "server").start()
+        self.pid_file.write_text(str(server.process.pid))
+        self._server = server
+
+    def check_alive(self) -> None:
+        server = getattr(self, "_server", None)
+        if server is not None and server.process.poll() is not None:
+            raise UserError(f"tritonserver exited with code {server.process.returncode}; see {self.log_file}:\n"
+                            f"{tail(self.log_file.read_text(errors='replace'))}")
+
+    def model_folders(self, names: list[str]) -> dict[str, Path]:
+        return {name: self.repo / name for name in names}
+
+    def logs(self, service: str | None) -> str:
+        target = self.log_file if service in (None, "triton") else self.state / f"build-{service}.log"
+        if not target.is_file():
+            raise UserError(f"no log at {target}; run `python -m scripts.stack up --mode local` first.")
+        return target.read_text(errors="replace")
+
+    def server_state(self) -> str:
+        pid = self.running_pid()
+        return f"running (pid {pid})" if pid else "not running"
+
+    def down(self, quiet: bool = False) -> None:
+        from scripts.local_triton import stop_process
+
+        pid = self.running_pid()
+        if pid:
+            stop_process(pid)
+            if not quiet:
+                log(f"stopped tritonserver (pid {pid})")
+        elif not quiet:
+            log("tritonserver was not running")
+        self.pid_file.unlink(missing_ok=True)
+
+
+# --- Docker mode --------------------------------------------------------------------------------
+
+class ComposeStack:
+    """`docker compose` for the lifecycle, the docker SDK to follow containers (by compose labels)."""
+
+    def __init__(self, settings: StackSettings) -> None:
+        self.settings = settings
+        self.project = settings["COMPOSE_PROJECT_NAME"]
+        try:
+            import docker
+
+            self.docker = docker.from_env()
+            self.docker.ping()
+        except Exception as exc:
+            raise UserError(f"no Docker engine answers ({type(exc).__name__}); start Docker or use --mode local.") from None
+        if settings.gpu_mode and not settings["TRITON_BASE_IMAGE"]:
+            raise UserError("TRITON_BASE_IMAGE is empty: set it in .env to NVIDIA's tritonserver image (NGC release 25.01-py3).")
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.settings['TRITON_BIND_ADDRESS']}:{self.settings['TRITON_HTTP_PORT']}"
+
+    def compose(self, *args: str, check: bool = True, capture: bool = False) -> subprocess.CompletedProcess:
+        import os
+
+        env = {**os.environ, **self.settings.compose_environment()}
+        result = subprocess.run(["docker", "compose", *args], cwd=ROOT, env=env, text=True,
+                                capture_output=capture, stdout=None if capture else sys.stderr)
+        if check and result.returncode != 0:
+            detail = tail(result.stderr or "") if capture else "see the output above"
+            raise UserError(f"`docker compose {' '.join(args)}` failed with exit code {result.returncode}: {detail}")
+        return result
+
+    def container(self, service: str):
+        found = self.docker.containers.list(all=True, filters={"label": [
+            f"com.docker.compose.project={self.project}", f"com.docker.compose.service={service}"]})
+        return found[0] if found else None
+
+    def build(self, keys: list[str]) -> None:
+        services = [get(k).compose_service for k in keys]
+        log(f"building images for {', '.join(services + ['triton'])}")
+        self.compose("build", *services, "triton")
+        for index, (key, service) in enumerate(zip(keys, services), 1):
+            log(f"[{index}/{len(services)}] running {service}")
+            started = time.monotonic()
+            self.compose("up", "--no-deps", "--detach", "--force-recreate", service)
+            container = self.container(service)
+            for line in container.logs(stream=True, follow=True):
+                text = line.decode(errors="replace").rstrip()
+                if text.startswith(("[build", "published", "error")):
+                    print(f"      {service}: {text}", flush=True)
+            code = container.wait()["StatusCode"]
+            if code != 0:
+                raise UserError(f"builder service {service} failed with exit code {code}; Triton was not started. "
+                                f"Last lines of its log:\n{tail(container.logs().decode(errors='replace'))}")
+            log(f"      {service}: done in {time.monotonic() - started:.1f} s")
+
+    def start_server(self) -> None:
+        self.compose("up", "--no-deps", "--detach", "--force-recreate", "triton")
+
+    def check_alive(self) -> None:
+        container = self.container("triton")
+        if container is None:
+            raise UserError("the triton container does not exist; run `python -m scripts.stack up`.")
+        container.reload()
+        if container.status in ("exited", "dead"):
+            raise UserError(f"the triton container {container.status} (exit code {container.attrs['State']['ExitCode']}):\n"
+                            f"{tail(container.logs().decode(errors='replace'))}")
+
+    def model_folders(self, names: list[str]) -> dict[str, Path]:
+        """Copy each model's config, manifest and golden answers out of the triton container."""
+        import io
+        import tarfile
+        import tempfile
+
+        container = self.container("triton")
+        target = Path(tempfile.mkdtemp(prefix="stack-verify-"))
+        for name in names:
+            (target / name).mkdir()
+            for file in ("config.pbtxt", "manifest.json", "golden.npz"):
+                try:
+                    stream, _ = container.get_archive(f"/models/{name}/{file}")
+                except Exception:
+                    continue  # missing files show up as not verified
+                with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as archive:
+                    archive.extractall(target / name, filter="data")
+            (target / name / "1").mkdir(exist_ok=True)
+        return {name: target / name for name in names}
+
+    def logs(self, service: str | None) -> str:
+        container = self.container(service or "triton")
+        if container is None:
+            raise UserError(f"no container for service {service or 'triton'} in project {self.project}.")
+        return container.logs().decode(errors="replace")
+
+    def server_state(self) -> str:
+        container = self.container("triton")
+        if container is None:
+            return "not created"
+        container.reload()
+        health = container.attrs.get("State", {}).get("Health", {}).get("Status", "no healthcheck")
+        return f"{container.status} ({health})"
+
+    def down(self, quiet: bool = False) -> None:
+        self.compose("down", "--volumes", "--remove-orphans")
+
+
+# --- Commands -------------------------------------------------------------------------------------
+
+def choose_mode(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    has_gpu = shutil.which("nvidia-smi") is not None
+    return "docker" if has_gpu and shutil.which("docker") else "local"
+
+
+def up(stack, settings: StackSettings) -> int:
+    keys = settings.models
+    started = time.monotonic()
+    stack.build(keys)
+    log("starting Triton")
+    stack.start_server()
+    names = model_names(settings)
+    load_times = wait_until_ready(stack.http_url, names, settings.int("READY_TIMEOUT_S"), stack.check_alive)
+    log(f"all {len(names)} models ready; sending each its golden inputs")
+    rows, ok = verify_all(stack.http_url, stack.model_folders(names), load_times)
+    print(table(rows))
+    log(f"{'verified' if ok else 'NOT verified'} in {time.monotonic() - started:.1f} s; Triton HTTP at {stack.http_url}")
+    return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m scripts.stack", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=("up", "build", "status", "verify", "logs", "down"))
+    parser.add_argument("target", nargs="?", help="build: a model; logs: a service (default triton)")
+    parser.add_argument("--mode", choices=("auto", "docker", "local"), default="auto")
+    parser.add_argument("--local", action="store_const", const="local", dest="mode", help="same as --mode local")
+    parser.add_argument("--env-file", type=Path, default=ROOT / ".env")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.env_file, ROOT)
+        mode = choose_mode(args.mode)
+        stack = LocalStack(settings) if mode == "local" else ComposeStack(settings)
+        if args.command == "up":
+            return up(stack, settings)
+        if args.command == "build":
+            keys = [args.target] if args.target else settings.models
+            unknown = [k for k in keys if k not in {m.key for m in MODELS}]
+            if unknown:
+                raise UserError(f"unknown model {unknown[0]}; choose from {', '.join(m.key for m in MODELS)}.")
+            stack.build(keys)
+            return 0
+        if args.command in ("status", "verify"):
+            log(f"mode {mode}; Triton {stack.server_state()}")
+            names = model_names(settings)
+            rows, ok = verify_all(stack.http_url, stack.model_folders(names))
+            print(table(rows))
+            return 0 if ok else 1
+        if args.command == "logs":
+            print(stack.logs(args.target))
+            return 0
+        if args.command == "down":
+            stack.down()
+            return 0
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
