@@ -30,7 +30,7 @@ KEYS: tuple[Key, ...] = (
     Key("COMPOSE_PROJECT_NAME", "str", "doc-triton", "compose project name (prefix of containers and the volume)"),
     Key("TRITON_BASE_IMAGE", "str", "", "NVIDIA's tritonserver image (NGC, e.g. release 25.01-py3) for the server and builders"),
     Key("TRTLLM_BASE_IMAGE", "str", "", "NVIDIA's Triton TensorRT-LLM image (NGC, e.g. 25.01-trtllm-python-py3) for ECLAIR"),
-    Key("BUILD_WHEELS_DIR", "str", "build/wheels", "wheels the images install from first (CI fills it; may be empty)"),
+    Key("PIP_OFFLINE", "choice:0|1", "0", "1: images install only from docker/wheels (CI fetches them first)"),
     Key("TRITON_BIND_ADDRESS", "str", "127.0.0.1", "address the Triton ports are published on"),
     Key("TRITON_HTTP_PORT", "port", "8000", "Triton HTTP port on the host"),
     Key("TRITON_GRPC_PORT", "port", "8001", "Triton gRPC port on the host"),
