@@ -9,6 +9,7 @@ subprocesses into a local repository, Triton from the nvidia-pytriton wheel, on 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -95,7 +96,8 @@ class LocalStack:
     def __init__(self, settings: StackSettings) -> None:
         self.settings = settings
         self.repo = settings.path("LOCAL_REPOSITORY")
-        self.state = ROOT / "build" / "local"
+        self.work = self.repo.parent / "work"  # ONNX files and demo checkpoints, kept for warm rebuilds
+        self.state = self.repo.parent / "local"  # pid, server log, builder logs
         self.pid_file = self.state / "triton.pid"
         self.log_file = self.state / "triton.log"
 
@@ -108,7 +110,7 @@ class LocalStack:
         for index, key in enumerate(keys, 1):
             spec = get(key)
             command = [sys.executable, "-m", "triton_models.build", key, "--repo", str(self.repo),
-                       "--work-dir", str(ROOT / "build" / "work"), "--max-batch-size", self.settings[spec.batch_size_key],
+                       "--work-dir", str(self.work), "--max-batch-size", self.settings[spec.batch_size_key],
                        "--precision", self.settings["PRECISION"], "--serve-backend", "python_onnx",
                        "--instance-count", self.settings["INSTANCE_COUNT"]]
             checkpoint = self.settings.checkpoint(key)
@@ -120,7 +122,7 @@ class LocalStack:
             (self.state / f"build-{key}.log").write_text(result.stdout + result.stderr)
             if result.returncode != 0:
                 raise UserError(f"builder {key} failed with exit code {result.returncode}; Triton was not started. "
-                                f"Last lines of build/local/build-{key}.log:\n{tail(result.stderr or result.stdout)}")
+                                f"Last lines of {self.state / f'build-{key}.log'}:\n{tail(result.stderr or result.stdout)}")
             skipped = "published" not in result.stdout
             log(f"      {key}: {'up to date, skipped' if skipped else 'built'} in {time.monotonic() - started:.1f} s")
 
@@ -129,8 +131,6 @@ class LocalStack:
             return None
         pid = int(self.pid_file.read_text())
         try:
-            import os
-
             os.kill(pid, 0)
         except (ProcessLookupError, PermissionError):
             return None
@@ -161,6 +161,9 @@ class LocalStack:
         if not target.is_file():
             raise UserError(f"no log at {target}; run `python -m scripts.stack up --mode local` first.")
         return target.read_text(errors="replace")
+
+    def server_running(self) -> bool:
+        return self.running_pid() is not None
 
     def server_state(self) -> str:
         pid = self.running_pid()
@@ -202,8 +205,6 @@ class ComposeStack:
         return f"{self.settings['TRITON_BIND_ADDRESS']}:{self.settings['TRITON_HTTP_PORT']}"
 
     def compose(self, *args: str, check: bool = True, capture: bool = False) -> subprocess.CompletedProcess:
-        import os
-
         env = {**os.environ, **self.settings.compose_environment()}
         result = subprocess.run(["docker", "compose", *args], cwd=ROOT, env=env, text=True,
                                 capture_output=capture, stdout=None if capture else sys.stderr)
@@ -226,15 +227,17 @@ class ComposeStack:
             started = time.monotonic()
             self.compose("up", "--no-deps", "--detach", "--force-recreate", service)
             container = self.container(service)
+            published = False
             for line in container.logs(stream=True, follow=True):
                 text = line.decode(errors="replace").rstrip()
-                if text.startswith(("[build", "published", "error")):
+                published |= text.startswith("published")
+                if text.startswith(("[build", "published", "up to date", "error")):
                     print(f"      {service}: {text}", flush=True)
             code = container.wait()["StatusCode"]
             if code != 0:
                 raise UserError(f"builder service {service} failed with exit code {code}; Triton was not started. "
                                 f"Last lines of its log:\n{tail(container.logs().decode(errors='replace'))}")
-            log(f"      {service}: done in {time.monotonic() - started:.1f} s")
+            log(f"      {key}: {'built' if published else 'up to date, skipped'} in {time.monotonic() - started:.1f} s")
 
     def start_server(self) -> None:
         self.compose("up", "--no-deps", "--detach", "--force-recreate", "triton")
@@ -255,6 +258,8 @@ class ComposeStack:
         import tempfile
 
         container = self.container("triton")
+        if container is None:
+            raise UserError("the triton container does not exist; run `python -m scripts.stack up`.")
         target = Path(tempfile.mkdtemp(prefix="stack-verify-"))
         for name in names:
             (target / name).mkdir()
@@ -273,6 +278,10 @@ class ComposeStack:
         if container is None:
             raise UserError(f"no container for service {service or 'triton'} in project {self.project}.")
         return container.logs().decode(errors="replace")
+
+    def server_running(self) -> bool:
+        container = self.container("triton")
+        return container is not None and container.status == "running"
 
     def server_state(self) -> str:
         container = self.container("triton")
@@ -295,9 +304,25 @@ def choose_mode(requested: str) -> str:
     return "docker" if has_gpu and shutil.which("docker") else "local"
 
 
+PORT_KEYS = ("TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT")
+
+
+def check_ports_free(stack, settings: StackSettings) -> None:
+    """Before anything starts: the ports must be free, unless this stack's own server holds them."""
+    from scripts.local_triton import port_in_use
+
+    if stack.server_running():
+        return
+    host = settings["TRITON_BIND_ADDRESS"] if isinstance(stack, ComposeStack) else "127.0.0.1"
+    busy = [f"{settings[k]} ({k})" for k in PORT_KEYS if port_in_use(settings.int(k), host if host != "0.0.0.0" else "127.0.0.1")]
+    if busy:
+        raise UserError(f"port {', '.join(busy)} is already in use on {host}; stop what holds it or set another port in .env.")
+
+
 def up(stack, settings: StackSettings) -> int:
     keys = settings.models
     started = time.monotonic()
+    check_ports_free(stack, settings)
     stack.build(keys)
     log("starting Triton")
     stack.start_server()
