@@ -19,14 +19,16 @@ from triton_models.registry import MODELS
 @dataclass(frozen=True)
 class Key:
     name: str
-    kind: str  # int | port | str | path | gpu_ids | choice:<a>|<b> | models
+    kind: str  # int | port | str | path | gpu_ids | choice:<a>|<b> | models | checkpoint
     default: str
     help: str
+    example: str | None = None  # what .env.example shows where it differs from the default
 
 
 KEYS: tuple[Key, ...] = (
     Key("COMPOSE_FILE", "str", "docker-compose.yaml",
-        "compose files; GPU hosts: docker-compose.yaml:docker-compose.gpu.yaml"),
+        "compose files: GPU hosts add docker-compose.gpu.yaml; docker-compose.yaml alone is the CPU profile",
+        example="docker-compose.yaml:docker-compose.gpu.yaml"),
     Key("COMPOSE_PROJECT_NAME", "str", "doc-triton", "compose project name (prefix of containers and the volume)"),
     Key("TRITON_BASE_IMAGE", "str", "", "NVIDIA's tritonserver image (NGC, e.g. release 25.01-py3) for the server and builders"),
     Key("TRTLLM_BASE_IMAGE", "str", "", "NVIDIA's Triton TensorRT-LLM image (NGC, e.g. 25.01-trtllm-python-py3) for ECLAIR"),
@@ -146,9 +148,15 @@ def load_settings(env_file: Path | None = Path(".env"), root: Path = Path("."), 
 
 def env_example_text() -> str:
     """The text of `.env.example`, generated from KEYS so the two never drift."""
-    lines = ["# Settings of the stack. Copy to .env and edit; every key is optional, shown with its default.",
-             "# `python -m scripts.stack` validates them all at once before anything starts.", ""]
+    lines = ["# Settings of the stack. Copy to .env and edit. Generated from scripts/settings.py (KEYS);",
+             "# `python -m scripts.stack` validates them all at once before anything starts.",
+             "# A GPU host needs TRITON_BASE_IMAGE set; everything else has a working default.", ""]
     for key in KEYS:
         lines.append(f"# {key.help}")
-        lines.append(f"{key.name}={key.default}")
+        lines.append(f"{key.name}={key.default if key.example is None else key.example}")
     return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    # `python -m scripts.settings > .env.example` regenerates the documented example.
+    print(env_example_text(), end="")
