@@ -52,9 +52,10 @@ KEYS: tuple[Key, ...] = (
     Key("YOLOX_CHECKPOINT", "checkpoint", "", "best_ckpt.pth under CHECKPOINTS_DIR (empty: demo)"),
     Key("E5_CHECKPOINT", "checkpoint", "", "e5-small-v2 Hugging Face folder under CHECKPOINTS_DIR (empty: demo)"),
     Key("ECLAIR_CHECKPOINT", "checkpoint", "", "ECLAIR VisionEncoderDecoder folder under CHECKPOINTS_DIR (empty: demo)"),
-    Key("ECLAIR_CHECKPOINT_DIR", "str", "./third_party/eclair_triton/checkpoints", "TensorRT-LLM overlay: checkpoints folder"),
+    Key("ECLAIR_CHECKPOINT_DIR", "str", "./third_party/eclair_triton/checkpoints", "TensorRT-LLM overlay: checkpoints folder (relative to the repository root)"),
     Key("ECLAIR_CHECKPOINT_NAME", "str", "", "TensorRT-LLM overlay: checkpoint folder name inside ECLAIR_CHECKPOINT_DIR"),
-    Key("ECLAIR_MODEL_DIR", "str", "./third_party/eclair_triton/models", "TensorRT-LLM overlay: where its engines go"),
+    Key("ECLAIR_MODEL_DIR", "str", "./third_party/eclair_triton/models", "TensorRT-LLM overlay: where its engines go (relative to the repository root)"),
+    Key("ECLAIR_HTTP_PORT", "port", "8010", "TensorRT-LLM overlay: HTTP port of triton-eclair"),
     Key("LOCAL_REPOSITORY", "path", "build/model_repository", "--local: the model repository folder"),
     Key("READY_TIMEOUT_S", "int", "600", "how long `up` waits for Triton and every model"),
 )

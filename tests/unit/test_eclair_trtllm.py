@@ -1,0 +1,50 @@
+import json
+
+import pytest
+
+from converters.errors import UserError
+from triton_models.eclair.trtllm import encoder_tokens, plan
+
+
+def _checkpoint(tmp_path, encoder, decoder=None, generation=None):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "vision-encoder-decoder", "encoder": encoder,
+                                                      "decoder": decoder or {"max_position_embeddings": 4096}}))
+    if generation:
+        (tmp_path / "generation_config.json").write_text(json.dumps(generation))
+    return tmp_path
+
+
+SWIN = {"model_type": "donut-swin", "image_size": [1280, 1024], "patch_size": 4, "depths": [2, 2, 14, 2], "embed_dim": 128}
+
+
+def test_swin_encoder_tokens_at_eclair_resolution():
+    assert encoder_tokens(SWIN) == ((1280, 1024), 40 * 32, 1024)
+
+
+def test_vit_encoder_has_a_cls_token():
+    assert encoder_tokens({"model_type": "vit", "image_size": 224, "patch_size": 16, "hidden_size": 768}) == ((224, 224), 197, 768)
+
+
+def test_unsupported_or_misaligned_encoders_are_refused():
+    with pytest.raises(UserError, match="not supported"):
+        encoder_tokens({"model_type": "convnext", "image_size": 224})
+    with pytest.raises(UserError, match="multiple"):
+        encoder_tokens({**SWIN, "image_size": [1000, 1024]})
+
+
+def test_plan_follows_batch_size_generation_limit_and_gpu(tmp_path):
+    result = plan(_checkpoint(tmp_path, SWIN, generation={"max_length": 3584}), batch_size=16, compute_capability="9.0")
+    assert result.max_encoder_input_len == 1280 * 16 and result.max_new_tokens == 3584 and result.dtype == "bfloat16"
+    command = result.decoder_build_command("ckpt/decoder", "engines/decoder")
+    assert command[command.index("--max_batch_size") + 1] == "16"
+    assert command[command.index("--max_seq_len") + 1] == "3585"
+    assert command[command.index("--max_encoder_input_len") + 1] == str(1280 * 16)
+    assert plan(tmp_path, 4, compute_capability="7.5").dtype == "float16"
+
+
+def test_plan_refuses_impossible_settings(tmp_path):
+    checkpoint = _checkpoint(tmp_path, SWIN, decoder={"max_position_embeddings": 1024})
+    with pytest.raises(UserError, match="max_position_embeddings"):
+        plan(checkpoint, 8, max_new_tokens=4096)
+    with pytest.raises(UserError, match="ECLAIR_BATCH_SIZE"):
+        plan(checkpoint, 0)

@@ -1,0 +1,160 @@
+"""ECLAIR on TensorRT-LLM (GPU hosts): the decisions of the engine build, as plain code.
+
+The build runs in the TensorRT-LLM image (`third_party/eclair_triton`): the vision encoder goes
+ONNX -> TensorRT through the converters; the mBART decoder goes through TensorRT-LLM's
+`convert_checkpoint.py --model_type bart --nougat` and `trtllm-build`. What is decided here
+(visual tokens per page, sequence limits, dtype, batch) is tested; the commands themselves only
+run where TensorRT-LLM is installed.
+
+`python -m triton_models.eclair.trtllm plan CHECKPOINT` prints the plan and the commands.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from converters.errors import UserError
+
+
+@dataclass(frozen=True)
+class TrtllmPlan:
+    image_hw: tuple[int, int]
+    encoder_tokens: int  # visual features per page, what the decoder cross-attends to
+    encoder_hidden: int
+    max_batch_size: int
+    max_new_tokens: int
+    dtype: str  # bfloat16 | float16
+
+    @property
+    def max_encoder_input_len(self) -> int:
+        # With remove_input_padding the encoder output of a whole batch is packed into one dimension.
+        return self.encoder_tokens * self.max_batch_size
+
+    def decoder_build_command(self, checkpoint_dir: Path, engine_dir: Path) -> list[str]:
+        return ["trtllm-build", "--checkpoint_dir", str(checkpoint_dir), "--output_dir", str(engine_dir),
+                "--paged_kv_cache", "disable", "--moe_plugin", "disable", "--gemm_plugin", self.dtype,
+                "--bert_attention_plugin", self.dtype, "--gpt_attention_plugin", self.dtype,
+                "--remove_input_padding", "enable", "--max_beam_width", "1",
+                "--max_batch_size", str(self.max_batch_size), "--max_input_len", "1",
+                "--max_seq_len", str(self.max_new_tokens + 1),
+                "--max_encoder_input_len", str(self.max_encoder_input_len)]
+
+    def convert_command(self, examples: Path, hf_dir: Path, out_dir: Path) -> list[str]:
+        return [sys.executable, str(examples / "enc_dec" / "convert_checkpoint.py"), "--model_type", "bart",
+                "--model_dir", str(hf_dir), "--output_dir", str(out_dir), "--tp_size", "1", "--pp_size", "1",
+                "--dtype", self.dtype, "--nougat"]
+
+
+def encoder_tokens(encoder: dict) -> tuple[tuple[int, int], int, int]:
+    """(image h, w), visual tokens per page and hidden size, from the encoder's HF config."""
+    size = encoder.get("image_size")
+    image_hw = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+    patch = encoder.get("patch_size", 4)
+    kind = encoder.get("model_type")
+    if kind in ("donut-swin", "swin"):
+        stages = len(encoder["depths"])
+        stride = patch * 2 ** (stages - 1)  # each stage but the last merges 2x2 patches
+        hidden = int(encoder["embed_dim"] * 2 ** (stages - 1))
+    elif kind == "vit":
+        stride, hidden = patch, encoder["hidden_size"]
+    else:
+        raise UserError(f"ECLAIR encoder type '{kind}' is not supported for TensorRT-LLM; use donut-swin or vit.")
+    if image_hw[0] % stride or image_hw[1] % stride:
+        raise UserError(f"ECLAIR image size {image_hw} is not a multiple of the encoder's stride {stride}.")
+    tokens = (image_hw[0] // stride) * (image_hw[1] // stride) + (1 if kind == "vit" else 0)
+    return image_hw, tokens, hidden
+
+
+def plan(checkpoint: Path, batch_size: int, max_new_tokens: int | None = None,
+         compute_capability: str | None = None) -> TrtllmPlan:
+    config_path = Path(checkpoint) / "config.json"
+    if not config_path.is_file():
+        raise UserError(f"ECLAIR checkpoint {checkpoint} lacks config.json.")
+    config = json.loads(config_path.read_text())
+    if batch_size < 1:
+        raise UserError(f"ECLAIR_BATCH_SIZE must be at least 1, got {batch_size}.")
+    image_hw, tokens, hidden = encoder_tokens(config["encoder"])
+    generation = Path(checkpoint) / "generation_config.json"
+    limit = config["decoder"].get("max_position_embeddings", 4096)
+    if max_new_tokens is None:
+        max_new_tokens = json.loads(generation.read_text()).get("max_length", limit) if generation.is_file() else limit
+    if max_new_tokens > limit:
+        raise UserError(f"ECLAIR max_new_tokens {max_new_tokens} exceeds the decoder's max_position_embeddings {limit}.")
+    # bf16 where the GPU has it (Ampere and newer): the decoder's logits stay in range; fp16 before.
+    major = int(compute_capability.split(".")[0]) if compute_capability else 8
+    return TrtllmPlan(image_hw, tokens, hidden, batch_size, max_new_tokens, "bfloat16" if major >= 8 else "float16")
+
+
+class VisionEncoder:
+    """The checkpoint's vision encoder alone, for ONNX -> TensorRT: pixels -> encoder states."""
+
+    def __new__(cls, folder: Path):
+        import torch
+        from transformers import VisionEncoderDecoderModel
+
+        class _Encoder(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.encoder = VisionEncoderDecoderModel.from_pretrained(str(folder), local_files_only=True).encoder
+
+            def forward(self, pixel_values):
+                return self.encoder(pixel_values=pixel_values).last_hidden_state
+
+        return _Encoder().eval()
+
+
+def build(checkpoint: Path, work: Path, engines: Path, examples: Path, batch_size: int) -> TrtllmPlan:
+    """Encoder -> ONNX -> TensorRT (fp16) with the converters; decoder -> TensorRT-LLM. GPU hosts only."""
+    import subprocess
+
+    from converters.batching import BatchPlan
+    from converters.io_config import parse_io_config
+    from converters.pipeline import convert
+    from converters.settings import ConversionSettings
+    from converters.tensorrt_backend import tensorrt_version
+    from converters.manifest import gpu_identity
+
+    if tensorrt_version() is None:
+        raise UserError("the ECLAIR TensorRT-LLM build needs TensorRT and TensorRT-LLM: run it in the triton-trt-llm image.")
+    result = plan(checkpoint, batch_size, compute_capability=gpu_identity()["compute_capability"])
+    height, width = result.image_hw
+    io = json.dumps({"inputs": [{"name": "pixel_values", "dtype": "float32", "shape": [3, height, width], "range": [-2, 2]}],
+                     "outputs": [{"name": "encoder_states", "dtype": "float32",
+                                  "shape": [result.encoder_tokens, result.encoder_hidden]}]})
+    settings = ConversionSettings(
+        ckpt_path=checkpoint, model_script_path=Path(__file__), model_class_name="VisionEncoder", model_name="encoder",
+        io=parse_io_config(io), plan=BatchPlan.create(batch_size, (None, 1), None), onnx_path=work / "encoder.onnx",
+        engine_path=engines / "visual_encoder.plan", triton_repo=work / "unused_repo", triton_inputs=None, device="cuda",
+        generate_onnx=True, generate_trt=True, generate_triton_config=False, overwrite=True, use_fp16=True,
+        serve_backend="tensorrt_plan")
+    convert(settings, load_model=lambda: VisionEncoder(checkpoint))
+    subprocess.run(result.convert_command(examples, checkpoint, work / "trtllm_checkpoint"), check=True)
+    subprocess.run(result.decoder_build_command(work / "trtllm_checkpoint" / "decoder", engines / "decoder"), check=True)
+    (engines / "plan.json").write_text(json.dumps(result.__dict__, indent=2, default=list) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m triton_models.eclair.trtllm")
+    parser.add_argument("command", choices=("plan", "build"))
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--work", type=Path, default=Path("/work/eclair"))
+    parser.add_argument("--engines", type=Path, default=Path("/engines"))
+    parser.add_argument("--examples", type=Path, default=Path("/app/tensorrt_llm/examples"),
+                        help="TensorRT-LLM's examples folder (convert_checkpoint.py)")
+    args = parser.parse_args()
+    try:
+        if args.command == "plan":
+            result = plan(args.checkpoint, args.batch_size)
+            print(result)
+            print(" ".join(result.convert_command(args.examples, args.checkpoint, args.work / "trtllm_checkpoint")))
+            print(" ".join(result.decoder_build_command(args.work / "trtllm_checkpoint" / "decoder", args.engines / "decoder")))
+        else:
+            build(args.checkpoint, args.work, args.engines, args.examples, args.batch_size)
+    except UserError as exc:
+        sys.exit(f"error: {exc}")
