@@ -16,8 +16,8 @@ from converters import export as export_step
 from converters.check import CheckResult, check_graph, compare, run_onnx
 from converters.errors import UserError
 from converters.loading import build_model
-from converters.manifest import (MANIFEST_NAME, file_sha256, fingerprint, gpu_identity, read_manifest,
-                                 text_sha256, tool_versions)
+from converters.manifest import (MANIFEST_NAME, engine_compatibility, file_sha256, fingerprint, gpu_identity,
+                                 read_manifest, text_sha256, tool_versions)
 from converters.precision import TOLERANCES, plan_precision
 from converters.publish import atomic_output, publish_model_folder
 from converters.runners import ONNX_RUNNER
@@ -89,6 +89,11 @@ def convert(settings: ConversionSettings, load_model: Callable[[], torch.nn.Modu
         result.model_dir, result.up_to_date = model_dir, True
         _say(result, f"{model_dir} is up to date with these inputs and settings; nothing to do (--force rebuilds).")
         return result
+
+    if existing and serve_backend == "tensorrt_plan":
+        compatibility = engine_compatibility(existing, tensorrt, gpu.get("compute_capability"))
+        if not compatibility.ok:  # never serve an engine built elsewhere: rebuild it here
+            _say(result, f"rebuilding {model_dir}: its engine was {compatibility.reason}.")
 
     started = time.perf_counter()
     if load_model is None:

@@ -238,3 +238,12 @@ def test_fp16_onnx_for_strongly_typed_tensorrt_keeps_accuracy(published, small_d
     model = build_model(small_deberta.script, "SmallDeberta", small_deberta.ckpt)
     check = compare(run_torch(model, io, sample), run_onnx(fp16_path, sample), TOLERANCES["fp16"])
     assert check.ok, check.report()
+
+
+def test_generate_onnx_alone_writes_only_the_onnx(small_deberta, tmp_path):
+    args = [a for a in seed_command(small_deberta.ckpt, small_deberta.script, tmp_path, tmp_path / "repo")
+            if a not in ("--generate-trt", "--generate-triton-config")]
+    result = run_converter(args)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "model.onnx").is_file() and not (tmp_path / "repo").exists()
+    assert "max abs error" in result.stderr  # checked even when nothing is published
