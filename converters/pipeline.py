@@ -20,7 +20,7 @@ from converters.manifest import (MANIFEST_NAME, engine_compatibility, file_sha25
                                  read_manifest, text_sha256, tool_versions)
 from converters.precision import TOLERANCES, plan_precision
 from converters.publish import atomic_output, publish_model_folder
-from converters.runners import ONNX_RUNNER
+from converters.runners import ONNX_RUNNER, TORCH_RUNNER
 from converters.settings import ConversionSettings
 from converters.triton_config import InstancePlan, TritonModelConfig, build_config, check_config_fits_profile, config_text
 
@@ -136,6 +136,10 @@ def convert(settings: ConversionSettings, load_model: Callable[[], torch.nn.Modu
         if serve_backend == "tensorrt_plan":
             engine, precision = _build_and_check_engine(settings, onnx_path, tensorrt, model, sample, result, Path(scratch))
             publish_files["1/model.plan"] = engine
+        elif serve_backend == "python_torch":
+            precision = "fp16" if settings.use_fp16 and settings.device == "cuda" else "fp32"
+            publish_files["1/model.pt"] = _trace(model, triton_inputs, settings.device, sample, Path(scratch))
+            publish_files["1/model.py"] = TORCH_RUNNER
         elif serve_backend in ("python_onnx", "onnxruntime_onnx"):
             publish_files["1/model.onnx"] = onnx_path
             if serve_backend == "python_onnx":
@@ -148,7 +152,7 @@ def convert(settings: ConversionSettings, load_model: Callable[[], torch.nn.Modu
             name=settings.model_name, serve_backend=serve_backend, io=settings.io, triton_inputs=triton_inputs,
             plan=settings.plan, dynamic_batching=settings.dynamic_batching,
             max_queue_delay_us=settings.max_queue_delay_us, instances=_instances(settings, serve_backend),
-            warmup=settings.warmup))
+            warmup=settings.warmup, parameters={"precision": precision} if serve_backend == "python_torch" else {}))
         check_config_fits_profile(config, settings.plan.profiles(settings.io))
         golden_inputs = export_step.make_sample(settings.io, settings.plan, batch=min(GOLDEN_BATCH, settings.plan.max_batch_size), seed=1)
         golden_outputs = export_step.run_torch(model, settings.io, golden_inputs, settings.device)
@@ -269,3 +273,17 @@ def _calibration_batches(data: dict[str, np.ndarray], settings: ConversionSettin
     total = len(next(iter(data.values())))
     step = settings.plan.max_batch_size
     return [{n: data[n][i:i + step] for n in settings.io.input_names} for i in range(0, total - step + 1, step)]
+
+
+def _trace(model: torch.nn.Module, inputs: tuple[str, ...], device: str, sample: dict, scratch: Path) -> Path:
+    """TorchScript of the model for the python_torch runner (traced on the check sample, taking
+    the served inputs in the config's order)."""
+    import warnings
+
+    args = tuple(torch.from_numpy(sample[name]).to(device) for name in inputs)
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes
+        traced = torch.jit.trace(model, args, check_trace=False, strict=False)
+    path = scratch / "model.pt"
+    traced.save(str(path))
+    return path

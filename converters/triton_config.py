@@ -16,6 +16,7 @@ SERVE_BACKENDS = {
     "tensorrt_plan": {"platform": "tensorrt_plan", "file": "model.plan"},
     "onnxruntime_onnx": {"platform": "onnxruntime_onnx", "file": "model.onnx"},
     "python_onnx": {"backend": "python", "file": "model.onnx"},
+    "python_torch": {"backend": "python", "file": "model.pt"},  # TorchScript on PyTorch (CUDA fp16 without TensorRT)
 }
 
 

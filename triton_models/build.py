@@ -13,6 +13,7 @@ from pathlib import Path
 from converters.errors import UserError
 from converters.manifest import MANIFEST_NAME
 from converters.settings import parse_int_list
+from converters.triton_config import SERVE_BACKENDS
 from triton_models.common import BuildOptions
 from triton_models.registry import MODELS, get
 
@@ -25,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", type=Path, default=Path("build/work"), help="ONNX, engines, demo checkpoints")
     p.add_argument("--max-batch-size", type=int, help="default: the registry's batch size for the model")
     p.add_argument("--precision", choices=("fp16", "fp32"), default="fp16")
-    p.add_argument("--serve-backend", choices=("auto", "tensorrt_plan", "onnxruntime_onnx", "python_onnx"), default="auto")
+    p.add_argument("--serve-backend", choices=("auto",) + tuple(SERVE_BACKENDS), default="auto")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--instance-count", type=int, default=1)
     p.add_argument("--gpus", default=None, help="comma list of GPU ids for the instance group")

@@ -2,3 +2,4 @@
 from pathlib import Path
 
 ONNX_RUNNER = Path(__file__).with_name("onnx_runner.py")
+TORCH_RUNNER = Path(__file__).with_name("torch_runner.py")
