@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet "$(TORCH)"
-	$(VENV)/bin/pip install --quiet -e ".[local,demo,test]"
+	$(VENV)/bin/pip install --quiet -e ".[local,demo,test,bench]"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -1,6 +1,6 @@
 """`python -m scripts.stack COMMAND`: build every model, serve it with Triton, and prove it answers.
 
-Commands: up, build [MODEL], status, verify, logs [SERVICE], down.
+Commands: up, build [MODEL], status, verify, logs [SERVICE], down, bench [MODEL], tune [MODEL].
 Modes: `--mode docker` drives `docker compose` (builders -> volume -> Triton) and follows the
 containers with the docker SDK; `--mode local` runs the same steps without Docker (builders as
 subprocesses into a local repository, Triton from the nvidia-pytriton wheel, on CPU).
@@ -105,6 +105,10 @@ class LocalStack:
     def http_url(self) -> str:
         return f"127.0.0.1:{self.settings['TRITON_HTTP_PORT']}"
 
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.settings['TRITON_GRPC_PORT']}"
+
     def build(self, keys: list[str]) -> None:
         self.state.mkdir(parents=True, exist_ok=True)
         for index, key in enumerate(keys, 1):
@@ -203,6 +207,10 @@ class ComposeStack:
     @property
     def http_url(self) -> str:
         return f"{self.settings['TRITON_BIND_ADDRESS']}:{self.settings['TRITON_HTTP_PORT']}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.settings['TRITON_BIND_ADDRESS']}:{self.settings['TRITON_GRPC_PORT']}"
 
     def compose(self, *args: str, check: bool = True, capture: bool = False) -> subprocess.CompletedProcess:
         env = {**os.environ, **self.settings.compose_environment()}
@@ -335,14 +343,81 @@ def up(stack, settings: StackSettings) -> int:
     return 0 if ok else 1
 
 
+def bench_names(settings: StackSettings, target: str | None) -> list[str]:
+    """`bench MODEL`: a registry key (its core model) or a Triton name; default every core model."""
+    if target is None:
+        return [get(key).triton_names[0] for key in settings.models]
+    for spec in MODELS:
+        if target == spec.key:
+            return [spec.triton_names[0]]
+        if target in spec.triton_names:
+            return [target]
+    raise UserError(f"unknown model {target}; choose a model key or a Triton name of: {', '.join(model_names(settings))}.")
+
+
+def bench(stack, settings: StackSettings, args: argparse.Namespace) -> Path:
+    from scripts import bench as benchmark
+    from converters.settings import parse_int_list
+
+    folders = stack.model_folders(bench_names(settings, args.target))
+    batches = list(parse_int_list(args.batch_sizes, "--batch-sizes"))
+    concurrencies = list(parse_int_list(args.concurrency, "--concurrency"))
+    points = benchmark.sweep(stack.grpc_url, list(folders.values()), batches, concurrencies, args.duration,
+                             raw=not args.no_raw)
+    if not points:
+        raise UserError("nothing to benchmark: the chosen models are not batched (max_batch_size 0).")
+    device = benchmark.device_name()
+    paths = benchmark.write_report(points, args.out, {"device": device, "duration_s": args.duration,
+                                                      "batch_sizes": batches, "concurrency": concurrencies})
+    for row in benchmark.summary(points):
+        ratio = f", served/raw {row['served_over_raw']:.2f}" if row["served_over_raw"] else ""
+        log(f"{row['model']} batch {row['batch']}: {row['served_items_per_s']:,.0f} items/s "
+            f"(concurrency {row['best_concurrency']}, p95 {row['p95_ms']:.1f} ms){ratio}")
+    log(f"report: {', '.join(str(p) for p in paths)}")
+    return paths[0]
+
+
+def tune(settings: StackSettings, report: Path, budget_ms: float, metric: str, env_file: Path) -> dict[str, int]:
+    import json
+
+    from dotenv import set_key
+
+    from scripts import bench as benchmark
+
+    if not report.is_file():
+        raise UserError(f"no bench report at {report}; run `python -m scripts.stack bench` first.")
+    chosen = benchmark.choose_batch_sizes(json.loads(report.read_text())["points"], budget_ms, metric)
+    if not chosen:
+        raise UserError(f"no benchmarked batch size keeps {metric} within {budget_ms:g} ms; raise --latency-budget-ms.")
+    keys = {spec.triton_names[0]: spec.batch_size_key for spec in MODELS}
+    if env_file.is_file():
+        backup = env_file.with_name(f"{env_file.name}.{time.strftime('%Y%m%d-%H%M%S')}.bak")
+        shutil.copy2(env_file, backup)
+        log(f"kept a backup of {env_file} at {backup}")
+    for model, batch in chosen.items():
+        set_key(str(env_file), keys[model], str(batch), quote_mode="never")
+        log(f"{keys[model]}={batch}  (best throughput of {model} with {metric} <= {budget_ms:g} ms)")
+    load_settings(env_file, settings.root)  # what tune wrote must validate
+    log("the next `up` rebuilds the models whose batch size changed")
+    return chosen
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.stack", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("up", "build", "status", "verify", "logs", "down"))
-    parser.add_argument("target", nargs="?", help="build: a model; logs: a service (default triton)")
+    parser.add_argument("command", choices=("up", "build", "status", "verify", "logs", "down", "bench", "tune"))
+    parser.add_argument("target", nargs="?", help="build/bench: a model; logs: a service (default triton)")
     parser.add_argument("--mode", choices=("auto", "docker", "local"), default="auto")
     parser.add_argument("--local", action="store_const", const="local", dest="mode", help="same as --mode local")
     parser.add_argument("--env-file", type=Path, default=ROOT / ".env")
+    sweep = parser.add_argument_group("bench and tune")
+    sweep.add_argument("--batch-sizes", default="1,2,4,8,16,32,64", help="client batch sizes (capped at each max)")
+    sweep.add_argument("--concurrency", default="1,2,4", help="concurrent callers")
+    sweep.add_argument("--duration", type=float, default=5.0, help="seconds per point")
+    sweep.add_argument("--no-raw", action="store_true", help="skip the raw-model sweep")
+    sweep.add_argument("--out", type=Path, default=ROOT / "build" / "bench", help="report folder")
+    sweep.add_argument("--latency-budget-ms", type=float, default=100.0, help="tune: latency budget")
+    sweep.add_argument("--metric", choices=("p50_ms", "p95_ms", "p99_ms"), default="p95_ms", help="tune: latency metric")
     args = parser.parse_args(argv)
     try:
         settings = load_settings(args.env_file, ROOT)
@@ -368,6 +443,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "down":
             stack.down()
+            return 0
+        if args.command == "bench":
+            bench(stack, settings, args)
+            return 0
+        if args.command == "tune":
+            tune(settings, args.out / "bench.json", args.latency_budget_ms, args.metric, args.env_file)
             return 0
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

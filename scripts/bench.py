@@ -1,0 +1,255 @@
+"""Load through Triton at a sweep of batch sizes and concurrencies, the same sweep on the raw
+model (same weights and precision, no server), a report (JSON, CSV, PNG plots), and `tune`.
+
+The load generator is tritonclient's gRPC client, one client per concurrent caller (threads),
+sending the model's golden inputs tiled to the batch size: the numbers perf_analyzer reports
+(items/s, p50/p95/p99 latency) without needing its glibc >= 2.38.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from converters.errors import UserError
+from converters.pipeline import GOLDEN_NAME
+from converters.triton_config import read_config
+
+_WIRE = {"TYPE_FP32": "FP32", "TYPE_FP16": "FP16", "TYPE_INT64": "INT64", "TYPE_INT32": "INT32",
+         "TYPE_UINT8": "UINT8", "TYPE_STRING": "BYTES", "TYPE_BOOL": "BOOL"}
+
+
+@dataclass
+class BenchPoint:
+    model: str
+    kind: str  # served | raw
+    batch: int
+    concurrency: int
+    requests: int
+    items_per_s: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    gpu_mem_mb: float | None
+
+
+def gpu_memory_mb() -> float | None:
+    if shutil.which("nvidia-smi") is None:
+        return None
+    out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                         capture_output=True, text=True)
+    return float(sum(float(v) for v in out.stdout.split())) if out.returncode == 0 else None
+
+
+def device_name() -> str:
+    """What the figures were measured on: the GPU's name, else the CPU count."""
+    if shutil.which("nvidia-smi"):
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True)
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip().splitlines()[0]
+    import os
+
+    return f"CPU, {os.cpu_count()} cores"
+
+
+def batch_inputs(model_dir: Path, batch: int) -> dict[str, np.ndarray]:
+    """The golden inputs, rows repeated up to `batch` (realistic values, any batch size)."""
+    with np.load(model_dir / GOLDEN_NAME) as golden:
+        inputs = {k[len("input__"):]: golden[k] for k in golden.files if k.startswith("input__")}
+    return {name: np.resize(value, (batch,) + value.shape[1:]) for name, value in inputs.items()}
+
+
+def _percentiles(latencies: list[float]) -> tuple[float, float, float]:
+    values = np.percentile(np.asarray(latencies) * 1000.0, [50, 95, 99])
+    return float(values[0]), float(values[1]), float(values[2])
+
+
+def served_point(grpc_url: str, model_dir: Path, batch: int, concurrency: int, duration_s: float) -> BenchPoint:
+    import tritonclient.grpc as grpc
+    from tritonclient.grpc import model_config_pb2 as pb
+
+    config = read_config(model_dir / "config.pbtxt")
+    feeds = batch_inputs(model_dir, batch)
+    wire = {i.name: _WIRE[pb.DataType.Name(i.data_type)] for i in config.input}
+    latencies: list[float] = []
+    lock, errors = threading.Lock(), []
+    deadline = time.monotonic() + duration_s
+
+    def caller() -> None:
+        client = grpc.InferenceServerClient(grpc_url)
+        tensors = []
+        for name, value in feeds.items():
+            if name not in wire:
+                continue
+            tensor = grpc.InferInput(name, list(value.shape), wire[name])
+            tensor.set_data_from_numpy(value.astype(object) if wire[name] == "BYTES" else value)
+            tensors.append(tensor)
+        mine = []
+        try:
+            client.infer(config.name, tensors)  # warm-up, not counted
+            while time.monotonic() < deadline:
+                started = time.perf_counter()
+                client.infer(config.name, tensors)
+                mine.append(time.perf_counter() - started)
+        except Exception as exc:  # reported below with the model and the point
+            errors.append(str(exc))
+        finally:
+            client.close()
+        with lock:
+            latencies.extend(mine)
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=caller) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.monotonic() - started
+    if errors or not latencies:
+        raise UserError(f"bench of {config.name} at batch {batch}, concurrency {concurrency} failed: "
+                        f"{errors[0] if errors else 'no request finished'}")
+    p50, p95, p99 = _percentiles(latencies)
+    return BenchPoint(config.name, "served", batch, concurrency, len(latencies), len(latencies) * batch / wall,
+                      p50, p95, p99, gpu_memory_mb())
+
+
+class RawModel:
+    """The published artifact run directly, as the server's runner would, without the server."""
+
+    def __init__(self, model_dir: Path) -> None:
+        config = read_config(model_dir / "config.pbtxt")
+        self.inputs = [i.name for i in config.input]
+        version = model_dir / "1"
+        if (version / "model.onnx").is_file():
+            import onnxruntime as ort
+
+            self.session = ort.InferenceSession(str(version / "model.onnx"), providers=["CPUExecutionProvider"])
+            self.run = lambda feeds: self.session.run(None, {n: feeds[n] for n in self.inputs})
+        elif (version / "model.pt").is_file():
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            half = device == "cuda" and config.parameters["precision"].string_value == "fp16"
+            module = torch.jit.load(str(version / "model.pt"), map_location=device).eval()
+            module = module.half() if half else module
+
+            def run(feeds):
+                tensors = [torch.from_numpy(feeds[n]).to(device) for n in self.inputs]
+                tensors = [t.half() if half and t.is_floating_point() else t for t in tensors]
+                with torch.inference_mode():
+                    result = module(*tensors)
+                return [r.float().cpu().numpy() for r in (result if isinstance(result, (tuple, list)) else [result])]
+
+            self.run = run
+        else:
+            raise UserError(f"{model_dir} has no model.onnx or model.pt to run raw (engines are benchmarked served only).")
+
+
+def raw_point(model_dir: Path, batch: int, duration_s: float) -> BenchPoint:
+    raw = RawModel(model_dir)
+    feeds = batch_inputs(model_dir, batch)
+    raw.run(feeds)  # warm-up
+    latencies = []
+    deadline = time.monotonic() + duration_s
+    started = time.monotonic()
+    while time.monotonic() < deadline:
+        begun = time.perf_counter()
+        raw.run(feeds)  # outputs are copied to the host, as the served path does
+        latencies.append(time.perf_counter() - begun)
+    wall = time.monotonic() - started
+    p50, p95, p99 = _percentiles(latencies)
+    return BenchPoint(model_dir.name, "raw", batch, 1, len(latencies), len(latencies) * batch / wall, p50, p95, p99,
+                      gpu_memory_mb())
+
+
+def sweep(grpc_url: str, model_dirs: list[Path], batches: list[int], concurrencies: list[int], duration_s: float,
+          raw: bool = True) -> list[BenchPoint]:
+    from tqdm import tqdm
+
+    plan = []
+    for model_dir in model_dirs:
+        max_batch = read_config(model_dir / "config.pbtxt").max_batch_size
+        if max_batch == 0:
+            continue  # not batched: one request is one item
+        sizes = [b for b in batches if b <= max_batch]
+        plan += [(model_dir, b, c) for b in sizes for c in concurrencies]
+        if raw:
+            plan += [(model_dir, b, 0) for b in sizes]
+    points = []
+    for model_dir, batch, concurrency in tqdm(plan, desc="bench", unit="point"):
+        points.append(raw_point(model_dir, batch, duration_s) if concurrency == 0
+                      else served_point(grpc_url, model_dir, batch, concurrency, duration_s))
+    return points
+
+
+def summary(points: list[BenchPoint]) -> list[dict]:
+    """Per model and batch: the best served throughput (over concurrencies) and its ratio to raw."""
+    rows = []
+    for model in sorted({p.model for p in points}):
+        for batch in sorted({p.batch for p in points if p.model == model}):
+            served = [p for p in points if p.model == model and p.batch == batch and p.kind == "served"]
+            raw = [p for p in points if p.model == model and p.batch == batch and p.kind == "raw"]
+            if not served:
+                continue
+            best = max(served, key=lambda p: p.items_per_s)
+            rows.append({"model": model, "batch": batch, "best_concurrency": best.concurrency,
+                         "served_items_per_s": best.items_per_s, "p95_ms": best.p95_ms,
+                         "raw_items_per_s": raw[0].items_per_s if raw else None,
+                         "served_over_raw": best.items_per_s / raw[0].items_per_s if raw else None})
+    return rows
+
+
+def write_report(points: list[BenchPoint], out_dir: Path, meta: dict) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = {"meta": meta, "points": [asdict(p) for p in points], "summary": summary(points)}
+    paths = [out_dir / "bench.json", out_dir / "bench.csv"]
+    paths[0].write_text(json.dumps(report, indent=2) + "\n")
+    with open(paths[1], "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(asdict(points[0])))
+        writer.writeheader()
+        writer.writerows(asdict(p) for p in points)
+    for model in sorted({p.model for p in points}):
+        mine = [p for p in points if p.model == model]
+        figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+        for kind, concurrency in sorted({(p.kind, p.concurrency) for p in mine}, key=lambda k: (k[0] == "raw", k[1])):
+            line = sorted((p for p in mine if (p.kind, p.concurrency) == (kind, concurrency)), key=lambda p: p.batch)
+            label = "raw model (no server)" if kind == "raw" else f"served, concurrency {concurrency}"
+            style = "k--o" if kind == "raw" else "-o"
+            left.plot([p.batch for p in line], [p.items_per_s for p in line], style, label=label)
+            right.plot([p.batch for p in line], [p.p95_ms for p in line], style, label=label)
+        for axis, title, unit in ((left, "throughput", "items/s"), (right, "p95 latency", "ms")):
+            axis.set_xscale("log", base=2)
+            axis.set_xlabel("batch size")
+            axis.set_ylabel(unit)
+            axis.set_title(f"{model}: {title}")
+            axis.grid(True, alpha=0.3)
+        left.legend(fontsize=8)
+        figure.suptitle(meta.get("device", ""), fontsize=9)
+        figure.tight_layout()
+        path = out_dir / f"bench_{model}.png"
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
+        paths.append(path)
+    return paths
+
+
+def choose_batch_sizes(points: list[dict], budget_ms: float, metric: str = "p95_ms") -> dict[str, int]:
+    """Per model: the batch size of the highest served throughput whose latency metric fits the budget."""
+    chosen = {}
+    for model in sorted({p["model"] for p in points}):
+        fitting = [p for p in points if p["model"] == model and p["kind"] == "served" and p[metric] <= budget_ms]
+        if fitting:
+            chosen[model] = max(fitting, key=lambda p: p["items_per_s"])["batch"]
+    return chosen
