@@ -34,6 +34,7 @@ GOLDEN_BATCH = 2
 class ConversionResult:
     model_dir: Path | None = None
     serve_backend: str = ""
+    precision: str = "fp32"  # of what is served: the tolerance its golden answers are checked with
     up_to_date: bool = False
     onnx_check: CheckResult | None = None
     engine_check: CheckResult | None = None
@@ -86,7 +87,7 @@ def convert(settings: ConversionSettings, load_model: Callable[[], torch.nn.Modu
     existing = read_manifest(model_dir)
     if (settings.generate_triton_config and not settings.force and existing and existing.get("fingerprint") == key
             and (model_dir / "config.pbtxt").is_file()):
-        result.model_dir, result.up_to_date = model_dir, True
+        result.model_dir, result.up_to_date, result.precision = model_dir, True, existing.get("precision", "fp32")
         _say(result, f"{model_dir} is up to date with these inputs and settings; nothing to do (--force rebuilds).")
         return result
 
@@ -170,6 +171,7 @@ def convert(settings: ConversionSettings, load_model: Callable[[], torch.nn.Modu
         if model_dir.exists() and not settings.overwrite and existing is not None:
             _say(result, f"replacing {model_dir}: its manifest says it was built from other inputs or settings.")
         result.model_dir = publish_model_folder(settings.triton_repo, settings.model_name, publish_files)
+        result.precision = precision
     _say(result, f"published {result.model_dir} ({serve_backend}, {precision})")
     return result
 

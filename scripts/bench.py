@@ -199,7 +199,9 @@ def summary(points: list[BenchPoint]) -> list[dict]:
             if not served:
                 continue
             best = max(served, key=lambda p: p.items_per_s)
+            single = next((p for p in served if p.concurrency == 1), None)
             rows.append({"model": model, "batch": batch, "best_concurrency": best.concurrency,
+                         "server_overhead_ms": single.p50_ms - raw[0].p50_ms if raw and single else None,
                          "served_items_per_s": best.items_per_s, "p95_ms": best.p95_ms,
                          "raw_items_per_s": raw[0].items_per_s if raw else None,
                          "served_over_raw": best.items_per_s / raw[0].items_per_s if raw else None})
@@ -207,11 +209,6 @@ def summary(points: list[BenchPoint]) -> list[dict]:
 
 
 def write_report(points: list[BenchPoint], out_dir: Path, meta: dict) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {"meta": meta, "points": [asdict(p) for p in points], "summary": summary(points)}
     paths = [out_dir / "bench.json", out_dir / "bench.csv"]
@@ -220,6 +217,20 @@ def write_report(points: list[BenchPoint], out_dir: Path, meta: dict) -> list[Pa
         writer = csv.DictWriter(handle, fieldnames=list(asdict(points[0])))
         writer.writeheader()
         writer.writerows(asdict(p) for p in points)
+    try:
+        return paths + plot(points, out_dir, meta.get("device", ""))
+    except ImportError:  # a GPU box without matplotlib: `python -m scripts.bench plot REPORT` draws them later
+        return paths
+
+
+def plot(points: list[BenchPoint], out_dir: Path, device: str) -> list[Path]:
+    """Throughput and p95 latency against batch size, one PNG per model, raw model dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
     for model in sorted({p.model for p in points}):
         mine = [p for p in points if p.model == model]
         figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
@@ -236,7 +247,7 @@ def write_report(points: list[BenchPoint], out_dir: Path, meta: dict) -> list[Pa
             axis.set_title(f"{model}: {title}")
             axis.grid(True, alpha=0.3)
         left.legend(fontsize=8)
-        figure.suptitle(meta.get("device", ""), fontsize=9)
+        figure.suptitle(device, fontsize=9)
         figure.tight_layout()
         path = out_dir / f"bench_{model}.png"
         figure.savefig(path, dpi=110)
@@ -253,3 +264,14 @@ def choose_batch_sizes(points: list[dict], budget_ms: float, metric: str = "p95_
         if fitting:
             chosen[model] = max(fitting, key=lambda p: p["items_per_s"])["batch"]
     return chosen
+
+
+if __name__ == "__main__":
+    # `python -m scripts.bench plot REPORT.json`: draw the plots of a report (e.g. one from a GPU box).
+    import sys
+
+    if len(sys.argv) != 3 or sys.argv[1] != "plot":
+        sys.exit("usage: python -m scripts.bench plot REPORT.json")
+    data = json.loads(Path(sys.argv[2]).read_text())
+    for path in plot([BenchPoint(**p) for p in data["points"]], Path(sys.argv[2]).parent, data["meta"].get("device", "")):
+        print(path)

@@ -35,11 +35,13 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def triton_distribution() -> Path:
-    try:
-        import pytriton
-    except ImportError:
-        raise UserError("the local Triton needs the nvidia-pytriton wheel: pip install -e '.[local]'.") from None
-    return Path(pytriton.__file__).parent / "tritonserver"
+    """The wheel's `tritonserver/` folder, found without importing pytriton (and its dependencies)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or spec.origin is None:
+        raise UserError("the local Triton needs the nvidia-pytriton wheel: pip install -e '.[local]'.")
+    return Path(spec.origin).parent / "tritonserver"
 
 
 def layout_backends(root: Path) -> Path:
@@ -107,7 +109,7 @@ class LocalTriton:
         env = dict(os.environ)
         env["LD_LIBRARY_PATH"] = os.pathsep.join([library_path(), env.get("LD_LIBRARY_PATH", "")]).rstrip(os.pathsep)
         # Python-backend models see third-party packages (and this repository) only through PYTHONPATH.
-        paths = [str(REPO_ROOT)] + [p for p in sys.path if p.endswith("site-packages")]
+        paths = [str(REPO_ROOT)] + [p for p in sys.path if p.endswith(("site-packages", "dist-packages"))]
         env["PYTHONPATH"] = os.pathsep.join(paths + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         return env
 

@@ -38,11 +38,11 @@ def model_names(settings: StackSettings) -> list[str]:
 
 # --- Triton health and verification (shared by both modes) -----------------------------------
 
-def wait_until_ready(http_url: str, names: list[str], timeout: float, alive=lambda: None) -> dict[str, float]:
+def wait_until_ready(grpc_url: str, names: list[str], timeout: float, alive=lambda: None) -> dict[str, float]:
     """Wait for live, then ready, then each model ready; returns seconds until each model was ready."""
-    import tritonclient.http as http
+    import tritonclient.grpc as grpc
 
-    client = http.InferenceServerClient(http_url)
+    client = grpc.InferenceServerClient(grpc_url)
     started, ready_at = time.monotonic(), {}
     deadline = started + timeout
     while time.monotonic() < deadline:
@@ -62,12 +62,12 @@ def wait_until_ready(http_url: str, names: list[str], timeout: float, alive=lamb
                     "to see why.")
 
 
-def verify_all(http_url: str, folders: dict[str, Path], load_times: dict[str, float] | None = None) -> tuple[list[ModelRow], bool]:
-    import tritonclient.http as http
+def verify_all(grpc_url: str, folders: dict[str, Path], load_times: dict[str, float] | None = None) -> tuple[list[ModelRow], bool]:
+    import tritonclient.grpc as grpc
 
     from scripts.verify import verify_model
 
-    client = http.InferenceServerClient(http_url, network_timeout=300)
+    client = grpc.InferenceServerClient(grpc_url)
     rows, all_ok = [], True
     for name, folder in folders.items():
         row = ModelRow.from_folder(folder)
@@ -115,7 +115,8 @@ class LocalStack:
             spec = get(key)
             command = [sys.executable, "-m", "triton_models.build", key, "--repo", str(self.repo),
                        "--work-dir", str(self.work), "--max-batch-size", self.settings[spec.batch_size_key],
-                       "--precision", self.settings["PRECISION"], "--serve-backend", "python_onnx",
+                       "--precision", self.settings["PRECISION"], "--serve-backend", self.settings["LOCAL_SERVE_BACKEND"],
+                       "--device", self.settings["LOCAL_DEVICE"],
                        "--instance-count", self.settings["INSTANCE_COUNT"]]
             checkpoint = self.settings.checkpoint(key)
             if checkpoint is not None:
@@ -335,9 +336,9 @@ def up(stack, settings: StackSettings) -> int:
     log("starting Triton")
     stack.start_server()
     names = model_names(settings)
-    load_times = wait_until_ready(stack.http_url, names, settings.int("READY_TIMEOUT_S"), stack.check_alive)
+    load_times = wait_until_ready(stack.grpc_url, names, settings.int("READY_TIMEOUT_S"), stack.check_alive)
     log(f"all {len(names)} models ready; sending each its golden inputs")
-    rows, ok = verify_all(stack.http_url, stack.model_folders(names), load_times)
+    rows, ok = verify_all(stack.grpc_url, stack.model_folders(names), load_times)
     print(table(rows))
     log(f"{'verified' if ok else 'NOT verified'} in {time.monotonic() - started:.1f} s; Triton HTTP at {stack.http_url}")
     return 0 if ok else 1
@@ -371,6 +372,8 @@ def bench(stack, settings: StackSettings, args: argparse.Namespace) -> Path:
                                                       "batch_sizes": batches, "concurrency": concurrencies})
     for row in benchmark.summary(points):
         ratio = f", served/raw {row['served_over_raw']:.2f}" if row["served_over_raw"] else ""
+        if row["server_overhead_ms"] is not None:
+            ratio += f", server overhead {row['server_overhead_ms']:.1f} ms/request"
         log(f"{row['model']} batch {row['batch']}: {row['served_items_per_s']:,.0f} items/s "
             f"(concurrency {row['best_concurrency']}, p95 {row['p95_ms']:.1f} ms){ratio}")
     log(f"report: {', '.join(str(p) for p in paths)}")
@@ -435,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("status", "verify"):
             log(f"mode {mode}; Triton {stack.server_state()}")
             names = model_names(settings)
-            rows, ok = verify_all(stack.http_url, stack.model_folders(names))
+            rows, ok = verify_all(stack.grpc_url, stack.model_folders(names))
             print(table(rows))
             return 0 if ok else 1
         if args.command == "logs":

@@ -22,9 +22,12 @@ class Verification:
 
 
 def verify_model(client, model_dir: Path) -> Verification:
-    """`client` is a tritonclient.http.InferenceServerClient; `model_dir` the published folder."""
-    import tritonclient.http as http
+    """`client` is a tritonclient http or grpc InferenceServerClient; `model_dir` the published folder."""
+    import importlib
+
     from tritonclient.grpc import model_config_pb2 as pb
+
+    http = importlib.import_module(type(client).__module__.rsplit(".", 1)[0])  # tritonclient.http or .grpc
 
     model_dir = Path(model_dir)
     name = model_dir.name

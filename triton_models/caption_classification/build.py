@@ -127,7 +127,7 @@ def build(options: BuildOptions) -> list[Path]:
                                    class_name="DebertaLargeModel", sequence_length=MAX_LENGTH,
                                    ckpt_path=folder / "weights", triton_inputs=("input_ids", "input_mask"))
     core = convert(settings, load_model=lambda: load_model(folder, folds))
-    precision = "fp16" if core.serve_backend == "tensorrt_plan" and options.precision == "fp16" else "fp32"
+    precision = core.precision
 
     config = python_model_config(
         SELECTION, [tensor("candidates", "TYPE_STRING", [-1])],

@@ -62,7 +62,7 @@ def build(options: BuildOptions) -> list[Path]:
     settings = conversion_settings(options, name=CORE, io_json=io_config(hidden), script=HERE / "model_script.py",
                                    class_name="E5Embedder", sequence_length=128)
     core = convert(settings, load_model=lambda: E5Embedder.from_folder(folder))
-    precision = "fp16" if core.serve_backend == "tensorrt_plan" and options.precision == "fp16" else "fp32"
+    precision = core.precision
 
     config = python_model_config(
         TEXT, [tensor("text", "TYPE_STRING", [1]), tensor("input_type", "TYPE_STRING", [1], optional=True)],

@@ -81,7 +81,7 @@ def build(options: BuildOptions) -> list[Path]:
     settings = conversion_settings(options, name=CORE, io_json=IO_CONFIG, script=Path(__file__),
                                    class_name="YOLOX", sequence_length=1)
     core = convert(settings, load_model=lambda: load_model(checkpoint))
-    precision = "fp16" if core.serve_backend == "tensorrt_plan" and options.precision == "fp16" else "fp32"
+    precision = core.precision
 
     config = python_model_config(
         PAGES, [tensor("image", "TYPE_STRING", [1], optional=True), tensor("pixels", "TYPE_UINT8", [-1, -1, 3], optional=True)],

@@ -1,0 +1,26 @@
+"""Real-size random-weight checkpoints for the GPU benchmark, in the layouts the builders take:
+an e5-small-v2-sized BERT folder (12 layers x 384) and a deberta-large caption folder (fold 0).
+`python -m benchmarks.make_gpu_checkpoints --tokenizer DIR --out DIR` (DIR: a BERT tokenizer's files)."""
+import argparse
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import BertConfig, BertModel
+
+from triton_models.caption_classification.model_script import DebertaLargeModel
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--tokenizer", type=Path, required=True)
+parser.add_argument("--out", type=Path, required=True)
+args = parser.parse_args()
+torch.manual_seed(0)
+e5 = args.out / "e5"
+BertModel(BertConfig(hidden_size=384, num_hidden_layers=12, num_attention_heads=12, intermediate_size=1536),
+          add_pooling_layer=False).save_pretrained(str(e5))
+caption = args.out / "caption"
+(caption / "weights/fold0/model").mkdir(parents=True, exist_ok=True)
+torch.save(DebertaLargeModel().state_dict(), caption / "weights/fold0/model/model_0.pt")
+for folder in (e5, caption / "tokenizer"):
+    shutil.copytree(args.tokenizer, folder, dirs_exist_ok=True)
+print(f"checkpoints in {args.out}")
