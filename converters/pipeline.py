@@ -139,7 +139,8 @@ def convert(settings: ConversionSettings, load_model: Callable[[], torch.nn.Modu
             publish_files["1/model.plan"] = engine
         elif serve_backend == "python_torch":
             precision = "fp16" if settings.use_fp16 and settings.device == "cuda" else "fp32"
-            publish_files["1/model.pt"] = _trace(model, triton_inputs, settings.device, sample, Path(scratch))
+            publish_files["1/model.pt"] = _trace(model, triton_inputs, settings.device, sample, Path(scratch),
+                                                 half=precision == "fp16")
             publish_files["1/model.py"] = TORCH_RUNNER
         elif serve_backend in ("python_onnx", "onnxruntime_onnx"):
             publish_files["1/model.onnx"] = onnx_path
@@ -277,12 +278,18 @@ def _calibration_batches(data: dict[str, np.ndarray], settings: ConversionSettin
     return [{n: data[n][i:i + step] for n in settings.io.input_names} for i in range(0, total - step + 1, step)]
 
 
-def _trace(model: torch.nn.Module, inputs: tuple[str, ...], device: str, sample: dict, scratch: Path) -> Path:
+def _trace(model: torch.nn.Module, inputs: tuple[str, ...], device: str, sample: dict, scratch: Path,
+           half: bool = False) -> Path:
     """TorchScript of the model for the python_torch runner (traced on the check sample, taking
-    the served inputs in the config's order)."""
+    the served inputs in the config's order). fp16 is traced in fp16: tracing records dtypes, so
+    a module traced in fp32 and cast afterwards would mix precisions."""
+    import copy
     import warnings
 
     args = tuple(torch.from_numpy(sample[name]).to(device) for name in inputs)
+    if half:
+        model = copy.deepcopy(model).half()
+        args = tuple(a.half() if a.is_floating_point() else a for a in args)
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes
         traced = torch.jit.trace(model, args, check_trace=False, strict=False)

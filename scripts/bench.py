@@ -137,8 +137,7 @@ class RawModel:
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
             half = device == "cuda" and config.parameters["precision"].string_value == "fp16"
-            module = torch.jit.load(str(version / "model.pt"), map_location=device).eval()
-            module = module.half() if half else module
+            module = torch.jit.load(str(version / "model.pt"), map_location=device).eval()  # traced in its precision
 
             def run(feeds):
                 tensors = [torch.from_numpy(feeds[n]).to(device) for n in self.inputs]

@@ -59,7 +59,11 @@ def verify_model(client, model_dir: Path) -> Verification:
         return Verification(name, False, f"inference failed: {exc}")
     worst = 0.0
     for output in outputs:
-        expected, actual = arrays[f"output__{output}"], response.as_numpy(output)
+        expected = arrays[f"output__{output}"]
+        try:
+            actual = response.as_numpy(output)
+        except ValueError as exc:  # a malformed answer is a finding, not a crash
+            return Verification(name, False, f"output '{output}' is malformed: {exc}")
         if actual is None or actual.shape != expected.shape:
             return Verification(name, False, f"output '{output}' has shape {None if actual is None else actual.shape}, "
                                               f"expected {expected.shape}")

@@ -24,9 +24,7 @@ class TritonPythonModel:
         gpu = args.get("model_instance_kind") == "GPU" and torch.cuda.is_available()
         self.device = torch.device(f"cuda:{args['model_instance_device_id']}" if gpu else "cpu")
         self.half = gpu and params.get("precision", "fp32") == "fp16"
-        self.model = torch.jit.load(os.path.join(here, "model.pt"), map_location=self.device).eval()
-        if self.half:
-            self.model = self.model.half()
+        self.model = torch.jit.load(os.path.join(here, "model.pt"), map_location=self.device).eval()  # traced in its precision
         self.inputs = [i["name"] for i in config["input"]]
         self.outputs = [o["name"] for o in config["output"]]
         torch.backends.cuda.matmul.allow_tf32 = True
