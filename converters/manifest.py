@@ -57,11 +57,21 @@ def gpu_identity() -> dict[str, str | None]:
     return {"name": None, "compute_capability": None}
 
 
+def converters_source_sha256() -> str:
+    """The converters' own code: a fix there must rebuild what it built."""
+    package = Path(__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def fingerprint(sources: dict[str, str], settings: dict, versions: dict, gpu: dict, serve_backend: str) -> str:
     """What decides whether the published artifacts are current. Engines depend on the GPU and
     TensorRT; ONNX artifacts do not."""
     relevant_versions = {k: versions.get(k) for k in ("torch", "onnx")}
-    key = {"sources": sources, "settings": settings, "versions": relevant_versions, "serve_backend": serve_backend}
+    key = {"sources": sources, "settings": settings, "versions": relevant_versions, "serve_backend": serve_backend,
+           "converters": converters_source_sha256()}
     if serve_backend == "tensorrt_plan":
         key["tensorrt"] = versions.get("tensorrt")
         key["compute_capability"] = gpu.get("compute_capability")
