@@ -154,7 +154,8 @@ def convert(settings: ConversionSettings, load_model: Callable[[], torch.nn.Modu
             name=settings.model_name, serve_backend=serve_backend, io=settings.io, triton_inputs=triton_inputs,
             plan=settings.plan, dynamic_batching=settings.dynamic_batching,
             max_queue_delay_us=settings.max_queue_delay_us, instances=_instances(settings, serve_backend),
-            warmup=settings.warmup, parameters={"precision": precision} if serve_backend == "python_torch" else {}))
+            warmup=settings.warmup,
+            parameters={"precision": precision, "device": settings.device} if serve_backend == "python_torch" else {}))
         check_config_fits_profile(config, settings.plan.profiles(settings.io))
         golden_inputs = export_step.make_sample(settings.io, settings.plan, batch=min(GOLDEN_BATCH, settings.plan.max_batch_size), seed=1)
         golden_outputs = export_step.run_torch(model, settings.io, golden_inputs, settings.device)
@@ -198,7 +199,8 @@ def _resolve_triton_inputs(settings: ConversionSettings, graph_inputs: tuple[str
 def _instances(settings: ConversionSettings, serve_backend: str) -> InstancePlan:
     if settings.instances.kind != "auto":
         return settings.instances
-    kind = "KIND_GPU" if serve_backend == "tensorrt_plan" or settings.device == "cuda" else "KIND_CPU"
+    # python_torch drives the GPU from CPU instances (its `device` parameter): see torch_runner.py.
+    kind = "KIND_GPU" if serve_backend == "tensorrt_plan" or (settings.device == "cuda" and serve_backend != "python_torch") else "KIND_CPU"
     return InstancePlan(settings.instances.count, kind, settings.instances.gpus if kind == "KIND_GPU" else ())
 
 

@@ -21,8 +21,13 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         here = os.path.join(args["model_repository"], args["model_version"])
-        gpu = args.get("model_instance_kind") == "GPU" and torch.cuda.is_available()
-        self.device = torch.device(f"cuda:{args['model_instance_device_id']}" if gpu else "cpu")
+        # CPU instances that drive a GPU: the PyPI Triton's python backend returns empty outputs
+        # from GPU instances, so the GPU is named by the `device` parameter instead.
+        wanted = params.get("device", "cpu")
+        if args.get("model_instance_kind") == "GPU":
+            wanted = f"cuda:{args['model_instance_device_id']}"
+        gpu = wanted.startswith("cuda") and torch.cuda.is_available()
+        self.device = torch.device(wanted if gpu else "cpu")
         self.half = gpu and params.get("precision", "fp32") == "fp16"
         self.model = torch.jit.load(os.path.join(here, "model.pt"), map_location=self.device).eval()  # traced in its precision
         self.inputs = [i["name"] for i in config["input"]]
