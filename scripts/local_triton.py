@@ -80,13 +80,17 @@ class LocalTriton:
     """Start, wait for and stop one tritonserver process on a model repository."""
 
     def __init__(self, model_repository: Path, ports: Ports | None = None, log_path: Path | None = None,
-                 extra_args: tuple[str, ...] = (), exit_timeout_s: int = 10, backend_root: Path | None = None) -> None:
+                 extra_args: tuple[str, ...] = (), exit_timeout_s: int = 10, backend_root: Path | None = None,
+                 model_paths_first: tuple[str, ...] = ()) -> None:
         self.model_repository = Path(model_repository).resolve()
         self.ports = ports or Ports.free()
         self.log_path = log_path
         self.extra_args = extra_args
         self.backend_root = backend_root  # a lasting folder for the backends (detached servers); default: temporary
-        self.exit_timeout_s = exit_timeout_s  # how long a stop waits for in-flight requests and open connections
+        self.exit_timeout_s = exit_timeout_s
+        # Folders put first on the python-backend models' path: the wheel's stub is built against
+        # NumPy 1, so an environment with NumPy 2 needs a NumPy 1 folder here.
+        self.model_paths_first = model_paths_first  # how long a stop waits for in-flight requests and open connections
         self.process: subprocess.Popen | None = None
         self._workdir: tempfile.TemporaryDirectory | None = None
         self._log_handle = None
@@ -109,7 +113,8 @@ class LocalTriton:
         env = dict(os.environ)
         env["LD_LIBRARY_PATH"] = os.pathsep.join([library_path(), env.get("LD_LIBRARY_PATH", "")]).rstrip(os.pathsep)
         # Python-backend models see third-party packages (and this repository) only through PYTHONPATH.
-        paths = [str(REPO_ROOT)] + [p for p in sys.path if p.endswith(("site-packages", "dist-packages"))]
+        paths = list(self.model_paths_first) + [str(REPO_ROOT)]
+        paths += [p for p in sys.path if p.endswith(("site-packages", "dist-packages"))]
         env["PYTHONPATH"] = os.pathsep.join(paths + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         return env
 

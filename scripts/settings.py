@@ -59,6 +59,8 @@ KEYS: tuple[Key, ...] = (
     Key("LOCAL_SERVE_BACKEND", "choice:python_onnx|python_torch", "python_onnx",
         "--local: ONNX Runtime runners, or TorchScript on PyTorch (with LOCAL_DEVICE=cuda: fp16 on a GPU)"),
     Key("LOCAL_DEVICE", "choice:cpu|cuda", "cpu", "--local: where the models run"),
+    Key("LOCAL_MODEL_PYTHONPATH", "str", "",
+        "--local: folders put first on the python-backend models' path (the wheel's stub needs NumPy 1)"),
     Key("LOCAL_REPOSITORY", "path", "build/model_repository", "--local: the model repository folder"),
     Key("READY_TIMEOUT_S", "int", "600", "how long `up` waits for Triton and every model"),
 )

@@ -148,7 +148,9 @@ class LocalStack:
         ports = Ports(self.settings.int("TRITON_HTTP_PORT"), self.settings.int("TRITON_GRPC_PORT"),
                       self.settings.int("TRITON_METRICS_PORT"))
         self.log_file.unlink(missing_ok=True)
-        server = LocalTriton(self.repo, ports, log_path=self.log_file, backend_root=self.state / "server").start()
+        first = tuple(p for p in self.settings["LOCAL_MODEL_PYTHONPATH"].split(os.pathsep) if p)
+        server = LocalTriton(self.repo, ports, log_path=self.log_file, backend_root=self.state / "server",
+                             model_paths_first=first).start()
         self.pid_file.write_text(str(server.process.pid))
         self._server = server
 
