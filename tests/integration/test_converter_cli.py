@@ -247,3 +247,21 @@ def test_generate_onnx_alone_writes_only_the_onnx(small_deberta, tmp_path):
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "model.onnx").is_file() and not (tmp_path / "repo").exists()
     assert "max abs error" in result.stderr  # checked even when nothing is published
+
+
+def test_python_torch_backend_serves_torchscript_that_matches(small_deberta, tmp_path, triton_server):
+    import tritonclient.grpc as grpc
+
+    repo = tmp_path / "repo"
+    result = run_converter(seed_command(small_deberta.ckpt, small_deberta.script, tmp_path, repo)
+                           + ["--serve-backend", "python_torch"])
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (repo / "deberta_large/1").iterdir()) == ["model.pt", "model.py"]
+    config = (repo / "deberta_large/config.pbtxt").read_text()
+    assert 'key: "precision"' in config and "KIND_CPU" in config
+    server = triton_server(repo)
+    client = grpc.InferenceServerClient(server.grpc_url)
+    wait_models_ready(client, ["deberta_large"])
+    verification = verify_model(client, repo / "deberta_large")
+    assert verification.ok, verification.detail
+    client.close()
