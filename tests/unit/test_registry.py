@@ -1,5 +1,4 @@
 """The registry and the fixtures agree: every model has its builder, folder, tests and service."""
-from pathlib import Path
 
 import pytest
 import yaml

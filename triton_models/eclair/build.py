@@ -8,7 +8,6 @@ engines (encoder + decoder) are built by `third_party/eclair_triton` on GPU host
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
