@@ -1,5 +1,6 @@
 """Real-size random-weight checkpoints for the GPU benchmark, in the layouts the builders take:
-an e5-small-v2-sized BERT folder (12 layers x 384) and a deberta-large caption folder (fold 0).
+an e5-small-v2-sized BERT folder (12 layers x 384), a deberta-large caption folder (fold 0),
+a YOLOX-L best_ckpt.pth and a small ECLAIR (the demo's size) with the given tokenizer.
 `python -m benchmarks.make_gpu_checkpoints --tokenizer DIR --out DIR` (DIR: a BERT tokenizer's files)."""
 import argparse
 import shutil
@@ -8,7 +9,10 @@ from pathlib import Path
 import torch
 from transformers import BertConfig, BertModel
 
+from third_party.yolox import build_yolox
 from triton_models.caption_classification.model_script import DebertaLargeModel
+from triton_models.eclair.build import make_demo_checkpoint as make_small_eclair
+from triton_models.yolox.build import LABELS
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--tokenizer", type=Path, required=True)
@@ -23,4 +27,8 @@ caption = args.out / "caption"
 torch.save(DebertaLargeModel().state_dict(), caption / "weights/fold0/model/model_0.pt")
 for folder in (e5, caption / "tokenizer"):
     shutil.copytree(args.tokenizer, folder, dirs_exist_ok=True)
+yolox = args.out / "yolox"
+yolox.mkdir(parents=True, exist_ok=True)
+torch.save({"model": build_yolox(1.0, 1.0, len(LABELS)).state_dict()}, yolox / "best_ckpt.pth")  # YOLOX-L
+make_small_eclair(args.out, tokenizer_folder=args.tokenizer)  # -> OUT/eclair_demo
 print(f"checkpoints in {args.out}")

@@ -147,8 +147,28 @@ class RawModel:
                 return [r.float().cpu().numpy() for r in (result if isinstance(result, (tuple, list)) else [result])]
 
             self.run = run
+        elif (version / "eclair_runtime.py").is_file():
+            self.run = _eclair_raw(version, config)
         else:
-            raise UserError(f"{model_dir} has no model.onnx or model.pt to run raw (engines are benchmarked served only).")
+            raise UserError(f"{model_dir} has no model.onnx, model.pt or eclair_runtime.py to run raw "
+                            "(engines are benchmarked served only).")
+
+
+def _eclair_raw(version: Path, config):
+    """ECLAIR's PyTorch runtime on the published checkpoint, as its python model runs it."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("eclair_runtime", version / "eclair_runtime.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    gpu = params.get("device", "cpu").startswith("cuda") and torch.cuda.is_available()
+    runtime = module.EclairRuntime(version / "checkpoint", device=params["device"] if gpu else "cpu",
+                                   dtype=torch.float16 if gpu else torch.float32,
+                                   max_new_tokens=int(params.get("max_new_tokens", "256")))
+    return lambda feeds: runtime(feeds["image"])
 
 
 def raw_point(model_dir: Path, batch: int, duration_s: float) -> BenchPoint:

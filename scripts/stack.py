@@ -38,6 +38,14 @@ def model_names(settings: StackSettings) -> list[str]:
 
 # --- Triton health and verification (shared by both modes) -----------------------------------
 
+def failed_models(client, names: list[str]) -> dict[str, str]:
+    """Models among `names` whose load failed, with Triton's reason (from the repository index)."""
+    index = client.get_model_repository_index(as_json=True).get("models", [])
+    return {entry["name"]: entry.get("reason") or "load failed"
+            for entry in index
+            if entry.get("name") in names and entry.get("state") == "UNAVAILABLE" and entry.get("reason")}
+
+
 def wait_until_ready(grpc_url: str, names: list[str], timeout: float, alive=lambda: None) -> dict[str, float]:
     """Wait for live, then ready, then each model ready; returns seconds until each model was ready."""
     import tritonclient.grpc as grpc
@@ -47,6 +55,7 @@ def wait_until_ready(grpc_url: str, names: list[str], timeout: float, alive=lamb
     deadline = started + timeout
     while time.monotonic() < deadline:
         alive()
+        failed = {}
         try:
             if client.is_server_live():
                 for name in names:
@@ -54,8 +63,13 @@ def wait_until_ready(grpc_url: str, names: list[str], timeout: float, alive=lamb
                         ready_at[name] = time.monotonic() - started
                 if len(ready_at) == len(names):
                     return ready_at
+                failed = failed_models(client, [n for n in names if n not in ready_at])
         except Exception:  # not accepting connections yet
             pass
+        if failed:
+            # Triton answers only once its first load pass is over, so UNAVAILABLE here is final.
+            raise UserError("Triton could not load " + "; ".join(f"{n}: {why}" for n, why in failed.items())
+                            + ". Fix the model (see `python -m scripts.stack logs`) and run `up` again.")
         time.sleep(0.5)
     missing = [n for n in names if n not in ready_at]
     raise UserError(f"Triton did not make {', '.join(missing)} ready within {timeout:.0f} s; run `python -m scripts.stack logs` "

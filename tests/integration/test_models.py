@@ -161,6 +161,15 @@ def test_eclair_returns_one_text_per_page(suite):
     assert all(isinstance(t, bytes) for t in out.ravel())
 
 
+def test_bench_runs_eclair_raw_as_the_server_does(suite):
+    from scripts.bench import RawModel, batch_inputs
+
+    client, repo, _ = suite
+    feeds = batch_inputs(repo / "eclair", 2)
+    served = infer(client, "eclair", {"image": feeds["image"]}, ["text"])["text"].ravel().tolist()
+    assert RawModel(repo / "eclair").run(feeds) == [t.decode() for t in served]
+
+
 # --- Bad requests: a clear error, and every model keeps serving ------------------------------
 
 @pytest.mark.parametrize("model, feeds, fragment", [

@@ -63,3 +63,15 @@ def test_port_in_use_is_refused_before_anything_starts(local_stack):
     assert result.returncode == 1
     assert f"port {ports['TRITON_GRPC_PORT']} (TRITON_GRPC_PORT) is already in use" in result.stderr
     assert "building" not in result.stdout
+
+
+def test_model_that_fails_to_load_is_named_at_once(local_stack):
+    run, tmp_path, _ = local_stack
+    assert run("up").returncode == 0
+    assert run("down").returncode == 0
+    # A published model damaged after its build: the builder is skipped, Triton's load fails.
+    (tmp_path / "build/model_repository/e5_small_v2/1/model.onnx").write_bytes(b"not an onnx model")
+    result = run("up", READY_TIMEOUT_S="500")
+    assert result.returncode == 1
+    assert "Triton could not load e5_small_v2:" in result.stderr
+    assert "within 500 s" not in result.stderr

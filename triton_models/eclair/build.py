@@ -41,8 +41,9 @@ def check_folder(folder: Path) -> None:
         raise UserError(f"ECLAIR checkpoint {folder} has no tokenizer files.")
 
 
-def make_demo_checkpoint(folder: Path) -> Path:
-    """A tiny random Donut-Swin encoder + mBART decoder at 1280x1024, with the MiniLM tokenizer."""
+def make_demo_checkpoint(folder: Path, tokenizer_folder: Path | None = None) -> Path:
+    """A tiny random Donut-Swin encoder + mBART decoder at 1280x1024, with a WordPiece tokenizer
+    (default: MiniLM's, from the demo weights package)."""
     from transformers import (AutoTokenizer, DonutSwinConfig, DonutSwinModel, MBartConfig, MBartForCausalLM,
                               VisionEncoderDecoderModel)
 
@@ -51,7 +52,7 @@ def make_demo_checkpoint(folder: Path) -> Path:
     root = Path(folder) / "eclair_demo"
     if (root / "model.safetensors").is_file():
         return root
-    tokenizer = AutoTokenizer.from_pretrained(str(minilm_folder(folder)), local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_folder or minilm_folder(folder)), local_files_only=True)
     encoder = DonutSwinConfig(image_size=[PAGE_HEIGHT, PAGE_WIDTH], patch_size=4, embed_dim=16, depths=[1, 1, 1, 1],
                               num_heads=[1, 2, 4, 8], window_size=10)
     decoder = MBartConfig(vocab_size=len(tokenizer), d_model=64, decoder_layers=2, decoder_attention_heads=4,
@@ -81,11 +82,11 @@ def build(options: BuildOptions) -> list[Path]:
     folder = Path(options.checkpoint)
     check_folder(folder)
     max_new_tokens = int(options.extra.get("max_new_tokens", "64" if options.demo else "4096"))
-    kind = "KIND_GPU" if options.device == "cuda" else "KIND_CPU"
+    # Like the python_torch runner: CPU instances that drive the GPU named by the `device` parameter.
     config = python_model_config(
         NAME, [tensor("image", "TYPE_UINT8", [PAGE_HEIGHT, PAGE_WIDTH, 3])], [tensor("text", "TYPE_STRING", [1])],
-        options.max_batch_size, {"max_new_tokens": str(max_new_tokens)}, instance_count=options.instance_count, kind=kind,
-        gpus=options.gpus)
+        options.max_batch_size, {"max_new_tokens": str(max_new_tokens), "device": options.device},
+        instance_count=options.instance_count)
     sources = {"checkpoint": file_sha256(folder), "model_py": file_sha256(HERE / "eclair_model.py"),
                "runtime": file_sha256(HERE / "runtime.py")}
     if companion_is_current(options.repo, config, sources, options.force):

@@ -1,7 +1,8 @@
 """Triton python backend: ECLAIR on PyTorch. `image` UINT8 [1280,1024,3] (batched) -> `text` BYTES [1].
 
 One text per page, always: a batch is never silently shortened (the original client dropped
-pages). Runs on CUDA in fp16 where the instance is a GPU instance, else on CPU in fp32.
+pages). Runs on CUDA in fp16 where the instance or its `device` parameter names a GPU,
+else on CPU in fp32.
 """
 import json
 import os
@@ -20,8 +21,12 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         here = os.path.join(args["model_repository"], args["model_version"])
-        gpu = args.get("model_instance_kind") == "GPU" and torch.cuda.is_available()
-        device = f"cuda:{args['model_instance_device_id']}" if gpu else "cpu"
+        # A GPU instance, or a CPU instance whose `device` parameter names the GPU (see torch_runner.py).
+        wanted = params.get("device", "cpu")
+        if args.get("model_instance_kind") == "GPU":
+            wanted = f"cuda:{args['model_instance_device_id']}"
+        gpu = wanted.startswith("cuda") and torch.cuda.is_available()
+        device = wanted if gpu else "cpu"
         self.runtime = EclairRuntime(os.path.join(here, "checkpoint"), device=device,
                                      dtype=torch.float16 if gpu else torch.float32,
                                      max_new_tokens=int(params.get("max_new_tokens", "256")))

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Issue 5's GPU measurement without Docker: real-size random-weight checkpoints, the local Triton
+# (nvidia-pytriton's binary) serving the models' PyTorch fp16 paths on CUDA, then bench and tune.
+#
+#   benchmarks/gpu_served.sh TOKENIZER_DIR OUT_DIR [NUMPY1_DIR] [BENCH_MODEL ...]
+#
+# TOKENIZER_DIR: a BERT tokenizer's files. NUMPY1_DIR: a folder holding NumPy 1 (pip install
+# --target), needed where the environment has NumPy 2: the wheel's python stub is built against
+# NumPy 1. The report (JSON, CSV, PNG), the run's log and Triton's log land in OUT_DIR.
+set -euo pipefail
+tokenizer=$1 out=$2 numpy1=${3:-}
+shift $(( $# < 3 ? $# : 3 ))
+work=build/gpu_served
+mkdir -p "$out" "$work"
+export PYTHONUNBUFFERED=1
+[ -f "$work/checkpoints/e5/config.json" ] ||
+    python3 -m benchmarks.make_gpu_checkpoints --tokenizer "$tokenizer" --out "$work/checkpoints"
+cat > "$work/gpu.env" <<ENV
+MODELS=e5_small_v2,caption_classification,yolox,eclair
+CHECKPOINTS_DIR=$work/checkpoints
+E5_CHECKPOINT=e5
+CAPTION_CHECKPOINT=caption
+YOLOX_CHECKPOINT=yolox/best_ckpt.pth
+ECLAIR_CHECKPOINT=eclair_demo
+E5_BATCH_SIZE=256
+CAPTION_BATCH_SIZE=128
+YOLOX_BATCH_SIZE=16
+ECLAIR_BATCH_SIZE=16
+LOCAL_SERVE_BACKEND=python_torch
+LOCAL_DEVICE=cuda
+LOCAL_MODEL_PYTHONPATH=$numpy1
+LOCAL_REPOSITORY=$work/model_repository
+READY_TIMEOUT_S=300
+ENV
+stack() { python3 -m scripts.stack "$@" --local --env-file "$work/gpu.env"; }
+trap 'cp build/local/triton.log "$out/" 2>/dev/null || true; stack down || true' EXIT
+stack up
+for model in "${@:-}"; do  # no models named: one sweep of every core model, then tune
+    stack bench $model --batch-sizes "${BENCH_BATCHES:-1,4,16,64,256}" --concurrency "${BENCH_CONCURRENCY:-1,4}" \
+        --duration "${BENCH_DURATION:-3}" --out "$out/${model:-all}"
+done
+if [ $# -eq 0 ]; then
+    cp "$work/gpu.env" "$work/tuned.env"
+    python3 -m scripts.stack tune --local --env-file "$work/tuned.env" --out "$out/all" \
+        --latency-budget-ms "${TUNE_BUDGET_MS:-100}"
+    grep _BATCH_SIZE "$work/tuned.env" > "$out/tuned_batch_sizes.env"
+fi
