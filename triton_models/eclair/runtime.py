@@ -21,6 +21,10 @@ class EclairRuntime:
         hf_logging.set_verbosity_error()
         folder = Path(folder)
         self.device, self.dtype, self.max_new_tokens = device, dtype, max_new_tokens
+        if str(device).startswith("cuda"):
+            # cuDNN's fused attention failed on H100 for small fp16 heads (torch 2.11); flash and
+            # memory-efficient attention serve the same calls.
+            torch.backends.cuda.enable_cudnn_sdp(False)
         self.model = VisionEncoderDecoderModel.from_pretrained(str(folder), local_files_only=True, torch_dtype=dtype).to(device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         processor = folder / "preprocessor_config.json"
