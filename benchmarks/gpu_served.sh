@@ -16,7 +16,7 @@ export PYTHONUNBUFFERED=1
 [ -f "$work/checkpoints/e5/config.json" ] ||
     python3 -m benchmarks.make_gpu_checkpoints --tokenizer "$tokenizer" --out "$work/checkpoints"
 cat > "$work/gpu.env" <<ENV
-MODELS=e5_small_v2,caption_classification,yolox,eclair
+MODELS=${GPU_MODELS:-e5_small_v2,caption_classification,yolox,eclair}
 CHECKPOINTS_DIR=$work/checkpoints
 E5_CHECKPOINT=e5
 CAPTION_CHECKPOINT=caption

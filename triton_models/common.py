@@ -51,6 +51,29 @@ def conversion_settings(options: BuildOptions, *, name: str, io_json: str, scrip
         instances=InstancePlan(options.instance_count, "auto", options.gpus), demo=options.demo)
 
 
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def serving_tokenizer(folder: Path, max_length: int, pad_to_max_length: bool) -> str:
+    """The checkpoint's tokenizer as one `tokenizer.json` with its truncation and padding set, so
+    that a python model tokenizes exactly as `AutoTokenizer(..., truncation=True, padding=...)`
+    does, with the `tokenizers` library alone: no transformers (nor SciPy, nor a second NumPy
+    dependency) inside the server."""
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    from converters.errors import UserError
+
+    hf = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    if not hf.is_fast:
+        raise UserError(f"the tokenizer in {folder} has no fast (Rust) form; add its tokenizer.json.")
+    backend = Tokenizer.from_str(hf.backend_tokenizer.to_str())  # a copy: the settings below are ours
+    backend.enable_truncation(max_length, direction=hf.truncation_side)
+    backend.enable_padding(direction=hf.padding_side, pad_id=hf.pad_token_id, pad_type_id=hf.pad_token_type_id,
+                           pad_token=hf.pad_token, length=max_length if pad_to_max_length else None)
+    return backend.to_str()
+
+
 def tensor(name: str, dtype: str, dims: list[int], optional: bool = False) -> dict:
     return {"name": name, "data_type": dtype, "dims": dims, "optional": optional}
 

@@ -25,7 +25,8 @@ from converters.pipeline import convert
 from converters.precision import TOLERANCES
 from triton_models.caption_classification.model_script import DebertaLargeModel, FoldAverage
 from triton_models.common import (BuildOptions, companion_is_current, conversion_settings, core_fingerprint, golden_bytes,
-                                  publish_python_model, python_model_config, tensor)
+                                  publish_python_model, python_model_config, serving_tokenizer, tensor,
+                                  TOKENIZER_FILE)
 
 HERE = Path(__file__).parent
 CORE, SELECTION = "deberta_large", "caption_selection"
@@ -139,7 +140,7 @@ def build(options: BuildOptions) -> list[Path]:
     if companion_is_current(options.repo, config, sources, options.force):
         return [core.model_dir, options.repo / SELECTION]
     golden = _golden(folder, folds, tokenizer_folder, threshold, min_words, precision)
-    files = {f"1/tokenizer/{p.name}": p for p in tokenizer_folder.iterdir() if p.is_file()}
+    files = {f"1/{TOKENIZER_FILE}": serving_tokenizer(tokenizer_folder, MAX_LENGTH, pad_to_max_length=True)}
     return [core.model_dir, publish_python_model(options.repo, config, HERE / "selection_model.py", sources=sources,
                                                  golden=golden, files=files, demo=options.demo)]
 

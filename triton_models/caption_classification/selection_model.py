@@ -14,7 +14,7 @@ sys.path[:0] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if
 
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
-from transformers import AutoTokenizer  # noqa: E402
+from tokenizers import Tokenizer  # noqa: E402
 
 
 class TritonPythonModel:
@@ -22,10 +22,10 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         here = os.path.join(args["model_repository"], args["model_version"])
-        self.tokenizer = AutoTokenizer.from_pretrained(os.path.join(here, "tokenizer"), local_files_only=True)
+        # Truncation and padding to max_length are set in the file by the builder.
+        self.tokenizer = Tokenizer.from_file(os.path.join(here, "tokenizer.json"))
         self.core = params["core_model"]
         self.core_max_batch = int(params["core_max_batch"])
-        self.max_length = int(params.get("max_length", "128"))
         self.threshold = float(params.get("threshold", "0.5"))
         self.min_words = int(params.get("min_words", "1"))
 
@@ -59,7 +59,9 @@ class TritonPythonModel:
         return kept[best], float(probabilities[best])
 
     def _score(self, texts):
-        tokens = self.tokenizer(texts, padding="max_length", truncation=True, max_length=self.max_length, return_tensors="np")
+        encodings = self.tokenizer.encode_batch(texts)
+        tokens = {"input_ids": np.array([e.ids for e in encodings]),
+                  "attention_mask": np.array([e.attention_mask for e in encodings])}
         logits = []
         for start in range(0, len(texts), self.core_max_batch):
             chunk = slice(start, start + self.core_max_batch)

@@ -13,14 +13,14 @@ from converters.manifest import file_sha256
 from converters.pipeline import convert
 from converters.precision import TOLERANCES
 from triton_models.common import (BuildOptions, companion_is_current, conversion_settings, core_fingerprint, golden_bytes,
-                                  publish_python_model, python_model_config, tensor)
+                                  publish_python_model, python_model_config, serving_tokenizer, tensor,
+                                  TOKENIZER_FILE)
 from triton_models.e5_small_v2.model_script import E5Embedder
 
 HERE = Path(__file__).parent
 CORE, TEXT = "e5_small_v2", "e5_small_v2_text"
 MAX_LENGTH = 512
 EMBEDDING_DIM_KEY = "hidden_size"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "config.json")
 GOLDEN_TEXTS = (("how do I bake bread", "query"), ("Bread is baked from flour, water and yeast.", "passage"))
 
 
@@ -83,6 +83,6 @@ def build(options: BuildOptions) -> list[Path]:
         expected = model(tokens["input_ids"], tokens["attention_mask"]).numpy()
     golden = golden_bytes({"text": np.array([[t] for t, _ in GOLDEN_TEXTS]), "input_type": np.array([[k] for _, k in GOLDEN_TEXTS])},
                           {"embedding": expected}, TOLERANCES[precision])
-    files = {f"1/tokenizer/{name}": folder / name for name in TOKENIZER_FILES if (folder / name).is_file()}
+    files = {f"1/{TOKENIZER_FILE}": serving_tokenizer(folder, MAX_LENGTH, pad_to_max_length=False)}
     return [core.model_dir, publish_python_model(options.repo, config, HERE / "text_model.py", sources=sources,
                                                  golden=golden, files=files, demo=options.demo)]

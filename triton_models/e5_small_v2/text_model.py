@@ -11,7 +11,7 @@ sys.path[:0] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if
 
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
-from transformers import AutoTokenizer  # noqa: E402
+from tokenizers import Tokenizer  # noqa: E402
 
 PREFIXES = {"query": "query: ", "passage": "passage: "}
 
@@ -21,9 +21,9 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         here = os.path.join(args["model_repository"], args["model_version"])
-        self.tokenizer = AutoTokenizer.from_pretrained(os.path.join(here, "tokenizer"), local_files_only=True)
+        # Truncation (max_length) and padding (to the longest) are set in the file by the builder.
+        self.tokenizer = Tokenizer.from_file(os.path.join(here, "tokenizer.json"))
         self.core = params["core_model"]
-        self.max_length = int(params.get("max_length", "512"))
 
     def _texts(self, request):
         raw = pb_utils.get_input_tensor_by_name(request, "text").as_numpy().reshape(-1)
@@ -70,11 +70,11 @@ class TritonPythonModel:
         return responses
 
     def _embed(self, texts):
-        tokens = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np")
+        encodings = self.tokenizer.encode_batch(texts)
         request = pb_utils.InferenceRequest(
             model_name=self.core, requested_output_names=["embedding"],
-            inputs=[pb_utils.Tensor("input_ids", tokens["input_ids"].astype(np.int64)),
-                    pb_utils.Tensor("attention_mask", tokens["attention_mask"].astype(np.int64))])
+            inputs=[pb_utils.Tensor("input_ids", np.array([e.ids for e in encodings], dtype=np.int64)),
+                    pb_utils.Tensor("attention_mask", np.array([e.attention_mask for e in encodings], dtype=np.int64))])
         response = request.exec()
         if response.has_error():
             raise RuntimeError(f"{self.core}: {response.error().message()}")

@@ -10,6 +10,10 @@ import sys
 
 sys.path[:0] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
 
+# transformers imports scikit-learn (hence SciPy) only for assisted decoding, which ECLAIR never
+# uses; hiding it keeps a SciPy built for another NumPy than the python stub's out of the server.
+sys.modules.setdefault("sklearn", None)
+
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
