@@ -100,8 +100,14 @@ def build(options: BuildOptions) -> list[Path]:
     encoded = io.BytesIO()
     Image.fromarray(page).save(encoded, format="PNG")
     tensor_, ratio = letterbox(page)
+    # Golden detections at the serving device and precision: in fp16 a score near the threshold
+    # can cross it, which changes the set of boxes, not just their values.
+    device = "cuda" if options.device == "cuda" and torch.cuda.is_available() else "cpu"
+    model, pixels = load_model(checkpoint).to(device), torch.from_numpy(tensor_[None]).to(device)
+    if precision == "fp16" and device == "cuda":
+        model, pixels = model.half(), pixels.half()
     with torch.inference_mode():
-        raw = load_model(checkpoint)(torch.from_numpy(tensor_[None])).numpy()[0]
+        raw = model(pixels).float().cpu().numpy()[0]
     boxes, labels, scores = postprocess(raw, ratio, page.shape[:2], score_threshold, iou_threshold)
     golden = golden_bytes({"image": np.array([[encoded.getvalue()]], dtype=np.bytes_)},
                           {"boxes": boxes[None], "labels": np.array([labels.astype(str)]), "scores": scores[None]},
