@@ -79,8 +79,9 @@ def served_point(grpc_url: str, model_dir: Path, batch: int, concurrency: int, d
     feeds = batch_inputs(model_dir, batch)
     wire = {i.name: _WIRE[pb.DataType.Name(i.data_type)] for i in config.input}
     latencies: list[float] = []
-    lock, errors = threading.Lock(), []
-    deadline = time.monotonic() + duration_s
+    lock, errors, clock = threading.Lock(), [], []
+    # The timed window opens once every caller is warm: a first call can take seconds (CUDA kernels).
+    barrier = threading.Barrier(concurrency, action=lambda: clock.append(time.monotonic()))
 
     def caller() -> None:
         client = grpc.InferenceServerClient(grpc_url)
@@ -94,24 +95,28 @@ def served_point(grpc_url: str, model_dir: Path, batch: int, concurrency: int, d
         mine = []
         try:
             client.infer(config.name, tensors)  # warm-up, not counted
+            barrier.wait()
+            deadline = clock[0] + duration_s
             while time.monotonic() < deadline:
                 started = time.perf_counter()
                 client.infer(config.name, tensors)
                 mine.append(time.perf_counter() - started)
+        except threading.BrokenBarrierError:  # another caller failed its warm-up
+            pass
         except Exception as exc:  # reported below with the model and the point
             errors.append(str(exc))
+            barrier.abort()
         finally:
             client.close()
         with lock:
             latencies.extend(mine)
 
-    started = time.monotonic()
     threads = [threading.Thread(target=caller) for _ in range(concurrency)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    wall = time.monotonic() - started
+    wall = time.monotonic() - clock[0] if clock else 0.0
     if errors or not latencies:
         raise UserError(f"bench of {config.name} at batch {batch}, concurrency {concurrency} failed: "
                         f"{errors[0] if errors else 'no request finished'}")

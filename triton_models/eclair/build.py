@@ -76,12 +76,25 @@ def demo_page() -> np.ndarray:
     return page
 
 
+def _max_new_tokens(folder: Path, options: BuildOptions) -> int:
+    """The generation limit: 64 for the demo, else up to 4096, never past the decoder's positions."""
+    decoder = json.loads((folder / "config.json").read_text()).get("decoder", {})
+    positions = int(decoder.get("max_position_embeddings", 4096))
+    if "max_new_tokens" not in options.extra:
+        return 64 if options.demo else min(4096, positions)
+    wanted = int(options.extra["max_new_tokens"])
+    if wanted > positions:
+        raise UserError(f"ECLAIR max_new_tokens {wanted} exceeds the decoder's max_position_embeddings ({positions}) "
+                        f"in {folder / 'config.json'}; use at most {positions}.")
+    return wanted
+
+
 def build(options: BuildOptions) -> list[Path]:
     from triton_models.eclair.runtime import EclairRuntime
 
     folder = Path(options.checkpoint)
     check_folder(folder)
-    max_new_tokens = int(options.extra.get("max_new_tokens", "64" if options.demo else "4096"))
+    max_new_tokens = _max_new_tokens(folder, options)
     # Like the python_torch runner: CPU instances that drive the GPU named by the `device` parameter.
     config = python_model_config(
         NAME, [tensor("image", "TYPE_UINT8", [PAGE_HEIGHT, PAGE_WIDTH, 3])], [tensor("text", "TYPE_STRING", [1])],

@@ -1,0 +1,27 @@
+"""ECLAIR's generation limit never runs past the decoder's position embeddings."""
+import json
+
+import pytest
+
+from converters.errors import UserError
+from triton_models.common import BuildOptions
+from triton_models.eclair.build import _max_new_tokens
+
+
+def _options(tmp_path, demo=False, **extra):
+    return BuildOptions(checkpoint=tmp_path, repo=tmp_path / "repo", work_dir=tmp_path / "work", max_batch_size=1,
+                        demo=demo, extra=extra)
+
+
+def test_limit_follows_the_decoder(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"decoder": {"max_position_embeddings": 512}}))
+    assert _max_new_tokens(tmp_path, _options(tmp_path)) == 512
+    assert _max_new_tokens(tmp_path, _options(tmp_path, demo=True)) == 64
+    assert _max_new_tokens(tmp_path, _options(tmp_path, max_new_tokens="100")) == 100
+    with pytest.raises(UserError, match="max_new_tokens 1000 exceeds .*max_position_embeddings \\(512\\)"):
+        _max_new_tokens(tmp_path, _options(tmp_path, max_new_tokens="1000"))
+
+
+def test_limit_of_a_large_decoder_is_4096(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"decoder": {"max_position_embeddings": 8192}}))
+    assert _max_new_tokens(tmp_path, _options(tmp_path)) == 4096
