@@ -31,6 +31,7 @@ LOCAL_DEVICE=cuda
 LOCAL_MODEL_PYTHONPATH=$numpy1
 LOCAL_REPOSITORY=$work/model_repository
 READY_TIMEOUT_S=300
+INSTANCE_COUNT=${INSTANCE_COUNT:-1}
 ENV
 stack() { python3 -m scripts.stack "$@" --local --env-file "$work/gpu.env"; }
 trap 'cp build/local/triton.log "$out/" 2>/dev/null || true; stack down || true' EXIT

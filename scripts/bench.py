@@ -94,7 +94,7 @@ def served_point(grpc_url: str, model_dir: Path, batch: int, concurrency: int, d
             tensors.append(tensor)
         mine = []
         try:
-            client.infer(config.name, tensors)  # warm-up, not counted
+            warm_up(lambda: client.infer(config.name, tensors))
             barrier.wait()
             deadline = clock[0] + duration_s
             while time.monotonic() < deadline:
@@ -176,10 +176,17 @@ def _eclair_raw(version: Path, config):
     return lambda feeds: runtime(feeds["image"])
 
 
-def raw_point(model_dir: Path, batch: int, duration_s: float) -> BenchPoint:
-    raw = RawModel(model_dir)
+def warm_up(call, calls: int = 3, seconds: float = 0.5) -> None:
+    """A few untimed calls: the first ones compile CUDA kernels and TorchScript's optimised graph."""
+    started, done = time.monotonic(), 0
+    while done < calls or time.monotonic() - started < seconds:
+        call()
+        done += 1
+
+
+def raw_point(raw: RawModel, model_dir: Path, batch: int, duration_s: float) -> BenchPoint:
     feeds = batch_inputs(model_dir, batch)
-    raw.run(feeds)  # warm-up
+    warm_up(lambda: raw.run(feeds))
     latencies = []
     deadline = time.monotonic() + duration_s
     started = time.monotonic()
@@ -206,10 +213,14 @@ def sweep(grpc_url: str, model_dirs: list[Path], batches: list[int], concurrenci
         plan += [(model_dir, b, c) for b in sizes for c in concurrencies]
         if raw:
             plan += [(model_dir, b, 0) for b in sizes]
-    points = []
+    points, raw_models = [], {}
     for model_dir, batch, concurrency in tqdm(plan, desc="bench", unit="point"):
-        points.append(raw_point(model_dir, batch, duration_s) if concurrency == 0
-                      else served_point(grpc_url, model_dir, batch, concurrency, duration_s))
+        if concurrency == 0:
+            if model_dir not in raw_models:  # loaded once per model; only one held at a time
+                raw_models = {model_dir: RawModel(model_dir)}
+            points.append(raw_point(raw_models[model_dir], model_dir, batch, duration_s))
+        else:
+            points.append(served_point(grpc_url, model_dir, batch, concurrency, duration_s))
     return points
 
 
