@@ -147,7 +147,7 @@ class RawModel:
             def run(feeds):
                 tensors = [torch.from_numpy(feeds[n]).to(device) for n in self.inputs]
                 tensors = [t.half() if half and t.is_floating_point() else t for t in tensors]
-                with torch.inference_mode():
+                with torch.inference_mode(), torch.jit.optimized_execution(False):  # as torch_runner.py runs it
                     result = module(*tensors)
                 return [r.float().cpu().numpy() for r in (result if isinstance(result, (tuple, list)) else [result])]
 
