@@ -379,12 +379,16 @@ def bench(stack, settings: StackSettings, args: argparse.Namespace) -> Path:
     folders = stack.model_folders(bench_names(settings, args.target))
     batches = list(parse_int_list(args.batch_sizes, "--batch-sizes"))
     concurrencies = list(parse_int_list(args.concurrency, "--concurrency"))
+    shared_memory = args.shared_memory == "system"
+    if shared_memory and not isinstance(stack, LocalStack):
+        raise UserError("--shared-memory system needs Triton on this host's /dev/shm: use it with --local, "
+                        "or leave it out in docker mode.")
     points = benchmark.sweep(stack.grpc_url, list(folders.values()), batches, concurrencies, args.duration,
-                             raw=not args.no_raw)
+                             raw=not args.no_raw, shared_memory=shared_memory)
     if not points:
         raise UserError("nothing to benchmark: the chosen models are not batched (max_batch_size 0).")
     device = benchmark.device_name()
-    paths = benchmark.write_report(points, args.out, {"device": device, "duration_s": args.duration,
+    paths = benchmark.write_report(points, args.out, {"device": device, "duration_s": args.duration, "shared_memory": args.shared_memory,
                                                       "batch_sizes": batches, "concurrency": concurrencies})
     for row in benchmark.summary(points):
         ratio = f", served/raw {row['served_over_raw']:.2f}" if row["served_over_raw"] else ""
@@ -434,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
     sweep.add_argument("--concurrency", default="1,2,4", help="concurrent callers")
     sweep.add_argument("--duration", type=float, default=5.0, help="seconds per point")
     sweep.add_argument("--no-raw", action="store_true", help="skip the raw-model sweep")
+    sweep.add_argument("--shared-memory", choices=("none", "system"), default="none",
+                       help="bench: send numeric inputs through system shared memory (--local only)")
     sweep.add_argument("--out", type=Path, default=ROOT / "build" / "bench", help="report folder")
     sweep.add_argument("--latency-budget-ms", type=float, default=100.0, help="tune: latency budget")
     sweep.add_argument("--metric", choices=("p50_ms", "p95_ms", "p99_ms"), default="p95_ms", help="tune: latency metric")

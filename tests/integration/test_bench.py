@@ -6,6 +6,7 @@ import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.helpers import REPO_ROOT
 from tests.integration.test_stack_local import local_stack  # noqa: F401  (the fixture)
@@ -39,6 +40,18 @@ def test_bench_report_plots_and_tune(local_stack, tmp_path):  # noqa: F811
         assert len(list(csv.DictReader(handle))) == len(report["points"])
     assert (out / "bench_e5_small_v2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    # The same sweep with inputs in system shared memory: same report, no region left behind.
+    shm = stack("bench", "e5_small_v2", "--batch-sizes", "1,4", "--concurrency", "1,2", "--duration", "0.3",
+                "--shared-memory", "system", "--no-raw")
+    assert shm.returncode == 0, shm.stderr
+    shm_report = json.loads((out / "bench.json").read_text())
+    assert shm_report["meta"]["shared_memory"] == "system"
+    assert {(p["batch"], p["concurrency"]) for p in shm_report["points"]} == {(1, 1), (1, 2), (4, 1), (4, 2)}
+    assert all(p["requests"] > 0 for p in shm_report["points"])
+    assert not list(Path("/dev/shm").glob("bench_*"))
+    (out / "bench.json").write_text(json.dumps(report))  # tune below reads the first report
+    _shared_memory_inputs_give_the_same_answer(root)
+
     before = env_file.read_text()
     tuned = stack("tune", "--latency-budget-ms", "100000")
     assert tuned.returncode == 0, tuned.stderr
@@ -48,3 +61,25 @@ def test_bench_report_plots_and_tune(local_stack, tmp_path):  # noqa: F811
     assert len(backups) == 1 and backups[0].read_text() == before
     refused = stack("tune", "--latency-budget-ms", "0.0001")
     assert refused.returncode == 1 and "raise --latency-budget-ms" in refused.stderr
+
+
+def _shared_memory_inputs_give_the_same_answer(root: Path) -> None:
+    import numpy as np
+    import tritonclient.grpc as grpc
+
+    from scripts.bench import _input_tensors, _release, batch_inputs
+    from scripts.settings import load_settings
+
+    settings = load_settings(root / ".env", REPO_ROOT)
+    model_dir = Path(settings["LOCAL_REPOSITORY"]) / "e5_small_v2"
+    client = grpc.InferenceServerClient(f"127.0.0.1:{settings['TRITON_GRPC_PORT']}")
+    feeds = batch_inputs(model_dir, 3)
+    wire = {"input_ids": "INT64", "attention_mask": "INT64"}
+    plain, _ = _input_tensors(client, feeds, wire, None)
+    shared, handle = _input_tensors(client, feeds, wire, "bench_test_region")
+    try:
+        expected = client.infer("e5_small_v2", plain).as_numpy("embedding")
+        got = client.infer("e5_small_v2", shared).as_numpy("embedding")
+    finally:
+        _release(client, "bench_test_region", handle)
+    assert expected.shape == (3, 384) and np.array_equal(expected, got)
