@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 5's GPU measurement without Docker: real-size random-weight checkpoints, the local Triton
+# The served-vs-raw GPU measurement without Docker: real-size random-weight checkpoints, the local Triton
 # (nvidia-pytriton's binary) serving the models' PyTorch fp16 paths on CUDA, then bench and tune.
 #
 #   benchmarks/gpu_served.sh TOKENIZER_DIR OUT_DIR [NUMPY1_DIR] [BENCH_MODEL ...]
@@ -7,6 +7,8 @@
 # TOKENIZER_DIR: a BERT tokenizer's files. NUMPY1_DIR: a folder holding NumPy 1 (pip install
 # --target), needed where the environment has NumPy 2: the wheel's python stub is built against
 # NumPy 1. The report (JSON, CSV, PNG), the run's log and Triton's log land in OUT_DIR.
+# Environment: GPU_MODELS, INSTANCE_COUNT, BENCH_BATCHES, BENCH_CONCURRENCY, BENCH_DURATION,
+# BENCH_SHARED_MEMORY (system|none), TUNE_BUDGET_MS.
 set -euo pipefail
 tokenizer=$1 out=$2 numpy1=${3:-}
 shift $(( $# < 3 ? $# : 3 ))
@@ -38,7 +40,7 @@ trap 'cp build/local/triton.log "$out/" 2>/dev/null || true; stack down || true'
 stack up
 for model in "${@:-}"; do  # no models named: one sweep of every core model, then tune
     stack bench $model --batch-sizes "${BENCH_BATCHES:-1,4,16,64,256}" --concurrency "${BENCH_CONCURRENCY:-1,4}" \
-        --duration "${BENCH_DURATION:-3}" --out "$out/${model:-all}"
+        --duration "${BENCH_DURATION:-3}" --shared-memory "${BENCH_SHARED_MEMORY:-system}" --out "$out/${model:-all}"
 done
 if [ $# -eq 0 ]; then
     cp "$work/gpu.env" "$work/tuned.env"

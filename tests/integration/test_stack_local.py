@@ -75,3 +75,5 @@ def test_model_that_fails_to_load_is_named_at_once(local_stack):
     assert result.returncode == 1
     assert "Triton could not load e5_small_v2:" in result.stderr
     assert "within 500 s" not in result.stderr
+    status = run("status")  # the server stays up for the models that did load
+    assert "running (pid" in status.stdout and status.returncode == 1
