@@ -10,9 +10,11 @@ import sys
 
 sys.path[:0] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
 
-# transformers imports scikit-learn (hence SciPy) only for assisted decoding, which ECLAIR never
-# uses; hiding it keeps a SciPy built for another NumPy than the python stub's out of the server.
-sys.modules.setdefault("sklearn", None)
+# transformers imports scikit-learn and SciPy only for assisted decoding and detection losses,
+# which ECLAIR never uses; hiding both keeps a SciPy built for another NumPy than the python
+# stub's (NumPy 1) out of the server process.
+for _unused in ("sklearn", "scipy"):
+    sys.modules.setdefault(_unused, None)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
