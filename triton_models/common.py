@@ -67,6 +67,8 @@ def serving_tokenizer(folder: Path, max_length: int, pad_to_max_length: bool) ->
     hf = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     if not hf.is_fast:
         raise UserError(f"the tokenizer in {folder} has no fast (Rust) form; add its tokenizer.json.")
+    if hf.pad_token is None:
+        raise UserError(f"the tokenizer in {folder} has no pad token; set pad_token in its tokenizer_config.json.")
     backend = Tokenizer.from_str(hf.backend_tokenizer.to_str())  # a copy: the settings below are ours
     backend.enable_truncation(max_length, direction=hf.truncation_side)
     backend.enable_padding(direction=hf.padding_side, pad_id=hf.pad_token_id, pad_type_id=hf.pad_token_type_id,
