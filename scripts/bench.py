@@ -203,16 +203,10 @@ def _eclair_raw(version: Path, config):
     """ECLAIR's PyTorch runtime on the published checkpoint, as its python model runs it."""
     import importlib.util
 
-    import torch
-
     spec = importlib.util.spec_from_file_location("eclair_runtime", version / "eclair_runtime.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    params = {k: v.string_value for k, v in config.parameters.items()}
-    gpu = params.get("device", "cpu").startswith("cuda") and torch.cuda.is_available()
-    runtime = module.EclairRuntime(version / "checkpoint", device=params["device"] if gpu else "cpu",
-                                   dtype=torch.float16 if gpu else torch.float32,
-                                   max_new_tokens=int(params.get("max_new_tokens", "256")))
+    runtime = module.EclairRuntime.for_serving(version / "checkpoint", {k: v.string_value for k, v in config.parameters.items()})
     return lambda feeds: runtime(feeds["image"])
 
 

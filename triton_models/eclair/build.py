@@ -106,9 +106,8 @@ def build(options: BuildOptions) -> list[Path]:
         return [options.repo / NAME]
     canvas, _ = pad_page(demo_page())
     # Golden text from the serving path itself (fp16 on CUDA): greedy decoding of a text is exact, not toleranced.
-    gpu = options.device == "cuda" and torch.cuda.is_available()
-    expected = EclairRuntime(folder, device="cuda" if gpu else "cpu", dtype=torch.float16 if gpu else torch.float32,
-                             max_new_tokens=max_new_tokens)(canvas[None])
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    expected = EclairRuntime.for_serving(folder, params)(canvas[None])
     golden = golden_bytes({"image": canvas[None]}, {"text": np.array([[t] for t in expected])}, TOLERANCES["fp32"])
     files: dict[str, Path | bytes | str] = {"1/eclair_runtime.py": HERE / "runtime.py"}
     files.update({f"1/checkpoint/{n}": folder / n for n in _CHECKPOINT_FILES if (folder / n).is_file()})

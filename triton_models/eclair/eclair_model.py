@@ -17,7 +17,6 @@ for _unused in ("sklearn", "scipy"):
     sys.modules.setdefault(_unused, None)
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 from eclair_runtime import EclairRuntime  # noqa: E402  (published beside this file)
 
@@ -27,15 +26,8 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         here = os.path.join(args["model_repository"], args["model_version"])
-        # A GPU instance, or a CPU instance whose `device` parameter names the GPU (see torch_runner.py).
-        wanted = params.get("device", "cpu")
-        if args.get("model_instance_kind") == "GPU":
-            wanted = f"cuda:{args['model_instance_device_id']}"
-        gpu = wanted.startswith("cuda") and torch.cuda.is_available()
-        device = wanted if gpu else "cpu"
-        self.runtime = EclairRuntime(os.path.join(here, "checkpoint"), device=device,
-                                     dtype=torch.float16 if gpu else torch.float32,
-                                     max_new_tokens=int(params.get("max_new_tokens", "256")))
+        self.runtime = EclairRuntime.for_serving(os.path.join(here, "checkpoint"), params, args.get("model_instance_kind"),
+                                                 int(args.get("model_instance_device_id", 0)))
 
     def execute(self, requests):
         images, sizes = [], []
