@@ -139,13 +139,13 @@ def build(options: BuildOptions) -> list[Path]:
                "core": core_fingerprint(core)}
     if companion_is_current(options.repo, config, sources, options.force):
         return [core.model_dir, options.repo / SELECTION]
-    golden = _golden(folder, folds, tokenizer_folder, threshold, min_words, precision)
+    golden = _golden(folder, folds, tokenizer_folder, threshold, min_words, precision, options.device)
     files = {f"1/{TOKENIZER_FILE}": serving_tokenizer(tokenizer_folder, MAX_LENGTH, pad_to_max_length=True)}
     return [core.model_dir, publish_python_model(options.repo, config, HERE / "selection_model.py", sources=sources,
                                                  golden=golden, files=files, demo=options.demo)]
 
 
-def _golden(folder, folds, tokenizer_folder, threshold, min_words, precision) -> bytes:
+def _golden(folder, folds, tokenizer_folder, threshold, min_words, precision, device="cpu") -> bytes:
     """The expected selection for a fixed candidate list, computed with PyTorch."""
     from transformers import AutoTokenizer
 
@@ -155,7 +155,12 @@ def _golden(folder, folds, tokenizer_folder, threshold, min_words, precision) ->
     io = parse_io_config(IO_CONFIG)
     feeds = {"input_ids": tokens["input_ids"].astype(np.int64), "input_mask": tokens["attention_mask"].astype(np.float32),
              "input_token_type_ids": np.zeros_like(tokens["attention_mask"], dtype=np.float32)}
-    logits = run_torch(load_model(folder, folds), io, feeds)["output"].reshape(-1)
+    # At the serving device and precision: in fp16 a near-tie between candidates can change the choice.
+    model = load_model(folder, folds)
+    if precision == "fp16" and device == "cuda" and torch.cuda.is_available():
+        model = model.to("cuda").half()
+        feeds = {k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in feeds.items()}
+    logits = run_torch(model, io, feeds, next(model.parameters()).device.type)["output"].reshape(-1)
     probabilities = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
     best = int(np.argmax(probabilities))
     caption = kept[best] if probabilities[best] >= threshold else ""
