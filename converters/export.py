@@ -51,6 +51,19 @@ def run_torch(model: torch.nn.Module, io: IOConfig, feeds: dict[str, np.ndarray]
     return name_outputs(result, io)
 
 
+def run_as_served(model: torch.nn.Module, io: IOConfig, feeds: dict[str, np.ndarray], device: str,
+                  precision: str) -> dict[str, np.ndarray]:
+    """Run the model as the python_torch runner serves it: fp16 on CUDA (float inputs cast) when the
+    precision is fp16 and a GPU is there, else fp32. Golden answers with a discrete part (a chosen
+    caption, a set of boxes) come from here: in fp16 a near-tie can flip, not just move a value."""
+    target = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
+    model = model.to(target)
+    if target == "cuda" and precision == "fp16":
+        model = model.half()
+        feeds = {k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in feeds.items()}
+    return run_torch(model, io, feeds, target)
+
+
 def name_outputs(result: object, io: IOConfig) -> dict[str, np.ndarray]:
     if isinstance(result, torch.Tensor):
         values = [result]

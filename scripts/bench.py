@@ -201,12 +201,10 @@ class RawModel:
 
 def _eclair_raw(version: Path, config):
     """ECLAIR's PyTorch runtime on the published checkpoint, as its python model runs it."""
-    import importlib.util
+    from triton_models.eclair.runtime import EclairRuntime  # the code published beside the model
 
-    spec = importlib.util.spec_from_file_location("eclair_runtime", version / "eclair_runtime.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    runtime = module.EclairRuntime.for_serving(version / "checkpoint", {k: v.string_value for k, v in config.parameters.items()})
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    runtime = EclairRuntime.for_serving(version / "checkpoint", params)
     return lambda feeds: runtime(feeds["image"])
 
 

@@ -388,8 +388,9 @@ def bench(stack, settings: StackSettings, args: argparse.Namespace) -> Path:
     if not points:
         raise UserError("nothing to benchmark: the chosen models are not batched (max_batch_size 0).")
     device = benchmark.device_name()
-    paths = benchmark.write_report(points, args.out, {"device": device, "duration_s": args.duration, "shared_memory": args.shared_memory,
-                                                      "batch_sizes": batches, "concurrency": concurrencies})
+    meta = {"device": device, "duration_s": args.duration, "shared_memory": args.shared_memory,
+            "batch_sizes": batches, "concurrency": concurrencies}
+    paths = benchmark.write_report(points, args.out, meta)
     for row in benchmark.summary(points):
         ratio = f", served/raw {row['served_over_raw']:.2f}" if row["served_over_raw"] else ""
         if row["server_overhead_ms"] is not None:

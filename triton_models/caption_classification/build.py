@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from converters.errors import UserError
-from converters.export import run_torch
+from converters.export import run_as_served
 from converters.io_config import parse_io_config
 from converters.loading import load_state_dict
 from converters.manifest import file_sha256
@@ -155,12 +155,7 @@ def _golden(folder, folds, tokenizer_folder, threshold, min_words, precision, de
     io = parse_io_config(IO_CONFIG)
     feeds = {"input_ids": tokens["input_ids"].astype(np.int64), "input_mask": tokens["attention_mask"].astype(np.float32),
              "input_token_type_ids": np.zeros_like(tokens["attention_mask"], dtype=np.float32)}
-    # At the serving device and precision: in fp16 a near-tie between candidates can change the choice.
-    model = load_model(folder, folds)
-    if precision == "fp16" and device == "cuda" and torch.cuda.is_available():
-        model = model.to("cuda").half()
-        feeds = {k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in feeds.items()}
-    logits = run_torch(model, io, feeds, next(model.parameters()).device.type)["output"].reshape(-1)
+    logits = run_as_served(load_model(folder, folds), io, feeds, device, precision)["output"].reshape(-1)
     probabilities = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
     best = int(np.argmax(probabilities))
     caption = kept[best] if probabilities[best] >= threshold else ""

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 
 from converters.errors import UserError
+from converters.export import run_as_served
+from converters.io_config import parse_io_config
 from converters.loading import load_state_dict
 from converters.manifest import file_sha256
 from converters.pipeline import convert
@@ -100,14 +102,8 @@ def build(options: BuildOptions) -> list[Path]:
     encoded = io.BytesIO()
     Image.fromarray(page).save(encoded, format="PNG")
     tensor_, ratio = letterbox(page)
-    # Golden detections at the serving device and precision: in fp16 a score near the threshold
-    # can cross it, which changes the set of boxes, not just their values.
-    device = "cuda" if options.device == "cuda" and torch.cuda.is_available() else "cpu"
-    model, pixels = load_model(checkpoint).to(device), torch.from_numpy(tensor_[None]).to(device)
-    if precision == "fp16" and device == "cuda":
-        model, pixels = model.half(), pixels.half()
-    with torch.inference_mode():
-        raw = model(pixels).float().cpu().numpy()[0]
+    raw = run_as_served(load_model(checkpoint), parse_io_config(IO_CONFIG), {"input": tensor_[None]}, options.device,
+                        precision)["output"][0]
     boxes, labels, scores = postprocess(raw, ratio, page.shape[:2], score_threshold, iou_threshold)
     golden = golden_bytes({"image": np.array([[encoded.getvalue()]], dtype=np.bytes_)},
                           {"boxes": boxes[None], "labels": np.array([labels.astype(str)]), "scores": scores[None]},
