@@ -7,8 +7,10 @@
 # TOKENIZER_DIR: a BERT tokenizer's files. NUMPY1_DIR: a folder holding NumPy 1 (pip install
 # --target), needed where the environment has NumPy 2: the wheel's python stub is built against
 # NumPy 1. The report (JSON, CSV, PNG), the run's log and Triton's log land in OUT_DIR.
-# Environment: GPU_MODELS, INSTANCE_COUNT, BENCH_BATCHES, BENCH_CONCURRENCY, BENCH_DURATION,
-# BENCH_SHARED_MEMORY (system|none), TUNE_BUDGET_MS.
+# Environment: GPU_MODELS, INSTANCE_COUNT (default 2: one instance's python-side work overlaps the
+# other's GPU work), BENCH_BATCHES, BENCH_CONCURRENCY, BENCH_DURATION, BENCH_SHARED_MEMORY
+# (system|none), TUNE_BUDGET_MS, and the max batch sizes E5_BATCH_SIZE (256), CAPTION_BATCH_SIZE
+# (128), YOLOX_BATCH_SIZE (16), ECLAIR_BATCH_SIZE (16).
 set -euo pipefail
 tokenizer=$1 out=$2 numpy1=${3:-}
 shift $(( $# < 3 ? $# : 3 ))
@@ -24,22 +26,22 @@ E5_CHECKPOINT=e5
 CAPTION_CHECKPOINT=caption
 YOLOX_CHECKPOINT=yolox/best_ckpt.pth
 ECLAIR_CHECKPOINT=eclair_demo
-E5_BATCH_SIZE=256
-CAPTION_BATCH_SIZE=128
-YOLOX_BATCH_SIZE=16
-ECLAIR_BATCH_SIZE=16
+E5_BATCH_SIZE=${E5_BATCH_SIZE:-256}
+CAPTION_BATCH_SIZE=${CAPTION_BATCH_SIZE:-128}
+YOLOX_BATCH_SIZE=${YOLOX_BATCH_SIZE:-16}
+ECLAIR_BATCH_SIZE=${ECLAIR_BATCH_SIZE:-16}
 LOCAL_SERVE_BACKEND=python_torch
 LOCAL_DEVICE=cuda
 LOCAL_MODEL_PYTHONPATH=$numpy1
 LOCAL_REPOSITORY=$work/model_repository
 READY_TIMEOUT_S=300
-INSTANCE_COUNT=${INSTANCE_COUNT:-1}
+INSTANCE_COUNT=${INSTANCE_COUNT:-2}
 ENV
 stack() { python3 -m scripts.stack "$@" --local --env-file "$work/gpu.env"; }
 trap 'cp build/local/triton.log "$out/" 2>/dev/null || true; stack down || true' EXIT
 stack up
 for model in "${@:-}"; do  # no models named: one sweep of every core model, then tune
-    stack bench $model --batch-sizes "${BENCH_BATCHES:-1,4,16,64,256}" --concurrency "${BENCH_CONCURRENCY:-1,4}" \
+    stack bench $model --batch-sizes "${BENCH_BATCHES:-1,4,16,64,256}" --concurrency "${BENCH_CONCURRENCY:-1,2,4}" \
         --duration "${BENCH_DURATION:-3}" --shared-memory "${BENCH_SHARED_MEMORY:-system}" --out "$out/${model:-all}"
 done
 if [ $# -eq 0 ]; then

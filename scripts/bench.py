@@ -39,6 +39,11 @@ class BenchPoint:
     p95_ms: float
     p99_ms: float
     gpu_mem_mb: float | None
+    # Triton's own per-request means over the timed window (served points only): the time from
+    # receipt to response, of which queued and computing (the backend: inputs, execute, outputs).
+    server_ms: float | None = None
+    server_queue_ms: float | None = None
+    server_compute_ms: float | None = None
 
 
 def gpu_memory_mb() -> float | None:
@@ -114,6 +119,27 @@ def _release(client, region: str, handle) -> None:
         shm.destroy_shared_memory_region(handle)
 
 
+_SERVER_PHASES = ("success", "queue", "compute_input", "compute_infer", "compute_output")
+
+
+def server_totals(client, model: str) -> dict[str, float]:
+    """Triton's cumulative statistics of one model: requests and ns per phase."""
+    stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]["inference_stats"]
+    totals = {phase: float(stats.get(phase, {}).get("ns", 0)) for phase in _SERVER_PHASES}
+    totals["requests"] = float(stats.get("success", {}).get("count", 0))
+    return totals
+
+
+def server_means_ms(before: dict[str, float], after: dict[str, float]) -> dict[str, float | None]:
+    """Per-request means (ms) between two `server_totals` snapshots."""
+    count = after["requests"] - before["requests"]
+    if count <= 0:
+        return {"server_ms": None, "server_queue_ms": None, "server_compute_ms": None}
+    mean = lambda *phases: sum(after[p] - before[p] for p in phases) / count / 1e6  # noqa: E731
+    return {"server_ms": mean("success"), "server_queue_ms": mean("queue"),
+            "server_compute_ms": mean("compute_input", "compute_infer", "compute_output")}
+
+
 def served_point(grpc_url: str, model_dir: Path, batch: int, concurrency: int, duration_s: float,
                  shared_memory: bool = False) -> BenchPoint:
     import tritonclient.grpc as grpc
@@ -123,9 +149,15 @@ def served_point(grpc_url: str, model_dir: Path, batch: int, concurrency: int, d
     feeds = batch_inputs(model_dir, batch)
     wire = {i.name: _WIRE[pb.DataType.Name(i.data_type)] for i in config.input}
     latencies: list[float] = []
-    lock, errors, clock = threading.Lock(), [], []
+    lock, errors, clock, totals = threading.Lock(), [], [], []
+    stats_client = grpc.InferenceServerClient(grpc_url)
+
+    def open_window() -> None:
+        totals.append(server_totals(stats_client, config.name))
+        clock.append(time.monotonic())
+
     # The timed window opens once every caller is warm: a first call can take seconds (CUDA kernels).
-    barrier = threading.Barrier(concurrency, action=lambda: clock.append(time.monotonic()))
+    barrier = threading.Barrier(concurrency, action=open_window)
 
     def caller(index: int) -> None:
         client = grpc.InferenceServerClient(grpc_url)
@@ -157,12 +189,15 @@ def served_point(grpc_url: str, model_dir: Path, batch: int, concurrency: int, d
     for thread in threads:
         thread.join()
     wall = time.monotonic() - clock[0] if clock else 0.0
+    # Every timed request has been answered (the callers have joined), so the window's counts are complete.
+    server = server_means_ms(totals[0], server_totals(stats_client, config.name)) if totals else {}
+    stats_client.close()
     if errors or not latencies:
         raise UserError(f"bench of {config.name} at batch {batch}, concurrency {concurrency} failed: "
                         f"{errors[0] if errors else 'no request finished'}")
     p50, p95, p99 = _percentiles(latencies)
     return BenchPoint(config.name, "served", batch, concurrency, len(latencies), len(latencies) * batch / wall,
-                      p50, p95, p99, gpu_memory_mb())
+                      p50, p95, p99, gpu_memory_mb(), **server)
 
 
 class RawModel:
@@ -267,8 +302,14 @@ def summary(points: list[BenchPoint]) -> list[dict]:
                 continue
             best = max(served, key=lambda p: p.items_per_s)
             single = next((p for p in served if p.concurrency == 1), None)
+            # At concurrency 1 (nothing queued), the overhead per request over the raw model, and how
+            # it splits: the client and gRPC (outside Triton), and the backend (copies into and out of
+            # the python stub, its IPC, and anything the model file does beyond the raw call).
+            overhead = single.p50_ms - raw[0].p50_ms if raw and single else None
+            backend = single.server_compute_ms - raw[0].p50_ms if raw and single and single.server_compute_ms else None
+            transport = single.p50_ms - single.server_ms if single and single.server_ms else None
             rows.append({"model": model, "batch": batch, "best_concurrency": best.concurrency,
-                         "server_overhead_ms": single.p50_ms - raw[0].p50_ms if raw and single else None,
+                         "server_overhead_ms": overhead, "backend_overhead_ms": backend, "transport_ms": transport,
                          "served_items_per_s": best.items_per_s, "p95_ms": best.p95_ms,
                          "raw_items_per_s": raw[0].items_per_s if raw else None,
                          "served_over_raw": best.items_per_s / raw[0].items_per_s if raw else None})

@@ -55,14 +55,28 @@ def layout_backends(root: Path) -> Path:
     python_backend = Path(root) / "backends" / "python"
     shutil.copytree(dist / "backends" / "python", python_backend, dirs_exist_ok=True)
     shutil.copy2(stub, python_backend / "triton_python_backend_stub")
+    _link_libpython(Path(root) / "lib")
     return python_backend.parent
 
 
-def library_path() -> str:
-    """LD_LIBRARY_PATH for the wheel's tritonserver: its bundled libraries and libpython."""
-    dist = triton_distribution()
-    libs = [str(dist.parent.parent / "nvidia_pytriton.libs"), sysconfig.get_config_var("LIBDIR") or ""]
-    return os.pathsep.join(p for p in libs if p)
+def _link_libpython(folder: Path) -> None:
+    """`folder` holds only a link to this Python's shared libpython, which the stub needs.
+
+    Python's whole LIBDIR (often /usr/lib/<arch>) on LD_LIBRARY_PATH would put every system library
+    ahead of those PyTorch finds through RUNPATH: on a GPU host with a system cuDNN, the stub's
+    PyTorch chose slower attention kernels than in any other process (docs/gpu_bench/attention_kernels.txt)."""
+    name = sysconfig.get_config_var("INSTSONAME") or sysconfig.get_config_var("LDLIBRARY") or ""
+    source = Path(sysconfig.get_config_var("LIBDIR") or "") / name
+    folder.mkdir(parents=True, exist_ok=True)
+    if name and source.is_file():
+        link = folder / name
+        link.unlink(missing_ok=True)
+        link.symlink_to(source)
+
+
+def library_path(root: Path) -> str:
+    """LD_LIBRARY_PATH for the wheel's tritonserver laid out in `root`: its bundled libraries and libpython."""
+    return os.pathsep.join([str(triton_distribution().parent.parent / "nvidia_pytriton.libs"), str(Path(root) / "lib")])
 
 
 @dataclass
@@ -103,15 +117,17 @@ class LocalTriton:
     def grpc_url(self) -> str:
         return f"127.0.0.1:{self.ports.grpc}"
 
-    def _backend_directory(self) -> Path:
+    def _layout_root(self) -> Path:
         if self.backend_root is not None:
-            return layout_backends(self.backend_root)
-        self._workdir = tempfile.TemporaryDirectory(prefix="triton-backends-")
-        return layout_backends(Path(self._workdir.name))
+            return self.backend_root
+        if self._workdir is None:
+            self._workdir = tempfile.TemporaryDirectory(prefix="triton-backends-")
+        return Path(self._workdir.name)
 
     def _environment(self) -> dict[str, str]:
         env = dict(os.environ)
-        env["LD_LIBRARY_PATH"] = os.pathsep.join([library_path(), env.get("LD_LIBRARY_PATH", "")]).rstrip(os.pathsep)
+        root = self._layout_root()
+        env["LD_LIBRARY_PATH"] = os.pathsep.join([library_path(root), env.get("LD_LIBRARY_PATH", "")]).rstrip(os.pathsep)
         # Python-backend models see third-party packages (and this repository) only through PYTHONPATH.
         paths = list(self.model_paths_first) + [str(REPO_ROOT)]
         paths += [p for p in sys.path if p.endswith(("site-packages", "dist-packages"))]
@@ -126,7 +142,7 @@ class LocalTriton:
             raise UserError(f"model repository {self.model_repository} does not exist; build the models first.")
         command = [str(triton_distribution() / "bin" / "tritonserver"),
                    f"--model-repository={self.model_repository}",
-                   f"--backend-directory={self._backend_directory()}",
+                   f"--backend-directory={layout_backends(self._layout_root())}",
                    f"--http-port={self.ports.http}", f"--grpc-port={self.ports.grpc}",
                    f"--metrics-port={self.ports.metrics}", "--allow-metrics=true",
                    "--exit-on-error=false", "--strict-readiness=true",
@@ -207,5 +223,5 @@ if __name__ == "__main__":
     binary = target / "bin" / "tritonserver"
     if not binary.exists():
         binary.symlink_to(triton_distribution() / "bin" / "tritonserver")
-    (target / "ld_library_path").write_text(library_path() + "\n")
+    (target / "ld_library_path").write_text(library_path(target) + "\n")
     print(f"tritonserver laid out in {target}")

@@ -395,6 +395,8 @@ def bench(stack, settings: StackSettings, args: argparse.Namespace) -> Path:
         ratio = f", served/raw {row['served_over_raw']:.2f}" if row["served_over_raw"] else ""
         if row["server_overhead_ms"] is not None:
             ratio += f", server overhead {row['server_overhead_ms']:.1f} ms/request"
+        if row["backend_overhead_ms"] is not None and row["transport_ms"] is not None:
+            ratio += f" (backend {row['backend_overhead_ms']:.1f}, client and gRPC {row['transport_ms']:.1f})"
         log(f"{row['model']} batch {row['batch']}: {row['served_items_per_s']:,.0f} items/s "
             f"(concurrency {row['best_concurrency']}, p95 {row['p95_ms']:.1f} ms){ratio}")
     log(f"report: {', '.join(str(p) for p in paths)}")

@@ -129,12 +129,14 @@ def _companion_key(config: pb.ModelConfig, sources: dict[str, str]) -> str:
 
 
 def publish_python_model(repo: Path, config: pb.ModelConfig, model_py: Path, *, sources: dict[str, str],
-                         golden: bytes, files: dict[str, Path | bytes | str] | None = None, demo: bool = False) -> Path:
-    """Publish `<repo>/<name>/`: config, 1/model.py, extra files, golden answers and manifest."""
+                         golden: bytes, files: dict[str, Path | bytes | str] | None = None, demo: bool = False,
+                         precision: str = "fp32") -> Path:
+    """Publish `<repo>/<name>/`: config, 1/model.py, extra files, golden answers and manifest
+    (`precision`: what the model computes in as served, shown by `status`)."""
     content: dict[str, Path | bytes | str] = {"config.pbtxt": config_text(config), "1/model.py": model_py, GOLDEN_NAME: golden}
     content.update(files or {})
     manifest = {"model": config.name, "fingerprint": _companion_key(config, sources), "serve_backend": "python",
-                "precision": "fp32", "demo": demo, "sources": sources, "versions": tool_versions(), "gpu": gpu_identity(),
+                "precision": precision, "demo": demo, "sources": sources, "versions": tool_versions(), "gpu": gpu_identity(),
                 "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     content[MANIFEST_NAME] = json.dumps(manifest, indent=2) + "\n"
     return publish_model_folder(repo, config.name, content)

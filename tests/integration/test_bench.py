@@ -32,10 +32,18 @@ def test_bench_report_plots_and_tune(local_stack, tmp_path):  # noqa: F811
     for point in report["points"]:
         assert point["requests"] > 0 and point["items_per_s"] > 0
         assert point["p50_ms"] <= point["p95_ms"] <= point["p99_ms"]
+    for point in served:  # Triton's own timings of the same window: parts of a whole, within the client's
+        assert 0 < point["server_compute_ms"] and 0 <= point["server_queue_ms"]
+        assert point["server_queue_ms"] + point["server_compute_ms"] <= point["server_ms"] * 1.001
+        assert point["server_ms"] <= point["p99_ms"]
+    assert all(p["server_ms"] is None for p in raw)
     for row in report["summary"]:
         best = max((p for p in served if p["batch"] == row["batch"]), key=lambda p: p["items_per_s"])
         assert row["served_items_per_s"] == best["items_per_s"]
         assert abs(row["served_over_raw"] - best["items_per_s"] / next(p for p in raw if p["batch"] == row["batch"])["items_per_s"]) < 1e-9
+        single = next(p for p in served if p["batch"] == row["batch"] and p["concurrency"] == 1)
+        assert abs(row["transport_ms"] - (single["p50_ms"] - single["server_ms"])) < 1e-9
+        assert row["backend_overhead_ms"] is not None
     with open(out / "bench.csv") as handle:
         assert len(list(csv.DictReader(handle))) == len(report["points"])
     assert (out / "bench_e5_small_v2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from converters.triton_config import read_config
 from scripts.verify import verify_model
 from tests.helpers import infer, wait_models_ready
 from triton_models.build import main as build_main
@@ -168,6 +169,17 @@ def test_bench_runs_eclair_raw_as_the_server_does(suite):
     feeds = batch_inputs(repo / "eclair", 2)
     served = infer(client, "eclair", {"image": feeds["image"]}, ["text"])["text"].ravel().tolist()
     assert RawModel(repo / "eclair").run(feeds) == [t.decode() for t in served]
+
+
+def test_eclair_manifest_states_the_precision_it_serves_at(suite):
+    from triton_models.eclair.runtime import EclairRuntime
+
+    _, repo, _ = suite
+    manifest = json.loads((repo / "eclair" / "manifest.json").read_text())
+    params = {k: v.string_value for k, v in read_config(repo / "eclair" / "config.pbtxt").parameters.items()}
+    on_gpu = params["device"].startswith("cuda") and torch.cuda.is_available()
+    assert manifest["precision"] == ("fp16" if on_gpu else "fp32")
+    assert EclairRuntime.for_serving(repo / "eclair" / "1" / "checkpoint", params).precision == manifest["precision"]
 
 
 # --- Bad requests: a clear error, and every model keeps serving ------------------------------

@@ -107,9 +107,10 @@ def build(options: BuildOptions) -> list[Path]:
     canvas, _ = pad_page(demo_page())
     # Golden text from the serving path itself (fp16 on CUDA): greedy decoding of a text is exact, not toleranced.
     params = {k: v.string_value for k, v in config.parameters.items()}
-    expected = EclairRuntime.for_serving(folder, params)(canvas[None])
+    runtime = EclairRuntime.for_serving(folder, params)
+    expected = runtime(canvas[None])
     golden = golden_bytes({"image": canvas[None]}, {"text": np.array([[t] for t in expected])}, TOLERANCES["fp32"])
     files: dict[str, Path | bytes | str] = {"1/eclair_runtime.py": HERE / "runtime.py"}
     files.update({f"1/checkpoint/{n}": folder / n for n in _CHECKPOINT_FILES if (folder / n).is_file()})
     return [publish_python_model(options.repo, config, HERE / "eclair_model.py", sources=sources, golden=golden,
-                                 files=files, demo=options.demo)]
+                                 files=files, demo=options.demo, precision=runtime.precision)]

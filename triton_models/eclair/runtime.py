@@ -44,6 +44,10 @@ class EclairRuntime:
         return cls(folder, device=wanted if gpu else "cpu", dtype=torch.float16 if gpu else torch.float32,
                    max_new_tokens=int(params.get("max_new_tokens", "256")))
 
+    @property
+    def precision(self) -> str:
+        return "fp16" if self.dtype == torch.float16 else "fp32"
+
     def pixel_values(self, images: np.ndarray) -> torch.Tensor:
         """uint8 [B, H, W, 3] -> normalised [B, 3, h, w] at the encoder's size."""
         pixels = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2).float() / 255.0
