@@ -135,7 +135,10 @@ def server_means_ms(before: dict[str, float], after: dict[str, float]) -> dict[s
     count = after["requests"] - before["requests"]
     if count <= 0:
         return {"server_ms": None, "server_queue_ms": None, "server_compute_ms": None}
-    mean = lambda *phases: sum(after[p] - before[p] for p in phases) / count / 1e6  # noqa: E731
+
+    def mean(*phases: str) -> float:
+        return sum(after[p] - before[p] for p in phases) / count / 1e6
+
     return {"server_ms": mean("success"), "server_queue_ms": mean("queue"),
             "server_compute_ms": mean("compute_input", "compute_infer", "compute_output")}
 
