@@ -192,9 +192,10 @@ def served_point(grpc_url: str, model_dir: Path, batch: int, concurrency: int, d
     for thread in threads:
         thread.join()
     wall = time.monotonic() - clock[0] if clock else 0.0
-    # Every timed request has been answered (the callers have joined), so the window's counts are complete.
-    server = server_means_ms(totals[0], server_totals(stats_client, config.name)) if totals else {}
-    stats_client.close()
+    try:  # every timed request has been answered (the callers have joined): the window's counts are complete
+        server = server_means_ms(totals[0], server_totals(stats_client, config.name)) if totals else {}
+    finally:
+        stats_client.close()
     if errors or not latencies:
         raise UserError(f"bench of {config.name} at batch {batch}, concurrency {concurrency} failed: "
                         f"{errors[0] if errors else 'no request finished'}")

@@ -101,10 +101,10 @@ class LocalTriton:
         self.log_path = log_path
         self.extra_args = extra_args
         self.backend_root = backend_root  # a lasting folder for the backends (detached servers); default: temporary
-        self.exit_timeout_s = exit_timeout_s
+        self.exit_timeout_s = exit_timeout_s  # how long a stop waits for in-flight requests and open connections
         # Folders put first on the python-backend models' path: the wheel's stub is built against
         # NumPy 1, so an environment with NumPy 2 needs a NumPy 1 folder here.
-        self.model_paths_first = model_paths_first  # how long a stop waits for in-flight requests and open connections
+        self.model_paths_first = model_paths_first
         self.process: subprocess.Popen | None = None
         self._workdir: tempfile.TemporaryDirectory | None = None
         self._log_handle = None
