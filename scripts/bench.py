@@ -310,8 +310,9 @@ def summary(points: list[BenchPoint]) -> list[dict]:
             # it splits: the client and gRPC (outside Triton), and the backend (copies into and out of
             # the python stub, its IPC, and anything the model file does beyond the raw call).
             overhead = single.p50_ms - raw[0].p50_ms if raw and single else None
-            backend = single.server_compute_ms - raw[0].p50_ms if raw and single and single.server_compute_ms else None
-            transport = single.p50_ms - single.server_ms if single and single.server_ms else None
+            backend = (single.server_compute_ms - raw[0].p50_ms
+                       if raw and single and single.server_compute_ms is not None else None)
+            transport = single.p50_ms - single.server_ms if single and single.server_ms is not None else None
             rows.append({"model": model, "batch": batch, "best_concurrency": best.concurrency,
                          "server_overhead_ms": overhead, "backend_overhead_ms": backend, "transport_ms": transport,
                          "served_items_per_s": best.items_per_s, "p95_ms": best.p95_ms,

@@ -27,7 +27,7 @@ def verify_model(client, model_dir: Path) -> Verification:
 
     from tritonclient.grpc import model_config_pb2 as pb
 
-    http = importlib.import_module(type(client).__module__.rsplit(".", 1)[0])  # tritonclient.http or .grpc
+    protocol = importlib.import_module(type(client).__module__.rsplit(".", 1)[0])  # tritonclient.http or .grpc
 
     model_dir = Path(model_dir)
     name = model_dir.name
@@ -49,12 +49,12 @@ def verify_model(client, model_dir: Path) -> Verification:
         wire = _WIRE_TYPES[pb.DataType.Name(model_input.data_type)]
         if wire == "BYTES":
             value = value.astype(object)
-        tensor = http.InferInput(model_input.name, list(value.shape), wire)
+        tensor = protocol.InferInput(model_input.name, list(value.shape), wire)
         tensor.set_data_from_numpy(value)
         inputs.append(tensor)
     outputs = [k[len("output__"):] for k in arrays if k.startswith("output__")]
     try:
-        response = client.infer(name, inputs, outputs=[http.InferRequestedOutput(o) for o in outputs])
+        response = client.infer(name, inputs, outputs=[protocol.InferRequestedOutput(o) for o in outputs])
     except Exception as exc:  # the server's answer, whatever its type, is the finding
         return Verification(name, False, f"inference failed: {exc}")
     worst = 0.0

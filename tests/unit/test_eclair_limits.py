@@ -25,3 +25,22 @@ def test_limit_follows_the_decoder(tmp_path):
 def test_limit_of_a_large_decoder_is_4096(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"decoder": {"max_position_embeddings": 8192}}))
     assert _max_new_tokens(tmp_path, _options(tmp_path)) == 4096
+
+
+def test_cudnn_attention_is_left_out_for_eclair_calls_only():
+    """On CUDA, ECLAIR's generate runs without cuDNN's fused attention; the flag comes back after,
+    so the process's other models (the bench process runs several) keep it."""
+    import torch
+
+    from triton_models.eclair.runtime import EclairRuntime
+
+    runtime = object.__new__(EclairRuntime)  # the kernel choice alone, no checkpoint
+    runtime.device = "cuda:0"
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    with runtime._attention_kernels():
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+    assert torch.backends.cuda.cudnn_sdp_enabled() == before
+    runtime.device = "cpu"
+    with runtime._attention_kernels():
+        assert torch.backends.cuda.cudnn_sdp_enabled() == before

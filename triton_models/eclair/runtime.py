@@ -3,6 +3,7 @@ text out. Used by the Triton python backend on hosts without TensorRT-LLM (CPU, 
 and by the builder for golden answers."""
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -21,10 +22,6 @@ class EclairRuntime:
         hf_logging.set_verbosity_error()
         folder = Path(folder)
         self.device, self.dtype, self.max_new_tokens = device, dtype, max_new_tokens
-        if str(device).startswith("cuda"):
-            # cuDNN's fused attention failed on H100 for small fp16 heads (torch 2.11); flash and
-            # memory-efficient attention serve the same calls.
-            torch.backends.cuda.enable_cudnn_sdp(False)
         self.model = VisionEncoderDecoderModel.from_pretrained(str(folder), local_files_only=True, torch_dtype=dtype).to(device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         processor = folder / "preprocessor_config.json"
@@ -44,6 +41,16 @@ class EclairRuntime:
         return cls(folder, device=wanted if gpu else "cpu", dtype=torch.float16 if gpu else torch.float32,
                    max_new_tokens=int(params.get("max_new_tokens", "256")))
 
+    def _attention_kernels(self):
+        """On CUDA, attention without cuDNN's fused kernel, for ECLAIR's calls only (the process's
+        other models keep theirs): it failed on an H100 for small fp16 heads (torch 2.11), and flash
+        and memory-efficient attention serve the same calls."""
+        if not str(self.device).startswith("cuda"):
+            return contextlib.nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
     @property
     def precision(self) -> str:
         return "fp16" if self.dtype == torch.float16 else "fp32"
@@ -60,10 +67,11 @@ class EclairRuntime:
     @torch.inference_mode()
     def __call__(self, images: np.ndarray) -> list[str]:
         config = self.model.config
-        tokens = self.model.generate(
-            self.pixel_values(images), max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1,
-            decoder_start_token_id=config.decoder_start_token_id, pad_token_id=config.pad_token_id,
-            eos_token_id=config.eos_token_id)
+        with self._attention_kernels():
+            tokens = self.model.generate(
+                self.pixel_values(images), max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1,
+                decoder_start_token_id=config.decoder_start_token_id, pad_token_id=config.pad_token_id,
+                eos_token_id=config.eos_token_id)
         # Coordinate and class tokens may be special tokens: keep them, drop only pad/bos/eos.
         drop = {t for t in (self.tokenizer.pad_token, self.tokenizer.eos_token, self.tokenizer.bos_token,
                             self.tokenizer.cls_token, self.tokenizer.sep_token) if t}
