@@ -110,11 +110,21 @@ def _input_tensors(client, feeds: dict[str, np.ndarray], wire: dict[str, str], r
     return tensors, handle
 
 
-def _release(client, region: str, handle) -> None:
+def _release(client, region: str, handle, attempts: int = 40) -> None:
+    """Unregister the region, then unlink it. Triton may still hold the last request's reference
+    for a moment after answering it ("currently in use"), so unregistering is retried briefly."""
     import tritonclient.utils.shared_memory as shm
+    from tritonclient.utils import InferenceServerException
 
     try:
-        client.unregister_system_shared_memory(region)
+        for attempt in range(attempts):
+            try:
+                client.unregister_system_shared_memory(region)
+                return
+            except InferenceServerException as exc:
+                if "in use" not in str(exc) or attempt == attempts - 1:
+                    raise
+                time.sleep(0.05)
     finally:
         shm.destroy_shared_memory_region(handle)
 
@@ -180,8 +190,11 @@ def served_point(grpc_url: str, model_dir: Path, batch: int, concurrency: int, d
             errors.append(str(exc))
             barrier.abort()
         finally:
-            if handle is not None:
-                _release(client, region, handle)
+            try:
+                if handle is not None:
+                    _release(client, region, handle)
+            except Exception as exc:  # the point fails with the reason, and the other callers' figures stay
+                errors.append(f"releasing shared-memory region {region}: {exc}")
             client.close()
         with lock:
             latencies.extend(mine)
