@@ -1,7 +1,6 @@
 """Step 1: PyTorch -> ONNX (opset 17, batch axis dynamic on every tensor)."""
 from __future__ import annotations
 
-import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -122,18 +121,15 @@ def has_qdq_nodes(onnx_path: Path) -> bool:
     return any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in model.graph.node)
 
 
-# Nodes of decomposed normalisation (e.g. DeBERTa's own LayerNorm: ReduceMean/Sub/Pow/Sqrt/Div
-# under a ".../LayerNorm/..." scope) are kept in fp32 by name as well as by op type.
-_NORMALISATION_SCOPE = re.compile(r"layernorm|groupnorm|(^|[/._])norm([/._]|$)", re.IGNORECASE)
-
-
 def convert_to_fp16(onnx_path: Path, out_path: Path, keep_fp32_ops: tuple[str, ...]) -> Path:
     """An fp16 ONNX for strongly typed TensorRT: fp16 weights and casts, normalisation and the
     kept ops in fp32, fp32 inputs and outputs so the served contract does not change."""
     from onnxruntime.transformers.float16 import convert_float_to_float16  # handles Cast/Identity chains
 
+    from converters.precision import fp32_onnx_nodes
+
     model = onnx.load(str(onnx_path))
-    kept_nodes = [node.name for node in model.graph.node if _NORMALISATION_SCOPE.search(node.name)]
+    kept_nodes = sorted(fp32_onnx_nodes(model.graph.node, keep_fp32_ops))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "number truncated to fp16 range" for -inf masks, expected
         converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=list(keep_fp32_ops),

@@ -13,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 
 MANIFEST_NAME = "manifest.json"
-_TOOLS = ("torch", "onnx", "onnxruntime", "tensorrt", "transformers")
+_TOOLS = ("torch", "onnx", "onnxruntime", "transformers")
 
 
 def file_sha256(path: Path) -> str:
@@ -35,12 +35,19 @@ def text_sha256(text: str) -> str:
 
 
 def tool_versions() -> dict[str, str | None]:
+    """Package versions, and TensorRT's from the imported module itself: its distribution is
+    `tensorrt-cu12`, `tensorrt-cu12-bindings` or `tensorrt-rtx-cu12`, never plain `tensorrt`."""
+    from converters.tensorrt_backend import installed_tensorrt
+
     versions: dict[str, str | None] = {"python": platform.python_version()}
     for tool in _TOOLS:
         try:
             versions[tool] = metadata.version(tool)
         except metadata.PackageNotFoundError:
             versions[tool] = None
+    install = installed_tensorrt()
+    versions["tensorrt"] = install.version if install else None
+    versions["tensorrt_module"] = install.module if install else None
     return versions
 
 
@@ -67,13 +74,15 @@ def converters_source_sha256() -> str:
 
 
 def fingerprint(sources: dict[str, str], settings: dict, versions: dict, gpu: dict, serve_backend: str) -> str:
-    """What decides whether the published artifacts are current. Engines depend on the GPU and
-    TensorRT; ONNX artifacts do not."""
+    """What decides whether the published artifacts are current. Engines depend on TensorRT (also
+    one built beside an ONNX that is served, `generate_trt`) and served engines on the GPU; ONNX
+    artifacts on neither."""
     relevant_versions = {k: versions.get(k) for k in ("torch", "onnx")}
     key = {"sources": sources, "settings": settings, "versions": relevant_versions, "serve_backend": serve_backend,
            "converters": converters_source_sha256()}
+    if serve_backend == "tensorrt_plan" or settings.get("generate_trt"):
+        key["tensorrt"] = [versions.get("tensorrt_module"), versions.get("tensorrt")]
     if serve_backend == "tensorrt_plan":
-        key["tensorrt"] = versions.get("tensorrt")
         key["compute_capability"] = gpu.get("compute_capability")
     return text_sha256(json.dumps(key, sort_keys=True))
 

@@ -13,15 +13,18 @@ import numpy as np
 import torch
 
 from converters import export as export_step
+from converters import tensorrt_backend
+from converters.calibration import calibration_batches
 from converters.check import CheckResult, check_graph, compare, run_onnx
 from converters.errors import UserError
 from converters.loading import build_model
 from converters.manifest import (MANIFEST_NAME, engine_compatibility, file_sha256, fingerprint, gpu_identity,
                                  read_manifest, text_sha256, tool_versions)
-from converters.precision import TOLERANCES, plan_precision
+from converters.precision import TOLERANCES, fp32_onnx_nodes, plan_precision
 from converters.publish import atomic_output, publish_model_folder
 from converters.runners import ONNX_RUNNER, TORCH_RUNNER
 from converters.settings import ConversionSettings
+from converters.tensorrt_backend import EngineBuild, TensorRTInstall, installed_tensorrt
 from converters.triton_config import InstancePlan, TritonModelConfig, build_config, check_config_fits_profile, config_text
 
 log = logging.getLogger("converters")
@@ -37,6 +40,7 @@ class ConversionResult:
     precision: str = "fp32"  # of what is served: the tolerance its golden answers are checked with
     up_to_date: bool = False
     onnx_check: CheckResult | None = None
+    engine_build: EngineBuild | None = None  # where an engine was built in this run
     engine_check: CheckResult | None = None
     timings: dict[str, float] = field(default_factory=dict)
     messages: list[str] = field(default_factory=list)
@@ -47,14 +51,19 @@ def _say(result: ConversionResult, message: str) -> None:
     result.messages.append(message)
 
 
-def resolve_serve_backend(settings: ConversionSettings, tensorrt: str | None) -> str:
-    """`auto` serves the engine where TensorRT built one, else the ONNX through the python runner."""
+def resolve_serve_backend(settings: ConversionSettings, tensorrt: TensorRTInstall | None) -> str:
+    """`auto` serves the engine where NVIDIA's TensorRT built one, else the ONNX through the python
+    runner. A TensorRT-RTX engine is built where asked but never served: NVIDIA's Triton does not load it."""
     if settings.serve_backend != "auto":
         if settings.serve_backend == "tensorrt_plan" and tensorrt is None:
             raise UserError("--serve-backend tensorrt_plan needs TensorRT, which is not installed here; "
                             "build in the builder container on a GPU host or choose python_onnx.")
+        if settings.serve_backend == "tensorrt_plan" and not tensorrt.serves_triton:
+            raise UserError(f"--serve-backend tensorrt_plan needs NVIDIA's TensorRT; only {tensorrt.label} is installed "
+                            "here and NVIDIA's Triton does not load its engines; build in the builder container on a "
+                            "GPU host or choose python_onnx.")
         return settings.serve_backend
-    return "tensorrt_plan" if settings.generate_trt and tensorrt is not None else "python_onnx"
+    return "tensorrt_plan" if settings.generate_trt and tensorrt is not None and tensorrt.serves_triton else "python_onnx"
 
 
 def source_hashes(settings: ConversionSettings) -> dict[str, str]:
@@ -67,18 +76,20 @@ def convert(settings: ConversionSettings, load_model: Callable[[], torch.nn.Modu
     """Run the steps the settings ask for. `load_model` builds the PyTorch model (default: the class
     from --model-script-path with the --ckpt-path state_dict); `extra_files` are published in the
     model folder too (e.g. a tokenizer)."""
-    from converters.tensorrt_backend import tensorrt_version  # lazy: no TensorRT import here
-
     result = ConversionResult()
     for flag, path in (("--ckpt-path", settings.ckpt_path), ("--model-script-path", settings.model_script_path)):
         if not Path(path).exists():
             raise UserError(f"{flag} {path} does not exist.")
-    tensorrt = tensorrt_version()
+    tensorrt = installed_tensorrt()
     serve_backend = resolve_serve_backend(settings, tensorrt)
     result.serve_backend = serve_backend
     if settings.generate_trt and tensorrt is None:
         _say(result, "TensorRT is not installed here: no engine is built; the ONNX is served through the "
                      "python_onnx runner (pass --serve-backend tensorrt_plan to require an engine).")
+    elif settings.generate_trt and not tensorrt.serves_triton:
+        _say(result, f"{tensorrt.label} is installed here, not NVIDIA's TensorRT: the engine is built at "
+                     f"{settings.engine_path} (strongly typed), but NVIDIA's Triton does not load it, so the model is "
+                     f"served through {serve_backend}.")
 
     versions, gpu = tool_versions(), gpu_identity()
     sources = source_hashes(settings)
@@ -92,7 +103,7 @@ def convert(settings: ConversionSettings, load_model: Callable[[], torch.nn.Modu
         return result
 
     if existing and serve_backend == "tensorrt_plan":
-        compatibility = engine_compatibility(existing, tensorrt, gpu.get("compute_capability"))
+        compatibility = engine_compatibility(existing, tensorrt.version, gpu.get("compute_capability"))
         if not compatibility.ok:  # never serve an engine built elsewhere: rebuild it here
             _say(result, f"rebuilding {model_dir}: its engine was {compatibility.reason}.")
 
@@ -127,17 +138,19 @@ def convert(settings: ConversionSettings, load_model: Callable[[], torch.nn.Modu
     _gate(result.onnx_check, settings, "the ONNX")
 
     if settings.generate_trt:  # refuse an impossible precision request before any build work
-        plan_precision(settings.use_fp16, settings.use_int8, int(tensorrt.split(".")[0]) if tensorrt else None,
+        plan_precision(settings.use_fp16, settings.use_int8, bool(tensorrt and tensorrt.strongly_typed),
                        calibration_data=settings.calibration_data, calibration_cache=settings.calibration_cache,
                        onnx_has_qdq=export_step.has_qdq_nodes(onnx_path))
 
     publish_files: dict[str, Path | bytes | str] = dict(extra_files or {})
     precision = "fp32"
     with tempfile.TemporaryDirectory(prefix="convert-") as scratch:
-        if serve_backend == "tensorrt_plan":
-            engine, precision = _build_and_check_engine(settings, onnx_path, tensorrt, model, sample, result, Path(scratch))
-            publish_files["1/model.plan"] = engine
-        elif serve_backend == "python_torch":
+        if settings.generate_trt and tensorrt is not None:
+            engine, engine_precision = _build_and_check_engine(settings, onnx_path, tensorrt, model, sample, result,
+                                                               Path(scratch))
+            if serve_backend == "tensorrt_plan":
+                publish_files["1/model.plan"], precision = engine, engine_precision
+        if serve_backend == "python_torch":
             precision = "fp16" if settings.use_fp16 and settings.device == "cuda" else "fp32"
             publish_files["1/model.pt"] = _trace(model, triton_inputs, settings.device, sample, Path(scratch),
                                                  half=precision == "fp16")
@@ -169,6 +182,9 @@ def convert(settings: ConversionSettings, load_model: Callable[[], torch.nn.Modu
             "profile": {name: [list(s) for s in shapes] for name, shapes in settings.plan.profiles(settings.io).items()},
             "versions": versions, "gpu": gpu, "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+        if result.engine_build is not None:  # which TensorRT built what, and whether it is what is served
+            manifest["engine"] = dict(result.engine_build.manifest_entry(), path=str(settings.engine_path),
+                                      served=serve_backend == "tensorrt_plan")
         publish_files[MANIFEST_NAME] = json.dumps(manifest, indent=2) + "\n"
         if model_dir.exists() and not settings.overwrite and existing is not None:
             _say(result, f"replacing {model_dir}: its manifest says it was built from other inputs or settings.")
@@ -226,58 +242,80 @@ def _golden_bytes(inputs: dict, outputs: dict, triton_inputs: tuple[str, ...], t
     return buffer.getvalue()
 
 
-def _build_and_check_engine(settings, onnx_path, tensorrt, model, sample, result, scratch: Path):
-    from converters import tensorrt_backend
-
-    trt_major = int(tensorrt.split(".")[0])
+def _build_and_check_engine(settings: ConversionSettings, onnx_path: Path, tensorrt: TensorRTInstall,
+                            model: torch.nn.Module, sample: dict, result: ConversionResult, scratch: Path):
+    """Build (or keep) the engine at --engine-path; read it back and run it where this GPU can."""
     has_qdq = export_step.has_qdq_nodes(onnx_path)
-    plan = plan_precision(settings.use_fp16, settings.use_int8, trt_major, calibration_data=settings.calibration_data,
-                          calibration_cache=settings.calibration_cache, onnx_has_qdq=has_qdq)
+    plan = plan_precision(settings.use_fp16, settings.use_int8, tensorrt.strongly_typed,
+                          calibration_data=settings.calibration_data, calibration_cache=settings.calibration_cache,
+                          onnx_has_qdq=has_qdq)
     engine_path = Path(settings.engine_path)
+    expected = settings.plan.profiles(settings.io)
     if engine_path.exists() and not settings.overwrite:
         _say(result, f"kept the existing {engine_path} (pass --overwrite to replace it).")
         engine = engine_path.read_bytes()
     else:
-        build_from = onnx_path
-        if plan.fp16_onnx:
-            build_from = export_step.convert_to_fp16(onnx_path, scratch / "model.fp16.onnx", plan.fp32_layer_types)
-        calibration = None
-        if plan.int8_source == "calibration-data":
-            with np.load(settings.calibration_data) as data:
-                calibration = _calibration_batches(dict(data), settings)
-        started = time.perf_counter()
-        engine = tensorrt_backend.build_engine(
-            build_from, settings.plan.profiles(settings.io), plan, settings.memory_pool_limit,
-            engine_path.with_suffix(".timing.cache"), calibration, settings.calibration_cache)
-        result.timings["build"] = time.perf_counter() - started
+        build = tensorrt_backend.build_engine(_engine_request(settings, onnx_path, plan, expected, result, scratch))
+        result.engine_build, engine = build, build.engine
+        result.timings["build"] = build.seconds
+        _check_engine_io(engine_path, {i.name: (i.dtype, i.profile) for i in build.inputs}, build.outputs, expected,
+                         settings)
         with atomic_output(engine_path) as tmp:
             tmp.write_bytes(engine)
-    info = tensorrt_backend.inspect_engine(engine)
-    expected = settings.plan.profiles(settings.io)
-    for name, (_, shapes) in info.inputs.items():
-        if name not in expected:
-            raise UserError(f"the engine at {engine_path} takes input '{name}', which --model-io-config lacks.")
-        if tuple(tuple(s) for s in shapes) != tuple(tuple(s) for s in expected[name]):
-            raise UserError(f"the engine at {engine_path} has profile {shapes} for '{name}', expected {expected[name]}; "
-                            "rebuild it with --overwrite.")
-    missing_outputs = [n for n in settings.io.output_names if n not in info.outputs]
-    if missing_outputs:
-        raise UserError(f"the engine at {engine_path} lacks the outputs {missing_outputs}; rebuild it with --overwrite.")
+        _say(result, f"{build.tensorrt.label} built {engine_path} ({len(engine) / 1e6:.1f} MB, {plan.precision}, "
+                     f"{'strongly typed' if build.strongly_typed else f'{build.fp32_pinned_layers} layers pinned to fp32'}) "
+                     f"in {build.seconds:.1f} s")
+    gpu = gpu_identity()
+    if not tensorrt.can_run_engines(gpu.get("compute_capability")):
+        where = f"{gpu['name']} (compute capability {gpu['compute_capability']})" if gpu.get("name") else "no GPU"
+        _say(result, f"reading the engine back and running it need a GPU that {tensorrt.label} supports; this machine "
+                     f"has {where}: skipped (its inputs and profile were checked as TensorRT built them).")
+        return engine, plan.precision
+    inputs, outputs = tensorrt_backend.inspect_engine(engine, settings.model_name)
+    _check_engine_io(engine_path, inputs, outputs, expected, settings)
     reference = export_step.run_torch(model, settings.io, sample, settings.device)
-    result.engine_check = compare(reference, tensorrt_backend.run_engine(engine, {k: v for k, v in sample.items() if k in info.inputs}), plan.tolerance)
+    ran = tensorrt_backend.run_engine(engine, {k: v for k, v in sample.items() if k in inputs}, settings.model_name)
+    result.engine_check = compare(reference, ran, plan.tolerance)
     _say(result, "TensorRT vs PyTorch:\n" + result.engine_check.report())
     _gate(result.engine_check, settings, "the TensorRT engine")
     return engine, plan.precision
 
 
-def _calibration_batches(data: dict[str, np.ndarray], settings: ConversionSettings) -> list[dict[str, np.ndarray]]:
-    """Split the arrays of a calibration .npz (one per input, batch first) into max-batch chunks."""
-    missing = [n for n in settings.io.input_names if n not in data]
-    if missing:
-        raise UserError(f"--calibration-data {settings.calibration_data} lacks arrays for inputs {missing}.")
-    total = len(next(iter(data.values())))
-    step = settings.plan.max_batch_size
-    return [{n: data[n][i:i + step] for n in settings.io.input_names} for i in range(0, total - step + 1, step)]
+def _engine_request(settings: ConversionSettings, onnx_path: Path, plan, profiles: dict, result: ConversionResult,
+                    scratch: Path) -> tensorrt_backend.EngineRequest:
+    """What the seam is told: the graph in the plan's precision, the profiles, fp32 nodes, calibration."""
+    import onnx
+
+    build_from, fp32_nodes = onnx_path, frozenset()
+    if plan.fp16_onnx:  # strongly typed: the precision is written into the graph
+        build_from = export_step.convert_to_fp16(onnx_path, scratch / "model.fp16.onnx", plan.fp32_onnx_ops)
+    elif plan.builder_flags:  # weak typing: these nodes' layers are pinned to fp32
+        fp32_nodes = fp32_onnx_nodes(onnx.load(str(onnx_path), load_external_data=False).graph.node, plan.fp32_onnx_ops)
+    batches = ()
+    if plan.int8_source == "calibration-data":
+        graph_inputs = export_step.onnx_graph_inputs(onnx_path)
+        with np.load(settings.calibration_data) as data:
+            calibration = calibration_batches(dict(data), {n: profiles[n][1] for n in graph_inputs if n in profiles},
+                                              settings.calibration_data)
+        _say(result, calibration.summary())
+        batches = calibration.batches
+    return tensorrt_backend.EngineRequest(
+        model_name=settings.model_name, onnx_path=build_from, profiles=profiles, plan=plan,
+        memory_pool_limit=settings.memory_pool_limit, timing_cache_path=Path(settings.engine_path).with_suffix(".timing.cache"),
+        fp32_nodes=fp32_nodes, calibration_batches=batches, calibration_cache_path=settings.calibration_cache)
+
+
+def _check_engine_io(engine_path: Path, inputs: dict, outputs: dict, expected: dict, settings: ConversionSettings) -> None:
+    """The engine takes exactly the profiles the batch plan (and so config.pbtxt) says."""
+    for name, (_, shapes) in inputs.items():
+        if name not in expected:
+            raise UserError(f"the engine at {engine_path} takes input '{name}', which --model-io-config lacks.")
+        if tuple(tuple(s) for s in shapes) != tuple(tuple(s) for s in expected[name]):
+            raise UserError(f"the engine at {engine_path} has profile {shapes} for '{name}', expected {expected[name]}; "
+                            "rebuild it with --overwrite.")
+    missing_outputs = [n for n in settings.io.output_names if n not in outputs]
+    if missing_outputs:
+        raise UserError(f"the engine at {engine_path} lacks the outputs {missing_outputs}; rebuild it with --overwrite.")
 
 
 def _trace(model: torch.nn.Module, inputs: tuple[str, ...], device: str, sample: dict, scratch: Path,

@@ -89,5 +89,5 @@ class ConversionSettings:
             "dynamic_batching": self.dynamic_batching, "max_queue_delay_us": self.max_queue_delay_us,
             "memory_pool_limit": self.memory_pool_limit, "use_fp16": self.use_fp16, "use_int8": self.use_int8,
             "instances": [self.instances.count, self.instances.kind, list(self.instances.gpus)],
-            "warmup": self.warmup, "opset": self.opset, "device": self.device,
+            "warmup": self.warmup, "opset": self.opset, "device": self.device, "generate_trt": self.generate_trt,
         }

@@ -1,61 +1,190 @@
 """The one thin module that calls TensorRT. Everything it is told comes from plain, tested
-decisions elsewhere (profiles in `batching`, precision in `precision`, the gate in `manifest`).
+decisions elsewhere (profiles in `batching`, precision in `precision`, calibration batches in
+`calibration`, the gate in `manifest`).
 
-TensorRT cannot be installed on the development and CI machines; this module is imported
-lazily and only where an engine is built, inspected or run.
+It runs against whichever TensorRT is installed, found lazily by `installed_tensorrt()`:
+NVIDIA's TensorRT (`tensorrt`, or `tensorrt_bindings` where the bindings wheel alone sits on
+the image's own libraries), else TensorRT for RTX (`tensorrt_rtx`), which builds engines on a
+machine without a GPU and is always strongly typed. Every exception from the bindings becomes
+one `UserError` naming the model and the step.
 """
 from __future__ import annotations
 
+import functools
+import importlib
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from converters.errors import UserError
-from converters.precision import PrecisionPlan
+from converters.precision import LayerFacts, PrecisionPlan, select_fp32_layers
 
 log = logging.getLogger(__name__)
 
 Shape = tuple[int, ...]
+Profile = tuple[Shape, Shape, Shape]
 
-
-def tensorrt_version() -> str | None:
-    """The installed TensorRT version, or None where it is absent."""
-    try:
-        import tensorrt as trt
-    except ImportError:
-        return None
-    return trt.__version__
-
-
-def _trt():
-    try:
-        import tensorrt as trt
-    except ImportError:
-        raise UserError(
-            "TensorRT is not installed here: run the build in the builder container on a GPU host "
-            "(docker compose up), or serve the ONNX with --serve-backend python_onnx."
-        ) from None
-    return trt
+# Import names, in the order they are tried. The first two are NVIDIA's TensorRT.
+TENSORRT_MODULES = ("tensorrt", "tensorrt_bindings", "tensorrt_rtx")
+# TensorRT for RTX runs engines on these GPUs only (its support matrix); 12.x is Blackwell.
+RTX_COMPUTE_CAPABILITIES = ("7.5", "8.6", "8.9")
 
 
 @dataclass(frozen=True)
-class EngineInfo:
-    inputs: dict[str, tuple[str, tuple[Shape, Shape, Shape]]]  # name -> (numpy dtype name, (min, opt, max))
+class TensorRTInstall:
+    """Which TensorRT this process builds with, read from the imported module itself."""
+    module: str
+    version: str
+
+    @property
+    def rtx(self) -> bool:
+        return self.module == "tensorrt_rtx"
+
+    @property
+    def major(self) -> int:
+        return int(self.version.split(".")[0])
+
+    @property
+    def strongly_typed(self) -> bool:
+        """TensorRT 11 and TensorRT for RTX have no weak typing: precision lives in the ONNX."""
+        return self.rtx or self.major >= 11
+
+    @property
+    def serves_triton(self) -> bool:
+        """Its engines are `tensorrt_plan` models for NVIDIA's Triton (a TensorRT-RTX engine is not)."""
+        return not self.rtx
+
+    @property
+    def label(self) -> str:
+        return f"{'TensorRT for RTX' if self.rtx else 'TensorRT'} {self.version}"
+
+    def can_run_engines(self, compute_capability: str | None) -> bool:
+        """Deserializing and running an engine needs a GPU this TensorRT supports."""
+        if compute_capability is None:
+            return False
+        if self.rtx:
+            return compute_capability in RTX_COMPUTE_CAPABILITIES or compute_capability.startswith("12.")
+        return True
+
+
+@functools.cache
+def installed_tensorrt() -> TensorRTInstall | None:
+    for name in TENSORRT_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        return TensorRTInstall(name, str(module.__version__))
+    return None
+
+
+def _trt():
+    install = installed_tensorrt()
+    if install is None:
+        raise UserError(
+            "TensorRT is not installed here: run the build in the builder container on a GPU host "
+            "(docker compose up), or serve the ONNX with --serve-backend python_onnx."
+        )
+    return importlib.import_module(install.module)
+
+
+@dataclass(frozen=True)
+class NetworkInput:
+    name: str
+    dtype: str  # numpy dtype name
+    shape: Shape  # -1 where dynamic
+    profile: Profile  # (min, opt, max) as set on the optimization profile
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    model_name: str  # for messages
+    onnx_path: Path
+    profiles: dict[str, Profile]
+    plan: PrecisionPlan
+    memory_pool_limit: int
+    timing_cache_path: Path
+    fp32_nodes: frozenset[str] = frozenset()  # ONNX nodes kept in fp32 (weak typing only)
+    calibration_batches: tuple[dict[str, np.ndarray], ...] = ()
+    calibration_cache_path: Path | None = None
+
+
+@dataclass(frozen=True)
+class EngineBuild:
+    """What one build made, read from TensorRT's own objects."""
+    engine: bytes
+    tensorrt: TensorRTInstall
+    precision: str  # the plan's: fp32 | fp16 | int8
+    strongly_typed: bool
+    inputs: tuple[NetworkInput, ...]
     outputs: dict[str, str]  # name -> numpy dtype name
+    layer_output_dtypes: dict[str, int]  # DataType name -> how many layer outputs have it
+    fp32_pinned_layers: int
+    seconds: float
+
+    def manifest_entry(self) -> dict:
+        return {"tensorrt": self.tensorrt.label, "module": self.tensorrt.module, "precision": self.precision,
+                "strongly_typed": self.strongly_typed, "bytes": len(self.engine), "seconds": round(self.seconds, 2),
+                "layer_output_dtypes": self.layer_output_dtypes, "fp32_pinned_layers": self.fp32_pinned_layers,
+                "inputs": {i.name: {"dtype": i.dtype, "shape": list(i.shape), "profile": [list(s) for s in i.profile]}
+                           for i in self.inputs},
+                "outputs": self.outputs}
 
 
-def build_engine(onnx_path: Path, profiles: dict[str, tuple[Shape, Shape, Shape]], plan: PrecisionPlan,
-                 memory_pool_limit: int, timing_cache_path: Path,
-                 calibration_batches: list[dict[str, np.ndarray]] | None = None,
-                 calibration_cache_path: Path | None = None) -> bytes:
-    trt = _trt()
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
+@functools.cache
+def _logger(trt):
+    """One logger per process: TensorRT keeps the first it is given and ignores later ones."""
+    without_gpu = trt.__name__ == "tensorrt_rtx"  # its CPU-only builds log CUDA errors that mean nothing
+
+    class Logger(trt.ILogger):
+        """Forwards TensorRT's messages to logging and keeps its errors for the one-line message."""
+
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.errors: list[str] = []  # the latest few
+            self.count = 0  # errors seen in all
+
+        def log(self, severity, msg) -> None:  # never raises: TensorRT calls it from C++
+            try:
+                if without_gpu and "Cuda Runtime" in str(msg):  # TensorRT for RTX probing for a GPU: expected
+                    log.debug("TensorRT: %s", msg)
+                elif int(severity) <= int(trt.ILogger.Severity.ERROR):
+                    self.errors = self.errors[-9:] + [str(msg)]
+                    self.count += 1
+                    log.error("TensorRT: %s", msg)
+                elif int(severity) == int(trt.ILogger.Severity.WARNING):
+                    log.warning("TensorRT: %s", msg)
+            except Exception:  # noqa: BLE001
+                pass
+
+    return Logger()
+
+
+@contextmanager
+def _step(model_name: str, step: str, logger):
+    """A binding exception becomes one line naming the model and the step, not a traceback."""
+    seen = logger.count
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001: anything the bindings raise
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        last = f" (TensorRT said: {logger.errors[-1][:300]})" if logger.count > seen else ""
+        raise UserError(f"TensorRT failed to {step} for model '{model_name}': {detail}{last}") from exc
+
+
+def _dtype_name(trt, dtype) -> str:
+    return np.dtype(trt.nptype(dtype)).name
+
+
+def _parse(trt, builder, logger, onnx_path: Path, strongly_typed: bool, model_name: str):
     flags = 0
-    if plan.strongly_typed:
+    if strongly_typed:
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     elif hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):  # implicit in TensorRT >= 10
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
@@ -66,57 +195,111 @@ def build_engine(onnx_path: Path, profiles: dict[str, tuple[Shape, Shape, Shape]
         for i in range(parser.num_errors):
             error = parser.get_error(i)
             node = error.node_name() if hasattr(error, "node_name") else error.node()
-            problems.append(f"node {node}: {error.desc()}")
-        raise UserError(f"TensorRT cannot parse {onnx_path}: " + "; ".join(problems[:5]))
-
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, memory_pool_limit)
-    for flag in plan.builder_flags:
-        config.set_flag(getattr(trt.BuilderFlag, flag))
-    if plan.fp32_layer_types and not plan.strongly_typed:
-        _pin_fp32_layers(trt, network, plan.fp32_layer_types)
-
-    profile = builder.create_optimization_profile()
-    for i in range(network.num_inputs):
-        name = network.get_input(i).name
-        if name not in profiles:
-            raise UserError(f"the ONNX input '{name}' has no entry in --model-io-config; add it there.")
-        profile.set_shape(name, *profiles[name])
-    config.add_optimization_profile(profile)
-
-    if plan.int8_source in ("calibration-data", "calibration-cache"):
-        config.int8_calibrator = _make_calibrator(trt, calibration_batches or [], calibration_cache_path)
-        config.set_calibration_profile(profile)
-
-    cache_bytes = timing_cache_path.read_bytes() if timing_cache_path.is_file() else b""
-    cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, ignore_mismatch=True)
-
-    started = time.perf_counter()
-    log.info("building the TensorRT engine (this takes minutes for large models)")
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise UserError(f"TensorRT failed to build an engine from {onnx_path}; see the TensorRT log above.")
-    log.info("engine built in %.1f s", time.perf_counter() - started)
-    timing_cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
-    return bytes(serialized)
+            op = f" ({error.node_operator()})" if hasattr(error, "node_operator") else ""
+            problems.append(f"node {node}{op}: {error.desc()}")
+        raise UserError(f"TensorRT cannot parse {onnx_path} for model '{model_name}': " + "; ".join(problems[:5])
+                        + "; fix the exporter so this graph uses operators TensorRT supports.")
+    return network, parser  # the parser owns the weights: keep it alive with the network
 
 
-def _pin_fp32_layers(trt, network, onnx_op_types: tuple[str, ...]) -> None:
-    """Weak typing (TensorRT 10): keep normalisation/softmax-class layers in fp32."""
-    pinned_types = {trt.LayerType.SOFTMAX, trt.LayerType.REDUCE}
-    if hasattr(trt.LayerType, "NORMALIZATION"):
-        pinned_types.add(trt.LayerType.NORMALIZATION)
-    markers = tuple(op.lower() for op in onnx_op_types)
+def _layer_facts(trt, network) -> list[LayerFacts]:
+    facts = []
     for i in range(network.num_layers):
         layer = network.get_layer(i)
-        if layer.type in pinned_types or any(m in layer.name.lower() for m in markers):
-            layer.precision = trt.float32
-            for j in range(layer.num_outputs):
-                layer.set_output_type(j, trt.float32)
+        dtypes = tuple(layer.get_output(j).dtype.name for j in range(layer.num_outputs))
+        facts.append(LayerFacts(i, layer.name, layer.type.name, getattr(layer, "metadata", "") or "", dtypes))
+    return facts
 
 
-def _make_calibrator(trt, batches: list[dict[str, np.ndarray]], cache_path: Path | None):
+def network_layers(onnx_path: Path, model_name: str) -> list[LayerFacts]:
+    """Parse the ONNX and describe its layers (what the fp32 pinning decides on), for checks."""
+    trt = _trt()
+    logger = _logger(trt)
+    with _step(model_name, "parse the ONNX", logger):
+        builder = trt.Builder(logger)
+        network, _parser = _parse(trt, builder, logger, onnx_path, installed_tensorrt().strongly_typed, model_name)
+        return _layer_facts(trt, network)
+
+
+def build_engine(request: EngineRequest) -> EngineBuild:
+    trt = _trt()
+    install = installed_tensorrt()
+    plan, name = request.plan, request.model_name
+    logger = _logger(trt)
+    with _step(name, "parse the ONNX", logger):
+        builder = trt.Builder(logger)
+        network, _parser = _parse(trt, builder, logger, request.onnx_path, plan.strongly_typed, name)
+
+    pinned = 0
+    with _step(name, "configure the build", logger):
+        config = builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, request.memory_pool_limit)
+        for flag in plan.builder_flags:
+            config.set_flag(getattr(trt.BuilderFlag, flag))
+        if plan.builder_flags and not plan.strongly_typed:
+            pinned = _pin_fp32_layers(trt, network, request.fp32_nodes)
+        profile = builder.create_optimization_profile()
+        inputs = []
+        for i in range(network.num_inputs):
+            tensor = network.get_input(i)
+            if tensor.name not in request.profiles:
+                raise UserError(f"the ONNX input '{tensor.name}' of model '{name}' has no entry in --model-io-config; "
+                                "add it there.")
+            profile.set_shape(tensor.name, *request.profiles[tensor.name])
+            read_back = tuple(tuple(s) for s in profile.get_shape(tensor.name))
+            inputs.append(NetworkInput(tensor.name, _dtype_name(trt, tensor.dtype), tuple(tensor.shape), read_back))
+        outputs = {network.get_output(i).name: _dtype_name(trt, network.get_output(i).dtype)
+                   for i in range(network.num_outputs)}
+        if not profile:  # an optimization profile converts to False when its shapes are inconsistent
+            said = f" (TensorRT said: {logger.errors[-1][:300]})" if logger.errors else ""
+            raise UserError(f"the optimization profile of model '{name}' is not valid: {request.profiles}{said}.")
+        config.add_optimization_profile(profile)
+        if plan.int8_source in ("calibration-data", "calibration-cache"):
+            config.int8_calibrator = _make_calibrator(trt, request.calibration_batches, request.calibration_cache_path)
+            config.set_calibration_profile(profile)
+        cache_bytes = request.timing_cache_path.read_bytes() if request.timing_cache_path.is_file() else b""
+        config.set_timing_cache(config.create_timing_cache(cache_bytes), ignore_mismatch=True)
+
+    started = time.perf_counter()
+    log.info("building the %s engine of %s (this takes minutes for large models on a GPU)", install.label, name)
+    errors_before = logger.count
+    with _step(name, "build the engine", logger):
+        serialized = builder.build_serialized_network(network, config)
+        if serialized is None:
+            said = f": {logger.errors[-1][:300]}" if logger.count > errors_before else "; see the TensorRT log above"
+            raise UserError(f"TensorRT failed to build an engine from {request.onnx_path} for model '{name}'{said}.")
+        engine = bytes(memoryview(serialized))
+    seconds = time.perf_counter() - started
+    log.info("engine built in %.1f s (%.1f MB)", seconds, len(engine) / 1e6)
+    with _step(name, "save the timing cache", logger):
+        _write_atomically(request.timing_cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
+    dtypes: dict[str, int] = {}
+    for layer in _layer_facts(trt, network):
+        for dtype in layer.output_dtypes:
+            dtypes[dtype] = dtypes.get(dtype, 0) + 1
+    return EngineBuild(engine, install, plan.precision, plan.strongly_typed, tuple(inputs), outputs, dtypes, pinned,
+                       seconds)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    from converters.publish import atomic_output
+
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def _pin_fp32_layers(trt, network, fp32_nodes: frozenset[str]) -> int:
+    """Weak typing (TensorRT 10): the layers `select_fp32_layers` chose compute and output fp32."""
+    chosen = select_fp32_layers(_layer_facts(trt, network), fp32_nodes)
+    for index in chosen:
+        layer = network.get_layer(index)
+        layer.precision = trt.float32
+        for j in range(layer.num_outputs):
+            layer.set_output_type(j, trt.float32)
+    return len(chosen)
+
+
+def _make_calibrator(trt, batches: tuple[dict[str, np.ndarray], ...], cache_path: Path | None):
     import torch  # device buffers for the calibrator
 
     class Calibrator(trt.IInt8EntropyCalibrator2):
@@ -140,56 +323,64 @@ def _make_calibrator(trt, batches: list[dict[str, np.ndarray]], cache_path: Path
 
         def write_calibration_cache(self, cache) -> None:
             if cache_path:
-                cache_path.write_bytes(bytes(cache))
+                _write_atomically(cache_path, bytes(cache))
 
     return Calibrator()
 
 
-def inspect_engine(engine: bytes) -> EngineInfo:
-    """Read back the built engine's I/O names, dtypes and profile."""
-    trt = _trt()
-    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+def _deserialize(trt, engine: bytes, model_name: str, logger):
+    runtime = trt.Runtime(logger)
     cuda_engine = runtime.deserialize_cuda_engine(engine)
     if cuda_engine is None:
-        raise UserError("the engine does not deserialize with this TensorRT and GPU; rebuild it here.")
-    inputs, outputs = {}, {}
-    for i in range(cuda_engine.num_io_tensors):
-        name = cuda_engine.get_tensor_name(i)
-        dtype = np.dtype(trt.nptype(cuda_engine.get_tensor_dtype(name))).name
-        if cuda_engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
-            low, opt, high = cuda_engine.get_tensor_profile_shape(name, 0)
-            inputs[name] = (dtype, (tuple(low), tuple(opt), tuple(high)))
-        else:
-            outputs[name] = dtype
-    return EngineInfo(inputs, outputs)
+        raise UserError(f"the engine of model '{model_name}' does not deserialize with this TensorRT and GPU; "
+                        "rebuild it here.")
+    return runtime, cuda_engine
 
 
-def run_engine(engine: bytes, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def inspect_engine(engine: bytes, model_name: str) -> tuple[dict[str, tuple[str, Profile]], dict[str, str]]:
+    """Read back the built engine's inputs (dtype, profile 0) and outputs (dtype)."""
+    trt = _trt()
+    logger = _logger(trt)
+    with _step(model_name, "read the engine back", logger):
+        _runtime, cuda_engine = _deserialize(trt, engine, model_name, logger)
+        inputs, outputs = {}, {}
+        for i in range(cuda_engine.num_io_tensors):
+            name = cuda_engine.get_tensor_name(i)
+            dtype = _dtype_name(trt, cuda_engine.get_tensor_dtype(name))
+            if cuda_engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+                low, opt, high = cuda_engine.get_tensor_profile_shape(name, 0)
+                inputs[name] = (dtype, (tuple(low), tuple(opt), tuple(high)))
+            else:
+                outputs[name] = dtype
+        return inputs, outputs
+
+
+def run_engine(engine: bytes, feeds: dict[str, np.ndarray], model_name: str) -> dict[str, np.ndarray]:
     """Run the engine once on the GPU (torch tensors as buffers) for the post-build check."""
     import torch
 
     trt = _trt()
-    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-    cuda_engine = runtime.deserialize_cuda_engine(engine)
-    context = cuda_engine.create_execution_context()
-    keep, outputs = [], {}
-    for i in range(cuda_engine.num_io_tensors):
-        name = cuda_engine.get_tensor_name(i)
-        if cuda_engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
-            dtype = np.dtype(trt.nptype(cuda_engine.get_tensor_dtype(name)))
-            tensor = torch.from_numpy(np.ascontiguousarray(feeds[name].astype(dtype))).cuda()
-            context.set_input_shape(name, tuple(tensor.shape))
-            context.set_tensor_address(name, tensor.data_ptr())
-            keep.append(tensor)
-    for i in range(cuda_engine.num_io_tensors):
-        name = cuda_engine.get_tensor_name(i)
-        if cuda_engine.get_tensor_mode(name) == trt.TensorIOMode.OUTPUT:
-            dtype = np.dtype(trt.nptype(cuda_engine.get_tensor_dtype(name)))
-            tensor = torch.empty(tuple(context.get_tensor_shape(name)), dtype=getattr(torch, dtype.name)).cuda()
-            context.set_tensor_address(name, tensor.data_ptr())
-            outputs[name] = tensor
-    stream = torch.cuda.Stream()
-    if not context.execute_async_v3(stream.cuda_stream):
-        raise UserError("the TensorRT engine failed to run on the check sample.")
-    stream.synchronize()
-    return {name: t.float().cpu().numpy() for name, t in outputs.items()}
+    logger = _logger(trt)
+    with _step(model_name, "run the engine on the check sample", logger):
+        _runtime, cuda_engine = _deserialize(trt, engine, model_name, logger)
+        context = cuda_engine.create_execution_context()
+        keep, outputs = [], {}
+        names = [cuda_engine.get_tensor_name(i) for i in range(cuda_engine.num_io_tensors)]
+        for name in names:
+            if cuda_engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+                dtype = np.dtype(trt.nptype(cuda_engine.get_tensor_dtype(name)))
+                tensor = torch.from_numpy(np.ascontiguousarray(feeds[name].astype(dtype))).cuda()
+                context.set_input_shape(name, tuple(tensor.shape))
+                context.set_tensor_address(name, tensor.data_ptr())
+                keep.append(tensor)
+        for name in names:
+            if cuda_engine.get_tensor_mode(name) == trt.TensorIOMode.OUTPUT:
+                dtype = np.dtype(trt.nptype(cuda_engine.get_tensor_dtype(name)))
+                tensor = torch.empty(tuple(context.get_tensor_shape(name)), dtype=getattr(torch, dtype.name)).cuda()
+                context.set_tensor_address(name, tensor.data_ptr())
+                outputs[name] = tensor
+        stream = torch.cuda.Stream()
+        if not context.execute_async_v3(stream.cuda_stream):
+            raise UserError(f"the TensorRT engine of model '{model_name}' failed to run on the check sample.")
+        stream.synchronize()
+        return {name: t.float().cpu().numpy() for name, t in outputs.items()}

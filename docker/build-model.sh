@@ -9,4 +9,4 @@ set -- "$model" --repo /models --work-dir /work \
 if [ -n "${CHECKPOINT:-}" ]; then
   set -- "$@" --checkpoint "/checkpoints/${CHECKPOINT}"
 fi
-exec python -m triton_models.build "$@"
+exec python3 -m triton_models.build "$@"

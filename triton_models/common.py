@@ -39,13 +39,16 @@ class BuildOptions:
 def conversion_settings(options: BuildOptions, *, name: str, io_json: str, script: Path, class_name: str,
                         sequence_length: int, opt_batch: int | None = None, ckpt_path: Path | None = None,
                         triton_inputs: tuple[str, ...] | None = None) -> ConversionSettings:
-    """The converter's settings for a model core, derived from the build options."""
+    """The converter's settings for a model core, derived from the build options. An engine is
+    built only where it may be served (`auto`, `tensorrt_plan`): a python_onnx or python_torch
+    build has no use for one."""
     work = options.work_dir / name
     return ConversionSettings(
         ckpt_path=ckpt_path or options.checkpoint, model_script_path=script, model_class_name=class_name, model_name=name,
         io=parse_io_config(io_json), plan=BatchPlan.create(options.max_batch_size, (opt_batch, sequence_length), None),
         onnx_path=work / "model.onnx", engine_path=work / "model.plan", triton_repo=options.repo, triton_inputs=triton_inputs,
-        device=options.device, generate_onnx=True, generate_trt=True, generate_triton_config=True, overwrite=True,
+        device=options.device, generate_onnx=True, generate_trt=options.serve_backend in ("auto", "tensorrt_plan"),
+        generate_triton_config=True, overwrite=True,
         force=options.force, dynamic_batching=True, max_queue_delay_us=100, use_fp16=options.precision == "fp16",
         serve_backend=options.serve_backend,
         instances=InstancePlan(options.instance_count, "auto", options.gpus), demo=options.demo)

@@ -28,6 +28,15 @@ def test_onnx_artifacts_do_not_depend_on_the_gpu():
     assert _key(**onnx) == _key(gpu={"compute_capability": "8.0"}, **onnx)
 
 
+def test_an_engine_built_beside_a_served_onnx_follows_the_tensorrt_that_builds_it():
+    built = dict(serve_backend="python_onnx", settings={"max_batch_size": 8, "generate_trt": True})
+    rtx = {"torch": "2", "onnx": "1", "tensorrt": "1.7.1.116", "tensorrt_module": "tensorrt_rtx"}
+    assert _key(versions=rtx, **built) != _key(versions=dict(rtx, tensorrt="1.8.0"), **built)
+    assert _key(versions=rtx, **built) != _key(versions=dict(rtx, tensorrt=None, tensorrt_module=None), **built)
+    no_engine = dict(serve_backend="python_onnx", settings={"max_batch_size": 8, "generate_trt": False})
+    assert _key(versions=rtx, **no_engine) == _key(versions=dict(rtx, tensorrt=None), **no_engine)
+
+
 def test_engine_gate_refuses_another_gpu_or_tensorrt():
     manifest = {"serve_backend": "tensorrt_plan", "versions": {"tensorrt": "10.3.0"}, "gpu": {"compute_capability": "9.0"}}
     assert engine_compatibility(manifest, "10.3.1", "9.0").ok

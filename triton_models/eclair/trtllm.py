@@ -105,31 +105,48 @@ class VisionEncoder:
         return _Encoder().eval()
 
 
-def build(checkpoint: Path, work: Path, engines: Path, examples: Path, batch_size: int) -> TrtllmPlan:
-    """Encoder -> ONNX -> TensorRT (fp16) with the converters; decoder -> TensorRT-LLM. GPU hosts only."""
-    import subprocess
-
+def encoder_settings(checkpoint: Path, work: Path, engines: Path, batch_size: int, device: str = "cuda",
+                     precision: str = "fp16"):
+    """The converter's settings for the vision encoder: pixels -> encoder states, batch 1..batch_size."""
     from converters.batching import BatchPlan
     from converters.io_config import parse_io_config
-    from converters.pipeline import convert
     from converters.settings import ConversionSettings
-    from converters.tensorrt_backend import tensorrt_version
-    from converters.manifest import gpu_identity
 
-    if tensorrt_version() is None:
-        raise UserError("the ECLAIR TensorRT-LLM build needs TensorRT and TensorRT-LLM: run it in the triton-trt-llm image.")
-    result = plan(checkpoint, batch_size, compute_capability=gpu_identity()["compute_capability"])
+    result = plan(checkpoint, batch_size)
     height, width = result.image_hw
     io = json.dumps({"inputs": [{"name": "pixel_values", "dtype": "float32", "shape": [3, height, width], "range": [-2, 2]}],
                      "outputs": [{"name": "encoder_states", "dtype": "float32",
                                   "shape": [result.encoder_tokens, result.encoder_hidden]}]})
-    settings = ConversionSettings(
+    return ConversionSettings(
         ckpt_path=checkpoint, model_script_path=Path(__file__), model_class_name="VisionEncoder", model_name="encoder",
         io=parse_io_config(io), plan=BatchPlan.create(batch_size, (None, 1), None), onnx_path=work / "encoder.onnx",
-        engine_path=engines / "visual_encoder.plan", triton_repo=work / "unused_repo", triton_inputs=None, device="cuda",
-        generate_onnx=True, generate_trt=True, generate_triton_config=False, overwrite=True, use_fp16=True,
-        serve_backend="tensorrt_plan")
-    convert(settings, load_model=lambda: VisionEncoder(checkpoint))
+        engine_path=engines / "visual_encoder.plan", triton_repo=work / "unused_repo", triton_inputs=None, device=device,
+        generate_onnx=True, generate_trt=True, generate_triton_config=False, overwrite=True,
+        use_fp16=precision == "fp16")
+
+
+def build_encoder(checkpoint: Path, work: Path, engines: Path, batch_size: int, device: str = "cuda",
+                  precision: str = "fp16"):
+    """Vision encoder -> ONNX -> TensorRT engine at `engines/visual_encoder.plan` (the converters' pipeline)."""
+    from converters.pipeline import convert
+
+    settings = encoder_settings(checkpoint, work, engines, batch_size, device, precision)
+    return convert(settings, load_model=lambda: VisionEncoder(checkpoint))
+
+
+def build(checkpoint: Path, work: Path, engines: Path, examples: Path, batch_size: int) -> TrtllmPlan:
+    """Encoder -> ONNX -> TensorRT (fp16) with the converters; decoder -> TensorRT-LLM. GPU hosts only."""
+    import subprocess
+
+    from converters.manifest import gpu_identity
+    from converters.tensorrt_backend import installed_tensorrt
+
+    tensorrt = installed_tensorrt()
+    if tensorrt is None or not tensorrt.serves_triton:
+        raise UserError("the ECLAIR TensorRT-LLM build needs NVIDIA's TensorRT and TensorRT-LLM: run it in the "
+                        "triton-trt-llm image.")
+    result = plan(checkpoint, batch_size, compute_capability=gpu_identity()["compute_capability"])
+    build_encoder(checkpoint, work, engines, batch_size)
     subprocess.run(result.convert_command(examples, checkpoint, work / "trtllm_checkpoint"), check=True)
     subprocess.run(result.decoder_build_command(work / "trtllm_checkpoint" / "decoder", engines / "decoder"), check=True)
     (engines / "plan.json").write_text(json.dumps(result.__dict__, indent=2, default=list) + "\n")
