@@ -257,8 +257,9 @@ def build_engine(request: EngineRequest) -> EngineBuild:
         if plan.int8_source in ("calibration-data", "calibration-cache"):
             config.int8_calibrator = _make_calibrator(trt, request.calibration_batches, request.calibration_cache_path)
             config.set_calibration_profile(profile)
-        cache_bytes = request.timing_cache_path.read_bytes() if request.timing_cache_path.is_file() else b""
-        config.set_timing_cache(config.create_timing_cache(cache_bytes), ignore_mismatch=True)
+        if not install.rtx:  # TensorRT for RTX accepts a timing cache and ignores it
+            cache_bytes = request.timing_cache_path.read_bytes() if request.timing_cache_path.is_file() else b""
+            config.set_timing_cache(config.create_timing_cache(cache_bytes), ignore_mismatch=True)
 
     started = time.perf_counter()
     log.info("building the %s engine of %s (this takes minutes for large models on a GPU)", install.label, name)
@@ -271,8 +272,9 @@ def build_engine(request: EngineRequest) -> EngineBuild:
         engine = bytes(memoryview(serialized))
     seconds = time.perf_counter() - started
     log.info("engine built in %.1f s (%.1f MB)", seconds, len(engine) / 1e6)
-    with _step(name, "save the timing cache", logger):
-        _write_atomically(request.timing_cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
+    if not install.rtx:
+        with _step(name, "save the timing cache", logger):
+            _write_atomically(request.timing_cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
     dtypes: dict[str, int] = {}
     for layer in _layer_facts(trt, network):
         for dtype in layer.output_dtypes:

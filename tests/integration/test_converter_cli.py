@@ -33,8 +33,36 @@ def test_seed_command_publishes_onnx_config_manifest_and_golden(published):
     assert manifest["model"] == "deberta_large" and manifest["serve_backend"] == "python_onnx"
     assert len(manifest["sources"]["checkpoint"]) == 64 and manifest["versions"]["torch"]
     assert manifest["profile"]["input_ids"] == [[1, 128], [8, 128], [8, 128]]
-    assert "max abs error" in result.stderr and "TensorRT is not installed" in result.stderr
+    assert "max abs error" in result.stderr
     assert not (repo / "deberta_large_trt").exists()  # the Triton name is exactly --model-name
+
+
+def test_generate_trt_with_tensorrt_for_rtx_writes_the_engine_at_engine_path(published):
+    """Only TensorRT for RTX here (the test extra), no GPU: the engine is built at --engine-path,
+    the GPU-only read-back is skipped with one line, the manifest names the TensorRT, and the ONNX
+    is what the repository serves."""
+    from converters.tensorrt_backend import installed_tensorrt
+
+    work, repo, result = published
+    install = installed_tensorrt()
+    assert install is not None and install.rtx, "the test extra installs TensorRT for RTX"
+    engine = json.loads((repo / "deberta_large" / "manifest.json").read_text())["engine"]
+    assert (work / "model.plan").stat().st_size == engine["bytes"] > 0 and engine["path"] == str(work / "model.plan")
+    assert engine["tensorrt"] == install.label and engine["precision"] == "fp16" and engine["strongly_typed"]
+    assert engine["served"] is False and not (repo / "deberta_large" / "1" / "model.plan").exists()
+    skipped = [line for line in result.stderr.splitlines() if "reading the engine back and running it" in line]
+    assert len(skipped) == 1 and "skipped" in skipped[0]
+    assert f"{install.label} is installed here, not NVIDIA's TensorRT" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serving_a_tensorrt_plan_with_only_tensorrt_for_rtx_is_refused(small_deberta, tmp_path):
+    args = seed_command(small_deberta.ckpt, small_deberta.script, tmp_path, tmp_path / "repo") + [
+        "--serve-backend", "tensorrt_plan"]
+    result = run_converter(args)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "--serve-backend tensorrt_plan needs NVIDIA's TensorRT; only TensorRT for RTX" in result.stderr
+    assert not (tmp_path / "repo").exists() and not (tmp_path / "model.plan").exists()
 
 
 def test_triton_serves_the_published_model_and_matches_pytorch(published, small_deberta, triton_server):
@@ -141,7 +169,6 @@ def _replace(args: list[str], flag: str, value: str) -> list[str]:
     (lambda a, t: _replace(a, "--triton-inputs", "input_ids,input_mask,input_token_type_ids"), "does not use"),
     (lambda a, t: a + ["--preferred-batch-sizes", "1,4,16"], "--preferred-batch-sizes 16"),
     (lambda a, t: a + ["--memory-pool-limit", "lots"], "--memory-pool-limit"),
-    (lambda a, t: a + ["--serve-backend", "tensorrt_plan"], "--serve-backend tensorrt_plan needs TensorRT"),
     (lambda a, t: a + ["--use-int8"], "--use-int8 needs calibration"),
     (lambda a, t: a + ["--device", "cuda"], "--device cuda"),
 ])
