@@ -10,7 +10,8 @@ from converters.batching import BatchPlan
 from converters.errors import UserError
 from converters.io_config import parse_io_config
 from converters.settings import ConversionSettings, parse_int_list, parse_size
-from converters.triton_config import SERVE_BACKENDS, InstancePlan
+from converters.serve_backends import SERVE_BACKENDS
+from converters.triton_config import InstancePlan
 
 
 def _optional_int(text: str) -> int | None:

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-MANIFEST_NAME = "manifest.json"
+from converters.model_folder import Manifest
+from converters.serve_backends import serves_engine
+
 _TOOLS = ("torch", "onnx", "onnxruntime", "transformers")
 
 
@@ -80,21 +82,11 @@ def fingerprint(sources: dict[str, str], settings: dict, versions: dict, gpu: di
     relevant_versions = {k: versions.get(k) for k in ("torch", "onnx")}
     key = {"sources": sources, "settings": settings, "versions": relevant_versions, "serve_backend": serve_backend,
            "converters": converters_source_sha256()}
-    if serve_backend == "tensorrt_plan" or settings.get("generate_trt"):
+    if serves_engine(serve_backend) or settings.get("generate_trt"):
         key["tensorrt"] = [versions.get("tensorrt_module"), versions.get("tensorrt")]
-    if serve_backend == "tensorrt_plan":
+    if serves_engine(serve_backend):
         key["compute_capability"] = gpu.get("compute_capability")
     return text_sha256(json.dumps(key, sort_keys=True))
-
-
-def read_manifest(model_dir: Path) -> dict | None:
-    path = Path(model_dir) / MANIFEST_NAME
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None  # a damaged manifest means: not current, rebuild
 
 
 @dataclass(frozen=True)
@@ -103,12 +95,12 @@ class Compatibility:
     reason: str = ""
 
 
-def engine_compatibility(manifest: dict, tensorrt: str | None, compute_capability: str | None) -> Compatibility:
+def engine_compatibility(manifest: Manifest, tensorrt: str | None, compute_capability: str | None) -> Compatibility:
     """May this host load the engine the manifest describes?"""
-    if manifest.get("serve_backend") != "tensorrt_plan":
+    if not serves_engine(manifest.serve_backend):
         return Compatibility(True)
-    built_trt = manifest.get("versions", {}).get("tensorrt")
-    built_cc = manifest.get("gpu", {}).get("compute_capability")
+    built_trt = manifest.versions.get("tensorrt")
+    built_cc = manifest.gpu.get("compute_capability")
     if tensorrt is not None and built_trt and built_trt.split(".")[:2] != tensorrt.split(".")[:2]:
         return Compatibility(False, f"built with TensorRT {built_trt}, this host has {tensorrt}")
     if compute_capability is not None and built_cc and built_cc != compute_capability:

@@ -10,15 +10,7 @@ from tritonclient.grpc import model_config_pb2 as pb
 from converters.batching import BatchPlan
 from converters.errors import UserError
 from converters.io_config import IOConfig, TensorSpec
-
-# How a converted model is served. Every Triton build loads `python_onnx` (the PyPI one too).
-SERVE_BACKENDS = {
-    "tensorrt_plan": {"platform": "tensorrt_plan", "file": "model.plan"},
-    "onnxruntime_onnx": {"platform": "onnxruntime_onnx", "file": "model.onnx"},
-    "python_onnx": {"backend": "python", "file": "model.onnx"},
-    "python_torch": {"backend": "python", "file": "model.pt"},  # TorchScript on PyTorch (CUDA fp16 without TensorRT)
-}
-
+from converters.serve_backends import serve_backend
 
 @dataclass(frozen=True)
 class InstancePlan:
@@ -54,16 +46,14 @@ def _dims(spec: TensorSpec) -> list[int]:
 
 
 def build_config(cfg: TritonModelConfig) -> pb.ModelConfig:
-    if cfg.serve_backend not in SERVE_BACKENDS:
-        raise UserError(f"--serve-backend must be one of {', '.join(SERVE_BACKENDS)}, got {cfg.serve_backend}.")
+    backend = serve_backend(cfg.serve_backend)
     if cfg.max_queue_delay_us < 0:
         raise UserError(f"--max-queue-delay must be >= 0 microseconds, got {cfg.max_queue_delay_us}.")
-    backend = SERVE_BACKENDS[cfg.serve_backend]
     config = pb.ModelConfig(name=cfg.name, max_batch_size=cfg.plan.max_batch_size)
-    if "platform" in backend:
-        config.platform = backend["platform"]
+    if backend.platform:
+        config.platform = backend.platform
     else:
-        config.backend = backend["backend"]
+        config.backend = backend.backend
     for name in cfg.triton_inputs:
         spec = cfg.io.input(name)
         config.input.append(pb.ModelInput(name=name, data_type=pb.DataType.Value(spec.triton_dtype), dims=_dims(spec)))

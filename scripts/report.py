@@ -1,11 +1,10 @@
 """The status table `up`, `status` and `verify` print."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from converters.triton_config import read_config
+from converters.model_folder import CONFIG_FILE, Manifest, read_model_config
 
 COLUMNS = ("model", "version", "backend", "precision", "batch", "ready", "verified", "load s", "checkpoint")
 
@@ -24,16 +23,15 @@ class ModelRow:
     @classmethod
     def from_folder(cls, folder: Path) -> "ModelRow":
         row = cls(folder.name)
-        config_path, manifest_path = folder / "config.pbtxt", folder / "manifest.json"
-        if config_path.is_file():
-            config = read_config(config_path)
+        if (folder / CONFIG_FILE).is_file():
+            config = read_model_config(folder)
             row.backend = config.platform or config.backend
             row.batch = str(config.max_batch_size)
             row.version = ",".join(sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name.isdigit())) or "-"
-        if manifest_path.is_file():
-            manifest = json.loads(manifest_path.read_text())
-            row.precision = manifest.get("precision", "-")
-            row.checkpoint = "demo" if manifest.get("demo") else "user"
+        manifest = Manifest.read(folder)
+        if manifest is not None:
+            row.precision = manifest.precision
+            row.checkpoint = "demo" if manifest.demo else "user"
         return row
 
     def cells(self) -> tuple[str, ...]:

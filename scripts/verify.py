@@ -6,12 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.pipeline import GOLDEN_NAME
-from converters.triton_config import read_config
-
-# Triton data types as the client protocol spells them
-_WIRE_TYPES = {"TYPE_FP32": "FP32", "TYPE_FP16": "FP16", "TYPE_INT64": "INT64", "TYPE_INT32": "INT32",
-               "TYPE_INT8": "INT8", "TYPE_UINT8": "UINT8", "TYPE_BOOL": "BOOL", "TYPE_STRING": "BYTES"}
+from converters.model_folder import GOLDEN_FILE, Golden, read_model_config, wire_type
 
 
 @dataclass(frozen=True)
@@ -25,41 +20,36 @@ def verify_model(client, model_dir: Path) -> Verification:
     """`client` is a tritonclient http or grpc InferenceServerClient; `model_dir` the published folder."""
     import importlib
 
-    from tritonclient.grpc import model_config_pb2 as pb
-
     protocol = importlib.import_module(type(client).__module__.rsplit(".", 1)[0])  # tritonclient.http or .grpc
 
     model_dir = Path(model_dir)
     name = model_dir.name
-    golden_path = model_dir / GOLDEN_NAME
-    if not golden_path.is_file():
-        return Verification(name, False, f"no {GOLDEN_NAME} in {model_dir}; rebuild the model")
-    config = read_config(model_dir / "config.pbtxt")
-    with np.load(golden_path, allow_pickle=False) as golden:
-        arrays = dict(golden)
-    atol, rtol = arrays.pop("tolerance", np.asarray([1e-4, 1e-3]))
+    if not (model_dir / GOLDEN_FILE).is_file():
+        return Verification(name, False, f"no {GOLDEN_FILE} in {model_dir}; rebuild the model")
+    config = read_model_config(model_dir)
+    golden = Golden.read(model_dir)
+    atol, rtol = golden.tolerance
     inputs = []
     for model_input in config.input:
-        key = f"input__{model_input.name}"
-        if key not in arrays and model_input.optional:
+        if model_input.name not in golden.inputs and model_input.optional:
             continue
-        if key not in arrays:
-            return Verification(name, False, f"{GOLDEN_NAME} lacks input '{model_input.name}'")
-        value = arrays[key]
-        wire = _WIRE_TYPES[pb.DataType.Name(model_input.data_type)]
+        if model_input.name not in golden.inputs:
+            return Verification(name, False, f"{GOLDEN_FILE} lacks input '{model_input.name}'")
+        value = golden.inputs[model_input.name]
+        wire = wire_type(model_input.data_type)
         if wire == "BYTES":
             value = value.astype(object)
         tensor = protocol.InferInput(model_input.name, list(value.shape), wire)
         tensor.set_data_from_numpy(value)
         inputs.append(tensor)
-    outputs = [k[len("output__"):] for k in arrays if k.startswith("output__")]
+    outputs = list(golden.outputs)
     try:
         response = client.infer(name, inputs, outputs=[protocol.InferRequestedOutput(o) for o in outputs])
     except Exception as exc:  # the server's answer, whatever its type, is the finding
         return Verification(name, False, f"inference failed: {exc}")
     worst = 0.0
     for output in outputs:
-        expected = arrays[f"output__{output}"]
+        expected = golden.outputs[output]
         try:
             actual = response.as_numpy(output)
         except ValueError as exc:  # a malformed answer is a finding, not a crash

@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 from converters.errors import UserError
-from converters.manifest import MANIFEST_NAME
+from converters.model_folder import MANIFEST_FILE
 from converters.settings import parse_int_list
-from converters.triton_config import SERVE_BACKENDS
+from converters.serve_backends import SERVE_BACKENDS
 from triton_models.common import BuildOptions
 from triton_models.registry import MODELS, get
 
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def built_at(folder: Path) -> int | None:
     """When the folder's manifest was written (publishing swaps the whole folder in)."""
-    manifest = folder / MANIFEST_NAME
+    manifest = folder / MANIFEST_FILE
     return manifest.stat().st_mtime_ns if manifest.is_file() else None
 
 

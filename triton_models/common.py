@@ -1,20 +1,16 @@
 """What every model builder shares: its options, and publishing python-backend companions."""
 from __future__ import annotations
 
-import io
-import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from tritonclient.grpc import model_config_pb2 as pb
 
 from converters.batching import BatchPlan
 from converters.io_config import parse_io_config
-from converters.manifest import MANIFEST_NAME, fingerprint, gpu_identity, read_manifest, tool_versions
-from converters.pipeline import GOLDEN_NAME
-from converters.publish import publish_model_folder
+from converters.manifest import file_sha256, fingerprint, gpu_identity, tool_versions
+from converters.model_folder import Golden, Manifest, is_current, publish
+from converters.runners import MODEL_SUPPORT, MODEL_SUPPORT_FILE
 from converters.settings import ConversionSettings
 from converters.triton_config import InstancePlan, config_text
 
@@ -104,42 +100,28 @@ def python_model_config(name: str, inputs: list[dict], outputs: list[dict], max_
     return config
 
 
-def golden_bytes(inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray], tolerance: tuple[float, float]) -> bytes:
-    """golden.npz: inputs and outputs as plain arrays (text as fixed-width unicode, no pickles)."""
-    arrays = {f"input__{k}": v for k, v in inputs.items()}
-    arrays.update({f"output__{k}": v for k, v in outputs.items()})
-    arrays["tolerance"] = np.asarray(tolerance, dtype=np.float64)
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()
-
-
 def core_fingerprint(core) -> str:
     """The core model's manifest fingerprint: a companion's golden answers depend on it."""
-    manifest = read_manifest(core.model_dir) if core.model_dir else None
-    return (manifest or {}).get("fingerprint", "")
+    manifest = Manifest.read(core.model_dir) if core.model_dir else None
+    return manifest.fingerprint if manifest else ""
 
 
 def companion_is_current(repo: Path, config: pb.ModelConfig, sources: dict[str, str], force: bool = False) -> bool:
     """True when `<repo>/<name>/` was published from these sources and this config (skip the work)."""
-    existing = read_manifest(Path(repo) / config.name)
-    return (not force and existing is not None and existing.get("fingerprint") == _companion_key(config, sources)
-            and (Path(repo) / config.name / "config.pbtxt").is_file())
+    return not force and is_current(Path(repo) / config.name, _companion_key(config, sources))
 
 
 def _companion_key(config: pb.ModelConfig, sources: dict[str, str]) -> str:
+    sources = {**sources, "model_support": file_sha256(MODEL_SUPPORT)}
     return fingerprint(sources, {"config": config_text(config)}, tool_versions(), gpu_identity(), "python")
 
 
 def publish_python_model(repo: Path, config: pb.ModelConfig, model_py: Path, *, sources: dict[str, str],
-                         golden: bytes, files: dict[str, Path | bytes | str] | None = None, demo: bool = False,
+                         golden: Golden, files: dict[str, Path | bytes | str] | None = None, demo: bool = False,
                          precision: str = "fp32") -> Path:
     """Publish `<repo>/<name>/`: config, 1/model.py, extra files, golden answers and manifest
     (`precision`: what the model computes in as served, shown by `status`)."""
-    content: dict[str, Path | bytes | str] = {"config.pbtxt": config_text(config), "1/model.py": model_py, GOLDEN_NAME: golden}
-    content.update(files or {})
-    manifest = {"model": config.name, "fingerprint": _companion_key(config, sources), "serve_backend": "python",
-                "precision": precision, "demo": demo, "sources": sources, "versions": tool_versions(), "gpu": gpu_identity(),
-                "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    content[MANIFEST_NAME] = json.dumps(manifest, indent=2) + "\n"
-    return publish_model_folder(repo, config.name, content)
+    content: dict[str, Path | bytes | str] = {"1/model.py": model_py, MODEL_SUPPORT_FILE: MODEL_SUPPORT, **(files or {})}
+    manifest = Manifest(model=config.name, fingerprint=_companion_key(config, sources), serve_backend="python",
+                        precision=precision, demo=demo, sources=sources, versions=tool_versions(), gpu=gpu_identity())
+    return publish(repo, config.name, config_text(config), manifest, golden, content)

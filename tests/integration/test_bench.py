@@ -75,19 +75,20 @@ def _shared_memory_inputs_give_the_same_answer(root: Path) -> None:
     import numpy as np
     import tritonclient.grpc as grpc
 
-    from scripts.bench import _input_tensors, _release, batch_inputs
+    from converters.model_folder import Golden
+    from scripts.bench.load import input_tensors, release
     from scripts.settings import load_settings
 
     settings = load_settings(root / ".env", REPO_ROOT)
     model_dir = Path(settings["LOCAL_REPOSITORY"]) / "e5_small_v2"
     client = grpc.InferenceServerClient(f"127.0.0.1:{settings['TRITON_GRPC_PORT']}")
-    feeds = batch_inputs(model_dir, 3)
+    feeds = Golden.read(model_dir).tiled_inputs(3)
     wire = {"input_ids": "INT64", "attention_mask": "INT64"}
-    plain, _ = _input_tensors(client, feeds, wire, None)
-    shared, handle = _input_tensors(client, feeds, wire, "bench_test_region")
+    plain, _ = input_tensors(client, feeds, wire, None)
+    shared, handle = input_tensors(client, feeds, wire, "bench_test_region")
     try:
         expected = client.infer("e5_small_v2", plain).as_numpy("embedding")
         got = client.infer("e5_small_v2", shared).as_numpy("embedding")
     finally:
-        _release(client, "bench_test_region", handle)
+        release(client, "bench_test_region", handle)
     assert expected.shape == (3, 384) and np.array_equal(expected, got)

@@ -28,7 +28,7 @@ def test_seed_command_publishes_onnx_config_manifest_and_golden(published):
     model_dir = repo / "deberta_large"
     assert (work / "model.onnx").is_file()
     assert sorted(p.name for p in model_dir.iterdir()) == ["1", "config.pbtxt", "golden.npz", "manifest.json"]
-    assert sorted(p.name for p in (model_dir / "1").iterdir()) == ["model.onnx", "model.py"]
+    assert sorted(p.name for p in (model_dir / "1").iterdir()) == ["model.onnx", "model.py", "model_support.py"]
     manifest = json.loads((model_dir / "manifest.json").read_text())
     assert manifest["model"] == "deberta_large" and manifest["serve_backend"] == "python_onnx"
     assert len(manifest["sources"]["checkpoint"]) == 64 and manifest["versions"]["torch"]
@@ -283,7 +283,7 @@ def test_python_torch_backend_serves_torchscript_that_matches(small_deberta, tmp
     result = run_converter(seed_command(small_deberta.ckpt, small_deberta.script, tmp_path, repo)
                            + ["--serve-backend", "python_torch"])
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in (repo / "deberta_large/1").iterdir()) == ["model.pt", "model.py"]
+    assert sorted(p.name for p in (repo / "deberta_large/1").iterdir()) == ["model.pt", "model.py", "model_support.py"]
     config = (repo / "deberta_large/config.pbtxt").read_text()
     assert 'key: "precision"' in config and "KIND_CPU" in config
     server = triton_server(repo)

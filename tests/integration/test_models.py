@@ -163,10 +163,11 @@ def test_eclair_returns_one_text_per_page(suite):
 
 
 def test_bench_runs_eclair_raw_as_the_server_does(suite):
-    from scripts.bench import RawModel, batch_inputs
+    from converters.model_folder import Golden
+    from scripts.bench.raw import RawModel
 
     client, repo, _ = suite
-    feeds = batch_inputs(repo / "eclair", 2)
+    feeds = Golden.read(repo / "eclair").tiled_inputs(2)
     served = infer(client, "eclair", {"image": feeds["image"]}, ["text"])["text"].ravel().tolist()
     assert RawModel(repo / "eclair").run(feeds) == [t.decode() for t in served]
 

@@ -1,4 +1,4 @@
-from scripts.bench import choose_batch_sizes
+from scripts.bench.tune import choose_batch_sizes
 
 
 def _point(model, batch, items, p95, kind="served"):

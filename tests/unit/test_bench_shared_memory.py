@@ -7,7 +7,7 @@ import pytest
 import tritonclient.utils.shared_memory as shm
 from tritonclient.utils import InferenceServerException
 
-from scripts.bench import _release
+from scripts.bench.load import release
 
 
 class BusyThenFree:
@@ -26,7 +26,7 @@ def _region(name: str):
 
 def test_unregister_is_retried_while_the_server_still_holds_the_region():
     client = BusyThenFree(busy_answers=2)
-    _release(client, "bench_test_busy", _region("bench_test_busy"))
+    release(client, "bench_test_busy", _region("bench_test_busy"))
     assert client.calls == 3
     assert not Path("/dev/shm/bench_test_busy").exists()
 
@@ -34,7 +34,7 @@ def test_unregister_is_retried_while_the_server_still_holds_the_region():
 def test_other_errors_are_raised_at_once_and_the_region_is_still_unlinked():
     client = BusyThenFree(busy_answers=5, message="unknown region")
     with pytest.raises(InferenceServerException, match="unknown region"):
-        _release(client, "bench_test_other", _region("bench_test_other"))
+        release(client, "bench_test_other", _region("bench_test_other"))
     assert client.calls == 1
     assert not Path("/dev/shm/bench_test_other").exists()
 
@@ -42,6 +42,6 @@ def test_other_errors_are_raised_at_once_and_the_region_is_still_unlinked():
 def test_a_region_busy_for_too_long_is_reported():
     client = BusyThenFree(busy_answers=10)
     with pytest.raises(InferenceServerException, match="in use"):
-        _release(client, "bench_test_stuck", _region("bench_test_stuck"), attempts=3)
+        release(client, "bench_test_stuck", _region("bench_test_stuck"), attempts=3)
     assert client.calls == 3
     assert not Path("/dev/shm/bench_test_stuck").exists()

@@ -1,9 +1,11 @@
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from converters.manifest import engine_compatibility, fingerprint, read_manifest
+from converters.manifest import engine_compatibility, fingerprint
+from converters.model_folder import Golden, Manifest
 from converters.publish import atomic_output, publish_model_folder
 
 
@@ -37,18 +39,35 @@ def test_an_engine_built_beside_a_served_onnx_follows_the_tensorrt_that_builds_i
     assert _key(versions=rtx, **no_engine) == _key(versions=dict(rtx, tensorrt=None), **no_engine)
 
 
+def _manifest(serve_backend: str, **changes) -> Manifest:
+    return Manifest(**{"model": "m", "fingerprint": "f", "serve_backend": serve_backend, "precision": "fp16",
+                       "demo": False, "sources": {}, "versions": {}, "gpu": {}, **changes})
+
+
 def test_engine_gate_refuses_another_gpu_or_tensorrt():
-    manifest = {"serve_backend": "tensorrt_plan", "versions": {"tensorrt": "10.3.0"}, "gpu": {"compute_capability": "9.0"}}
+    manifest = _manifest("tensorrt_plan", versions={"tensorrt": "10.3.0"}, gpu={"compute_capability": "9.0"})
     assert engine_compatibility(manifest, "10.3.1", "9.0").ok
     other_gpu = engine_compatibility(manifest, "10.3.0", "8.0")
     assert not other_gpu.ok and "compute capability 9.0" in other_gpu.reason
     assert not engine_compatibility(manifest, "10.8.0", "9.0").ok
-    assert engine_compatibility({"serve_backend": "python_onnx"}, None, None).ok
+    assert engine_compatibility(_manifest("python_onnx"), None, None).ok
 
 
 def test_damaged_manifest_reads_as_absent(tmp_path):
     (tmp_path / "manifest.json").write_text("{half")
-    assert read_manifest(tmp_path) is None
+    assert Manifest.read(tmp_path) is None
+
+
+def test_manifest_and_golden_round_trip_through_the_folder(tmp_path):
+    manifest = _manifest("python_onnx", engine={"bytes": 3})
+    (tmp_path / "manifest.json").write_text(manifest.to_text())
+    assert Manifest.read(tmp_path) == manifest
+    golden = Golden({"text": np.array([["a"], ["b"]])}, {"score": np.ones((2, 1), np.float32)}, (2e-2, 2e-2))
+    (tmp_path / "golden.npz").write_bytes(golden.to_bytes())
+    back = Golden.read(tmp_path)
+    assert back.tolerance == (2e-2, 2e-2) and list(back.inputs) == ["text"] and list(back.outputs) == ["score"]
+    np.testing.assert_array_equal(back.inputs["text"], golden.inputs["text"])
+    assert back.tiled_inputs(5)["text"].shape == (5, 1)
 
 
 def test_atomic_output_keeps_the_old_file_on_failure(tmp_path):

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from converters.errors import UserError
+from converters.model_folder import Golden
 from converters.export import run_as_served
 from converters.io_config import parse_io_config
 from converters.loading import load_state_dict
@@ -24,7 +25,7 @@ from converters.manifest import file_sha256
 from converters.pipeline import convert
 from converters.precision import TOLERANCES
 from triton_models.caption_classification.model_script import DebertaLargeModel, FoldAverage
-from triton_models.common import (BuildOptions, companion_is_current, conversion_settings, core_fingerprint, golden_bytes,
+from triton_models.common import (BuildOptions, companion_is_current, conversion_settings, core_fingerprint,
                                   publish_python_model, python_model_config, serving_tokenizer, tensor,
                                   TOKENIZER_FILE)
 
@@ -135,17 +136,17 @@ def build(options: BuildOptions) -> list[Path]:
         [tensor("caption", "TYPE_STRING", [1]), tensor("score", "TYPE_FP32", [1])], 0,
         {"core_model": CORE, "core_max_batch": str(options.max_batch_size), "max_length": str(MAX_LENGTH),
          "threshold": str(threshold), "min_words": str(min_words)}, instance_count=options.instance_count)
-    sources = {"checkpoint": file_sha256(folder), "model_py": file_sha256(HERE / "selection_model.py"),
+    sources = {"checkpoint": file_sha256(folder), "model_py": file_sha256(HERE / "caption_selection_model.py"),
                "core": core_fingerprint(core)}
     if companion_is_current(options.repo, config, sources, options.force):
         return [core.model_dir, options.repo / SELECTION]
     golden = _golden(folder, folds, tokenizer_folder, threshold, min_words, precision, options.device)
     files = {f"1/{TOKENIZER_FILE}": serving_tokenizer(tokenizer_folder, MAX_LENGTH, pad_to_max_length=True)}
-    return [core.model_dir, publish_python_model(options.repo, config, HERE / "selection_model.py", sources=sources,
+    return [core.model_dir, publish_python_model(options.repo, config, HERE / "caption_selection_model.py", sources=sources,
                                                  golden=golden, files=files, demo=options.demo)]
 
 
-def _golden(folder, folds, tokenizer_folder, threshold, min_words, precision, device="cpu") -> bytes:
+def _golden(folder, folds, tokenizer_folder, threshold, min_words, precision, device="cpu") -> Golden:
     """The expected selection for a fixed candidate list, computed with PyTorch."""
     from transformers import AutoTokenizer
 
@@ -159,6 +160,6 @@ def _golden(folder, folds, tokenizer_folder, threshold, min_words, precision, de
     probabilities = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
     best = int(np.argmax(probabilities))
     caption = kept[best] if probabilities[best] >= threshold else ""
-    return golden_bytes({"candidates": np.array(GOLDEN_CANDIDATES)},
-                        {"caption": np.array([caption]), "score": np.array([probabilities[best]], dtype=np.float32)},
-                        TOLERANCES[precision])
+    return Golden({"candidates": np.array(GOLDEN_CANDIDATES)},
+                  {"caption": np.array([caption]), "score": np.array([probabilities[best]], dtype=np.float32)},
+                  TOLERANCES[precision])

@@ -9,10 +9,11 @@ import numpy as np
 import torch
 
 from converters.errors import UserError
+from converters.model_folder import Golden
 from converters.manifest import file_sha256
 from converters.pipeline import convert
 from converters.precision import TOLERANCES
-from triton_models.common import (BuildOptions, companion_is_current, conversion_settings, core_fingerprint, golden_bytes,
+from triton_models.common import (BuildOptions, companion_is_current, conversion_settings, core_fingerprint,
                                   publish_python_model, python_model_config, serving_tokenizer, tensor,
                                   TOKENIZER_FILE)
 from triton_models.e5_small_v2.model_script import E5Embedder
@@ -68,7 +69,7 @@ def build(options: BuildOptions) -> list[Path]:
         TEXT, [tensor("text", "TYPE_STRING", [1]), tensor("input_type", "TYPE_STRING", [1], optional=True)],
         [tensor("embedding", "TYPE_FP32", [hidden])], options.max_batch_size,
         {"core_model": CORE, "max_length": str(MAX_LENGTH)}, instance_count=options.instance_count)
-    sources = {"checkpoint": file_sha256(folder), "model_py": file_sha256(HERE / "text_model.py"), "core": core_fingerprint(core)}
+    sources = {"checkpoint": file_sha256(folder), "model_py": file_sha256(HERE / "e5_small_v2_text_model.py"), "core": core_fingerprint(core)}
     if companion_is_current(options.repo, config, sources, options.force):
         return [core.model_dir, options.repo / TEXT]
 
@@ -81,8 +82,8 @@ def build(options: BuildOptions) -> list[Path]:
     tokens = tokenizer(prefixed, padding=True, truncation=True, max_length=MAX_LENGTH, return_tensors="pt")
     with torch.inference_mode():
         expected = model(tokens["input_ids"], tokens["attention_mask"]).numpy()
-    golden = golden_bytes({"text": np.array([[t] for t, _ in GOLDEN_TEXTS]), "input_type": np.array([[k] for _, k in GOLDEN_TEXTS])},
-                          {"embedding": expected}, TOLERANCES[precision])
+    golden = Golden({"text": np.array([[t] for t, _ in GOLDEN_TEXTS]), "input_type": np.array([[k] for _, k in GOLDEN_TEXTS])},
+                    {"embedding": expected}, TOLERANCES[precision])
     files = {f"1/{TOKENIZER_FILE}": serving_tokenizer(folder, MAX_LENGTH, pad_to_max_length=False)}
-    return [core.model_dir, publish_python_model(options.repo, config, HERE / "text_model.py", sources=sources,
+    return [core.model_dir, publish_python_model(options.repo, config, HERE / "e5_small_v2_text_model.py", sources=sources,
                                                  golden=golden, files=files, demo=options.demo)]

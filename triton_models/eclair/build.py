@@ -14,9 +14,10 @@ import numpy as np
 import torch
 
 from converters.errors import UserError
+from converters.model_folder import Golden
 from converters.manifest import file_sha256
 from converters.precision import TOLERANCES
-from triton_models.common import (BuildOptions, companion_is_current, golden_bytes, publish_python_model,
+from triton_models.common import (BuildOptions, companion_is_current, publish_python_model,
                                   python_model_config, tensor)
 from triton_models.eclair.pages import PAGE_HEIGHT, PAGE_WIDTH, pad_page
 
@@ -109,7 +110,7 @@ def build(options: BuildOptions) -> list[Path]:
     params = {k: v.string_value for k, v in config.parameters.items()}
     runtime = EclairRuntime.for_serving(folder, params)
     expected = runtime(canvas[None])
-    golden = golden_bytes({"image": canvas[None]}, {"text": np.array([[t] for t in expected])}, TOLERANCES["fp32"])
+    golden = Golden({"image": canvas[None]}, {"text": np.array([[t] for t in expected])}, TOLERANCES["fp32"])
     files: dict[str, Path | bytes | str] = {"1/eclair_runtime.py": HERE / "runtime.py"}
     files.update({f"1/checkpoint/{n}": folder / n for n in _CHECKPOINT_FILES if (folder / n).is_file()})
     return [publish_python_model(options.repo, config, HERE / "eclair_model.py", sources=sources, golden=golden,

@@ -4,17 +4,14 @@ One text per page, always: a batch is never silently shortened (the original cli
 pages). Runs on CUDA in fp16 where the instance or its `device` parameter names a GPU,
 else on CPU in fp32.
 """
-import json
 import os
-import sys
 
-sys.path[:0] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
+import model_support  # published beside this file
 
 # transformers imports scikit-learn and SciPy only for assisted decoding and detection losses,
 # which ECLAIR never uses; hiding both keeps a SciPy built for another NumPy than the python
 # stub's (NumPy 1) out of the server process.
-for _unused in ("sklearn", "scipy"):
-    sys.modules.setdefault(_unused, None)
+model_support.use_pythonpath(hide=("sklearn", "scipy"))
 
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
@@ -23,11 +20,9 @@ from eclair_runtime import EclairRuntime  # noqa: E402  (published beside this f
 
 class TritonPythonModel:
     def initialize(self, args):
-        config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        here = os.path.join(args["model_repository"], args["model_version"])
-        self.runtime = EclairRuntime.for_serving(os.path.join(here, "checkpoint"), params, args.get("model_instance_kind"),
-                                                 int(args.get("model_instance_device_id", 0)))
+        model = model_support.ModelArgs(args)
+        self.runtime = EclairRuntime.for_serving(os.path.join(model.folder, "checkpoint"), model.params,
+                                                 model.instance_kind, model.device_id)
 
     def execute(self, requests):
         images, sizes = [], []
@@ -38,10 +33,10 @@ class TritonPythonModel:
         try:
             texts = self.runtime(np.concatenate(images))
         except RuntimeError as exc:
-            return [pb_utils.InferenceResponse(error=pb_utils.TritonError(f"ECLAIR failed: {exc}")) for _ in requests]
+            return [model_support.error_response(pb_utils, f"ECLAIR failed: {exc}") for _ in requests]
         if len(texts) != sum(sizes):  # never hand back fewer texts than pages
-            return [pb_utils.InferenceResponse(error=pb_utils.TritonError(
-                f"ECLAIR returned {len(texts)} texts for {sum(sizes)} pages")) for _ in requests]
+            return [model_support.error_response(pb_utils, f"ECLAIR returned {len(texts)} texts for {sum(sizes)} pages")
+                    for _ in requests]
         responses, start = [], 0
         for size in sizes:
             chunk = texts[start:start + size]

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from converters.errors import UserError
+from converters.model_folder import Golden
 from converters.export import run_as_served
 from converters.io_config import parse_io_config
 from converters.loading import load_state_dict
@@ -22,7 +23,7 @@ from converters.manifest import file_sha256
 from converters.pipeline import convert
 from converters.precision import TOLERANCES
 from third_party.yolox import build_yolox
-from triton_models.common import (BuildOptions, companion_is_current, conversion_settings, core_fingerprint, golden_bytes,
+from triton_models.common import (BuildOptions, companion_is_current, conversion_settings, core_fingerprint,
                                   publish_python_model, python_model_config, tensor)
 from triton_models.yolox.page_processing import INPUT_SIZE, LABELS, letterbox, postprocess
 
@@ -91,7 +92,7 @@ def build(options: BuildOptions) -> list[Path]:
         options.max_batch_size, {"core_model": CORE, "core_max_batch": str(options.max_batch_size),
                                  "score_threshold": str(score_threshold), "nms_iou_threshold": str(iou_threshold)},
         instance_count=options.instance_count)
-    sources = {"checkpoint": file_sha256(checkpoint), "model_py": file_sha256(HERE / "page_elements_model.py"),
+    sources = {"checkpoint": file_sha256(checkpoint), "model_py": file_sha256(HERE / "yolox_page_elements_model.py"),
                "processing": file_sha256(HERE / "page_processing.py"), "core": core_fingerprint(core)}
     if companion_is_current(options.repo, config, sources, options.force):
         return [core.model_dir, options.repo / PAGES]
@@ -105,9 +106,9 @@ def build(options: BuildOptions) -> list[Path]:
     raw = run_as_served(load_model(checkpoint), parse_io_config(IO_CONFIG), {"input": tensor_[None]}, options.device,
                         precision)["output"][0]
     boxes, labels, scores = postprocess(raw, ratio, page.shape[:2], score_threshold, iou_threshold)
-    golden = golden_bytes({"image": np.array([[encoded.getvalue()]], dtype=np.bytes_)},
-                          {"boxes": boxes[None], "labels": np.array([labels.astype(str)]), "scores": scores[None]},
-                          TOLERANCES[precision])
+    golden = Golden({"image": np.array([[encoded.getvalue()]], dtype=np.bytes_)},
+                    {"boxes": boxes[None], "labels": np.array([labels.astype(str)]), "scores": scores[None]},
+                    TOLERANCES[precision])
     return [core.model_dir, publish_python_model(
-        options.repo, config, HERE / "page_elements_model.py", sources=sources, golden=golden,
+        options.repo, config, HERE / "yolox_page_elements_model.py", sources=sources, golden=golden,
         files={"1/page_processing.py": HERE / "page_processing.py"}, demo=options.demo)]

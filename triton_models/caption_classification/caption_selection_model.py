@@ -6,11 +6,11 @@ than `min_words` words are dropped; the rest are tokenized (max length 128) and 
 best candidate whose probability reaches `threshold` (default 0.5), else "", and `score` its
 probability (0 when there is none).
 """
-import json
 import os
-import sys
 
-sys.path[:0] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
+import model_support  # published beside this file
+
+model_support.use_pythonpath()
 
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
@@ -19,11 +19,10 @@ from tokenizers import Tokenizer  # noqa: E402
 
 class TritonPythonModel:
     def initialize(self, args):
-        config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        here = os.path.join(args["model_repository"], args["model_version"])
+        model = model_support.ModelArgs(args)
+        params = model.params
         # Truncation and padding to max_length are set in the file by the builder.
-        self.tokenizer = Tokenizer.from_file(os.path.join(here, "tokenizer.json"))
+        self.tokenizer = Tokenizer.from_file(os.path.join(model.folder, "tokenizer.json"))
         self.core = params["core_model"]
         self.core_max_batch = int(params["core_max_batch"])
         self.threshold = float(params.get("threshold", "0.5"))
@@ -38,7 +37,7 @@ class TritonPythonModel:
                     pb_utils.Tensor("caption", np.array([caption.encode("utf-8")], dtype=object)),
                     pb_utils.Tensor("score", np.array([score], dtype=np.float32))]))
             except (ValueError, RuntimeError) as exc:
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))))
+                responses.append(model_support.error_response(pb_utils, exc))
         return responses
 
     def _select(self, request):
@@ -65,11 +64,8 @@ class TritonPythonModel:
         logits = []
         for start in range(0, len(texts), self.core_max_batch):
             chunk = slice(start, start + self.core_max_batch)
-            response = pb_utils.InferenceRequest(
-                model_name=self.core, requested_output_names=["output"],
-                inputs=[pb_utils.Tensor("input_ids", tokens["input_ids"][chunk].astype(np.int64)),
-                        pb_utils.Tensor("input_mask", tokens["attention_mask"][chunk].astype(np.float32))]).exec()
-            if response.has_error():
-                raise RuntimeError(f"{self.core}: {response.error().message()}")
-            logits.append(pb_utils.get_output_tensor_by_name(response, "output").as_numpy().reshape(-1))
+            answer = model_support.call_core(pb_utils, self.core, {
+                "input_ids": tokens["input_ids"][chunk].astype(np.int64),
+                "input_mask": tokens["attention_mask"][chunk].astype(np.float32)}, ["output"])
+            logits.append(answer["output"].reshape(-1))
         return 1.0 / (1.0 + np.exp(-np.concatenate(logits).astype(np.float64)))

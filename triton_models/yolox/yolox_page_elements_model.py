@@ -5,11 +5,9 @@ Outputs: `boxes` FP32 [-1,4] normalised x1,y1,x2,y2 on the original page, `label
 (table, chart, title), `scores` FP32 [-1]. Thresholds come from the config's parameters.
 All requests of one execute() go to the core model in one batch.
 """
-import json
-import os
-import sys
+import model_support  # published beside this file
 
-sys.path[:0] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
+model_support.use_pythonpath()
 
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
@@ -18,8 +16,7 @@ from page_processing import decode_image, letterbox, postprocess  # noqa: E402  
 
 class TritonPythonModel:
     def initialize(self, args):
-        config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        params = model_support.ModelArgs(args).params
         self.core = params["core_model"]
         self.core_max_batch = int(params["core_max_batch"])
         self.score_threshold = float(params.get("score_threshold", "0.1"))
@@ -47,14 +44,14 @@ class TritonPythonModel:
                 tensor, ratio = letterbox(page)
                 pages.append((index, tensor, ratio, page.shape[:2]))
             except ValueError as exc:
-                responses[index] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
+                responses[index] = model_support.error_response(pb_utils, exc)
         for start in range(0, len(pages), self.core_max_batch):
             chunk = pages[start:start + self.core_max_batch]
             try:
                 raw = self._infer(np.stack([tensor for _, tensor, _, _ in chunk]))
             except RuntimeError as exc:
                 for index, *_ in chunk:
-                    responses[index] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
+                    responses[index] = model_support.error_response(pb_utils, exc)
                 continue
             for (index, _, ratio, page_hw), output in zip(chunk, raw):
                 boxes, labels, scores = postprocess(output, ratio, page_hw, self.score_threshold, self.iou_threshold)
@@ -65,8 +62,4 @@ class TritonPythonModel:
         return responses
 
     def _infer(self, batch):
-        response = pb_utils.InferenceRequest(model_name=self.core, requested_output_names=["output"],
-                                             inputs=[pb_utils.Tensor("input", batch)]).exec()
-        if response.has_error():
-            raise RuntimeError(f"{self.core}: {response.error().message()}")
-        return pb_utils.get_output_tensor_by_name(response, "output").as_numpy()
+        return model_support.call_core(pb_utils, self.core, {"input": batch}, ["output"])["output"]

@@ -3,11 +3,11 @@
 Inputs: `text` BYTES [1] and optional `input_type` BYTES [1] ("query" default, or "passage").
 The tokenizer is the one published beside this file; nothing downloads at serve time.
 """
-import json
 import os
-import sys
 
-sys.path[:0] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
+import model_support  # published beside this file
+
+model_support.use_pythonpath()
 
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
@@ -18,12 +18,10 @@ PREFIXES = {"query": "query: ", "passage": "passage: "}
 
 class TritonPythonModel:
     def initialize(self, args):
-        config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        here = os.path.join(args["model_repository"], args["model_version"])
+        model = model_support.ModelArgs(args)
         # Truncation (max_length) and padding (to the longest) are set in the file by the builder.
-        self.tokenizer = Tokenizer.from_file(os.path.join(here, "tokenizer.json"))
-        self.core = params["core_model"]
+        self.tokenizer = Tokenizer.from_file(os.path.join(model.folder, "tokenizer.json"))
+        self.core = model.params["core_model"]
 
     def _texts(self, request):
         raw = pb_utils.get_input_tensor_by_name(request, "text").as_numpy().reshape(-1)
@@ -52,7 +50,7 @@ class TritonPythonModel:
             try:
                 mine = self._texts(request)
             except ValueError as exc:
-                responses[index] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
+                responses[index] = model_support.error_response(pb_utils, exc)
                 continue
             texts += mine
             owners += [index] * len(mine)
@@ -61,7 +59,7 @@ class TritonPythonModel:
                 embeddings = self._embed(texts)
             except RuntimeError as exc:
                 for index in set(owners):
-                    responses[index] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
+                    responses[index] = model_support.error_response(pb_utils, exc)
                 return responses
             owners = np.asarray(owners)
             for index in set(owners.tolist()):
@@ -71,11 +69,7 @@ class TritonPythonModel:
 
     def _embed(self, texts):
         encodings = self.tokenizer.encode_batch(texts)
-        request = pb_utils.InferenceRequest(
-            model_name=self.core, requested_output_names=["embedding"],
-            inputs=[pb_utils.Tensor("input_ids", np.array([e.ids for e in encodings], dtype=np.int64)),
-                    pb_utils.Tensor("attention_mask", np.array([e.attention_mask for e in encodings], dtype=np.int64))])
-        response = request.exec()
-        if response.has_error():
-            raise RuntimeError(f"{self.core}: {response.error().message()}")
-        return pb_utils.get_output_tensor_by_name(response, "embedding").as_numpy().astype(np.float32)
+        answer = model_support.call_core(pb_utils, self.core, {
+            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64)}, ["embedding"])
+        return answer["embedding"].astype(np.float32)

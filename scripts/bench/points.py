@@ -1,0 +1,59 @@
+"""What one bench point measures, and the measuring both the served and the raw bench share."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class BenchPoint:
+    model: str
+    kind: str  # served | raw
+    batch: int
+    concurrency: int
+    requests: int
+    items_per_s: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    gpu_mem_mb: float | None
+    # Triton's own per-request means over the timed window (served points only): the time from
+    # receipt to response, of which queued and computing (the backend: inputs, execute, outputs).
+    server_ms: float | None = None
+    server_queue_ms: float | None = None
+    server_compute_ms: float | None = None
+
+
+def gpu_memory_mb() -> float | None:
+    if shutil.which("nvidia-smi") is None:
+        return None
+    out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                         capture_output=True, text=True)
+    return float(sum(float(v) for v in out.stdout.split())) if out.returncode == 0 else None
+
+
+def device_name() -> str:
+    """What the figures were measured on: the GPU's name, else the CPU count."""
+    if shutil.which("nvidia-smi"):
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True)
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip().splitlines()[0]
+    return f"CPU, {os.cpu_count()} cores"
+
+
+def percentiles(latencies: list[float]) -> tuple[float, float, float]:
+    values = np.percentile(np.asarray(latencies) * 1000.0, [50, 95, 99])
+    return float(values[0]), float(values[1]), float(values[2])
+
+
+def warm_up(call, calls: int = 3, seconds: float = 0.5) -> None:
+    """A few untimed calls: the first ones compile CUDA kernels and TorchScript's optimised graph."""
+    started, done = time.monotonic(), 0
+    while done < calls or time.monotonic() - started < seconds:
+        call()
+        done += 1

@@ -1,0 +1,34 @@
+"""A sweep: every model at every batch size (capped at its max) and concurrency, served through
+Triton, then the same batch sizes on the raw model."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from converters.model_folder import read_model_config
+from scripts.bench.load import served_point
+from scripts.bench.points import BenchPoint
+from scripts.bench.raw import RawModel, raw_point
+
+
+def sweep(grpc_url: str, model_dirs: list[Path], batches: list[int], concurrencies: list[int], duration_s: float,
+          raw: bool = True, shared_memory: bool = False) -> list[BenchPoint]:
+    from tqdm import tqdm
+
+    plan = []
+    for model_dir in model_dirs:
+        max_batch = read_model_config(model_dir).max_batch_size
+        if max_batch == 0:
+            continue  # not batched: one request is one item
+        sizes = [b for b in batches if b <= max_batch]
+        plan += [(model_dir, b, c) for b in sizes for c in concurrencies]
+        if raw:
+            plan += [(model_dir, b, 0) for b in sizes]
+    points, raw_models = [], {}
+    for model_dir, batch, concurrency in tqdm(plan, desc="bench", unit="point"):
+        if concurrency == 0:
+            if model_dir not in raw_models:  # loaded once per model; only one held at a time
+                raw_models = {model_dir: RawModel(model_dir)}
+            points.append(raw_point(raw_models[model_dir], model_dir, batch, duration_s))
+        else:
+            points.append(served_point(grpc_url, model_dir, batch, concurrency, duration_s, shared_memory))
+    return points

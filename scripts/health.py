@@ -1,0 +1,73 @@
+"""Health means "answers correctly": wait until Triton has every model ready (or says why it
+could not load one), then send each its golden inputs. Shared by every stack."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from converters.errors import UserError
+from scripts.report import ModelRow
+
+
+def failed_models(client, names: list[str]) -> dict[str, str]:
+    """Models among `names` whose load failed, with Triton's reason (from the repository index)."""
+    index = client.get_model_repository_index(as_json=True).get("models", [])
+    return {entry["name"]: entry.get("reason") or "load failed"
+            for entry in index
+            if entry.get("name") in names and entry.get("state") == "UNAVAILABLE" and entry.get("reason")}
+
+
+def wait_until_ready(grpc_url: str, names: list[str], timeout: float, alive=lambda: None) -> dict[str, float]:
+    """Wait for live, then ready, then each model ready; returns seconds until each model was ready."""
+    import tritonclient.grpc as grpc
+
+    client = grpc.InferenceServerClient(grpc_url)
+    started, ready_at = time.monotonic(), {}
+    deadline = started + timeout
+    while time.monotonic() < deadline:
+        alive()
+        failed = {}
+        try:
+            if client.is_server_live():
+                for name in names:
+                    if name not in ready_at and client.is_model_ready(name):
+                        ready_at[name] = time.monotonic() - started
+                if len(ready_at) == len(names):
+                    return ready_at
+                failed = failed_models(client, [n for n in names if n not in ready_at])
+        except Exception:  # not accepting connections yet
+            pass
+        if failed:
+            # Triton answers only once its first load pass is over, so UNAVAILABLE here is final.
+            raise UserError("Triton could not load " + "; ".join(f"{n}: {why}" for n, why in failed.items())
+                            + ". Fix the model (see `python -m scripts.stack logs`) and run `up` again.")
+        time.sleep(0.5)
+    missing = [n for n in names if n not in ready_at]
+    raise UserError(f"Triton did not make {', '.join(missing)} ready within {timeout:.0f} s; run `python -m scripts.stack logs` "
+                    "to see why.")
+
+
+def verify_all(grpc_url: str, folders: dict[str, Path], load_times: dict[str, float] | None = None) -> tuple[list[ModelRow], bool]:
+    import tritonclient.grpc as grpc
+
+    from scripts.verify import verify_model
+
+    client = grpc.InferenceServerClient(grpc_url)
+    rows, all_ok = [], True
+    for name, folder in folders.items():
+        row = ModelRow.from_folder(folder)
+        try:
+            row.ready = "yes" if client.is_model_ready(name) else "no"
+        except Exception:
+            row.ready = "no"
+        if row.ready == "yes":
+            result = verify_model(client, folder)
+            row.verified = "yes" if result.ok else f"NO: {result.detail}"
+            all_ok &= result.ok
+        else:
+            all_ok = False
+        if load_times and name in load_times:
+            row.load_s = f"{load_times[name]:.1f}"
+        rows.append(row)
+    client.close()
+    return rows, all_ok

@@ -1,0 +1,55 @@
+"""The interface every stack offers the commands (`up`, `status`, `bench`, ...), so that callers
+never ask which stack they hold."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+from scripts.settings import StackSettings
+
+
+class Stack(ABC):
+    """Builders, then Triton on what they published. Subclasses: LocalStack, ComposeStack."""
+
+    settings: StackSettings
+    shares_host_memory: bool = False  # Triton reads this host's /dev/shm (bench --shared-memory system)
+
+    @property
+    @abstractmethod
+    def grpc_url(self) -> str: ...
+
+    @property
+    @abstractmethod
+    def http_url(self) -> str: ...
+
+    @property
+    def port_host(self) -> str:
+        """Where the published ports are checked before anything starts."""
+        return "127.0.0.1"
+
+    @abstractmethod
+    def build(self, keys: list[str]) -> None:
+        """Run each model's builder in turn; a failing one stops everything, named with its log."""
+
+    @abstractmethod
+    def start_server(self) -> None: ...
+
+    @abstractmethod
+    def check_alive(self) -> None:
+        """Raise a UserError with the server's last log lines when it has exited."""
+
+    @abstractmethod
+    def model_folders(self, names: list[str]) -> dict[str, Path]:
+        """Each model's published folder (config, manifest, golden answers), readable here."""
+
+    @abstractmethod
+    def logs(self, service: str | None) -> str: ...
+
+    @abstractmethod
+    def server_running(self) -> bool: ...
+
+    @abstractmethod
+    def server_state(self) -> str: ...
+
+    @abstractmethod
+    def down(self, quiet: bool = False) -> None: ...

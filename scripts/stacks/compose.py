@@ -1,0 +1,138 @@
+"""The compose stack: `docker compose` for the lifecycle (builders -> volume -> Triton), the
+docker SDK to follow containers (found by compose's labels)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from converters.errors import UserError
+from converters.model_folder import DESCRIPTION_FILES
+from scripts.console import log, tail
+from scripts.settings import StackSettings
+from scripts.stacks.base import Stack
+from triton_models.registry import get
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class ComposeStack(Stack):
+    """`docker compose` for the lifecycle, the docker SDK to follow containers (by compose labels)."""
+
+    def __init__(self, settings: StackSettings) -> None:
+        self.settings = settings
+        self.project = settings["COMPOSE_PROJECT_NAME"]
+        try:
+            import docker
+
+            self.docker = docker.from_env()
+            self.docker.ping()
+        except Exception as exc:
+            raise UserError(f"no Docker engine answers ({type(exc).__name__}); start Docker or use --mode local.") from None
+        if settings.gpu_mode and not settings["TRITON_BASE_IMAGE"]:
+            raise UserError("TRITON_BASE_IMAGE is empty: set it in .env to NVIDIA's tritonserver image (NGC release 25.01-py3).")
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.settings['TRITON_BIND_ADDRESS']}:{self.settings['TRITON_HTTP_PORT']}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.settings['TRITON_BIND_ADDRESS']}:{self.settings['TRITON_GRPC_PORT']}"
+
+    @property
+    def port_host(self) -> str:
+        host = self.settings["TRITON_BIND_ADDRESS"]
+        return "127.0.0.1" if host == "0.0.0.0" else host
+
+    def compose(self, *args: str, check: bool = True, capture: bool = False) -> subprocess.CompletedProcess:
+        env = {**os.environ, **self.settings.compose_environment()}
+        result = subprocess.run(["docker", "compose", *args], cwd=ROOT, env=env, text=True,
+                                capture_output=capture, stdout=None if capture else sys.stderr)
+        if check and result.returncode != 0:
+            detail = tail(result.stderr or "") if capture else "see the output above"
+            raise UserError(f"`docker compose {' '.join(args)}` failed with exit code {result.returncode}: {detail}")
+        return result
+
+    def container(self, service: str):
+        found = self.docker.containers.list(all=True, filters={"label": [
+            f"com.docker.compose.project={self.project}", f"com.docker.compose.service={service}"]})
+        return found[0] if found else None
+
+    def build(self, keys: list[str]) -> None:
+        services = [get(k).compose_service for k in keys]
+        log(f"building images for {', '.join(services + ['triton'])}")
+        self.compose("build", *services, "triton")
+        for index, (key, service) in enumerate(zip(keys, services), 1):
+            log(f"[{index}/{len(services)}] running {service}")
+            started = time.monotonic()
+            self.compose("up", "--no-deps", "--detach", "--force-recreate", service)
+            container = self.container(service)
+            published = False
+            for line in container.logs(stream=True, follow=True):
+                text = line.decode(errors="replace").rstrip()
+                published |= text.startswith("published")
+                if text.startswith(("[build", "published", "up to date", "error")):
+                    print(f"      {service}: {text}", flush=True)
+            code = container.wait()["StatusCode"]
+            if code != 0:
+                raise UserError(f"builder service {service} failed with exit code {code}; Triton was not started. "
+                                f"Last lines of its log:\n{tail(container.logs().decode(errors='replace'))}")
+            log(f"      {key}: {'built' if published else 'up to date, skipped'} in {time.monotonic() - started:.1f} s")
+
+    def start_server(self) -> None:
+        self.compose("up", "--no-deps", "--detach", "--force-recreate", "triton")
+
+    def check_alive(self) -> None:
+        container = self.container("triton")
+        if container is None:
+            raise UserError("the triton container does not exist; run `python -m scripts.stack up`.")
+        container.reload()
+        if container.status in ("exited", "dead"):
+            raise UserError(f"the triton container {container.status} (exit code {container.attrs['State']['ExitCode']}):\n"
+                            f"{tail(container.logs().decode(errors='replace'))}")
+
+    def model_folders(self, names: list[str]) -> dict[str, Path]:
+        """Copy each model's config, manifest and golden answers out of the triton container."""
+        import io
+        import tarfile
+        import tempfile
+
+        container = self.container("triton")
+        if container is None:
+            raise UserError("the triton container does not exist; run `python -m scripts.stack up`.")
+        target = Path(tempfile.mkdtemp(prefix="stack-verify-"))
+        for name in names:
+            (target / name).mkdir()
+            for file in DESCRIPTION_FILES:
+                try:
+                    stream, _ = container.get_archive(f"/models/{name}/{file}")
+                except Exception:
+                    continue  # missing files show up as not verified
+                with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as archive:
+                    archive.extractall(target / name, filter="data")
+            (target / name / "1").mkdir(exist_ok=True)
+        return {name: target / name for name in names}
+
+    def logs(self, service: str | None) -> str:
+        container = self.container(service or "triton")
+        if container is None:
+            raise UserError(f"no container for service {service or 'triton'} in project {self.project}.")
+        return container.logs().decode(errors="replace")
+
+    def server_running(self) -> bool:
+        container = self.container("triton")
+        return container is not None and container.status == "running"
+
+    def server_state(self) -> str:
+        container = self.container("triton")
+        if container is None:
+            return "not created"
+        container.reload()
+        health = container.attrs.get("State", {}).get("Health", {}).get("Status", "no healthcheck")
+        return f"{container.status} ({health})"
+
+    def down(self, quiet: bool = False) -> None:
+        self.compose("down", "--volumes", "--remove-orphans")

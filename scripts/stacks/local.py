@@ -1,0 +1,118 @@
+"""The local stack: builders as subprocesses into a local repository, Triton from the
+nvidia-pytriton wheel, detached; no Docker."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from converters.errors import UserError
+from scripts.console import log, tail
+from scripts.settings import StackSettings
+from scripts.stacks.base import Stack
+from triton_models.registry import get
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class LocalStack(Stack):
+    """Builders as subprocesses, Triton from the nvidia-pytriton wheel, detached, on CPU."""
+
+    shares_host_memory = True
+
+    def __init__(self, settings: StackSettings) -> None:
+        self.settings = settings
+        self.repo = settings.path("LOCAL_REPOSITORY")
+        self.work = self.repo.parent / "work"  # ONNX files and demo checkpoints, kept for warm rebuilds
+        self.state = self.repo.parent / "local"  # pid, server log, builder logs
+        self.pid_file = self.state / "triton.pid"
+        self.log_file = self.state / "triton.log"
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.settings['TRITON_HTTP_PORT']}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.settings['TRITON_GRPC_PORT']}"
+
+    def build(self, keys: list[str]) -> None:
+        self.state.mkdir(parents=True, exist_ok=True)
+        for index, key in enumerate(keys, 1):
+            spec = get(key)
+            command = [sys.executable, "-m", "triton_models.build", key, "--repo", str(self.repo),
+                       "--work-dir", str(self.work), "--max-batch-size", self.settings[spec.batch_size_key],
+                       "--precision", self.settings["PRECISION"], "--serve-backend", self.settings["LOCAL_SERVE_BACKEND"],
+                       "--device", self.settings["LOCAL_DEVICE"],
+                       "--instance-count", self.settings["INSTANCE_COUNT"]]
+            checkpoint = self.settings.checkpoint(key)
+            if checkpoint is not None:
+                command += ["--checkpoint", str(checkpoint)]
+            log(f"[{index}/{len(keys)}] building {key} ({'demo checkpoint' if checkpoint is None else checkpoint})")
+            started = time.monotonic()
+            result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+            (self.state / f"build-{key}.log").write_text(result.stdout + result.stderr)
+            if result.returncode != 0:
+                raise UserError(f"builder {key} failed with exit code {result.returncode}; Triton was not started. "
+                                f"Last lines of {self.state / f'build-{key}.log'}:\n{tail(result.stderr or result.stdout)}")
+            skipped = "published" not in result.stdout
+            log(f"      {key}: {'up to date, skipped' if skipped else 'built'} in {time.monotonic() - started:.1f} s")
+
+    def running_pid(self) -> int | None:
+        if not self.pid_file.is_file():
+            return None
+        pid = int(self.pid_file.read_text())
+        try:
+            os.kill(pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return None
+        return pid
+
+    def start_server(self) -> None:
+        from scripts.local_triton import LocalTriton, Ports
+
+        self.down(quiet=True)
+        ports = Ports(self.settings.int("TRITON_HTTP_PORT"), self.settings.int("TRITON_GRPC_PORT"),
+                      self.settings.int("TRITON_METRICS_PORT"))
+        self.log_file.unlink(missing_ok=True)
+        first = tuple(p for p in self.settings["LOCAL_MODEL_PYTHONPATH"].split(os.pathsep) if p)
+        server = LocalTriton(self.repo, ports, log_path=self.log_file, backend_root=self.state / "server",
+                             model_paths_first=first).start()
+        self.pid_file.write_text(str(server.process.pid))
+        self._server = server
+
+    def check_alive(self) -> None:
+        server = getattr(self, "_server", None)
+        if server is not None and server.process.poll() is not None:
+            raise UserError(f"tritonserver exited with code {server.process.returncode}; see {self.log_file}:\n"
+                            f"{tail(self.log_file.read_text(errors='replace'))}")
+
+    def model_folders(self, names: list[str]) -> dict[str, Path]:
+        return {name: self.repo / name for name in names}
+
+    def logs(self, service: str | None) -> str:
+        target = self.log_file if service in (None, "triton") else self.state / f"build-{service}.log"
+        if not target.is_file():
+            raise UserError(f"no log at {target}; run `python -m scripts.stack up --mode local` first.")
+        return target.read_text(errors="replace")
+
+    def server_running(self) -> bool:
+        return self.running_pid() is not None
+
+    def server_state(self) -> str:
+        pid = self.running_pid()
+        return f"running (pid {pid})" if pid else "not running"
+
+    def down(self, quiet: bool = False) -> None:
+        from scripts.local_triton import stop_process
+
+        pid = self.running_pid()
+        if pid:
+            stop_process(pid)
+            if not quiet:
+                log(f"stopped tritonserver (pid {pid})")
+        elif not quiet:
+            log("tritonserver was not running")
+        self.pid_file.unlink(missing_ok=True)
