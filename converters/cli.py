@@ -9,7 +9,7 @@ from pathlib import Path
 from converters.batching import BatchPlan
 from converters.errors import UserError
 from converters.io_config import parse_io_config
-from converters.settings import ConversionSettings, parse_int_list, parse_size
+from converters.conversion_settings import ConversionSettings, parse_int_list, parse_size
 from converters.serve_backends import SERVE_BACKENDS
 from converters.triton_config import InstancePlan
 

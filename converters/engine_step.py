@@ -15,7 +15,7 @@ from converters.errors import UserError
 from converters.manifest import gpu_identity
 from converters.precision import PrecisionPlan, fp32_onnx_nodes, plan_precision
 from converters.publish import atomic_output
-from converters.settings import ConversionSettings
+from converters.conversion_settings import ConversionSettings
 from converters.tensorrt_backend import TensorRTInstall
 
 

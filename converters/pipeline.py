@@ -22,7 +22,7 @@ from converters.model_folder import Golden, Manifest, is_current, publish
 from converters.precision import TOLERANCES, plan_precision
 from converters.runners import MODEL_SUPPORT, MODEL_SUPPORT_FILE
 from converters.serve_backends import ServeBackend, serve_backend
-from converters.settings import ConversionSettings
+from converters.conversion_settings import ConversionSettings
 from converters.tensorrt_backend import EngineBuild, TensorRTInstall, installed_tensorrt
 from converters.triton_config import InstancePlan, TritonModelConfig, build_config, check_config_fits_profile, config_text
 

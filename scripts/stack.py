@@ -20,7 +20,7 @@ from converters.errors import UserError
 from scripts.console import log
 from scripts.health import verify_all, wait_until_ready
 from scripts.report import table
-from scripts.settings import StackSettings, load_settings
+from scripts.stack_settings import StackSettings, load_settings
 from scripts.stacks.base import Stack
 from triton_models.registry import MODELS, get
 
@@ -94,7 +94,7 @@ def bench_names(settings: StackSettings, target: str | None) -> list[str]:
 
 
 def bench(stack: Stack, settings: StackSettings, args: argparse.Namespace) -> Path:
-    from converters.settings import parse_int_list
+    from converters.conversion_settings import parse_int_list
     from scripts.bench.points import device_name
     from scripts.bench.report import summary, write_report
     from scripts.bench.sweep import sweep

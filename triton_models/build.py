@@ -12,7 +12,7 @@ from pathlib import Path
 
 from converters.errors import UserError
 from converters.model_folder import MANIFEST_FILE
-from converters.settings import parse_int_list
+from converters.conversion_settings import parse_int_list
 from converters.serve_backends import SERVE_BACKENDS
 from triton_models.common import BuildOptions
 from triton_models.registry import MODELS, get

@@ -11,7 +11,7 @@ from converters.io_config import parse_io_config
 from converters.manifest import file_sha256, fingerprint, gpu_identity, tool_versions
 from converters.model_folder import Golden, Manifest, is_current, publish
 from converters.runners import MODEL_SUPPORT, MODEL_SUPPORT_FILE
-from converters.settings import ConversionSettings
+from converters.conversion_settings import ConversionSettings
 from converters.triton_config import InstancePlan, config_text
 
 
@@ -45,12 +45,19 @@ def conversion_settings(options: BuildOptions, *, name: str, io_json: str, scrip
         onnx_path=work / "model.onnx", engine_path=work / "model.plan", triton_repo=options.repo, triton_inputs=triton_inputs,
         device=options.device, generate_onnx=True, generate_trt=options.serve_backend in ("auto", "tensorrt_plan"),
         generate_triton_config=True, overwrite=True,
-        force=options.force, dynamic_batching=True, max_queue_delay_us=100, use_fp16=options.precision == "fp16",
+        force=options.force, dynamic_batching=True, max_queue_delay_us=CORE_QUEUE_DELAY_US, use_fp16=options.precision == "fp16",
         serve_backend=options.serve_backend,
         instances=InstancePlan(options.instance_count, "auto", options.gpus), demo=options.demo)
 
 
 TOKENIZER_FILE = "tokenizer.json"
+
+# Dynamic batching delays. A core model's requests come from its companion, which already sends
+# whole batches (one BLS call per execute), so the core waits only briefly for another one. A
+# companion's requests come one item each from clients; waiting 1 ms gathers them into one
+# tokenizer call and one core request, which costs far less than a core call per item.
+CORE_QUEUE_DELAY_US = 100
+COMPANION_QUEUE_DELAY_US = 1000
 
 
 def serving_tokenizer(folder: Path, max_length: int, pad_to_max_length: bool) -> str:
@@ -90,7 +97,7 @@ def python_model_config(name: str, inputs: list[dict], outputs: list[dict], max_
     for spec in outputs:
         config.output.append(pb.ModelOutput(name=spec["name"], data_type=pb.DataType.Value(spec["data_type"]), dims=spec["dims"]))
     if dynamic_batching and max_batch_size > 0:
-        config.dynamic_batching.max_queue_delay_microseconds = 1000
+        config.dynamic_batching.max_queue_delay_microseconds = COMPANION_QUEUE_DELAY_US
     group = pb.ModelInstanceGroup(count=instance_count, kind=pb.ModelInstanceGroup.Kind.Value(kind))
     if kind == "KIND_GPU":
         group.gpus.extend(gpus)

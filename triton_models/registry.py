@@ -1,8 +1,15 @@
-"""One declarative spec per model, one registry. A test checks that every registered model has
-its builder, its `triton_models/` folder, its tests and its compose service."""
+"""One declarative spec per model, one registry. What the rest of the project knows of a model
+comes from here: its Triton names (the core first, then its python-backend companions), its
+`.env` keys and their defaults (`scripts/stack_settings.py` derives them, `.env.example` is
+generated from them), its compose service (a test checks docker-compose.yaml against it) and the
+token length of its text inputs, the core model's inputs and outputs (its IO config, as
+`--model-io-config` takes it). Tolerances are not per model: they follow the served precision
+(`converters/precision.py`). A test checks that every registered model has its builder,
+its `triton_models/` folder, its tests and its compose service."""
 from __future__ import annotations
 
 import importlib
+import json
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -10,13 +17,34 @@ from types import ModuleType
 @dataclass(frozen=True)
 class ModelSpec:
     key: str  # folder under triton_models/ and the name users pass to `build`
-    title: str
     triton_names: tuple[str, ...]  # what gets published, the core model first
-    checkpoint_key: str  # the .env key of the user's checkpoint
-    batch_size_key: str  # the .env key of the max batch size
+    env_prefix: str  # <PREFIX>_CHECKPOINT and <PREFIX>_BATCH_SIZE in .env
     default_batch_size: int
     compose_service: str
-    precision: str = "fp16"
+    checkpoint_help: str  # what <PREFIX>_CHECKPOINT names, for .env.example
+    batch_help: str = ""  # anything to add to the batch size's line in .env.example
+    max_length: int | None = None  # tokens per text of the core's inputs (text models)
+    core_io: dict | None = None  # the core's IO config (`--model-io-config`); None: no converted core
+
+    @property
+    def core_io_json(self) -> str:
+        return json.dumps(self.core_io)
+
+    @property
+    def core(self) -> str:
+        return self.triton_names[0]
+
+    @property
+    def companions(self) -> tuple[str, ...]:
+        return self.triton_names[1:]
+
+    @property
+    def checkpoint_key(self) -> str:
+        return f"{self.env_prefix}_CHECKPOINT"
+
+    @property
+    def batch_size_key(self) -> str:
+        return f"{self.env_prefix}_BATCH_SIZE"
 
     @property
     def builder(self) -> ModuleType:
@@ -25,14 +53,24 @@ class ModelSpec:
 
 
 MODELS: tuple[ModelSpec, ...] = (
-    ModelSpec("caption_classification", "DeBERTa caption classification", ("deberta_large", "caption_selection"),
-              "CAPTION_CHECKPOINT", "CAPTION_BATCH_SIZE", 8, "build-caption"),
-    ModelSpec("yolox", "YOLOX page elements", ("yolox", "yolox_page_elements"),
-              "YOLOX_CHECKPOINT", "YOLOX_BATCH_SIZE", 8, "build-yolox"),
-    ModelSpec("eclair", "ECLAIR document OCR", ("eclair",),
-              "ECLAIR_CHECKPOINT", "ECLAIR_BATCH_SIZE", 16, "build-eclair"),
-    ModelSpec("e5_small_v2", "E5-small-v2 embeddings", ("e5_small_v2", "e5_small_v2_text"),
-              "E5_CHECKPOINT", "E5_BATCH_SIZE", 64, "build-e5"),
+    ModelSpec("caption_classification", ("deberta_large", "caption_selection"), "CAPTION", 8, "build-caption",
+              "caption model folder under CHECKPOINTS_DIR (empty: demo)", max_length=128, core_io={
+                  "inputs": [{"name": "input_ids", "dtype": "int64", "shape": [128], "range": [1000, 2000]},
+                             {"name": "input_mask", "dtype": "float32", "shape": [128], "range": [1, 2]},
+                             {"name": "input_token_type_ids", "dtype": "float32", "shape": [128], "optional": True}],
+                  "outputs": [{"name": "output", "dtype": "float32", "shape": [1]}]}),
+    # 1024x1024 pages; 21504 anchors (strides 8, 16, 32) x (box 4 + objectness 1 + 3 classes)
+    ModelSpec("yolox", ("yolox", "yolox_page_elements"), "YOLOX", 8, "build-yolox",
+              "best_ckpt.pth under CHECKPOINTS_DIR (empty: demo)", core_io={
+                  "inputs": [{"name": "input", "dtype": "float32", "shape": [3, 1024, 1024], "range": [0, 255]}],
+                  "outputs": [{"name": "output", "dtype": "float32", "shape": [21504, 8]}]}),
+    ModelSpec("eclair", ("eclair",), "ECLAIR", 16, "build-eclair",
+              "ECLAIR VisionEncoderDecoder folder under CHECKPOINTS_DIR (empty: demo)", batch_help=" (16 was tuned for an A100)"),
+    ModelSpec("e5_small_v2", ("e5_small_v2", "e5_small_v2_text"), "E5", 64, "build-e5",
+              "e5-small-v2 Hugging Face folder under CHECKPOINTS_DIR (empty: demo)", max_length=512, core_io={
+                  "inputs": [{"name": "input_ids", "dtype": "int64", "shape": [-1], "max_shape": [512], "range": [1000, 2000]},
+                             {"name": "attention_mask", "dtype": "int64", "shape": [-1], "max_shape": [512], "range": [1, 2]}],
+                  "outputs": [{"name": "embedding", "dtype": "float32", "shape": [384]}]}),
 )
 
 

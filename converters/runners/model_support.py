@@ -75,6 +75,20 @@ def run_in_groups(feeds, run):
     return results
 
 
+def responses(pb_utils, results, failure, cast=None):
+    """Triton responses for `run_in_groups` results: outputs (cast to `cast[name]` where given), or
+    an error starting with `failure` ("ONNX Runtime failed", ...)."""
+    answers = []
+    for result in results:
+        if isinstance(result, Exception):
+            answers.append(error_response(pb_utils, f"{failure}: {result}"))
+            continue
+        answers.append(pb_utils.InferenceResponse(output_tensors=[
+            pb_utils.Tensor(name, value.astype(cast[name], copy=False) if cast else value)
+            for name, value in result.items()]))
+    return answers
+
+
 def call_core(pb_utils, core, inputs, outputs):
     """A BLS request to the core model; its error becomes a RuntimeError naming it."""
     response = pb_utils.InferenceRequest(model_name=core, requested_output_names=list(outputs),

@@ -60,12 +60,5 @@ class TritonPythonModel:
     def execute(self, requests):
         feeds = [{name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.runner.inputs}
                  for request in requests]
-        responses = []
-        for result in model_support.run_in_groups(feeds, self.runner.run):
-            if isinstance(result, Exception):
-                responses.append(model_support.error_response(pb_utils, f"ONNX Runtime failed: {result}"))
-            else:
-                responses.append(pb_utils.InferenceResponse(output_tensors=[
-                    pb_utils.Tensor(name, value.astype(self.output_dtypes[name], copy=False))
-                    for name, value in result.items()]))
-        return responses
+        return model_support.responses(pb_utils, model_support.run_in_groups(feeds, self.runner.run),
+                                       "ONNX Runtime failed", self.output_dtypes)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from converters.errors import UserError
 from scripts.console import log
-from scripts.settings import StackSettings, load_settings
+from scripts.stack_settings import StackSettings, load_settings
 from triton_models.registry import MODELS
 
 

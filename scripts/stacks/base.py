@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from pathlib import Path
 
-from scripts.settings import StackSettings
+from scripts.stack_settings import StackSettings
 
 
 class Stack(ABC):

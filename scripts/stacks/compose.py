@@ -11,7 +11,7 @@ from pathlib import Path
 from converters.errors import UserError
 from converters.model_folder import DESCRIPTION_FILES
 from scripts.console import log, tail
-from scripts.settings import StackSettings
+from scripts.stack_settings import StackSettings
 from scripts.stacks.base import Stack
 from triton_models.registry import get
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from converters.errors import UserError
 from scripts.console import log, tail
-from scripts.settings import StackSettings
+from scripts.stack_settings import StackSettings
 from scripts.stacks.base import Stack
 from triton_models.registry import get
 

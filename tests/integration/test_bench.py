@@ -77,7 +77,7 @@ def _shared_memory_inputs_give_the_same_answer(root: Path) -> None:
 
     from converters.model_folder import Golden
     from scripts.bench.load import input_tensors, release
-    from scripts.settings import load_settings
+    from scripts.stack_settings import load_settings
 
     settings = load_settings(root / ".env", REPO_ROOT)
     model_dir = Path(settings["LOCAL_REPOSITORY"]) / "e5_small_v2"

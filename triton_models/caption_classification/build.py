@@ -8,7 +8,6 @@ Checkpoint folder layout (the NGC model's, extracted): `weights/foldK/model/mode
 """
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from pathlib import Path
@@ -28,15 +27,12 @@ from triton_models.caption_classification.model_script import DebertaLargeModel,
 from triton_models.common import (BuildOptions, companion_is_current, conversion_settings, core_fingerprint,
                                   publish_python_model, python_model_config, serving_tokenizer, tensor,
                                   TOKENIZER_FILE)
+from triton_models.registry import get
 
 HERE = Path(__file__).parent
-CORE, SELECTION = "deberta_large", "caption_selection"
-MAX_LENGTH = 128
-IO_CONFIG = json.dumps({
-    "inputs": [{"name": "input_ids", "dtype": "int64", "shape": [MAX_LENGTH], "range": [1000, 2000]},
-               {"name": "input_mask", "dtype": "float32", "shape": [MAX_LENGTH], "range": [1, 2]},
-               {"name": "input_token_type_ids", "dtype": "float32", "shape": [MAX_LENGTH], "optional": True}],
-    "outputs": [{"name": "output", "dtype": "float32", "shape": [1]}]})
+CORE, SELECTION = get("caption_classification").triton_names
+MAX_LENGTH = get("caption_classification").max_length
+IO_CONFIG = get("caption_classification").core_io_json
 GOLDEN_CANDIDATES = ["A bar chart of quarterly revenue by region.", "Figure", "", "Table 3: results on the test set."]
 
 

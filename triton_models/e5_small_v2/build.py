@@ -16,20 +16,14 @@ from converters.precision import TOLERANCES
 from triton_models.common import (BuildOptions, companion_is_current, conversion_settings, core_fingerprint,
                                   publish_python_model, python_model_config, serving_tokenizer, tensor,
                                   TOKENIZER_FILE)
+from triton_models.registry import get
 from triton_models.e5_small_v2.model_script import E5Embedder
 
 HERE = Path(__file__).parent
-CORE, TEXT = "e5_small_v2", "e5_small_v2_text"
-MAX_LENGTH = 512
-EMBEDDING_DIM_KEY = "hidden_size"
+CORE, TEXT = get("e5_small_v2").triton_names
+MAX_LENGTH = get("e5_small_v2").max_length
+EMBEDDING_DIM = get("e5_small_v2").core_io["outputs"][0]["shape"][0]
 GOLDEN_TEXTS = (("how do I bake bread", "query"), ("Bread is baked from flour, water and yeast.", "passage"))
-
-
-def io_config(hidden: int) -> str:
-    return json.dumps({
-        "inputs": [{"name": "input_ids", "dtype": "int64", "shape": [-1], "max_shape": [MAX_LENGTH], "range": [1000, 2000]},
-                   {"name": "attention_mask", "dtype": "int64", "shape": [-1], "max_shape": [MAX_LENGTH], "range": [1, 2]}],
-        "outputs": [{"name": "embedding", "dtype": "float32", "shape": [hidden]}]})
 
 
 def make_demo_checkpoint(folder: Path) -> Path:
@@ -45,7 +39,7 @@ def make_demo_checkpoint(folder: Path) -> Path:
     return target
 
 
-def _check_folder(folder: Path) -> int:
+def _check_folder(folder: Path) -> None:
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise UserError(f"E5 checkpoint {folder} lacks config.json; point E5_CHECKPOINT at a Hugging Face folder "
@@ -54,20 +48,23 @@ def _check_folder(folder: Path) -> int:
         raise UserError(f"E5 checkpoint {folder} has no model.safetensors or pytorch_model.bin.")
     if not (folder / "tokenizer.json").is_file() and not (folder / "vocab.txt").is_file():
         raise UserError(f"E5 checkpoint {folder} has no tokenizer (tokenizer.json or vocab.txt).")
-    return int(json.loads(config_path.read_text())[EMBEDDING_DIM_KEY])
+    hidden = int(json.loads(config_path.read_text()).get("hidden_size", 0))
+    if hidden != EMBEDDING_DIM:
+        raise UserError(f"E5 checkpoint {folder} has hidden_size {hidden} in config.json; e5_small_v2 serves "
+                        f"{EMBEDDING_DIM}-wide embeddings, so point E5_CHECKPOINT at an e5-small-v2 folder.")
 
 
 def build(options: BuildOptions) -> list[Path]:
     folder = Path(options.checkpoint)
-    hidden = _check_folder(folder)
-    settings = conversion_settings(options, name=CORE, io_json=io_config(hidden), script=HERE / "model_script.py",
+    _check_folder(folder)
+    settings = conversion_settings(options, name=CORE, io_json=get("e5_small_v2").core_io_json, script=HERE / "model_script.py",
                                    class_name="E5Embedder", sequence_length=128)
     core = convert(settings, load_model=lambda: E5Embedder.from_folder(folder))
     precision = core.precision
 
     config = python_model_config(
         TEXT, [tensor("text", "TYPE_STRING", [1]), tensor("input_type", "TYPE_STRING", [1], optional=True)],
-        [tensor("embedding", "TYPE_FP32", [hidden])], options.max_batch_size,
+        [tensor("embedding", "TYPE_FP32", [EMBEDDING_DIM])], options.max_batch_size,
         {"core_model": CORE, "max_length": str(MAX_LENGTH)}, instance_count=options.instance_count)
     sources = {"checkpoint": file_sha256(folder), "model_py": file_sha256(HERE / "e5_small_v2_text_model.py"), "core": core_fingerprint(core)}
     if companion_is_current(options.repo, config, sources, options.force):

@@ -19,10 +19,11 @@ from converters.manifest import file_sha256
 from converters.precision import TOLERANCES
 from triton_models.common import (BuildOptions, companion_is_current, publish_python_model,
                                   python_model_config, tensor)
+from triton_models.registry import get
 from triton_models.eclair.pages import PAGE_HEIGHT, PAGE_WIDTH, pad_page
 
 HERE = Path(__file__).parent
-NAME = "eclair"
+NAME = get("eclair").core
 _CHECKPOINT_FILES = ("config.json", "generation_config.json", "model.safetensors", "pytorch_model.bin",
                      "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
                      "sentencepiece.bpe.model", "preprocessor_config.json", "added_tokens.json")

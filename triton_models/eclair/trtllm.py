@@ -110,7 +110,7 @@ def encoder_settings(checkpoint: Path, work: Path, engines: Path, batch_size: in
     """The converter's settings for the vision encoder: pixels -> encoder states, batch 1..batch_size."""
     from converters.batching import BatchPlan
     from converters.io_config import parse_io_config
-    from converters.settings import ConversionSettings
+    from converters.conversion_settings import ConversionSettings
 
     result = plan(checkpoint, batch_size)
     height, width = result.image_hw

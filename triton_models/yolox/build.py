@@ -25,14 +25,12 @@ from converters.precision import TOLERANCES
 from third_party.yolox import build_yolox
 from triton_models.common import (BuildOptions, companion_is_current, conversion_settings, core_fingerprint,
                                   publish_python_model, python_model_config, tensor)
-from triton_models.yolox.page_processing import INPUT_SIZE, LABELS, letterbox, postprocess
+from triton_models.registry import get
+from triton_models.yolox.page_processing import LABELS, letterbox, postprocess
 
 HERE = Path(__file__).parent
-CORE, PAGES = "yolox", "yolox_page_elements"
-ANCHORS = sum((INPUT_SIZE // s) ** 2 for s in (8, 16, 32))  # 21504 at 1024
-IO_CONFIG = json.dumps({
-    "inputs": [{"name": "input", "dtype": "float32", "shape": [3, INPUT_SIZE, INPUT_SIZE], "range": [0, 255]}],
-    "outputs": [{"name": "output", "dtype": "float32", "shape": [ANCHORS, 5 + len(LABELS)]}]})
+CORE, PAGES = get("yolox").triton_names
+IO_CONFIG = get("yolox").core_io_json
 
 
 def model_size(checkpoint: Path) -> tuple[float, float]:

@@ -2,7 +2,7 @@
 import pytest
 
 from converters.errors import UserError
-from scripts.settings import KEYS, env_example_text, load_settings
+from scripts.stack_settings import KEYS, env_example_text, load_settings
 from tests.helpers import REPO_ROOT
 
 

@@ -1,7 +1,8 @@
 """The stack's settings: read once from `.env` (python-dotenv), validated all at once.
 
-Every key, its type and default lives in `KEYS`; `.env.example` documents the same keys (a test
-keeps the two in step). An unknown key, a bad number or a missing checkpoint path are listed
+Every key, its type and default lives in `KEYS`; the per-model keys (checkpoint, batch size) and
+their defaults are derived from the model registry (`triton_models/registry.py`), so no second
+list of models exists. `.env.example` is generated from `KEYS` (a test keeps the two in step). An unknown key, a bad number or a missing checkpoint path are listed
 together and nothing starts.
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 from dotenv import dotenv_values
 
 from converters.errors import UserError
-from triton_models.registry import MODELS
+from triton_models.registry import MODELS, get
 
 
 @dataclass(frozen=True)
@@ -43,15 +44,10 @@ KEYS: tuple[Key, ...] = (
     Key("PRECISION", "choice:fp16|fp32", "fp16", "engine precision"),
     Key("INSTANCE_COUNT", "int", "1", "model instances per GPU (or on CPU)"),
     Key("MODELS", "models", ",".join(m.key for m in MODELS), "which models to build and serve (comma list)"),
-    Key("CAPTION_BATCH_SIZE", "int", "8", "max batch of deberta_large"),
-    Key("YOLOX_BATCH_SIZE", "int", "8", "max batch of yolox"),
-    Key("E5_BATCH_SIZE", "int", "64", "max batch of e5_small_v2"),
-    Key("ECLAIR_BATCH_SIZE", "int", "16", "max batch of eclair (16 was tuned for an A100)"),
+    *(Key(spec.batch_size_key, "int", str(spec.default_batch_size), f"max batch of {spec.core}{spec.batch_help}")
+      for spec in MODELS),
     Key("CHECKPOINTS_DIR", "path", "./checkpoints", "host folder mounted read-only at /checkpoints in the builders"),
-    Key("CAPTION_CHECKPOINT", "checkpoint", "", "caption model folder under CHECKPOINTS_DIR (empty: demo)"),
-    Key("YOLOX_CHECKPOINT", "checkpoint", "", "best_ckpt.pth under CHECKPOINTS_DIR (empty: demo)"),
-    Key("E5_CHECKPOINT", "checkpoint", "", "e5-small-v2 Hugging Face folder under CHECKPOINTS_DIR (empty: demo)"),
-    Key("ECLAIR_CHECKPOINT", "checkpoint", "", "ECLAIR VisionEncoderDecoder folder under CHECKPOINTS_DIR (empty: demo)"),
+    *(Key(spec.checkpoint_key, "checkpoint", "", spec.checkpoint_help) for spec in MODELS),
     Key("ECLAIR_CHECKPOINT_DIR", "str", "./third_party/eclair_triton/checkpoints", "TensorRT-LLM overlay: checkpoints folder (relative to the repository root)"),
     Key("ECLAIR_CHECKPOINT_NAME", "str", "", "TensorRT-LLM overlay: checkpoint folder name inside ECLAIR_CHECKPOINT_DIR"),
     Key("ECLAIR_MODEL_DIR", "str", "./third_party/eclair_triton/models", "TensorRT-LLM overlay: where its engines go (relative to the repository root)"),
@@ -93,8 +89,7 @@ class StackSettings:
 
     def checkpoint(self, model_key: str) -> Path | None:
         """The host path of a model's checkpoint, or None for a demo checkpoint."""
-        spec = next(m for m in MODELS if m.key == model_key)
-        value = self.values[spec.checkpoint_key]
+        value = self.values[get(model_key).checkpoint_key]
         return self.path("CHECKPOINTS_DIR") / value if value else None
 
     def compose_environment(self) -> dict[str, str]:
@@ -154,7 +149,7 @@ def load_settings(env_file: Path | None = Path(".env"), root: Path = Path("."), 
 
 def env_example_text() -> str:
     """The text of `.env.example`, generated from KEYS so the two never drift."""
-    lines = ["# Settings of the stack. Copy to .env and edit. Generated from scripts/settings.py (KEYS);",
+    lines = ["# Settings of the stack. Copy to .env and edit. Generated from scripts/stack_settings.py (KEYS);",
              "# `python -m scripts.stack` validates them all at once before anything starts.",
              "# A GPU host needs TRITON_BASE_IMAGE set; everything else has a working default.", ""]
     for key in KEYS:
@@ -164,5 +159,5 @@ def env_example_text() -> str:
 
 
 if __name__ == "__main__":
-    # `python -m scripts.settings > .env.example` regenerates the documented example.
+    # `python -m scripts.stack_settings > .env.example` regenerates the documented example.
     print(env_example_text(), end="")

@@ -1,7 +1,7 @@
 import pytest
 
 from converters.errors import UserError
-from converters.settings import parse_int_list, parse_size
+from converters.conversion_settings import parse_int_list, parse_size
 
 
 @pytest.mark.parametrize("text, expected", [
