@@ -8,10 +8,12 @@ from pathlib import Path
 from converters.errors import UserError
 from scripts.report import ModelRow
 
+CALL_TIMEOUT_S = 10.0  # health and index calls: a server that does not answer in 10 s is not healthy
+
 
 def failed_models(client, names: list[str]) -> dict[str, str]:
     """Models among `names` whose load failed, with Triton's reason (from the repository index)."""
-    index = client.get_model_repository_index(as_json=True).get("models", [])
+    index = client.get_model_repository_index(as_json=True, client_timeout=CALL_TIMEOUT_S).get("models", [])
     return {entry["name"]: entry.get("reason") or "load failed"
             for entry in index
             if entry.get("name") in names and entry.get("state") == "UNAVAILABLE" and entry.get("reason")}
@@ -28,9 +30,9 @@ def wait_until_ready(grpc_url: str, names: list[str], timeout: float, alive=lamb
         alive()
         failed = {}
         try:
-            if client.is_server_live():
+            if client.is_server_live(client_timeout=CALL_TIMEOUT_S):
                 for name in names:
-                    if name not in ready_at and client.is_model_ready(name):
+                    if name not in ready_at and client.is_model_ready(name, client_timeout=CALL_TIMEOUT_S):
                         ready_at[name] = time.monotonic() - started
                 if len(ready_at) == len(names):
                     return ready_at
@@ -57,7 +59,7 @@ def verify_all(grpc_url: str, folders: dict[str, Path], load_times: dict[str, fl
     for name, folder in folders.items():
         row = ModelRow.from_folder(folder)
         try:
-            row.ready = "yes" if client.is_model_ready(name) else "no"
+            row.ready = "yes" if client.is_model_ready(name, client_timeout=CALL_TIMEOUT_S) else "no"
         except Exception:
             row.ready = "no"
         if row.ready == "yes":

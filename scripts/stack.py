@@ -1,6 +1,7 @@
 """`python -m scripts.stack COMMAND`: build every model, serve it with Triton, and prove it answers.
 
-Commands: up, build [MODEL], status, verify, logs [SERVICE], down, bench [MODEL], tune [MODEL].
+Commands: up, build [MODEL], status, verify, logs [SERVICE], down, clean, bench [MODEL], tune [MODEL],
+soak. `down` stops the server and keeps what was built; `clean` deletes it.
 Modes: `--mode docker` drives `docker compose` (builders -> volume -> Triton) and follows the
 containers with the docker SDK; `--mode local` runs the same steps without Docker (builders as
 subprocesses into a local repository, Triton from the nvidia-pytriton wheel, on CPU).
@@ -126,10 +127,52 @@ def bench(stack: Stack, settings: StackSettings, args: argparse.Namespace) -> Pa
     return paths[0]
 
 
+def soak(stack: Stack, settings: StackSettings, args: argparse.Namespace) -> int:
+    from scripts.soak import run_soak, write_report
+
+    if args.clients < 1 or args.minutes <= 0:
+        raise UserError("--clients must be at least 1 and --minutes positive.")
+    names = model_names(settings)
+    if not stack.server_running():
+        raise UserError("Triton is not running; run `python -m scripts.stack up` first.")
+    folders = stack.model_folders(names)
+
+    def alive() -> bool:
+        try:
+            stack.check_alive()
+            return True
+        except UserError:
+            return False
+
+    log(f"soak: {args.clients} clients for {args.minutes:g} min over {len(folders)} models "
+        f"(a malformed request every 10th call)")
+    result = run_soak(stack.grpc_url, folders, stack.server_pid, alive, args.clients, args.minutes * 60,
+                      sample_every_s=args.sample_every)
+    paths = write_report(result, args.out / "soak")
+    counts = result.counts
+    log(f"answers right {counts.get('right', 0)}, wrong {counts.get('wrong', 0)}, failed {counts.get('failed', 0)}; "
+        f"malformed refused {counts.get('refused', 0)}, answered {counts.get('accepted', 0)}")
+    for window in result.latency_windows:
+        log(f"  {window['start_s']:6.0f} s: {window['requests']} good requests, p50 {window['p50_ms']:.1f} ms, "
+            f"p95 {window['p95_ms']:.1f} ms, p99 {window['p99_ms']:.1f} ms")
+    for label, values in result.memory.items():
+        if values:
+            log(f"  memory {label}: {values[0]:.0f} -> {values[-1]:.0f} MB (max {max(values):.0f}), "
+                f"last third {result.memory_rise_mb[label]:+.0f} MB")
+    log(f"report: {', '.join(str(p) for p in paths)}")
+    if result.failures:
+        for problem in result.first_problems:
+            log(f"  {problem}")
+        raise UserError("soak failed: " + "; ".join(result.failures) + ".")
+    log("soak passed")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.stack", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("up", "build", "status", "verify", "logs", "down", "bench", "tune"))
+    parser.add_argument("command", choices=("up", "build", "status", "verify", "logs", "down", "clean", "bench", "tune",
+                                            "soak"))
     parser.add_argument("target", nargs="?", help="build/bench: a model; logs: a service (default triton)")
     parser.add_argument("--mode", choices=("auto", "docker", "local"), default="auto")
     parser.add_argument("--local", action="store_const", const="local", dest="mode", help="same as --mode local")
@@ -144,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     sweep.add_argument("--out", type=Path, default=ROOT / "build" / "bench", help="report folder")
     sweep.add_argument("--latency-budget-ms", type=float, default=100.0, help="tune: latency budget")
     sweep.add_argument("--metric", choices=("p50_ms", "p95_ms", "p99_ms"), default="p95_ms", help="tune: latency metric")
+    soak_group = parser.add_argument_group("soak")
+    soak_group.add_argument("--clients", type=int, default=16, help="soak: concurrent gRPC clients")
+    soak_group.add_argument("--minutes", type=float, default=10.0, help="soak: how long")
+    soak_group.add_argument("--sample-every", type=float, default=5.0, help="soak: seconds between memory readings")
     args = parser.parse_args(argv)
     try:
         settings = load_settings(args.env_file, ROOT)
@@ -169,7 +216,14 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "down":
             stack.down()
+            log("stopped; what was built is kept (the next `up` skips current models; `clean` deletes it)")
             return 0
+        if args.command == "clean":
+            deleted = stack.clean()
+            log("deleted " + (", ".join(deleted) if deleted else "nothing (nothing was built)"))
+            return 0
+        if args.command == "soak":
+            return soak(stack, settings, args)
         if args.command == "bench":
             bench(stack, settings, args)
             return 0

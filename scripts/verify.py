@@ -1,12 +1,20 @@
-"""Health means "answers correctly": send each model's golden inputs through Triton and compare."""
+"""Health means "answers correctly": send each model's golden inputs through Triton and compare.
+
+`GoldenRequest` holds one published model's golden request and its check; `verify`, `status`
+and the soak all use it. Every request carries a client timeout: a hung server is an error,
+never a hang.
+"""
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from converters.model_folder import GOLDEN_FILE, Golden, read_model_config, wire_type
+
+REQUEST_TIMEOUT_S = 60.0  # a first ECLAIR page on CPU takes seconds; nothing legitimate takes a minute
 
 
 @dataclass(frozen=True)
@@ -16,54 +24,75 @@ class Verification:
     detail: str
 
 
-def verify_model(client, model_dir: Path) -> Verification:
+class GoldenRequest:
+    """A published model's golden inputs as a request, and the check of an answer against them."""
+
+    def __init__(self, model_dir: Path) -> None:
+        model_dir = Path(model_dir)
+        self.name = model_dir.name
+        self.problem = None if (model_dir / GOLDEN_FILE).is_file() else f"no {GOLDEN_FILE} in {model_dir}; rebuild the model"
+        if self.problem:
+            return
+        self.config = read_model_config(model_dir)
+        self.golden = Golden.read(model_dir)
+        self.wire = {i.name: wire_type(i.data_type) for i in self.config.input}
+        missing = [i.name for i in self.config.input if i.name not in self.golden.inputs and not i.optional]
+        if missing:
+            self.problem = f"{GOLDEN_FILE} lacks input '{missing[0]}'"
+
+    def inputs(self, protocol) -> list:
+        """`protocol`: tritonclient.http or tritonclient.grpc."""
+        tensors = []
+        for name, wire in self.wire.items():
+            if name not in self.golden.inputs:
+                continue  # an optional input the golden request leaves out
+            value = self.golden.inputs[name]
+            if wire == "BYTES":
+                value = value.astype(object)
+            tensor = protocol.InferInput(name, list(value.shape), wire)
+            tensor.set_data_from_numpy(value)
+            tensors.append(tensor)
+        return tensors
+
+    def infer(self, client, timeout_s: float = REQUEST_TIMEOUT_S):
+        protocol = importlib.import_module(type(client).__module__.rsplit(".", 1)[0])
+        outputs = [protocol.InferRequestedOutput(o) for o in self.golden.outputs]
+        if protocol.__name__.endswith("grpc"):
+            return client.infer(self.name, self.inputs(protocol), outputs=outputs, client_timeout=timeout_s)
+        return client.infer(self.name, self.inputs(protocol), outputs=outputs)  # HTTP: the client's network_timeout
+
+    def check(self, response) -> Verification:
+        """The answer against the golden outputs, within the tolerance of the served precision."""
+        atol, rtol = self.golden.tolerance
+        worst = 0.0
+        for output, expected in self.golden.outputs.items():
+            try:
+                actual = response.as_numpy(output)
+            except ValueError as exc:  # a malformed answer is a finding, not a crash
+                return Verification(self.name, False, f"output '{output}' is malformed: {exc}")
+            if actual is None or actual.shape != expected.shape:
+                return Verification(self.name, False, f"output '{output}' has shape "
+                                                      f"{None if actual is None else actual.shape}, expected {expected.shape}")
+            if expected.dtype.kind in "SUO":
+                if [bytes(x) if not isinstance(x, bytes) else x for x in actual.ravel()] != [
+                        x.encode() if isinstance(x, str) else bytes(x) for x in expected.ravel()]:
+                    return Verification(self.name, False, f"output '{output}' differs from the golden text")
+                continue
+            diff = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
+            worst = max(worst, float(diff.max()) if diff.size else 0.0)
+            if not np.all(diff <= atol + rtol * np.abs(expected)):
+                return Verification(self.name, False,
+                                    f"output '{output}' max abs error {float(diff.max()):.3g} over atol={atol:g}")
+        return Verification(self.name, True, f"max abs error {worst:.3g}")
+
+
+def verify_model(client, model_dir: Path, timeout_s: float = REQUEST_TIMEOUT_S) -> Verification:
     """`client` is a tritonclient http or grpc InferenceServerClient; `model_dir` the published folder."""
-    import importlib
-
-    protocol = importlib.import_module(type(client).__module__.rsplit(".", 1)[0])  # tritonclient.http or .grpc
-
-    model_dir = Path(model_dir)
-    name = model_dir.name
-    if not (model_dir / GOLDEN_FILE).is_file():
-        return Verification(name, False, f"no {GOLDEN_FILE} in {model_dir}; rebuild the model")
-    config = read_model_config(model_dir)
-    golden = Golden.read(model_dir)
-    atol, rtol = golden.tolerance
-    inputs = []
-    for model_input in config.input:
-        if model_input.name not in golden.inputs and model_input.optional:
-            continue
-        if model_input.name not in golden.inputs:
-            return Verification(name, False, f"{GOLDEN_FILE} lacks input '{model_input.name}'")
-        value = golden.inputs[model_input.name]
-        wire = wire_type(model_input.data_type)
-        if wire == "BYTES":
-            value = value.astype(object)
-        tensor = protocol.InferInput(model_input.name, list(value.shape), wire)
-        tensor.set_data_from_numpy(value)
-        inputs.append(tensor)
-    outputs = list(golden.outputs)
+    request = GoldenRequest(model_dir)
+    if request.problem:
+        return Verification(request.name, False, request.problem)
     try:
-        response = client.infer(name, inputs, outputs=[protocol.InferRequestedOutput(o) for o in outputs])
+        response = request.infer(client, timeout_s)
     except Exception as exc:  # the server's answer, whatever its type, is the finding
-        return Verification(name, False, f"inference failed: {exc}")
-    worst = 0.0
-    for output in outputs:
-        expected = golden.outputs[output]
-        try:
-            actual = response.as_numpy(output)
-        except ValueError as exc:  # a malformed answer is a finding, not a crash
-            return Verification(name, False, f"output '{output}' is malformed: {exc}")
-        if actual is None or actual.shape != expected.shape:
-            return Verification(name, False, f"output '{output}' has shape {None if actual is None else actual.shape}, "
-                                              f"expected {expected.shape}")
-        if expected.dtype.kind in "SUO":
-            if [bytes(x) if not isinstance(x, bytes) else x for x in actual.ravel()] != [
-                    x.encode() if isinstance(x, str) else bytes(x) for x in expected.ravel()]:
-                return Verification(name, False, f"output '{output}' differs from the golden text")
-            continue
-        diff = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
-        worst = max(worst, float(diff.max()) if diff.size else 0.0)
-        if not np.all(diff <= atol + rtol * np.abs(expected)):
-            return Verification(name, False, f"output '{output}' max abs error {float(diff.max()):.3g} over atol={atol:g}")
-    return Verification(name, True, f"max abs error {worst:.3g}")
+        return Verification(request.name, False, f"inference failed: {exc}")
+    return request.check(response)

@@ -27,6 +27,9 @@ _ONNX_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tens
 class Runner:
     def __init__(self, folder, config, params, device="cpu"):
         options = ort.SessionOptions()
+        # ONNX Runtime's CPU arena grows to every new batch shape and never gives memory back: with
+        # dynamic batching that kept a YOLOX process climbing past 1 GB. Off unless asked for.
+        options.enable_cpu_mem_arena = params.get("cpu_mem_arena", "off") == "on"
         threads = int(params.get("intra_op_threads", "0"))
         if threads:
             options.intra_op_num_threads = threads

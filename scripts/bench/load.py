@@ -13,6 +13,7 @@ import numpy as np
 
 from converters.errors import UserError
 from converters.model_folder import Golden, read_model_config, wire_type
+from scripts.verify import REQUEST_TIMEOUT_S
 from scripts.bench.points import BenchPoint, gpu_memory_mb, percentiles, warm_up
 
 
@@ -73,7 +74,7 @@ _SERVER_PHASES = ("success", "queue", "compute_input", "compute_infer", "compute
 
 def server_totals(client, model: str) -> dict[str, float]:
     """Triton's cumulative statistics of one model: requests and ns per phase."""
-    stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]["inference_stats"]
+    stats = client.get_inference_statistics(model, as_json=True, client_timeout=REQUEST_TIMEOUT_S)["model_stats"][0]["inference_stats"]
     totals = {phase: float(stats.get(phase, {}).get("ns", 0)) for phase in _SERVER_PHASES}
     totals["requests"] = float(stats.get("success", {}).get("count", 0))
     return totals
@@ -115,12 +116,12 @@ def served_point(grpc_url: str, model_dir: Path, batch: int, concurrency: int, d
         mine, handle, region = [], None, f"bench_{os.getpid()}_{index}" if shared_memory else None
         try:
             tensors, handle = input_tensors(client, feeds, wire, region)
-            warm_up(lambda: client.infer(config.name, tensors))
+            warm_up(lambda: client.infer(config.name, tensors, client_timeout=REQUEST_TIMEOUT_S))
             barrier.wait()
             deadline = clock[0] + duration_s
             while time.monotonic() < deadline:
                 started = time.perf_counter()
-                client.infer(config.name, tensors)
+                client.infer(config.name, tensors, client_timeout=REQUEST_TIMEOUT_S)
                 mine.append(time.perf_counter() - started)
         except threading.BrokenBarrierError:  # another caller failed its warm-up
             pass

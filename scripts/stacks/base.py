@@ -52,4 +52,13 @@ class Stack(ABC):
     def server_state(self) -> str: ...
 
     @abstractmethod
-    def down(self, quiet: bool = False) -> None: ...
+    def server_pid(self) -> int | None:
+        """tritonserver's process id as this host sees it (for the soak's memory readings)."""
+
+    @abstractmethod
+    def down(self, quiet: bool = False) -> None:
+        """Stop the server; keep what was built (the next `up` skips every current model)."""
+
+    @abstractmethod
+    def clean(self) -> list[str]:
+        """Stop everything and delete what was built; returns what was deleted, for the user."""

@@ -134,5 +134,19 @@ class ComposeStack(Stack):
         health = container.attrs.get("State", {}).get("Health", {}).get("Status", "no healthcheck")
         return f"{container.status} ({health})"
 
+    def server_pid(self) -> int | None:
+        container = self.container("triton")
+        if container is None:
+            return None
+        container.reload()
+        return container.attrs.get("State", {}).get("Pid") or None  # the entrypoint execs tritonserver
+
     def down(self, quiet: bool = False) -> None:
+        """`docker compose down`: containers and network go, the volumes (every built model, the
+        TensorRT timing cache, the ONNX work files) stay for the next `up`."""
+        self.compose("down", "--remove-orphans")
+
+    def clean(self) -> list[str]:
+        volumes = [v.name for v in self.docker.volumes.list(filters={"label": f"com.docker.compose.project={self.project}"})]
         self.compose("down", "--volumes", "--remove-orphans")
+        return [f"volume {name}" for name in volumes]

@@ -71,9 +71,12 @@ class LocalStack(Stack):
         return pid
 
     def start_server(self) -> None:
-        from scripts.local_triton import LocalTriton, Ports
+        from scripts.local_triton import LocalTriton, Ports, orphaned_shm_regions
 
         self.down(quiet=True)
+        for region in orphaned_shm_regions():  # a killed server's regions would stay in memory for good
+            region.unlink(missing_ok=True)
+            log(f"removed {region}, left by a tritonserver that did not stop cleanly")
         ports = Ports(self.settings.int("TRITON_HTTP_PORT"), self.settings.int("TRITON_GRPC_PORT"),
                       self.settings.int("TRITON_METRICS_PORT"))
         self.log_file.unlink(missing_ok=True)
@@ -105,9 +108,22 @@ class LocalStack(Stack):
         pid = self.running_pid()
         return f"running (pid {pid})" if pid else "not running"
 
-    def down(self, quiet: bool = False) -> None:
-        from scripts.local_triton import stop_process
+    def server_pid(self) -> int | None:
+        return self.running_pid()
 
+    def clean(self) -> list[str]:
+        import shutil
+
+        self.down(quiet=True)
+        deleted = [str(path) for path in (self.repo, self.work) if path.exists()]
+        for path in (self.repo, self.work):
+            shutil.rmtree(path, ignore_errors=True)
+        return deleted
+
+    def down(self, quiet: bool = False) -> None:
+        from scripts.local_triton import end_leftover_stubs, stop_process
+
+        recorded = int(self.pid_file.read_text()) if self.pid_file.is_file() else None
         pid = self.running_pid()
         if pid:
             stop_process(pid)
@@ -115,4 +131,8 @@ class LocalStack(Stack):
                 log(f"stopped tritonserver (pid {pid})")
         elif not quiet:
             log("tritonserver was not running")
+        if recorded is not None:  # a server that died unclean leaves its model processes behind
+            ended = end_leftover_stubs(recorded)
+            if ended:
+                log(f"ended {len(ended)} model process(es) left by tritonserver (pid {recorded}): {ended}")
         self.pid_file.unlink(missing_ok=True)

@@ -49,7 +49,7 @@ def stack(tmp_path_factory):
         return result
 
     yield client, run, project, checkpoints
-    run("down")
+    run("clean")
 
 
 def _project_objects(client, project: str):
@@ -126,8 +126,21 @@ def test_bad_env_lists_every_problem_and_starts_nothing(stack):
     assert _project_objects(client, project + "-bad") == ([], [])
 
 
-def test_down_leaves_no_container_or_volume(stack):
+def test_down_keeps_what_was_built_and_up_skips_every_builder(stack):
     client, run, project, _ = stack
-    result = run("down")
+    down = run("down")
+    assert down.returncode == 0, down.stderr
+    containers, volumes = _project_objects(client, project)
+    assert containers == [] and {v.name for v in volumes} >= {f"{project}_model_repository"}
+    up = run("up")
+    assert up.returncode == 0, up.stdout + up.stderr
+    skipped = [line for line in up.stdout.splitlines() if "up to date, skipped" in line]
+    assert len(skipped) == 4, up.stdout
+
+
+def test_clean_says_what_it_deletes_and_leaves_no_container_or_volume(stack):
+    client, run, project, _ = stack
+    result = run("clean")
     assert result.returncode == 0, result.stderr
+    assert f"volume {project}_model_repository" in result.stdout
     assert _project_objects(client, project) == ([], [])

@@ -95,3 +95,42 @@ def test_publish_failure_leaves_the_previous_model(tmp_path):
         publish_model_folder(tmp_path, "m", {"config.pbtxt": "new", "1/model.onnx": Path(tmp_path / "missing.onnx")})
     assert (tmp_path / "m/config.pbtxt").read_text() == "old"
     assert sorted(os.listdir(tmp_path)) == ["m"]
+
+
+PUBLISH_LOOP = """
+import sys
+from pathlib import Path
+from converters.publish import publish_model_folder
+repo, version = Path(sys.argv[1]), 0
+while True:
+    version += 1
+    blob = str(version).encode() * 400_000  # a few MB, so a kill lands mid-copy as often as mid-swap
+    publish_model_folder(repo, "m", {"config.pbtxt": str(version), "1/model.onnx": blob, "golden.npz": blob})
+"""
+
+
+def test_a_publish_killed_at_any_moment_leaves_one_whole_folder(tmp_path):
+    """A builder killed mid-publish: `<repo>/m` is always one whole version (config, model and
+    golden answers of the same version), and the next publish clears what the kill left."""
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.helpers import REPO_ROOT
+
+    repo = tmp_path / "repo"
+    publish_model_folder(repo, "m", {"config.pbtxt": "0", "1/model.onnx": b"0", "golden.npz": b"0"})
+    rng = random.Random(7)
+    for _ in range(12):
+        writer = subprocess.Popen([sys.executable, "-c", PUBLISH_LOOP, str(repo)], cwd=REPO_ROOT)
+        time.sleep(rng.uniform(0.3, 1.2))
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+        version = (repo / "m" / "config.pbtxt").read_text()
+        assert (repo / "m" / "1" / "model.onnx").read_bytes()[:len(version)] == version.encode()
+        assert (repo / "m" / "golden.npz").read_bytes()[:len(version)] == version.encode()
+        assert [p.name for p in repo.iterdir() if not p.name.startswith(".")] == ["m"]
+    publish_model_folder(repo, "m", {"config.pbtxt": "last"})
+    assert sorted(p.name for p in repo.iterdir()) == ["m"]  # no staging or retired folder left behind
