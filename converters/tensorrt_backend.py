@@ -172,7 +172,7 @@ def _step(model_name: str, step: str, logger):
         yield
     except UserError:
         raise
-    except Exception as exc:  # noqa: BLE001: anything the bindings raise
+    except Exception as exc:  # anything the bindings raise
         detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         last = f" (TensorRT said: {logger.errors[-1][:300]})" if logger.count > seen else ""
         raise UserError(f"TensorRT failed to {step} for model '{model_name}': {detail}{last}") from exc

@@ -159,7 +159,7 @@ def run_soak(grpc_url: str, folders: dict[str, Path], server_pid, alive, clients
                 else:
                     check = request.check(request.infer(client))
                     outcome, detail = ("right", "") if check.ok else ("wrong", check.detail)
-            except Exception as exc:  # noqa: BLE001: Triton's refusal or a failure, classified here
+            except Exception as exc:  # Triton's refusal or a failure, classified here
                 outcome, detail = ("refused", "") if bad else ("failed", str(exc).splitlines()[0][:200])
             mine.append(Call(time.monotonic() - started, request.name, bad, outcome, time.perf_counter() - begun, detail))
         client.close()

@@ -63,7 +63,7 @@ def run_in_groups(feeds, run):
             name: np.concatenate([feeds[i][name] for i in members]) for name in names}
         try:
             outputs = run(merged)
-        except Exception as exc:  # noqa: BLE001: reported per request by the caller
+        except Exception as exc:  # reported per request by the caller
             for index in members:
                 results[index] = exc
             continue

@@ -31,7 +31,7 @@ def input_tensors(client, feeds: dict[str, np.ndarray], wire: dict[str, str], re
         size = sum(v.nbytes for v in numeric.values())
         handle = shm.create_shared_memory_region(region, f"/{region}", size)
         try:
-            client.register_system_shared_memory(region, f"/{region}", size)
+            client.register_system_shared_memory(region, f"/{region}", size, client_timeout=REQUEST_TIMEOUT_S)
         except Exception:
             shm.destroy_shared_memory_region(handle)
             raise
@@ -59,7 +59,7 @@ def release(client, region: str, handle, attempts: int = 40) -> None:
     try:
         for attempt in range(attempts):
             try:
-                client.unregister_system_shared_memory(region)
+                client.unregister_system_shared_memory(region, client_timeout=REQUEST_TIMEOUT_S)
                 return
             except InferenceServerException as exc:
                 if "in use" not in str(exc) or attempt == attempts - 1:

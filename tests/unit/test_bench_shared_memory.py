@@ -14,7 +14,7 @@ class BusyThenFree:
     def __init__(self, busy_answers: int, message: str = "it is currently in use") -> None:
         self.busy_answers, self.message, self.calls = busy_answers, message, 0
 
-    def unregister_system_shared_memory(self, region: str) -> None:
+    def unregister_system_shared_memory(self, region: str, client_timeout: float | None = None) -> None:
         self.calls += 1
         if self.calls <= self.busy_answers:
             raise InferenceServerException(f"Cannot unregister shared memory region '{region}', {self.message}.")
