@@ -38,7 +38,7 @@ READY_TIMEOUT_S=300
 INSTANCE_COUNT=${INSTANCE_COUNT:-2}
 ENV
 stack() { python3 -m scripts.stack "$@" --local --env-file "$work/gpu.env"; }
-trap 'cp build/local/triton.log "$out/" 2>/dev/null || true; stack down || true' EXIT
+trap 'cp "$work/local/triton.log" "$out/" 2>/dev/null || true; stack down || true' EXIT
 stack up
 for model in "${@:-}"; do  # no models named: one sweep of every core model, then tune
     stack bench $model --batch-sizes "${BENCH_BATCHES:-1,4,16,64,256}" --concurrency "${BENCH_CONCURRENCY:-1,2,4}" \

@@ -17,18 +17,24 @@ from triton_models.yolox.build import LABELS
 parser = argparse.ArgumentParser()
 parser.add_argument("--tokenizer", type=Path, required=True)
 parser.add_argument("--out", type=Path, required=True)
+parser.add_argument("--models", default="e5,caption,yolox,eclair", help="which checkpoints to make")
 args = parser.parse_args()
+wanted = set(args.models.split(","))
 torch.manual_seed(0)
-e5 = args.out / "e5"
-BertModel(BertConfig(hidden_size=384, num_hidden_layers=12, num_attention_heads=12, intermediate_size=1536),
-          add_pooling_layer=False).save_pretrained(str(e5))
-caption = args.out / "caption"
-(caption / "weights/fold0/model").mkdir(parents=True, exist_ok=True)
-torch.save(DebertaLargeModel().state_dict(), caption / "weights/fold0/model/model_0.pt")
-for folder in (e5, caption / "tokenizer"):
-    shutil.copytree(args.tokenizer, folder, dirs_exist_ok=True)
-yolox = args.out / "yolox"
-yolox.mkdir(parents=True, exist_ok=True)
-torch.save({"model": build_yolox(1.0, 1.0, len(LABELS)).state_dict()}, yolox / "best_ckpt.pth")  # YOLOX-L
-make_small_eclair(args.out, tokenizer_folder=args.tokenizer)  # -> OUT/eclair_demo
+if "e5" in wanted:
+    e5 = args.out / "e5"
+    BertModel(BertConfig(hidden_size=384, num_hidden_layers=12, num_attention_heads=12, intermediate_size=1536),
+              add_pooling_layer=False).save_pretrained(str(e5))
+    shutil.copytree(args.tokenizer, e5, dirs_exist_ok=True)
+if "caption" in wanted:
+    caption = args.out / "caption"
+    (caption / "weights/fold0/model").mkdir(parents=True, exist_ok=True)
+    torch.save(DebertaLargeModel().state_dict(), caption / "weights/fold0/model/model_0.pt")
+    shutil.copytree(args.tokenizer, caption / "tokenizer", dirs_exist_ok=True)
+if "yolox" in wanted:
+    yolox = args.out / "yolox"
+    yolox.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": build_yolox(1.0, 1.0, len(LABELS)).state_dict()}, yolox / "best_ckpt.pth")  # YOLOX-L
+if "eclair" in wanted:
+    make_small_eclair(args.out, tokenizer_folder=args.tokenizer)  # -> OUT/eclair_demo
 print(f"checkpoints in {args.out}")

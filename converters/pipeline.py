@@ -195,11 +195,11 @@ class _Conversion:
 
     def publish(self, files: dict[str, Path | bytes | str]) -> None:
         s, backend, precision = self.settings, self.backend, self.result.precision
+        instances, parameters = placement(s, backend, precision)
         config = build_config(TritonModelConfig(
             name=s.model_name, serve_backend=backend.name, io=s.io, triton_inputs=self.triton_inputs, plan=s.plan,
             dynamic_batching=s.dynamic_batching, max_queue_delay_us=s.max_queue_delay_us,
-            instances=_instances(s, backend), warmup=s.warmup,
-            parameters={"precision": precision, "device": s.device} if backend.runner_parameters else {}))
+            instances=instances, warmup=s.warmup, parameters=parameters))
         profiles = s.plan.profiles(s.io)
         check_config_fits_profile(config, profiles)
         golden_inputs = export_step.make_sample(s.io, s.plan, batch=min(GOLDEN_BATCH, s.plan.max_batch_size), seed=1)
@@ -239,11 +239,20 @@ def _resolve_triton_inputs(settings: ConversionSettings, graph_inputs: tuple[str
     return tuple(settings.triton_inputs)
 
 
-def _instances(settings: ConversionSettings, backend: ServeBackend) -> InstancePlan:
+def placement(settings: ConversionSettings, backend: ServeBackend, precision: str) -> tuple[InstancePlan, dict[str, str]]:
+    """The config's instance group and runner parameters. GPU instances go on `--instance-gpus`
+    (every visible GPU where none is named); a runner's CPU instances that drive GPUs get `count`
+    instances per GPU and the `devices` they take in turn."""
+    parameters = {"precision": precision, "device": settings.device} if backend.runner_parameters else {}
     if settings.instances.kind != "auto":
-        return settings.instances
-    kind = backend.instance_kind(settings.device)
-    return InstancePlan(settings.instances.count, kind, settings.instances.gpus if kind == "KIND_GPU" else ())
+        return settings.instances, parameters
+    kind, gpus = backend.instance_kind(settings.device), settings.instances.gpus
+    if kind == "KIND_GPU":
+        return InstancePlan(settings.instances.count, kind, gpus), parameters
+    if backend.runner_parameters and settings.device == "cuda" and gpus:
+        parameters["devices"] = ",".join(f"cuda:{gpu}" for gpu in gpus)
+        return InstancePlan(settings.instances.count * len(gpus), kind, ()), parameters
+    return InstancePlan(settings.instances.count, kind, ()), parameters
 
 
 def _trace(model: torch.nn.Module, inputs: tuple[str, ...], device: str, sample: dict, scratch: Path,

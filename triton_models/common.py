@@ -82,6 +82,14 @@ def serving_tokenizer(folder: Path, max_length: int, pad_to_max_length: bool) ->
     return backend.to_str()
 
 
+def gpu_placement(options: BuildOptions) -> tuple[int, dict[str, str]]:
+    """A python model on GPUs (CPU instances that drive them): `instance_count` per GPU of
+    `--gpus`, and the `devices` parameter they take in turn (model_support.ModelArgs.device)."""
+    if options.device != "cuda" or not options.gpus:
+        return options.instance_count, {}
+    return options.instance_count * len(options.gpus), {"devices": ",".join(f"cuda:{g}" for g in options.gpus)}
+
+
 def tensor(name: str, dtype: str, dims: list[int], optional: bool = False) -> dict:
     return {"name": name, "data_type": dtype, "dims": dims, "optional": optional}
 

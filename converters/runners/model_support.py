@@ -34,15 +34,26 @@ class ModelArgs:
         self.folder = os.path.join(args["model_repository"], args["model_version"])
         self.instance_kind = args.get("model_instance_kind")
         self.device_id = int(args.get("model_instance_device_id", 0) or 0)
+        self.instance_name = args.get("model_instance_name", "")
         self.inputs = [i["name"] for i in self.config["input"]]
         self.outputs = [o["name"] for o in self.config["output"]]
 
     def device(self):
-        """`cuda:N` for a GPU instance, else the `device` parameter (CPU instances that drive a GPU:
-        the PyPI Triton's python backend returns empty outputs from GPU instances)."""
+        """`cuda:N` for a GPU instance, else the GPU a CPU instance drives (the PyPI Triton's python
+        backend returns empty outputs from GPU instances): with a `devices` parameter
+        (`cuda:0,cuda:1`) the instances take its GPUs in turn by their index in the group (Triton
+        names them `<group>_<index>`), else the `device` parameter."""
         if self.instance_kind == "GPU":
             return f"cuda:{self.device_id}"
-        return self.params.get("device", "cpu")
+        return instance_device(self.params, self.instance_name)
+
+
+def instance_device(params, instance_name):
+    devices = [d for d in params.get("devices", "").split(",") if d]
+    if not devices:
+        return params.get("device", "cpu")
+    index = instance_name.rsplit("_", 1)[-1]
+    return devices[int(index) % len(devices) if index.isdigit() else 0]
 
 
 def run_in_groups(feeds, run):

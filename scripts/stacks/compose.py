@@ -2,6 +2,7 @@
 docker SDK to follow containers (found by compose's labels)."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -33,6 +34,12 @@ class ComposeStack(Stack):
             raise UserError(f"no Docker engine answers ({type(exc).__name__}); start Docker or use --mode local.") from None
         if settings.gpu_mode and not settings["TRITON_BASE_IMAGE"]:
             raise UserError("TRITON_BASE_IMAGE is empty: set it in .env to NVIDIA's tritonserver image (NGC release 25.01-py3).")
+        if settings.gpu_mode:
+            from scripts.gpus import check_engine_gpus, host_gpus
+
+            gpus = host_gpus()
+            if gpus:
+                check_engine_gpus(gpus, settings["BUILDER_GPU_ID"], settings["TRITON_GPU_IDS"])
 
     @property
     def http_url(self) -> str:
@@ -49,6 +56,11 @@ class ComposeStack(Stack):
 
     def compose(self, *args: str, check: bool = True, capture: bool = False) -> subprocess.CompletedProcess:
         env = {**os.environ, **self.settings.compose_environment()}
+        if self.settings.gpu_mode:  # GPU ids as lists, not one string (see gpu_ids_override)
+            override = ROOT / "build" / "compose" / f"{self.project}.gpu-ids.yaml"
+            override.parent.mkdir(parents=True, exist_ok=True)
+            override.write_text(gpu_ids_override(self.settings))
+            env["COMPOSE_FILE"] = f"{env['COMPOSE_FILE']}:{override}"
         result = subprocess.run(["docker", "compose", *args], cwd=ROOT, env=env, text=True,
                                 capture_output=capture, stdout=None if capture else sys.stderr)
         if check and result.returncode != 0:
@@ -150,3 +162,21 @@ class ComposeStack(Stack):
         volumes = [v.name for v in self.docker.volumes.list(filters={"label": f"com.docker.compose.project={self.project}"})]
         self.compose("down", "--volumes", "--remove-orphans")
         return [f"volume {name}" for name in volumes]
+
+
+def gpu_ids_override(settings: StackSettings) -> str:
+    """A compose override giving each GPU service its device ids as a list. docker-compose.gpu.yaml
+    interpolates `["${TRITON_GPU_IDS}"]`, so `TRITON_GPU_IDS=0,1` would reach Docker as the single
+    id "0,1" (Compose cannot split a variable into a list); `!override` (Compose >= 2.24) replaces
+    that list rather than adding a second reservation."""
+    from triton_models.registry import MODELS
+
+    def ids(value: str) -> str:
+        return json.dumps([part for part in value.split(",") if part])
+
+    services = [("triton", settings["TRITON_GPU_IDS"])] + [(m.compose_service, settings["BUILDER_GPU_ID"]) for m in MODELS]
+    lines = ["# Written by scripts/stacks/compose.py from .env (TRITON_GPU_IDS, BUILDER_GPU_ID); do not edit.", "services:"]
+    for service, value in services:
+        lines += [f"  {service}:", "    deploy:", "      resources:", "        reservations:",
+                  f"          devices: !override [{{driver: nvidia, device_ids: {ids(value)}, capabilities: [gpu]}}]"]
+    return "\n".join(lines) + "\n"

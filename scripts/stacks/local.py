@@ -47,6 +47,8 @@ class LocalStack(Stack):
                        "--precision", self.settings["PRECISION"], "--serve-backend", self.settings["LOCAL_SERVE_BACKEND"],
                        "--device", self.settings["LOCAL_DEVICE"],
                        "--instance-count", self.settings["INSTANCE_COUNT"]]
+            if self.settings["LOCAL_DEVICE"] == "cuda":  # instances on every GPU of TRITON_GPU_IDS
+                command += ["--gpus", self.settings["TRITON_GPU_IDS"]]
             checkpoint = self.settings.checkpoint(key)
             if checkpoint is not None:
                 command += ["--checkpoint", str(checkpoint)]

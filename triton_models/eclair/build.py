@@ -17,7 +17,7 @@ from converters.errors import UserError
 from converters.model_folder import Golden
 from converters.manifest import file_sha256
 from converters.precision import TOLERANCES
-from triton_models.common import (BuildOptions, companion_is_current, publish_python_model,
+from triton_models.common import (BuildOptions, companion_is_current, gpu_placement, publish_python_model,
                                   python_model_config, tensor)
 from triton_models.registry import get
 from triton_models.eclair.pages import PAGE_HEIGHT, PAGE_WIDTH, pad_page
@@ -98,10 +98,11 @@ def build(options: BuildOptions) -> list[Path]:
     check_folder(folder)
     max_new_tokens = _max_new_tokens(folder, options)
     # Like the python_torch runner: CPU instances that drive the GPU named by the `device` parameter.
+    count, placement = gpu_placement(options)
     config = python_model_config(
         NAME, [tensor("image", "TYPE_UINT8", [PAGE_HEIGHT, PAGE_WIDTH, 3])], [tensor("text", "TYPE_STRING", [1])],
-        options.max_batch_size, {"max_new_tokens": str(max_new_tokens), "device": options.device},
-        instance_count=options.instance_count)
+        options.max_batch_size, {"max_new_tokens": str(max_new_tokens), "device": options.device, **placement},
+        instance_count=count)
     sources = {"checkpoint": file_sha256(folder), "model_py": file_sha256(HERE / "eclair_model.py"),
                "runtime": file_sha256(HERE / "runtime.py")}
     if companion_is_current(options.repo, config, sources, options.force):

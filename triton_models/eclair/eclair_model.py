@@ -21,8 +21,7 @@ from eclair_runtime import EclairRuntime  # noqa: E402  (published beside this f
 class TritonPythonModel:
     def initialize(self, args):
         model = model_support.ModelArgs(args)
-        self.runtime = EclairRuntime.for_serving(os.path.join(model.folder, "checkpoint"), model.params,
-                                                 model.instance_kind, model.device_id)
+        self.runtime = EclairRuntime.for_serving(os.path.join(model.folder, "checkpoint"), model.params, model.device())
 
     def execute(self, requests):
         images, sizes = [], []

@@ -32,11 +32,10 @@ class EclairRuntime:
         self.input_hw = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
 
     @classmethod
-    def for_serving(cls, folder: Path, params: dict[str, str], instance_kind: str | None = None,
-                    device_id: int = 0) -> "EclairRuntime":
-        """As the Triton model runs it: fp16 on a GPU instance's GPU, or on the GPU that a CPU
-        instance's `device` parameter names (see converters/runners/torch_runner.py); else CPU fp32."""
-        wanted = f"cuda:{device_id}" if instance_kind == "GPU" else params.get("device", "cpu")
+    def for_serving(cls, folder: Path, params: dict[str, str], device: str | None = None) -> "EclairRuntime":
+        """As the Triton model runs it: fp16 on the GPU its instance drives (`device`, from
+        model_support.ModelArgs.device(); default: the config's `device` parameter), else CPU fp32."""
+        wanted = device or params.get("device", "cpu")
         gpu = wanted.startswith("cuda") and torch.cuda.is_available()
         return cls(folder, device=wanted if gpu else "cpu", dtype=torch.float16 if gpu else torch.float32,
                    max_new_tokens=int(params.get("max_new_tokens", "256")))

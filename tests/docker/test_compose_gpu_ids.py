@@ -1,0 +1,49 @@
+"""GPU ids reach Compose as lists: `TRITON_GPU_IDS=0,1` reserves GPUs 0 and 1 for Triton, not one
+GPU named "0,1". Checked with the real `docker compose config` (no engine or GPU needed)."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from scripts.stack_settings import load_settings
+from scripts.stacks.compose import gpu_ids_override
+from tests.helpers import REPO_ROOT
+from triton_models.registry import MODELS
+
+pytestmark = pytest.mark.docker
+
+
+def _compose_config(tmp_path, overrides: dict[str, str], with_override: bool) -> dict:
+    if shutil.which("docker") is None or subprocess.run(["docker", "compose", "version"], capture_output=True).returncode:
+        pytest.skip("no Docker Compose v2 CLI here; .ci/run installs it")
+    settings = load_settings(None, REPO_ROOT, {"COMPOSE_FILE": "docker-compose.yaml:docker-compose.gpu.yaml",
+                                               "TRITON_BASE_IMAGE": "nvcr.io/nvidia/tritonserver:25.01-py3", **overrides})
+    env = {**os.environ, **settings.compose_environment()}
+    if with_override:
+        path = tmp_path / "gpu-ids.yaml"
+        path.write_text(gpu_ids_override(settings))
+        env["COMPOSE_FILE"] += f":{path}"
+    done = subprocess.run(["docker", "compose", "config"], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return yaml.safe_load(done.stdout)["services"]
+
+
+def _device_ids(service: dict) -> list[list[str]]:
+    return [d["device_ids"] for d in service["deploy"]["resources"]["reservations"]["devices"]]
+
+
+def test_the_override_makes_gpu_ids_lists_for_every_gpu_service(tmp_path):
+    services = _compose_config(tmp_path, {"TRITON_GPU_IDS": "0,1", "BUILDER_GPU_ID": "1"}, with_override=True)
+    assert _device_ids(services["triton"]) == [["0", "1"]]
+    for spec in MODELS:
+        assert _device_ids(services[spec.compose_service]) == [["1"]]
+
+
+def test_without_it_compose_passes_one_string(tmp_path):
+    """Why the override exists: plain interpolation gives Docker the single id "0,1"."""
+    services = _compose_config(tmp_path, {"TRITON_GPU_IDS": "0,1"}, with_override=False)
+    assert _device_ids(services["triton"]) == [["0,1"]]
