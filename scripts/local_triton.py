@@ -167,15 +167,15 @@ class LocalTriton:
         return self
 
     def wait_live(self, timeout: float = 60.0) -> None:
-        import tritonclient.http as http
+        import tritonclient.grpc as grpc
 
-        client = http.InferenceServerClient(self.http_url)
+        client = grpc.InferenceServerClient(self.grpc_url)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process and self.process.poll() is not None:
                 raise UserError(f"tritonserver exited with code {self.process.returncode}; see {self.log_path or 'its log'}.")
             try:
-                if client.is_server_live():
+                if client.is_server_live(client_timeout=5):
                     return
             except Exception:  # not listening yet
                 pass
