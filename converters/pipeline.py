@@ -185,8 +185,14 @@ class _Conversion:
             files[model_file], self.result.precision = engine, engine_precision
         elif backend.artifact == "torchscript":
             self.result.precision = "fp16" if s.use_fp16 and s.device == "cuda" else "fp32"
-            files[model_file] = _trace(self.model, self.triton_inputs, s.device, self.sample, scratch,
-                                       half=self.result.precision == "fp16")
+            half = self.result.precision == "fp16"
+            # A trace records the device of the tensors it creates (position ids, YOLOX's grids): the
+            # first GPU the instances drive gets `model.pt`, each further one its own `model.cuda<N>.pt`.
+            devices = [f"cuda:{gpu}" for gpu in s.instances.gpus] if s.device == "cuda" and s.instances.gpus else [s.device]
+            files[model_file] = _trace(self.model, self.triton_inputs, devices[0], self.sample, scratch, half=half)
+            for device in devices[1:]:
+                files[f"1/{traced_file_name(device)}"] = _trace(self.model, self.triton_inputs, device, self.sample,
+                                                                scratch, half=half)
         else:
             files[model_file] = self.onnx_path
         if backend.runner is not None:
@@ -199,7 +205,10 @@ class _Conversion:
         config = build_config(TritonModelConfig(
             name=s.model_name, serve_backend=backend.name, io=s.io, triton_inputs=self.triton_inputs, plan=s.plan,
             dynamic_batching=s.dynamic_batching, max_queue_delay_us=s.max_queue_delay_us,
-            instances=instances, warmup=s.warmup, parameters=parameters))
+            # On GPUs every instance runs a warm-up request at load: an instance that cannot run on its
+            # GPU fails the load with its reason, where golden verification reaches only one instance.
+            instances=instances, warmup=s.warmup or (backend.runner_parameters and s.device == "cuda"),
+            parameters=parameters))
         profiles = s.plan.profiles(s.io)
         check_config_fits_profile(config, profiles)
         golden_inputs = export_step.make_sample(s.io, s.plan, batch=min(GOLDEN_BATCH, s.plan.max_batch_size), seed=1)
@@ -255,21 +264,27 @@ def placement(settings: ConversionSettings, backend: ServeBackend, precision: st
     return InstancePlan(settings.instances.count, kind, ()), parameters
 
 
+def traced_file_name(device: str) -> str:
+    """`model.cuda1.pt` for `cuda:1`: the trace of a further GPU (the first GPU's is `model.pt`)."""
+    return f"model.{device.replace(':', '')}.pt"
+
+
 def _trace(model: torch.nn.Module, inputs: tuple[str, ...], device: str, sample: dict, scratch: Path,
            half: bool = False) -> Path:
     """TorchScript of the model for the python_torch runner (traced on the check sample, taking
-    the served inputs in the config's order). fp16 is traced in fp16: tracing records dtypes, so
-    a module traced in fp32 and cast afterwards would mix precisions."""
+    the served inputs in the config's order), on `device`. fp16 is traced in fp16: tracing
+    records dtypes, so a module traced in fp32 and cast afterwards would mix precisions."""
     import copy
     import warnings
 
     args = tuple(torch.from_numpy(sample[name]).to(device) for name in inputs)
+    model = copy.deepcopy(model).to(device)
     if half:
-        model = copy.deepcopy(model).half()
+        model = model.half()
         args = tuple(a.half() if a.is_floating_point() else a for a in args)
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes
         traced = torch.jit.trace(model, args, check_trace=False, strict=False)
-    path = scratch / "model.pt"
+    path = scratch / traced_file_name(device)
     traced.save(str(path))
     return path

@@ -25,8 +25,11 @@ class Runner:
         gpu = device.startswith("cuda") and torch.cuda.is_available()
         self.device = torch.device(device if gpu else "cpu")
         self.half = gpu and params.get("precision", "fp32") == "fp16"
-        # traced in its precision
-        self.model = torch.jit.load(os.path.join(folder, "model.pt"), map_location=self.device).eval()
+        # Traced in its precision, on this GPU where the builder made a trace for it (`model.cuda1.pt`:
+        # a trace records the device of the tensors it creates), else on the first GPU (`model.pt`).
+        own = os.path.join(folder, f"model.{str(self.device).replace(':', '')}.pt")
+        path = own if os.path.isfile(own) else os.path.join(folder, "model.pt")
+        self.model = torch.jit.load(path, map_location=self.device).eval()
         self.inputs = [i["name"] for i in config["input"]]
         self.outputs = [o["name"] for o in config["output"]]
         torch.backends.cuda.matmul.allow_tf32 = True
