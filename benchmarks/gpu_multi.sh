@@ -21,10 +21,8 @@ write_env() {  # MODELS TRITON_GPU_IDS
 MODELS=$1
 TRITON_GPU_IDS=$2
 CHECKPOINTS_DIR=$work/checkpoints
-E5_CHECKPOINT=e5
-CAPTION_CHECKPOINT=caption
-YOLOX_CHECKPOINT=yolox/best_ckpt.pth
-ECLAIR_CHECKPOINT=eclair_demo
+$(for pair in E5=e5 CAPTION=caption YOLOX=yolox/best_ckpt.pth ECLAIR=eclair_demo; do
+    [ -e "$work/checkpoints/${pair#*=}" ] && echo "${pair%%=*}_CHECKPOINT=${pair#*=}"; done)
 E5_BATCH_SIZE=256
 CAPTION_BATCH_SIZE=128
 YOLOX_BATCH_SIZE=16

@@ -83,8 +83,11 @@ class LocalStack(Stack):
                       self.settings.int("TRITON_METRICS_PORT"))
         self.log_file.unlink(missing_ok=True)
         first = tuple(p for p in self.settings["LOCAL_MODEL_PYTHONPATH"].split(os.pathsep) if p)
+        # Exactly the configured models, not every folder the repository holds from earlier builds.
+        names = [name for key in self.settings.models for name in get(key).triton_names]
+        serve = ("--model-control-mode=explicit", *(f"--load-model={name}" for name in names))
         server = LocalTriton(self.repo, ports, log_path=self.log_file, backend_root=self.state / "server",
-                             model_paths_first=first).start()
+                             model_paths_first=first, extra_args=serve).start()
         self.pid_file.write_text(str(server.process.pid))
         self._server = server
 

@@ -77,3 +77,19 @@ def test_model_that_fails_to_load_is_named_at_once(local_stack):
     assert "within 500 s" not in result.stderr
     status = run("status")  # the server stays up for the models that did load
     assert "running (pid" in status.stdout and status.returncode == 1
+
+
+def test_only_the_configured_models_are_served(local_stack):
+    """A model folder left in the repository by an earlier build with other MODELS is not loaded."""
+    run, tmp_path, ports = local_stack
+    assert run("up").returncode == 0
+    assert run("down").returncode == 0
+    leftover = tmp_path / "build/model_repository/old_model"
+    (leftover / "1").mkdir(parents=True)
+    (leftover / "config.pbtxt").write_text('name: "old_model"\nbackend: "python"\n')
+    assert run("up").returncode == 0
+    import tritonclient.grpc as grpc
+
+    client = grpc.InferenceServerClient(f"127.0.0.1:{ports['TRITON_GRPC_PORT']}")
+    loaded = {m["name"] for m in client.get_model_repository_index(as_json=True)["models"] if m.get("state") == "READY"}
+    assert loaded == {"e5_small_v2", "e5_small_v2_text"}
