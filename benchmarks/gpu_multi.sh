@@ -16,25 +16,8 @@ export PYTHONUNBUFFERED=1
 all=$(nvidia-smi --query-gpu=index --format=csv,noheader | paste -sd, -)
 [ -f "$work/checkpoints/e5/config.json" ] || python3 -m benchmarks.make_gpu_checkpoints --tokenizer "$tokenizer" \
     --out "$work/checkpoints" --models "${CHECKPOINTS:-e5,caption,yolox,eclair}"
-write_env() {  # MODELS TRITON_GPU_IDS
-    cat > "$work/gpu.env" <<ENV
-MODELS=$1
-TRITON_GPU_IDS=$2
-CHECKPOINTS_DIR=$work/checkpoints
-$(for pair in E5=e5 CAPTION=caption YOLOX=yolox/best_ckpt.pth ECLAIR=eclair_demo; do
-    [ -e "$work/checkpoints/${pair#*=}" ] && echo "${pair%%=*}_CHECKPOINT=${pair#*=}"; done)
-E5_BATCH_SIZE=256
-CAPTION_BATCH_SIZE=128
-YOLOX_BATCH_SIZE=16
-ECLAIR_BATCH_SIZE=16
-LOCAL_SERVE_BACKEND=python_torch
-LOCAL_DEVICE=cuda
-LOCAL_MODEL_PYTHONPATH=$numpy1
-LOCAL_REPOSITORY=$work/model_repository
-READY_TIMEOUT_S=400
-INSTANCE_COUNT=${INSTANCE_COUNT:-2}
-ENV
-}
+. benchmarks/gpu_env.sh
+write_env() { write_gpu_env "$work/gpu.env" "$work" "$1" "$2" "$numpy1"; }  # MODELS TRITON_GPU_IDS
 stack() { python3 -m scripts.stack "$@" --local --env-file "$work/gpu.env"; }
 bench_e5() {
     stack bench e5_small_v2 --no-raw --batch-sizes "${BENCH_BATCHES:-256}" --concurrency "${BENCH_CONCURRENCY:-4,8,16,32}" \

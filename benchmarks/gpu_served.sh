@@ -19,24 +19,9 @@ mkdir -p "$out" "$work"
 export PYTHONUNBUFFERED=1
 [ -f "$work/checkpoints/e5/config.json" ] ||
     python3 -m benchmarks.make_gpu_checkpoints --tokenizer "$tokenizer" --out "$work/checkpoints"
-cat > "$work/gpu.env" <<ENV
-MODELS=${GPU_MODELS:-e5_small_v2,caption_classification,yolox,eclair}
-CHECKPOINTS_DIR=$work/checkpoints
-E5_CHECKPOINT=e5
-CAPTION_CHECKPOINT=caption
-YOLOX_CHECKPOINT=yolox/best_ckpt.pth
-ECLAIR_CHECKPOINT=eclair_demo
-E5_BATCH_SIZE=${E5_BATCH_SIZE:-256}
-CAPTION_BATCH_SIZE=${CAPTION_BATCH_SIZE:-128}
-YOLOX_BATCH_SIZE=${YOLOX_BATCH_SIZE:-16}
-ECLAIR_BATCH_SIZE=${ECLAIR_BATCH_SIZE:-16}
-LOCAL_SERVE_BACKEND=python_torch
-LOCAL_DEVICE=cuda
-LOCAL_MODEL_PYTHONPATH=$numpy1
-LOCAL_REPOSITORY=$work/model_repository
-READY_TIMEOUT_S=300
-INSTANCE_COUNT=${INSTANCE_COUNT:-2}
-ENV
+. benchmarks/gpu_env.sh
+write_gpu_env "$work/gpu.env" "$work" "${GPU_MODELS:-e5_small_v2,caption_classification,yolox,eclair}" \
+    "${TRITON_GPU_IDS:-0}" "$numpy1"
 stack() { python3 -m scripts.stack "$@" --local --env-file "$work/gpu.env"; }
 trap 'cp "$work/local/triton.log" "$out/" 2>/dev/null || true; stack down || true' EXIT
 stack up
