@@ -6,17 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from scripts.processes import stub_model
+
 
 def _query(fields: str, what: str) -> list[list[str]]:
     done = subprocess.run(["nvidia-smi", f"--query-{what}={fields}", "--format=csv,noheader,nounits"],
                           capture_output=True, text=True, check=True)
     return [[part.strip() for part in line.split(",")] for line in done.stdout.strip().splitlines() if line.strip()]
-
-
-def model_of(pid: int) -> str:
-    args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    first = args[1].decode(errors="replace") if len(args) > 1 else ""
-    return Path(first).parent.parent.name if first.endswith("model.py") else Path(args[0].decode()).name
 
 
 def placement() -> list[tuple[str, int, int, float]]:
@@ -25,7 +21,8 @@ def placement() -> list[tuple[str, int, int, float]]:
     rows = []
     for pid, uuid, used in _query("pid,gpu_uuid,used_memory", "compute-apps"):
         try:
-            rows.append((model_of(int(pid)), int(pid), index_of.get(uuid, -1), float(used)))
+            name = stub_model(int(pid)) or Path(f"/proc/{pid}/exe").resolve().name
+            rows.append((name, int(pid), index_of.get(uuid, -1), float(used)))
         except (FileNotFoundError, ValueError):
             continue
     return sorted(rows)

@@ -39,14 +39,14 @@ def build_and_check_engine(settings: ConversionSettings, onnx_path: Path, tensor
                          settings)
         with atomic_output(engine_path) as tmp:
             tmp.write_bytes(engine)
+        typing = "strongly typed" if build.strongly_typed else f"{build.fp32_pinned_layers} layers pinned to fp32"
         result.say(f"{build.tensorrt.label} built {engine_path} ({len(engine) / 1e6:.1f} MB, {plan.precision}, "
-                     f"{'strongly typed' if build.strongly_typed else f'{build.fp32_pinned_layers} layers pinned to fp32'}) "
-                     f"in {build.seconds:.1f} s")
+                   f"{typing}) in {build.seconds:.1f} s")
     gpu = gpu_identity()
     if not tensorrt.can_run_engines(gpu.get("compute_capability")):
         where = f"{gpu['name']} (compute capability {gpu['compute_capability']})" if gpu.get("name") else "no GPU"
         result.say(f"reading the engine back and running it need a GPU that {tensorrt.label} supports; this machine "
-                     f"has {where}: skipped (its inputs and profile were checked as TensorRT built them).")
+                   f"has {where}: skipped (its inputs and profile were checked as TensorRT built them).")
         return engine, plan.precision
     inputs, outputs = tensorrt_backend.inspect_engine(engine, settings.model_name)
     _check_engine_io(engine_path, inputs, outputs, expected, settings)

@@ -5,6 +5,7 @@ an engine built for another GPU or TensorRT version is rebuilt, never loaded bli
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import platform
@@ -53,17 +54,23 @@ def tool_versions() -> dict[str, str | None]:
     return versions
 
 
-def gpu_identity() -> dict[str, str | None]:
-    """Name and compute capability of GPU 0, or Nones on a machine without one."""
+@functools.cache
+def _gpu_identity() -> tuple[str | None, str | None]:
     try:
         import torch
 
         if torch.cuda.is_available():
             major, minor = torch.cuda.get_device_capability(0)
-            return {"name": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}"}
+            return torch.cuda.get_device_name(0), f"{major}.{minor}"
     except Exception:  # a broken CUDA install must not stop a CPU build
         pass
-    return {"name": None, "compute_capability": None}
+    return None, None
+
+
+def gpu_identity() -> dict[str, str | None]:
+    """Name and compute capability of GPU 0, or Nones on a machine without one (asked once per process)."""
+    name, capability = _gpu_identity()
+    return {"name": name, "compute_capability": capability}
 
 
 def converters_source_sha256() -> str:

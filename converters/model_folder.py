@@ -110,10 +110,12 @@ class Manifest:
             return None
 
 
-def is_current(folder: Path, fingerprint: str) -> bool:
-    """The folder was published from exactly these inputs and settings (and has its config)."""
+def current_manifest(folder: Path, fingerprint: str) -> Manifest | None:
+    """The folder's manifest where it was published from exactly these inputs and settings (and
+    has its config), else None."""
     manifest = Manifest.read(folder)
-    return manifest is not None and manifest.fingerprint == fingerprint and (Path(folder) / CONFIG_FILE).is_file()
+    current = manifest is not None and manifest.fingerprint == fingerprint and (Path(folder) / CONFIG_FILE).is_file()
+    return manifest if current else None
 
 
 def publish(repo: Path, name: str, config_text: str, manifest: Manifest, golden: Golden,

@@ -18,7 +18,7 @@ from converters.errors import UserError
 from converters.loading import build_model
 from converters.manifest import (engine_compatibility, file_sha256, fingerprint, gpu_identity, text_sha256,
                                  tool_versions)
-from converters.model_folder import Golden, Manifest, is_current, publish
+from converters.model_folder import Golden, Manifest, current_manifest, publish
 from converters.precision import TOLERANCES, plan_precision
 from converters.runners import MODEL_SUPPORT, MODEL_SUPPORT_FILE
 from converters.serve_backends import ServeBackend, serve_backend
@@ -124,13 +124,15 @@ class _Conversion:
 
     def is_current(self) -> bool:
         """Skip check: published from exactly these inputs and settings."""
-        settings, existing = self.settings, Manifest.read(self.model_dir)
-        if settings.generate_triton_config and not settings.force and is_current(self.model_dir, self.key):
-            self.result.model_dir, self.result.up_to_date, self.result.precision = self.model_dir, True, existing.precision
+        settings = self.settings
+        current = current_manifest(self.model_dir, self.key)
+        if settings.generate_triton_config and not settings.force and current is not None:
+            self.result.model_dir, self.result.up_to_date, self.result.precision = self.model_dir, True, current.precision
             self.result.say(f"{self.model_dir} is up to date with these inputs and settings; nothing to do "
                             "(--force rebuilds).")
             return True
-        if existing and self.backend.engine:
+        existing = Manifest.read(self.model_dir) if self.backend.engine else None
+        if existing:
             compatibility = engine_compatibility(existing, self.tensorrt.version, self.gpu.get("compute_capability"))
             if not compatibility.ok:  # never serve an engine built elsewhere: rebuild it here
                 self.result.say(f"rebuilding {self.model_dir}: its engine was {compatibility.reason}.")

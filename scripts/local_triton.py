@@ -227,19 +227,17 @@ def end_leftover_stubs(group: int) -> list[int]:
     server cannot stop them, and some live on (re-parented, holding their memory and shared
     regions) for good. LocalTriton starts the server as a process-group leader, so its stubs are
     the stub processes of that group; nothing else is touched."""
+    from scripts.processes import group_members, stub_model
+
     ended = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            cmdline = (stat.parent / "cmdline").read_bytes()
-        except (OSError, IndexError):
+    for pid in group_members(group):
+        if stub_model(pid) is None:
             continue
-        if int(fields[2]) == group and b"triton_python_backend_stub" in cmdline:  # fields[2]: process group
-            try:
-                os.kill(int(stat.parent.name), signal.SIGKILL)
-                ended.append(int(stat.parent.name))
-            except ProcessLookupError:
-                pass
+        try:
+            os.kill(pid, signal.SIGKILL)
+            ended.append(pid)
+        except ProcessLookupError:
+            pass
     deadline = time.monotonic() + 10  # gone, with their mappings, before anything reuses their files
     while any(Path(f"/proc/{pid}").exists() for pid in ended) and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from scripts.processes import descendants, label as process_label, private_memory_mb
 from scripts.verify import REQUEST_TIMEOUT_S, GoldenRequest
 
 BAD_EVERY = 10  # every tenth call of a client is malformed
@@ -25,39 +26,20 @@ RISE_LIMIT_MB, RISE_LIMIT_FRACTION = 32.0, 0.05
 def memory_mb(pid: int) -> dict[str, float]:
     """Memory (MB) of `pid` (tritonserver) and of each of its descendants, labelled by what runs
     there (a python-backend stub by its model's name), plus the python backend's shared-memory
-    regions, each counted once. A process's figure is its private resident memory (anonymous and
-    file pages, VmRSS without RssShmem): the shared regions are mapped by the server and a stub
-    both, so RSS would count them twice. Read from /proc (Linux; a container's through its root)."""
+    regions, each counted once. A process's figure is its private resident memory: the shared
+    regions are mapped by the server and a stub both, so RSS would count them twice. Read from
+    /proc (Linux; a container's through its root)."""
     found: dict[str, float] = {}
-    stack = [pid]
-    while stack:
-        current = stack.pop()
-        proc = Path(f"/proc/{current}")
-        try:
-            status = dict(line.split(":", 1) for line in (proc / "status").read_text().splitlines() if ":" in line)
-            args = (proc / "cmdline").read_bytes().split(b"\0")
-            children = [int(c) for task in (proc / "task").iterdir()
-                        for c in (task / "children").read_text().split()]
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            continue
-        kb = sum(int(status.get(key, "0 kB").split()[0]) for key in ("RssAnon", "RssFile"))
-        found[_label(current, pid, args)] = kb / 1024.0
-        stack.extend(children)
+    for current in descendants(pid):
+        memory = private_memory_mb(current)
+        if memory is not None:
+            found[process_label(current, pid)] = memory
     regions = Path(f"/proc/{pid}/root/dev/shm")
     try:
         found["python backend shm"] = sum(p.stat().st_blocks * 512 for p in regions.glob("triton_python_backend_shm_region_*")) / 2**20
     except (FileNotFoundError, PermissionError):
         pass
     return found
-
-
-def _label(current: int, root: int, args: list[bytes]) -> str:
-    if current == root:
-        return "tritonserver"
-    first = args[1].decode(errors="replace") if len(args) > 1 else ""
-    if first.endswith("model.py"):  # triton_python_backend_stub <repo>/<model>/<version>/model.py ...
-        return Path(first).parent.parent.name
-    return f"pid {current}"
 
 
 def memory_rise(times: list[float], values: list[float]) -> float:

@@ -9,7 +9,7 @@ from tritonclient.grpc import model_config_pb2 as pb
 from converters.batching import BatchPlan
 from converters.io_config import parse_io_config
 from converters.manifest import file_sha256, fingerprint, gpu_identity, tool_versions
-from converters.model_folder import Golden, Manifest, is_current, publish
+from converters.model_folder import Golden, Manifest, current_manifest, publish
 from converters.runners import MODEL_SUPPORT, MODEL_SUPPORT_FILE
 from converters.conversion_settings import ConversionSettings
 from converters.triton_config import InstancePlan, config_text
@@ -123,7 +123,7 @@ def core_fingerprint(core) -> str:
 
 def companion_is_current(repo: Path, config: pb.ModelConfig, sources: dict[str, str], force: bool = False) -> bool:
     """True when `<repo>/<name>/` was published from these sources and this config (skip the work)."""
-    return not force and is_current(Path(repo) / config.name, _companion_key(config, sources))
+    return not force and current_manifest(Path(repo) / config.name, _companion_key(config, sources)) is not None
 
 
 def _companion_key(config: pb.ModelConfig, sources: dict[str, str]) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from scripts.local_triton import free_port, orphaned_shm_regions
+from scripts.processes import descendants, group_members, stub_model
 from scripts.soak import memory_mb
 from scripts.verify import GoldenRequest
 from tests.helpers import REPO_ROOT
@@ -48,24 +49,10 @@ def _server_pid(root: Path) -> int:
 
 
 def _stub_pid(server_pid: int, model: str) -> int:
-    """The python-backend stub process serving `model` (its command line names the model file)."""
-    for child in Path(f"/proc/{server_pid}/task").glob("*/children"):
-        for pid in child.read_text().split():
-            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            if len(args) > 1 and args[1].decode().endswith(f"/{model}/1/model.py"):
-                return int(pid)
-    raise AssertionError(f"no stub process for {model}")
-
-
-def _group_members(group: int) -> list[int]:
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[2]) == group:
-                members.append(int(stat.parent.name))
-        except (OSError, IndexError):
-            continue
-    return members
+    """The python-backend stub process serving `model`."""
+    found = [pid for pid in descendants(server_pid) if stub_model(pid) == model]
+    assert found, f"no stub process for {model}"
+    return found[0]
 
 
 class Load:
@@ -151,7 +138,7 @@ def test_triton_killed_mid_load_gives_errors_not_hangs_and_up_recovers(stack):
     assert again.returncode == 0, again.stdout + again.stderr
     assert "e5_small_v2: up to date, skipped" in again.stdout
     # Nothing of the killed server stays: its model processes are ended, its shared memory removed.
-    assert not _group_members(killed_pid)
+    assert not group_members(killed_pid)
     assert orphaned_shm_regions() == []
 
 
