@@ -21,6 +21,9 @@ BAD_EVERY = 10  # every tenth call of a client is malformed
 # Memory counts as still rising when a straight line through the last third of the samples climbs
 # more than this over that third (MB, and a fraction of the mean): allocator noise stays under it.
 RISE_LIMIT_MB, RISE_LIMIT_FRACTION = 32.0, 0.05
+# A shorter run is still warming up (first batches of each shape, allocator pools filling): its last
+# third says nothing about a plateau, so its memory is reported but not judged.
+JUDGED_AFTER_S = 120.0
 
 
 def memory_mb(pid: int) -> dict[str, float]:
@@ -79,7 +82,13 @@ class SoakResult:
     first_problems: list[str] = field(default_factory=list)
 
     @property
+    def memory_judged(self) -> bool:
+        return self.seconds >= JUDGED_AFTER_S
+
+    @property
     def memory_rising(self) -> bool:
+        if not self.memory_judged:
+            return False
         total = self.memory.get("total", [0.0])
         return self.memory_rise_mb.get("total", 0.0) > max(RISE_LIMIT_MB, RISE_LIMIT_FRACTION * float(np.mean(total)))
 
@@ -194,7 +203,8 @@ def _summarise(calls: list[Call], samples, clients: int, seconds: float, alive: 
 def write_report(result: SoakResult, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "soak.json"
-    path.write_text(json.dumps(dict(asdict(result), failures=result.failures), indent=2) + "\n")
+    path.write_text(json.dumps(dict(asdict(result), memory_judged=result.memory_judged, failures=result.failures),
+                               indent=2) + "\n")
     try:
         return [path, plot(result, out_dir)]
     except ImportError:  # no matplotlib: the JSON has every figure

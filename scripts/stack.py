@@ -128,7 +128,7 @@ def bench(stack: Stack, settings: StackSettings, args: argparse.Namespace) -> Pa
 
 
 def soak(stack: Stack, settings: StackSettings, args: argparse.Namespace) -> int:
-    from scripts.soak import run_soak, write_report
+    from scripts.soak import JUDGED_AFTER_S, run_soak, write_report
 
     if args.clients < 1 or args.minutes <= 0:
         raise UserError("--clients must be at least 1 and --minutes positive.")
@@ -159,6 +159,8 @@ def soak(stack: Stack, settings: StackSettings, args: argparse.Namespace) -> int
         if values:
             log(f"  memory {label}: {values[0]:.0f} -> {values[-1]:.0f} MB (max {max(values):.0f}), "
                 f"last third {result.memory_rise_mb[label]:+.0f} MB")
+    if not result.memory_judged:
+        log(f"memory not judged: a run under {JUDGED_AFTER_S / 60:g} min is still warming up")
     log(f"report: {', '.join(str(p) for p in paths)}")
     if result.failures:
         for problem in result.first_problems:
