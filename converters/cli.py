@@ -64,7 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve = p.add_argument_group("serving")
     serve.add_argument("--triton-inputs", default=None, help="comma list of the inputs the Triton config lists (default: the graph's)")
     serve.add_argument("--serve-backend", choices=("auto",) + tuple(SERVE_BACKENDS), default="auto",
-                       help="auto: the engine where TensorRT is installed, else the python_onnx runner")
+                       help="auto: the engine where TensorRT is installed, else the python_onnx runner; "
+                            "python_compiled: torch.compile with CUDA graphs per bucket (GPU hosts without TensorRT)")
+    serve.add_argument("--pad-sequence", action="store_true",
+                       help="python_compiled: zeros on the -1 axes change no answer (a token mask), so they are "
+                            "padded to buckets and served from CUDA graphs")
     serve.add_argument("--instance-count", type=int, default=1, help="model instances per device (default 1)")
     serve.add_argument("--instance-kind", choices=("auto", "KIND_GPU", "KIND_CPU"), default="auto")
     serve.add_argument("--instance-gpus", default=None, help="comma list of GPU ids for the instance group")
@@ -90,7 +94,8 @@ def settings_from_args(args: argparse.Namespace) -> ConversionSettings:
         memory_pool_limit=parse_size(args.memory_pool_limit), use_fp16=args.use_fp16, use_int8=args.use_int8,
         calibration_data=args.calibration_data, calibration_cache=args.calibration_cache,
         serve_backend=args.serve_backend, instances=InstancePlan(args.instance_count, args.instance_kind, gpus),
-        warmup=args.warmup, opset=args.opset, accept_check_failure=args.accept_check_failure, demo=args.demo)
+        warmup=args.warmup, opset=args.opset, accept_check_failure=args.accept_check_failure, demo=args.demo,
+        pad_sequence=args.pad_sequence)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ import torch
 
 from converters import export as export_step
 from converters.check import CheckResult, check_graph, compare, run_onnx
+from converters.compiled_step import export_program, sequence_buckets, warm_and_check
 from converters.engine_step import build_and_check_engine
 from converters.errors import UserError
 from converters.loading import build_model
@@ -185,6 +186,10 @@ class _Conversion:
         model_file = f"1/{backend.model_file}"
         if backend.artifact == "engine":
             files[model_file], self.result.precision = engine, engine_precision
+        elif backend.artifact == "exported":
+            self.result.precision = "fp16" if s.use_fp16 and s.device == "cuda" else "fp32"
+            files[model_file] = export_program(self.model, s.io, s.plan, self.triton_inputs, self.sample, s.device,
+                                               self.result.precision == "fp16", scratch)
         elif backend.artifact == "torchscript":
             self.result.precision = "fp16" if s.use_fp16 and s.device == "cuda" else "fp32"
             half = self.result.precision == "fp16"
@@ -213,6 +218,13 @@ class _Conversion:
             parameters=parameters))
         profiles = s.plan.profiles(s.io)
         check_config_fits_profile(config, profiles)
+        if backend.artifact == "exported":  # compile every bucket now: the cache is published, the server loads it
+            compiled = warm_and_check(files[f"1/{backend.model_file}"], config, parameters, s.io, s.plan,
+                                      self.triton_inputs, s.device, TOLERANCES[precision])
+            files = {**files, "1/compile_cache": compiled.cache}
+            self.result.timings["compile"] = compiled.seconds
+            self.result.say(f"compiled {compiled.buckets} bucket shapes in {compiled.seconds:.1f} s; a padded batch "
+                            f"against the exported program:\n{compiled.check.report()}")
         golden_inputs = export_step.make_sample(s.io, s.plan, batch=min(GOLDEN_BATCH, s.plan.max_batch_size), seed=1)
         golden = Golden({k: v for k, v in golden_inputs.items() if k in self.triton_inputs},
                         export_step.run_torch(self.model, s.io, golden_inputs, s.device), TOLERANCES[precision])
@@ -255,6 +267,9 @@ def placement(settings: ConversionSettings, backend: ServeBackend, precision: st
     (every visible GPU where none is named); a runner's CPU instances that drive GPUs get `count`
     instances per GPU and the `devices` they take in turn."""
     parameters = {"precision": precision, "device": settings.device} if backend.runner_parameters else {}
+    buckets = sequence_buckets(settings.io, settings.io.input_names, settings.pad_sequence)
+    if backend.artifact == "exported" and buckets:
+        parameters["sequence_buckets"] = buckets
     if settings.instances.kind != "auto":
         return settings.instances, parameters
     kind, gpus = backend.instance_kind(settings.device), settings.instances.gpus

@@ -76,7 +76,9 @@ def publish_model_folder(repo: Path, name: str, files: dict[str, Path | bytes | 
         for relative, content in files.items():
             destination = staging / relative
             destination.parent.mkdir(parents=True, exist_ok=True)
-            if isinstance(content, Path):
+            if isinstance(content, Path) and content.is_dir():
+                shutil.copytree(content, destination)
+            elif isinstance(content, Path):
                 shutil.copyfile(content, destination)
             elif isinstance(content, bytes):
                 destination.write_bytes(content)

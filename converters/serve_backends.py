@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from converters.errors import UserError
-from converters.runners import ONNX_RUNNER, TORCH_RUNNER
+from converters.runners import COMPILED_RUNNER, ONNX_RUNNER, TORCH_RUNNER
 
 
 @dataclass(frozen=True)
@@ -15,7 +15,7 @@ class ServeBackend:
     name: str
     platform: str  # config.pbtxt `platform` ("" where `backend` is used)
     backend: str  # config.pbtxt `backend` ("" where `platform` is used)
-    artifact: str  # what goes into 1/: "engine" | "onnx" | "torchscript"
+    artifact: str  # what goes into 1/: "engine" | "onnx" | "torchscript" | "exported" (torch.export)
     runner: Path | None  # the python-backend model published as 1/model.py
     engine: bool  # a TensorRT engine: it depends on TensorRT and the GPU, and the compatibility gate applies
     gpu_instances: str  # "always" | "with-cuda" (KIND_GPU when --device cuda) | "never" (CPU instances drive the GPU)
@@ -23,7 +23,7 @@ class ServeBackend:
 
     @property
     def model_file(self) -> str:
-        return {"engine": "model.plan", "onnx": "model.onnx", "torchscript": "model.pt"}[self.artifact]
+        return {"engine": "model.plan", "onnx": "model.onnx", "torchscript": "model.pt", "exported": "model.pt2"}[self.artifact]
 
     def instance_kind(self, device: str) -> str:
         if self.gpu_instances == "always" or (self.gpu_instances == "with-cuda" and device == "cuda"):
@@ -37,6 +37,10 @@ SERVE_BACKENDS: dict[str, ServeBackend] = {b.name: b for b in (
     ServeBackend("python_onnx", "", "python", "onnx", ONNX_RUNNER, engine=False, gpu_instances="with-cuda"),
     # TorchScript on PyTorch (CUDA fp16 without TensorRT); CPU instances drive the GPU named by `device`.
     ServeBackend("python_torch", "", "python", "torchscript", TORCH_RUNNER, engine=False, gpu_instances="never",
+                 runner_parameters=True),
+    # The exported program compiled by torch.compile at load (from the published Inductor cache),
+    # one CUDA graph per bucket shape on a GPU; CPU instances drive the GPU named by `device`.
+    ServeBackend("python_compiled", "", "python", "exported", COMPILED_RUNNER, engine=False, gpu_instances="never",
                  runner_parameters=True),
 )}
 

@@ -52,8 +52,9 @@ KEYS: tuple[Key, ...] = (
     Key("ECLAIR_CHECKPOINT_NAME", "str", "", "TensorRT-LLM overlay: checkpoint folder name inside ECLAIR_CHECKPOINT_DIR"),
     Key("ECLAIR_MODEL_DIR", "str", "./third_party/eclair_triton/models", "TensorRT-LLM overlay: where its engines go (relative to the repository root)"),
     Key("ECLAIR_HTTP_PORT", "port", "8010", "TensorRT-LLM overlay: HTTP port of triton-eclair"),
-    Key("LOCAL_SERVE_BACKEND", "choice:python_onnx|python_torch", "python_onnx",
-        "--local: ONNX Runtime runners, or TorchScript on PyTorch (with LOCAL_DEVICE=cuda: fp16 on a GPU)"),
+    Key("LOCAL_SERVE_BACKEND", "choice:python_onnx|python_torch|python_compiled", "python_onnx",
+        "--local: ONNX Runtime runners, TorchScript on PyTorch, or torch.compile with CUDA graphs "
+        "(python_compiled; with LOCAL_DEVICE=cuda: fp16 on a GPU)"),
     Key("LOCAL_DEVICE", "choice:cpu|cuda", "cpu", "--local: where the models run"),
     Key("LOCAL_MODEL_PYTHONPATH", "str", "",
         "--local: folders put first on the python-backend models' path (the wheel's stub needs NumPy 1)"),

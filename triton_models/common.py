@@ -34,7 +34,7 @@ class BuildOptions:
 
 def conversion_settings(options: BuildOptions, *, name: str, io_json: str, script: Path, class_name: str,
                         sequence_length: int, opt_batch: int | None = None, ckpt_path: Path | None = None,
-                        triton_inputs: tuple[str, ...] | None = None) -> ConversionSettings:
+                        triton_inputs: tuple[str, ...] | None = None, pad_sequence: bool = False) -> ConversionSettings:
     """The converter's settings for a model core, derived from the build options. An engine is
     built only where it may be served (`auto`, `tensorrt_plan`): a python_onnx or python_torch
     build has no use for one."""
@@ -47,7 +47,7 @@ def conversion_settings(options: BuildOptions, *, name: str, io_json: str, scrip
         generate_triton_config=True, overwrite=True,
         force=options.force, dynamic_batching=True, max_queue_delay_us=CORE_QUEUE_DELAY_US, use_fp16=options.precision == "fp16",
         serve_backend=options.serve_backend,
-        instances=InstancePlan(options.instance_count, "auto", options.gpus), demo=options.demo)
+        instances=InstancePlan(options.instance_count, "auto", options.gpus), demo=options.demo, pad_sequence=pad_sequence)
 
 
 TOKENIZER_FILE = "tokenizer.json"

@@ -25,6 +25,7 @@ class ModelSpec:
     batch_help: str = ""  # anything to add to the batch size's line in .env.example
     max_length: int | None = None  # tokens per text of the core's inputs (text models)
     core_io: dict | None = None  # the core's IO config (`--model-io-config`); None: no converted core
+    pad_sequence: bool = False  # zeros on the core's -1 axes change no answer (`--pad-sequence`)
 
     @property
     def core_io_json(self) -> str:
@@ -70,7 +71,7 @@ MODELS: tuple[ModelSpec, ...] = (
               "e5-small-v2 Hugging Face folder under CHECKPOINTS_DIR (empty: demo)", max_length=512, core_io={
                   "inputs": [{"name": "input_ids", "dtype": "int64", "shape": [-1], "max_shape": [512], "range": [1000, 2000]},
                              {"name": "attention_mask", "dtype": "int64", "shape": [-1], "max_shape": [512], "range": [1, 2]}],
-                  "outputs": [{"name": "embedding", "dtype": "float32", "shape": [384]}]}),
+                  "outputs": [{"name": "embedding", "dtype": "float32", "shape": [384]}]}, pad_sequence=True),
 )
 
 
