@@ -14,6 +14,7 @@ a warm start load kernels instead of generating them.
 checks padded against unpadded answers, and the raw bench runs its three modes (`eager`, the
 exported program as is; `compiled`; `graphs`, compiled with CUDA graphs).
 """
+import locale
 import os
 import shutil
 import tempfile
@@ -21,6 +22,12 @@ import tempfile
 import model_support  # published beside this file
 
 model_support.use_pythonpath()
+# Triton's python stub runs under the server's locale; under C/POSIX, Python reads files as ASCII and
+# torch.compile's UTF-8 templates fail to load. The stub is this model's own process.
+try:
+    locale.setlocale(locale.LC_CTYPE, "C.UTF-8")
+except locale.Error:
+    pass
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
