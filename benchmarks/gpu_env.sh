@@ -3,6 +3,7 @@
 # checkpoints that exist under WORK/checkpoints (made by benchmarks.make_gpu_checkpoints).
 # Environment: E5_BATCH_SIZE (256), CAPTION_BATCH_SIZE (128), YOLOX_BATCH_SIZE (16),
 # ECLAIR_BATCH_SIZE (16), INSTANCE_COUNT (2: one instance's python-side work overlaps the other's GPU work).
+# SERVE_BACKEND (python_torch; python_compiled for torch.compile with CUDA graphs).
 write_gpu_env() {
     local file=$1 work=$2 models=$3 gpus=$4 numpy1=$5
     {
@@ -16,7 +17,7 @@ write_gpu_env() {
         echo "CAPTION_BATCH_SIZE=${CAPTION_BATCH_SIZE:-128}"
         echo "YOLOX_BATCH_SIZE=${YOLOX_BATCH_SIZE:-16}"
         echo "ECLAIR_BATCH_SIZE=${ECLAIR_BATCH_SIZE:-16}"
-        echo "LOCAL_SERVE_BACKEND=python_torch"
+        echo "LOCAL_SERVE_BACKEND=${SERVE_BACKEND:-python_torch}"
         echo "LOCAL_DEVICE=cuda"
         echo "LOCAL_MODEL_PYTHONPATH=$numpy1"
         echo "LOCAL_REPOSITORY=$work/model_repository"

@@ -115,8 +115,10 @@ def bench(stack: Stack, settings: StackSettings, args: argparse.Namespace) -> Pa
     meta = {"device": device, "duration_s": args.duration, "shared_memory": args.shared_memory,
             "batch_sizes": batches, "concurrency": concurrencies}
     paths = write_report(points, args.out, meta)
-    for row in summary(points):
-        ratio = f", served/raw {row['served_over_raw']:.2f}" if row["served_over_raw"] else ""
+    for row in summary(points, device):
+        ratio = f", served/{row['raw_path']} {row['served_over_raw']:.2f}" if row["served_over_raw"] else ""
+        if row["served_over_fp16_limit"]:
+            ratio += f", {row['served_over_fp16_limit']:.2f} of the fp16 limit ({row['fp16_limit_items_per_s']:,.0f}/s)"
         if row["server_overhead_ms"] is not None:
             ratio += f", server overhead {row['server_overhead_ms']:.1f} ms/request"
         if row["backend_overhead_ms"] is not None and row["transport_ms"] is not None:

@@ -140,11 +140,16 @@ class Runner:
         bucket = (round_up(batch, self.batches), sequence)
         return bucket if bucket in self.buffers else None
 
-    def run(self, feeds):
+    def tensors(self, feeds):
+        """The request's arrays on the device, in the config's order, floats in the served precision."""
         tensors = []
         for name, _, _ in self.inputs:
             tensor = torch.from_numpy(np.ascontiguousarray(feeds[name])).to(self.device, non_blocking=True)
             tensors.append(tensor.half() if self.half and tensor.is_floating_point() else tensor)
+        return tensors
+
+    def run(self, feeds):
+        tensors = self.tensors(feeds)
         batch = tensors[0].shape[0]
         bucket = self._bucket_for(tensors)
         with torch.inference_mode():

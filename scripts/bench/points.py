@@ -27,6 +27,7 @@ class BenchPoint:
     server_ms: float | None = None
     server_queue_ms: float | None = None
     server_compute_ms: float | None = None
+    flops_per_item: float | None = None  # raw eager points of a compiled model: for the fp16 limit
 
 
 def gpu_memory_mb() -> float | None:

@@ -1,6 +1,7 @@
 """The raw baseline: the published model run directly, by the published code itself (the
 runner's `Runner`, ECLAIR's `eclair_runtime.py`), with the same weights and precision, without
-the server."""
+the server. A `python_compiled` model is measured on each raw path the card can run: the exported
+program eager, compiled, and compiled with CUDA graphs (a GPU only); the best is the baseline."""
 from __future__ import annotations
 
 import json
@@ -12,20 +13,40 @@ from google.protobuf import json_format
 from converters.errors import UserError
 from converters.model_folder import VERSION, Golden, read_model_config
 from converters.runners.model_support import load_beside
+from scripts.bench.limits import flops_per_item
 from scripts.bench.points import BenchPoint, gpu_memory_mb, percentiles, warm_up
+
+COMPILED_PROGRAM = "model.pt2"  # what python_compiled publishes (converters/runners/compiled_runner.py)
+
+
+def raw_paths(model_dir: Path) -> list[str | None]:
+    """The compiled runner's modes this card can run; [None] (the one path) for any other model."""
+    if not (Path(model_dir) / VERSION / COMPILED_PROGRAM).is_file():
+        return [None]
+    params = {k: v.string_value for k, v in read_model_config(model_dir).parameters.items()}
+    return ["eager", "compiled"] + (["graphs"] if RawModel.device(params).startswith("cuda") else [])
 
 
 class RawModel:
-    """`run(feeds) -> outputs` of a published model, as its python-backend model computes it."""
+    """`run(feeds) -> outputs` of a published model, as its python-backend model computes it;
+    `mode` picks a compiled model's raw path. `kind` names the path in the report."""
 
-    def __init__(self, model_dir: Path) -> None:
+    def __init__(self, model_dir: Path, mode: str | None = None) -> None:
         config = read_model_config(model_dir)
         version = Path(model_dir) / VERSION
         config_json = json.loads(json_format.MessageToJson(config, preserving_proto_field_name=True))
         params = {k: v.string_value for k, v in config.parameters.items()}
-        if (version / "model.onnx").is_file() or (version / "model.pt").is_file():
+        self.kind, self.flops_per_item = "raw" if mode is None else f"raw {mode}", None
+        if (version / COMPILED_PROGRAM).is_file():
             runner = load_beside(version, f"raw_{config.name}_model", "model.py").Runner(
-                str(version), config_json, params, self._device(params))
+                str(version), config_json, params, self.device(params), mode=mode)
+            self.run = runner.run
+            if mode == "eager":  # FLOPs counted on the program as exported, one item
+                golden = Golden.read(model_dir).tiled_inputs(1)
+                self.flops_per_item = flops_per_item(runner.call, runner.tensors(golden))
+        elif (version / "model.onnx").is_file() or (version / "model.pt").is_file():
+            runner = load_beside(version, f"raw_{config.name}_model", "model.py").Runner(
+                str(version), config_json, params, self.device(params))
             self.run = runner.run
         elif (version / "eclair_runtime.py").is_file():
             runtime_module = load_beside(version, "eclair_runtime")
@@ -36,7 +57,7 @@ class RawModel:
                             "(engines are benchmarked served only).")
 
     @staticmethod
-    def _device(params: dict[str, str]) -> str:
+    def device(params: dict[str, str]) -> str:
         """The GPU where one is there and the config's `device` names it (as the python_torch
         runner's CPU instances drive it); ONNX Runtime runs on the CPU here, as served."""
         import torch
@@ -57,5 +78,5 @@ def raw_point(raw: RawModel, model_dir: Path, batch: int, duration_s: float) -> 
         latencies.append(time.perf_counter() - begun)
     wall = time.monotonic() - started
     p50, p95, p99 = percentiles(latencies)
-    return BenchPoint(model_dir.name, "raw", batch, 1, len(latencies), len(latencies) * batch / wall, p50, p95, p99,
-                      gpu_memory_mb())
+    return BenchPoint(model_dir.name, raw.kind, batch, 1, len(latencies), len(latencies) * batch / wall, p50, p95, p99,
+                      gpu_memory_mb(), flops_per_item=raw.flops_per_item)

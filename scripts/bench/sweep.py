@@ -7,7 +7,7 @@ from pathlib import Path
 from converters.model_folder import read_model_config
 from scripts.bench.load import served_point
 from scripts.bench.points import BenchPoint
-from scripts.bench.raw import RawModel, raw_point
+from scripts.bench.raw import RawModel, raw_paths, raw_point
 
 
 def sweep(grpc_url: str, model_dirs: list[Path], batches: list[int], concurrencies: list[int], duration_s: float,
@@ -22,13 +22,13 @@ def sweep(grpc_url: str, model_dirs: list[Path], batches: list[int], concurrenci
         sizes = [b for b in batches if b <= max_batch]
         plan += [(model_dir, b, c) for b in sizes for c in concurrencies]
         if raw:
-            plan += [(model_dir, b, 0) for b in sizes]
+            plan += [(model_dir, b, mode) for mode in raw_paths(model_dir) for b in sizes]
     points, raw_models = [], {}
     for model_dir, batch, concurrency in tqdm(plan, desc="bench", unit="point"):
-        if concurrency == 0:
-            if model_dir not in raw_models:  # loaded once per model; only one held at a time
-                raw_models = {model_dir: RawModel(model_dir)}
-            points.append(raw_point(raw_models[model_dir], model_dir, batch, duration_s))
+        if not isinstance(concurrency, int):  # a raw path: None, or a compiled model's mode
+            if (model_dir, concurrency) not in raw_models:  # loaded once per path; only one held at a time
+                raw_models = {(model_dir, concurrency): RawModel(model_dir, concurrency)}
+            points.append(raw_point(raw_models[(model_dir, concurrency)], model_dir, batch, duration_s))
         else:
             points.append(served_point(grpc_url, model_dir, batch, concurrency, duration_s, shared_memory))
     return points

@@ -327,3 +327,11 @@ def test_python_compiled_backend_serves_buckets_that_match(small_deberta, tmp_pa
     np.testing.assert_allclose(batch, np.stack(rows), atol=1e-4, rtol=1e-3)
     assert np.ptp(batch) > 0  # three different answers, not one broadcast row
     client.close()
+
+    # The bench's raw paths of a compiled model on the CPU: eager (its FLOPs counted) and compiled.
+    from scripts.bench.raw import RawModel, raw_paths
+
+    assert raw_paths(repo / "deberta_large") == ["eager", "compiled"]
+    eager = RawModel(repo / "deberta_large", "eager")
+    assert eager.kind == "raw eager" and eager.flops_per_item > 2 * 64 * 64 * 128  # at least one 64x64 projection
+    np.testing.assert_allclose(eager.run(feeds)["output"], batch, atol=1e-4, rtol=1e-3)
