@@ -7,14 +7,14 @@
 #   benchmarks/gpu_compiled.sh TOKENIZER_DIR OUT_DIR [NUMPY1_DIR] [PERF_ANALYZER]
 #
 # Environment: SERVE_BACKEND (python_compiled), GPU_MODELS (e5_small_v2,caption_classification),
-# E5_BATCHES (8,64,256), CAPTION_BATCHES (32,64,128), BENCH_CONCURRENCY (1,4,16), BENCH_DURATION (3).
+# CHECKPOINTS (e5,caption), E5_BATCHES (8,64,256), CAPTION_BATCHES (32,64,128), BENCH_CONCURRENCY (1,4,16), BENCH_DURATION (3).
 set -euo pipefail
 tokenizer=$1 out=$2 numpy1=${3:-} perf_analyzer=${4:-}
 work=build/gpu_compiled
 mkdir -p "$out" "$work"
 export PYTHONUNBUFFERED=1 SERVE_BACKEND=${SERVE_BACKEND:-python_compiled}
 [ -f "$work/checkpoints/e5/config.json" ] || python3 -m benchmarks.make_gpu_checkpoints --tokenizer "$tokenizer" \
-    --out "$work/checkpoints" --models e5,caption
+    --out "$work/checkpoints" --models "${CHECKPOINTS:-e5,caption}"
 . benchmarks/gpu_env.sh
 write_gpu_env "$work/gpu.env" "$work" "${GPU_MODELS:-e5_small_v2,caption_classification}" 0 "$numpy1"
 stack() { python3 -m scripts.stack "$@" --local --env-file "$work/gpu.env"; }
