@@ -7,7 +7,8 @@
 #   benchmarks/gpu_compiled.sh TOKENIZER_DIR OUT_DIR [NUMPY1_DIR] [PERF_ANALYZER]
 #
 # Environment: SERVE_BACKEND (python_compiled), GPU_MODELS (e5_small_v2,caption_classification),
-# CHECKPOINTS (e5,caption), E5_BATCHES (8,64,256), CAPTION_BATCHES (32,64,128), BENCH_CONCURRENCY (1,4,16), BENCH_DURATION (3).
+# CHECKPOINTS (e5,caption), UP_TWICE (1: a cold, then a warm `up`), E5_BATCHES (8,64,256; empty: none),
+# CAPTION_BATCHES (32,64,128), BENCH_CONCURRENCY (1,4,16), BENCH_DURATION (3).
 set -euo pipefail
 tokenizer=$1 out=$2 numpy1=${3:-} perf_analyzer=${4:-}
 work=build/gpu_compiled
@@ -26,12 +27,11 @@ timed_up() {  # NAME: `up` to verified-ready, and Triton's own load time of the 
 }
 trap 'cp "$work/local/triton.log" "$out/" 2>/dev/null || true; stack down || true' EXIT
 timed_up cold
-stack down > /dev/null
-timed_up warm
+if [ "${UP_TWICE:-1}" = 1 ]; then stack down > /dev/null; timed_up warm; fi
 concurrency=${BENCH_CONCURRENCY:-1,4,16}
-for pair in "e5_small_v2:${E5_BATCHES:-8,64,256}" "deberta_large:${CAPTION_BATCHES:-32,64,128}"; do
+for pair in "e5_small_v2:${E5_BATCHES-8,64,256}" "deberta_large:${CAPTION_BATCHES-32,64,128}"; do
     model=${pair%%:*}
-    [ -d "$work/model_repository/$model" ] || continue
+    [ -d "$work/model_repository/$model" ] && [ -n "${pair#*:}" ] || continue
     stack bench "$model" --batch-sizes "${pair#*:}" --concurrency "$concurrency" --duration "${BENCH_DURATION:-3}" \
         --out "$out/$model" | tee "$out/bench_$model.txt"
 done

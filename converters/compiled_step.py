@@ -54,6 +54,7 @@ def export_program(model: torch.nn.Module, io: IOConfig, plan: BatchPlan, inputs
                    sample: dict[str, np.ndarray], device: str, half: bool, scratch: Path) -> Path:
     """`torch.export` with the batch axis and the variable axes dynamic (one shared sequence size),
     taking the served inputs in the config's order."""
+    device = "cuda:0" if device == "cuda" else device  # a concrete device: the runner moves it to its own GPU
     model = copy.deepcopy(model).to(device).eval()
     args = tuple(torch.from_numpy(sample[name]).to(device) for name in inputs)
     if half:

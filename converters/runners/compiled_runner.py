@@ -79,6 +79,16 @@ def use_cache(folder, writable):
     return target
 
 
+def without_device_asserts(module):
+    """The program's input metadata asserts name the device it was exported on ("cuda", "cuda:0");
+    moved to another GPU they would fail a correct input, and they check nothing the config does not."""
+    assert_metadata = torch.ops.aten._assert_tensor_metadata.default
+    for node in [n for n in module.graph.nodes if n.target is assert_metadata and not n.users]:
+        module.graph.erase_node(node)
+    module.recompile()
+    return module
+
+
 class Runner:
     def __init__(self, folder, config, params, device, mode=None, cache_writable=False):
         gpu = device.startswith("cuda") and torch.cuda.is_available()
@@ -89,8 +99,7 @@ class Runner:
         self.half = params.get("precision", "fp32") == "fp16"
         self.cache_dir = use_cache(folder, cache_writable) if self.mode != "eager" else None
         program = torch.export.load(os.path.join(folder, PROGRAM_FILE))
-        program = move_to_device_pass(program, str(self.device))
-        module = program.module()
+        module = without_device_asserts(move_to_device_pass(program, str(self.device)).module())
         self.call = module if self.mode == "eager" else torch.compile(module, dynamic=True)
         self.inputs = [(i["name"], TORCH_DTYPES[i["data_type"]], [int(d) for d in i["dims"]]) for i in config["input"]]
         self.outputs = [o["name"] for o in config["output"]]
