@@ -36,7 +36,7 @@ for pair in "e5_small_v2:${E5_BATCHES-8,64,256}" "deberta_large:${CAPTION_BATCHE
         --out "$out/$model" | tee "$out/bench_$model.txt"
 done
 if [ -n "$perf_analyzer" ]; then  # the same point by perf_analyzer: E5, batch 8, concurrency 4, gRPC, no shared memory
-    grpc=$(grep -E '^TRITON_GRPC_PORT=' "$work/gpu.env" | cut -d= -f2); grpc=${grpc:-8001}
+    grpc=$(grep -E '^TRITON_GRPC_PORT=' "$work/gpu.env" | cut -d= -f2 || true); grpc=${grpc:-8001}
     "$perf_analyzer" -m e5_small_v2 -b 8 --concurrency-range 4 -i grpc -u "localhost:$grpc" \
         --shape input_ids:128 --shape attention_mask:128 --input-data zero --measurement-interval 5000 \
         -f "$out/perf_analyzer.csv" > "$out/perf_analyzer.txt" 2>&1 || tail -20 "$out/perf_analyzer.txt"
