@@ -9,6 +9,7 @@ is never wrong, only slow (the server compiles at load)."""
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.util
 import shutil
 import sys
@@ -51,9 +52,9 @@ def sequence_buckets(io: IOConfig, inputs: tuple[str, ...], pad_sequence: bool) 
 
 
 def export_program(model: torch.nn.Module, io: IOConfig, plan: BatchPlan, inputs: tuple[str, ...],
-                   sample: dict[str, np.ndarray], device: str, half: bool, scratch: Path) -> Path:
-    """`torch.export` with the batch axis and the variable axes dynamic (one shared sequence size),
-    taking the served inputs in the config's order."""
+                   sample: dict[str, np.ndarray], device: str, half: bool, path: Path) -> Path:
+    """`torch.export` to `path` with the batch axis and the variable axes dynamic (one shared
+    sequence size), taking the served inputs in the config's order."""
     device = "cuda:0" if device == "cuda" else device  # a concrete device: the runner moves it to its own GPU
     model = copy.deepcopy(model).to(device).eval()
     args = tuple(torch.from_numpy(sample[name]).to(device) for name in inputs)
@@ -78,13 +79,13 @@ def export_program(model: torch.nn.Module, io: IOConfig, plan: BatchPlan, inputs
             message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
             raise UserError(f"torch.export of --model-class-name failed ({message}); python_compiled needs a "
                             "graph without data-dependent control flow: serve it with python_torch instead.") from exc
-    path = scratch / "1" / _load_runner_module().PROGRAM_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.export.save(program, str(path))
     return path
 
 
-def _load_runner_module():
+@functools.cache
+def runner_module():
     """The published runner file itself, so the build compiles exactly what the server will."""
     sys.modules.setdefault("model_support", _module("model_support", MODEL_SUPPORT))
     return _module("compiled_runner", COMPILED_RUNNER)
@@ -103,14 +104,14 @@ def warm_and_check(program: Path, config, parameters: dict[str, str], io: IOConf
     (batch and sequence one short of a bucket) with the exported program run eagerly unpadded."""
     from converters.export import make_sample
 
-    runner_module = _load_runner_module()
+    runner = runner_module()
     folder = program.parent
-    shutil.rmtree(folder / runner_module.CACHE_FOLDER, ignore_errors=True)
+    shutil.rmtree(folder / runner.CACHE_FOLDER, ignore_errors=True)
     config_dict = json_format.MessageToDict(config, preserving_proto_field_name=True)
     started = time.perf_counter()
-    compiled = runner_module.Runner(str(folder), config_dict, parameters, device, mode=None, cache_writable=True)
+    compiled = runner.Runner(str(folder), config_dict, parameters, device, mode=None, cache_writable=True)
     seconds = time.perf_counter() - started
-    eager = runner_module.Runner(str(folder), config_dict, parameters, device, mode="eager")
+    eager = runner.Runner(str(folder), config_dict, parameters, device, mode="eager")
     odd_batch = max(1, min(plan.max_batch_size, 3))
     odd_length = max(1, min(plan.sequence_length, 100) - 3)
     feeds = make_sample(io, replace(plan, sequence_length=odd_length), batch=odd_batch, seed=3)
@@ -119,4 +120,4 @@ def warm_and_check(program: Path, config, parameters: dict[str, str], io: IOConf
     if not check.ok:
         raise UserError(f"the compiled model answers a padded batch differently from the exported program:\n"
                         f"{check.report()}\nnothing was published; serve it with python_torch.")
-    return CompiledBuild(program, folder / runner_module.CACHE_FOLDER, len(compiled.buffers), seconds, check)
+    return CompiledBuild(program, folder / runner.CACHE_FOLDER, len(compiled.buffers), seconds, check)

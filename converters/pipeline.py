@@ -186,13 +186,13 @@ class _Conversion:
         model_file = f"1/{backend.model_file}"
         if backend.artifact == "engine":
             files[model_file], self.result.precision = engine, engine_precision
-        elif backend.artifact == "exported":
+        elif backend.artifact in ("exported", "torchscript"):  # PyTorch serves fp16 on a GPU only
             self.result.precision = "fp16" if s.use_fp16 and s.device == "cuda" else "fp32"
+        half = self.result.precision == "fp16"
+        if backend.artifact == "exported":
             files[model_file] = export_program(self.model, s.io, s.plan, self.triton_inputs, self.sample, s.device,
-                                               self.result.precision == "fp16", scratch)
+                                               half, scratch / model_file)
         elif backend.artifact == "torchscript":
-            self.result.precision = "fp16" if s.use_fp16 and s.device == "cuda" else "fp32"
-            half = self.result.precision == "fp16"
             # A trace records the device of the tensors it creates (position ids, YOLOX's grids): the
             # first GPU the instances drive gets `model.pt`, each further one its own `model.cuda<N>.pt`.
             devices = [f"cuda:{gpu}" for gpu in s.instances.gpus] if s.device == "cuda" and s.instances.gpus else [s.device]
@@ -200,7 +200,7 @@ class _Conversion:
             for device in devices[1:]:
                 files[f"1/{traced_file_name(device)}"] = _trace(self.model, self.triton_inputs, device, self.sample,
                                                                 scratch, half=half)
-        else:
+        elif backend.artifact == "onnx":
             files[model_file] = self.onnx_path
         if backend.runner is not None:
             files["1/model.py"], files[MODEL_SUPPORT_FILE] = backend.runner, MODEL_SUPPORT

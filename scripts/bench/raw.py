@@ -13,10 +13,11 @@ from google.protobuf import json_format
 from converters.errors import UserError
 from converters.model_folder import VERSION, Golden, read_model_config
 from converters.runners.model_support import load_beside
+from converters.serve_backends import SERVE_BACKENDS
 from scripts.bench.limits import flops_per_item
 from scripts.bench.points import BenchPoint, gpu_memory_mb, percentiles, warm_up
 
-COMPILED_PROGRAM = "model.pt2"  # what python_compiled publishes (converters/runners/compiled_runner.py)
+COMPILED_PROGRAM = SERVE_BACKENDS["python_compiled"].model_file
 
 
 def raw_paths(model_dir: Path) -> list[str | None]:

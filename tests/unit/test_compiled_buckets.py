@@ -1,10 +1,11 @@
 """python_compiled's buckets: the shapes compiled (and captured) at load, and how a request maps
 onto them; the sequence buckets only for models whose spec says padding is neutral."""
-from converters.compiled_step import _load_runner_module, sequence_buckets
+from converters.compiled_step import runner_module, sequence_buckets
 from converters.io_config import parse_io_config
+from converters.serve_backends import serve_backend
 from triton_models.registry import get
 
-runner = _load_runner_module()
+runner = runner_module()
 
 
 def test_batch_buckets_cover_every_batch_up_to_the_max_and_pad_one_to_two():
@@ -24,3 +25,7 @@ def test_sequence_buckets_only_where_the_spec_says_padding_is_neutral():
     deberta = parse_io_config(get("caption_classification").core_io_json)  # fixed 128 tokens
     assert sequence_buckets(deberta, deberta.input_names, True) == ""
     assert runner.parse_sizes("16, 32,,512") == [16, 32, 512]
+
+
+def test_the_runner_reads_the_file_the_serve_backend_publishes():
+    assert runner.PROGRAM_FILE == serve_backend("python_compiled").model_file
