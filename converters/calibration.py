@@ -52,3 +52,36 @@ def calibration_batches(data: dict[str, np.ndarray], opt_shapes: dict[str, Shape
     batches = tuple({name: np.ascontiguousarray(data[name][i * batch:(i + 1) * batch]) for name in opt_shapes}
                     for i in range(count))
     return CalibrationBatches(batches, batch, total - count * batch)
+
+
+def entropy_calibrator(trt, batches: tuple[dict[str, np.ndarray], ...], cache_path: Path | None):
+    """TensorRT's int8 entropy calibrator over these batches (`trt` is the imported TensorRT module)."""
+    import torch  # device buffers for the calibrator
+
+    from converters.publish import atomic_output
+
+    class Calibrator(trt.IInt8EntropyCalibrator2):
+        def __init__(self) -> None:
+            super().__init__()
+            self._batches = iter(batches)
+            self._keep: list = []
+
+        def get_batch_size(self) -> int:
+            return next(iter(batches[0].values())).shape[0] if batches else 1
+
+        def get_batch(self, names):
+            feed = next(self._batches, None)
+            if feed is None:
+                return None
+            self._keep = [torch.from_numpy(feed[name]).cuda() for name in names]
+            return [t.data_ptr() for t in self._keep]
+
+        def read_calibration_cache(self):
+            return cache_path.read_bytes() if cache_path and cache_path.is_file() else None
+
+        def write_calibration_cache(self, cache) -> None:
+            if cache_path:
+                with atomic_output(cache_path) as tmp:
+                    tmp.write_bytes(bytes(cache))
+
+    return Calibrator()

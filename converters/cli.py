@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from converters.batching import BatchPlan
+from converters.engine_targets import parse_gpu_types
 from converters.errors import UserError
 from converters.io_config import parse_io_config
 from converters.conversion_settings import ConversionSettings, parse_int_list, parse_size
@@ -58,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--use-int8", action="store_true", help="int8 engine; needs --calibration-data/--calibration-cache or Q/DQ nodes")
     build.add_argument("--calibration-data", type=Path, help=".npz with one array per input (batch first) for int8 calibration")
     build.add_argument("--calibration-cache", type=Path, help="int8 calibration cache to read (and write)")
+    build.add_argument("--gpu-types", default=None, metavar="CC[,CC]",
+                       help="compute capabilities to build one engine each for, e.g. 8.0,9.0 (default: one per type "
+                            "of the visible GPUs); the first is written at --engine-path")
     build.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     build.add_argument("--accept-check-failure", action="store_true", help="publish even if outputs differ from PyTorch beyond tolerance")
 
@@ -95,7 +99,7 @@ def settings_from_args(args: argparse.Namespace) -> ConversionSettings:
         calibration_data=args.calibration_data, calibration_cache=args.calibration_cache,
         serve_backend=args.serve_backend, instances=InstancePlan(args.instance_count, args.instance_kind, gpus),
         warmup=args.warmup, opset=args.opset, accept_check_failure=args.accept_check_failure, demo=args.demo,
-        pad_sequence=args.pad_sequence)
+        pad_sequence=args.pad_sequence, gpu_types=parse_gpu_types(args.gpu_types))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -72,6 +72,7 @@ class ConversionSettings:
     accept_check_failure: bool = False
     demo: bool = False
     pad_sequence: bool = False  # zeros on the variable axes change no answer (a token mask): python_compiled buckets them
+    gpu_types: tuple[str, ...] = ()  # compute capabilities to build one engine each for; () = the visible GPUs' types
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.model_name):
@@ -91,5 +92,5 @@ class ConversionSettings:
             "memory_pool_limit": self.memory_pool_limit, "use_fp16": self.use_fp16, "use_int8": self.use_int8,
             "instances": [self.instances.count, self.instances.kind, list(self.instances.gpus)],
             "warmup": self.warmup, "opset": self.opset, "device": self.device, "generate_trt": self.generate_trt,
-            "pad_sequence": self.pad_sequence,
+            "pad_sequence": self.pad_sequence, "gpu_types": list(self.gpu_types),
         }

@@ -67,6 +67,22 @@ def _gpu_identity() -> tuple[str | None, str | None]:
     return None, None
 
 
+@functools.cache
+def visible_gpus() -> tuple:
+    """Every GPU this process sees, as `VisibleGpu`s (empty without CUDA)."""
+    from converters.engine_targets import VisibleGpu
+
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return tuple(VisibleGpu(i, torch.cuda.get_device_name(i), "{}.{}".format(*torch.cuda.get_device_capability(i)))
+                         for i in range(torch.cuda.device_count()))
+    except Exception:  # a broken CUDA install must not stop a CPU build
+        pass
+    return ()
+
+
 def gpu_identity() -> dict[str, str | None]:
     """Name and compute capability of GPU 0, or Nones on a machine without one (asked once per process)."""
     name, capability = _gpu_identity()
@@ -82,17 +98,19 @@ def converters_source_sha256() -> str:
     return digest.hexdigest()
 
 
-def fingerprint(sources: dict[str, str], settings: dict, versions: dict, gpu: dict, serve_backend: str) -> str:
+def fingerprint(sources: dict[str, str], settings: dict, versions: dict, gpu: dict, serve_backend: str,
+                engine_types: list[str] | None = None) -> str:
     """What decides whether the published artifacts are current. Engines depend on TensorRT (also
-    one built beside an ONNX that is served, `generate_trt`) and served engines on the GPU; ONNX
-    artifacts on neither."""
+    one built beside an ONNX that is served, `generate_trt`) and on the GPU types they are built
+    for (`engine_types`; the builder's GPU where not given); ONNX artifacts on neither."""
     relevant_versions = {k: versions.get(k) for k in ("torch", "onnx")}
     key = {"sources": sources, "settings": settings, "versions": relevant_versions, "serve_backend": serve_backend,
            "converters": converters_source_sha256()}
     if serves_engine(serve_backend) or settings.get("generate_trt"):
         key["tensorrt"] = [versions.get("tensorrt_module"), versions.get("tensorrt")]
-    if serves_engine(serve_backend):
-        key["compute_capability"] = gpu.get("compute_capability")
+    if serves_engine(serve_backend) or (settings.get("generate_trt") and engine_types):
+        builder_gpu = [gpu["compute_capability"]] if gpu.get("compute_capability") else []
+        key["compute_capabilities"] = list(engine_types) if engine_types else builder_gpu
     return text_sha256(json.dumps(key, sort_keys=True))
 
 
@@ -102,14 +120,18 @@ class Compatibility:
     reason: str = ""
 
 
-def engine_compatibility(manifest: Manifest, tensorrt: str | None, compute_capability: str | None) -> Compatibility:
-    """May this host load the engine the manifest describes?"""
+def engine_compatibility(manifest: Manifest, tensorrt: str | None, compute_capabilities: list[str]) -> Compatibility:
+    """May GPUs of these types load the engines the manifest describes (one per type built)?"""
+    from converters.engine_targets import built_types
+
     if not serves_engine(manifest.serve_backend):
         return Compatibility(True)
     built_trt = manifest.versions.get("tensorrt")
-    built_cc = manifest.gpu.get("compute_capability")
     if tensorrt is not None and built_trt and built_trt.split(".")[:2] != tensorrt.split(".")[:2]:
         return Compatibility(False, f"built with TensorRT {built_trt}, this host has {tensorrt}")
-    if compute_capability is not None and built_cc and built_cc != compute_capability:
-        return Compatibility(False, f"built for compute capability {built_cc}, this GPU is {compute_capability}")
+    built = built_types(manifest.engine, manifest.gpu)
+    missing = [cc for cc in compute_capabilities if built and cc not in built]
+    if missing:
+        return Compatibility(False, f"built for compute capability {', '.join(built)}, and GPUs of "
+                                    f"{', '.join(missing)} must serve it")
     return Compatibility(True)

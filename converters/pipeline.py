@@ -14,11 +14,12 @@ import torch
 from converters import export as export_step
 from converters.check import CheckResult, check_graph, compare, run_onnx
 from converters.compiled_step import export_program, sequence_buckets, warm_and_check
-from converters.engine_step import build_and_check_engine
+from converters.engine_step import BuiltEngine, build_and_check_engines
+from converters.engine_targets import EngineTarget, cc_model_filenames, engine_targets
 from converters.errors import UserError
 from converters.loading import build_model
 from converters.manifest import (engine_compatibility, file_sha256, fingerprint, gpu_identity, text_sha256,
-                                 tool_versions)
+                                 tool_versions, visible_gpus)
 from converters.model_folder import Golden, Manifest, current_manifest, publish
 from converters.precision import TOLERANCES, plan_precision
 from converters.runners import MODEL_SUPPORT, MODEL_SUPPORT_FILE
@@ -39,10 +40,15 @@ class ConversionResult:
     precision: str = "fp32"  # of what is served: the tolerance its golden answers are checked with
     up_to_date: bool = False
     onnx_check: CheckResult | None = None
-    engine_build: EngineBuild | None = None  # where an engine was built in this run
+    engine_builds: list[EngineBuild] = field(default_factory=list)  # one per GPU type built in this run
     engine_check: CheckResult | None = None
     timings: dict[str, float] = field(default_factory=dict)
     messages: list[str] = field(default_factory=list)
+
+    @property
+    def engine_build(self) -> EngineBuild | None:
+        """The first GPU type's build (the one at --engine-path), where one was made in this run."""
+        return self.engine_builds[0] if self.engine_builds else None
 
     def say(self, message: str) -> None:
         log.info(message)
@@ -116,7 +122,13 @@ class _Conversion:
                             f"{settings.engine_path} (strongly typed), but NVIDIA's Triton does not load it, so the "
                             f"model is served through {self.backend.name}.")
         self.versions, self.gpu, self.sources = tool_versions(), gpu_identity(), source_hashes(settings)
-        self.key = fingerprint(self.sources, settings.manifest_settings(), self.versions, self.gpu, self.backend.name)
+        self.targets: list[EngineTarget] = []
+        if (settings.generate_trt or self.backend.engine) and tensorrt is not None:
+            self.targets = engine_targets(settings.gpu_types, list(visible_gpus()), tensorrt.rtx,
+                                          Path(settings.engine_path), serve_backend("tensorrt_plan").model_file)
+        engine_types = [t.compute_capability for t in self.targets if t.compute_capability]
+        self.key = fingerprint(self.sources, settings.manifest_settings(), self.versions, self.gpu, self.backend.name,
+                               engine_types)
         self.model_dir = settings.triton_repo / settings.model_name
         self.model: torch.nn.Module | None = None
         self.onnx_path = Path(settings.onnx_path)
@@ -134,7 +146,8 @@ class _Conversion:
             return True
         existing = Manifest.read(self.model_dir) if self.backend.engine else None
         if existing:
-            compatibility = engine_compatibility(existing, self.tensorrt.version, self.gpu.get("compute_capability"))
+            types = [t.compute_capability for t in self.targets if t.compute_capability]
+            compatibility = engine_compatibility(existing, self.tensorrt.version, types)
             if not compatibility.ok:  # never serve an engine built elsewhere: rebuild it here
                 self.result.say(f"rebuilding {self.model_dir}: its engine was {compatibility.reason}.")
         return False
@@ -179,13 +192,15 @@ class _Conversion:
         """The engine where asked (built even when not served), and what the serve backend publishes."""
         s, backend, files = self.settings, self.backend, {}
         self.result.precision = "fp32"
-        engine = engine_precision = None
-        if (s.generate_trt or backend.artifact == "engine") and self.tensorrt is not None:
-            engine, engine_precision = build_and_check_engine(s, self.onnx_path, self.tensorrt, self.model, self.sample,
-                                                              self.result, scratch)
+        engines: list[BuiltEngine] = []
+        engine_precision = None
+        if self.targets:
+            engines, engine_precision = build_and_check_engines(s, self.onnx_path, self.tensorrt, self.targets,
+                                                                self.model, self.sample, self.result, scratch)
         model_file = f"1/{backend.model_file}"
-        if backend.artifact == "engine":
-            files[model_file], self.result.precision = engine, engine_precision
+        if backend.artifact == "engine":  # one file per GPU type; config.pbtxt maps each type to its file
+            files.update({f"1/{built.target.model_file}": built.engine for built in engines})
+            self.result.precision = engine_precision
         elif backend.artifact in ("exported", "torchscript"):  # PyTorch serves fp16 on a GPU only
             self.result.precision = "fp16" if s.use_fp16 and s.device == "cuda" else "fp32"
         half = self.result.precision == "fp16"
@@ -215,7 +230,7 @@ class _Conversion:
             # On GPUs every instance runs a warm-up request at load: an instance that cannot run on its
             # GPU fails the load with its reason, where golden verification reaches only one instance.
             instances=instances, warmup=s.warmup or (backend.runner_parameters and s.device == "cuda"),
-            parameters=parameters))
+            parameters=parameters, cc_model_filenames=cc_model_filenames(self.targets) if backend.engine else {}))
         profiles = s.plan.profiles(s.io)
         check_config_fits_profile(config, profiles)
         if backend.artifact == "exported":  # compile every bucket now: the cache is published, the server loads it
@@ -228,20 +243,31 @@ class _Conversion:
         golden_inputs = export_step.make_sample(s.io, s.plan, batch=min(GOLDEN_BATCH, s.plan.max_batch_size), seed=1)
         golden = Golden({k: v for k, v in golden_inputs.items() if k in self.triton_inputs},
                         export_step.run_torch(self.model, s.io, golden_inputs, s.device), TOLERANCES[precision])
-        engine = self.result.engine_build
+        engine = self._engine_entry()
         manifest = Manifest(
             model=s.model_name, fingerprint=self.key, serve_backend=backend.name, precision=precision, demo=s.demo,
             sources=self.sources, versions=self.versions, gpu=self.gpu,
             source_paths={"checkpoint": str(s.ckpt_path), "script": str(s.model_script_path)},
             settings=s.manifest_settings(),
             profile={name: [list(shape) for shape in shapes] for name, shapes in profiles.items()},
-            # which TensorRT built what, and whether it is what is served
-            engine=None if engine is None else dict(engine.manifest_entry(), path=str(s.engine_path),
-                                                    served=backend.artifact == "engine"))
+            engine=engine)
         if self.model_dir.exists() and not s.overwrite and Manifest.read(self.model_dir) is not None:
             self.result.say(f"replacing {self.model_dir}: its manifest says it was built from other inputs or settings.")
         self.result.model_dir = publish(s.triton_repo, s.model_name, config_text(config), manifest, golden, files)
         self.result.say(f"published {self.result.model_dir} ({backend.name}, {precision})")
+
+
+    def _engine_entry(self) -> dict | None:
+        """Which TensorRT built what, for which GPU types, and whether it is what is served."""
+        builds = self.result.engine_builds
+        if not builds:
+            return None
+        types = [t.compute_capability for t in self.targets if t.compute_capability]
+        files = {t.compute_capability: {"path": str(t.engine_path), "file": t.model_file, "bytes": len(b.engine),
+                                        "seconds": round(b.seconds, 2)}
+                 for t, b in zip(self.targets, builds) if t.compute_capability}
+        return dict(builds[0].manifest_entry(), path=str(self.settings.engine_path), compute_capabilities=types,
+                    engines=files, served=self.backend.artifact == "engine")
 
 
 def _resolve_triton_inputs(settings: ConversionSettings, graph_inputs: tuple[str, ...]) -> tuple[str, ...]:

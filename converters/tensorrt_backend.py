@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from converters.calibration import entropy_calibrator
 from converters.errors import UserError
 from converters.precision import LayerFacts, PrecisionPlan, select_fp32_layers
 
@@ -111,6 +112,8 @@ class EngineRequest:
     fp32_nodes: frozenset[str] = frozenset()  # ONNX nodes kept in fp32 (weak typing only)
     calibration_batches: tuple[dict[str, np.ndarray], ...] = ()
     calibration_cache_path: Path | None = None
+    compute_capability: str | None = None  # TensorRT for RTX: the GPU type to build for
+    device: int | None = None  # NVIDIA's TensorRT: the visible GPU to build on (it builds for that GPU's type)
 
 
 @dataclass(frozen=True)
@@ -125,9 +128,11 @@ class EngineBuild:
     layer_output_dtypes: dict[str, int]  # DataType name -> how many layer outputs have it
     fp32_pinned_layers: int
     seconds: float
+    compute_capability: str | None = None  # the GPU type it was built for, where one was named
 
     def manifest_entry(self) -> dict:
         return {"tensorrt": self.tensorrt.label, "module": self.tensorrt.module, "precision": self.precision,
+                "compute_capability": self.compute_capability,
                 "strongly_typed": self.strongly_typed, "bytes": len(self.engine), "seconds": round(self.seconds, 2),
                 "layer_output_dtypes": self.layer_output_dtypes, "fp32_pinned_layers": self.fp32_pinned_layers,
                 "inputs": {i.name: {"dtype": i.dtype, "shape": list(i.shape), "profile": [list(s) for s in i.profile]}
@@ -221,7 +226,32 @@ def network_layers(onnx_path: Path, model_name: str) -> list[LayerFacts]:
         return _layer_facts(trt, network)
 
 
+@contextmanager
+def _on_device(device: int | None):
+    """NVIDIA's TensorRT builds and runs on the current CUDA device: make it `device`."""
+    if device is None:
+        yield
+        return
+    import torch
+
+    with torch.cuda.device(device):
+        yield
+
+
+def _set_build_type(trt, config, compute_capability: str | None, install: TensorRTInstall) -> None:
+    """TensorRT for RTX builds for the type it is told (no GPU needed)."""
+    if compute_capability is None or not install.rtx:
+        return
+    config.num_compute_capabilities = 1
+    config.set_compute_capability(getattr(trt.ComputeCapability, "SM" + compute_capability.replace(".", "")), 0)
+
+
 def build_engine(request: EngineRequest) -> EngineBuild:
+    with _on_device(request.device):
+        return _build_engine(request)
+
+
+def _build_engine(request: EngineRequest) -> EngineBuild:
     trt = _trt()
     install = installed_tensorrt()
     plan, name = request.plan, request.model_name
@@ -234,6 +264,7 @@ def build_engine(request: EngineRequest) -> EngineBuild:
     with _step(name, "configure the build", logger):
         config = builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, request.memory_pool_limit)
+        _set_build_type(trt, config, request.compute_capability, install)
         for flag in plan.builder_flags:
             config.set_flag(getattr(trt.BuilderFlag, flag))
         if plan.builder_flags and not plan.strongly_typed:
@@ -255,14 +286,15 @@ def build_engine(request: EngineRequest) -> EngineBuild:
             raise UserError(f"the optimization profile of model '{name}' is not valid: {request.profiles}{said}.")
         config.add_optimization_profile(profile)
         if plan.int8_source in ("calibration-data", "calibration-cache"):
-            config.int8_calibrator = _make_calibrator(trt, request.calibration_batches, request.calibration_cache_path)
+            config.int8_calibrator = entropy_calibrator(trt, request.calibration_batches, request.calibration_cache_path)
             config.set_calibration_profile(profile)
         if not install.rtx:  # TensorRT for RTX accepts a timing cache and ignores it
             cache_bytes = request.timing_cache_path.read_bytes() if request.timing_cache_path.is_file() else b""
             config.set_timing_cache(config.create_timing_cache(cache_bytes), ignore_mismatch=True)
 
     started = time.perf_counter()
-    log.info("building the %s engine of %s (this takes minutes for large models on a GPU)", install.label, name)
+    log.info("building the %s engine of %s for %s (this takes minutes for large models on a GPU)", install.label, name,
+             f"compute capability {request.compute_capability}" if request.compute_capability else "this GPU")
     errors_before = logger.count
     with _step(name, "build the engine", logger):
         serialized = builder.build_serialized_network(network, config)
@@ -280,7 +312,7 @@ def build_engine(request: EngineRequest) -> EngineBuild:
         for dtype in layer.output_dtypes:
             dtypes[dtype] = dtypes.get(dtype, 0) + 1
     return EngineBuild(engine, install, plan.precision, plan.strongly_typed, tuple(inputs), outputs, dtypes, pinned,
-                       seconds)
+                       seconds, request.compute_capability)
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -301,35 +333,6 @@ def _pin_fp32_layers(trt, network, fp32_nodes: frozenset[str]) -> int:
     return len(chosen)
 
 
-def _make_calibrator(trt, batches: tuple[dict[str, np.ndarray], ...], cache_path: Path | None):
-    import torch  # device buffers for the calibrator
-
-    class Calibrator(trt.IInt8EntropyCalibrator2):
-        def __init__(self) -> None:
-            super().__init__()
-            self._batches = iter(batches)
-            self._keep: list = []
-
-        def get_batch_size(self) -> int:
-            return next(iter(batches[0].values())).shape[0] if batches else 1
-
-        def get_batch(self, names):
-            feed = next(self._batches, None)
-            if feed is None:
-                return None
-            self._keep = [torch.from_numpy(feed[name]).cuda() for name in names]
-            return [t.data_ptr() for t in self._keep]
-
-        def read_calibration_cache(self):
-            return cache_path.read_bytes() if cache_path and cache_path.is_file() else None
-
-        def write_calibration_cache(self, cache) -> None:
-            if cache_path:
-                _write_atomically(cache_path, bytes(cache))
-
-    return Calibrator()
-
-
 def _deserialize(trt, engine: bytes, model_name: str, logger):
     runtime = trt.Runtime(logger)
     cuda_engine = runtime.deserialize_cuda_engine(engine)
@@ -339,11 +342,12 @@ def _deserialize(trt, engine: bytes, model_name: str, logger):
     return runtime, cuda_engine
 
 
-def inspect_engine(engine: bytes, model_name: str) -> tuple[dict[str, tuple[str, Profile]], dict[str, str]]:
-    """Read back the built engine's inputs (dtype, profile 0) and outputs (dtype)."""
+def inspect_engine(engine: bytes, model_name: str, device: int | None = None
+                   ) -> tuple[dict[str, tuple[str, Profile]], dict[str, str]]:
+    """Read back the built engine's inputs (dtype, profile 0) and outputs (dtype), on `device`."""
     trt = _trt()
     logger = _logger(trt)
-    with _step(model_name, "read the engine back", logger):
+    with _on_device(device), _step(model_name, "read the engine back", logger):
         _runtime, cuda_engine = _deserialize(trt, engine, model_name, logger)
         inputs, outputs = {}, {}
         for i in range(cuda_engine.num_io_tensors):
@@ -357,13 +361,14 @@ def inspect_engine(engine: bytes, model_name: str) -> tuple[dict[str, tuple[str,
         return inputs, outputs
 
 
-def run_engine(engine: bytes, feeds: dict[str, np.ndarray], model_name: str) -> dict[str, np.ndarray]:
-    """Run the engine once on the GPU (torch tensors as buffers) for the post-build check."""
+def run_engine(engine: bytes, feeds: dict[str, np.ndarray], model_name: str, device: int | None = None
+               ) -> dict[str, np.ndarray]:
+    """Run the engine once on the GPU `device` (torch tensors as buffers) for the post-build check."""
     import torch
 
     trt = _trt()
     logger = _logger(trt)
-    with _step(model_name, "run the engine on the check sample", logger):
+    with _on_device(device), _step(model_name, "run the engine on the check sample", logger):
         _runtime, cuda_engine = _deserialize(trt, engine, model_name, logger)
         context = cuda_engine.create_execution_context()
         keep, outputs = [], {}

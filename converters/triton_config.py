@@ -39,6 +39,7 @@ class TritonModelConfig:
     instances: InstancePlan = field(default_factory=InstancePlan)
     warmup: bool = False
     parameters: dict[str, str] = field(default_factory=dict)
+    cc_model_filenames: dict[str, str] = field(default_factory=dict)  # GPU type -> engine file (one per type built)
 
 
 def _dims(spec: TensorSpec) -> list[int]:
@@ -76,6 +77,8 @@ def build_config(cfg: TritonModelConfig) -> pb.ModelConfig:
         config.model_warmup.append(warmup)
     for key, value in cfg.parameters.items():
         config.parameters[key].string_value = value
+    for capability, file in cfg.cc_model_filenames.items():
+        config.cc_model_filenames[capability] = file
     return config
 
 

@@ -1,6 +1,6 @@
-"""The host's GPUs (from nvidia-smi) and the check that engines are built for the GPUs that
-serve them: a TensorRT engine runs only on the compute capability it was built for, and the
-builders build on BUILDER_GPU_ID alone, so every GPU in TRITON_GPU_IDS must be of its type."""
+"""The host's GPUs (from nvidia-smi) and the GPUs the builders see: a TensorRT engine runs only
+on the compute capability it was built for, so the builders get one GPU of every type that
+TRITON_GPU_IDS serves from and build one engine per type (`converters.engine_targets`)."""
 from __future__ import annotations
 
 import shutil
@@ -36,20 +36,18 @@ def host_gpus() -> list[Gpu] | None:
     return parse_gpus(done.stdout) if done.returncode == 0 else None
 
 
-def check_engine_gpus(gpus: list[Gpu], builder_ids: str, triton_ids: str) -> None:
-    """Refuse, in one sentence, GPU ids the host lacks and serving GPUs of another type than the
-    builder's (their engines would not load)."""
+def builder_gpu_ids(gpus: list[Gpu], builder_ids: str, triton_ids: str) -> str:
+    """The GPUs the builders see: BUILDER_GPU_ID, plus one GPU of each further type in
+    TRITON_GPU_IDS, so that they build one engine per type the server runs on (a TensorRT engine
+    runs only on the type it was built for). GPU ids the host lacks are refused in one sentence."""
     by_index = {gpu.index: gpu for gpu in gpus}
     for key, value in (("BUILDER_GPU_ID", builder_ids), ("TRITON_GPU_IDS", triton_ids)):
         missing = [int(i) for i in value.split(",") if i and int(i) not in by_index]
         if missing:
             raise UserError(f"{key}={value} names GPU {missing[0]}, but this host has GPUs "
                             f"{', '.join(str(i) for i in sorted(by_index))}; set {key} in .env to GPUs it has.")
-    builder = by_index[int(builder_ids.split(",")[0])]
-    other = [by_index[int(i)] for i in triton_ids.split(",") if i and
-             by_index[int(i)].compute_capability != builder.compute_capability]
-    if other:
-        raise UserError(f"TRITON_GPU_IDS={triton_ids} includes GPU {other[0].index} ({other[0].name}, compute capability "
-                        f"{other[0].compute_capability}) but the engines are built on BUILDER_GPU_ID={builder.index} "
-                        f"({builder.name}, {builder.compute_capability}), and a TensorRT engine runs only on the GPU "
-                        "type it was built for; serve from GPUs of the builder's type.")
+    chosen = [by_index[int(i)] for i in builder_ids.split(",") if i]
+    for index in (int(i) for i in triton_ids.split(",") if i):
+        if by_index[index].compute_capability not in {gpu.compute_capability for gpu in chosen}:
+            chosen.append(by_index[index])
+    return ",".join(str(gpu.index) for gpu in chosen)

@@ -10,6 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
+from converters.engine_targets import parse_gpu_types
 from converters.errors import UserError
 from converters.model_folder import MANIFEST_FILE
 from converters.conversion_settings import parse_int_list
@@ -30,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--instance-count", type=int, default=1)
     p.add_argument("--gpus", default=None, help="comma list of GPU ids for the instance group")
+    p.add_argument("--gpu-types", default=None, metavar="CC[,CC]",
+                   help="engines: compute capabilities to build one each for (default: one per visible GPU type)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="model-specific option")
     p.add_argument("--force", action="store_true", help="rebuild even when current")
     return p
@@ -53,7 +56,8 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
         checkpoint=checkpoint, repo=args.repo, work_dir=args.work_dir,
         max_batch_size=args.max_batch_size or spec.default_batch_size, precision=args.precision,
         serve_backend=args.serve_backend, device=args.device, instance_count=args.instance_count,
-        gpus=parse_int_list(args.gpus, "--gpus") if args.gpus else (), force=args.force, demo=demo, extra=extra)
+        gpus=parse_int_list(args.gpus, "--gpus") if args.gpus else (), gpu_types=parse_gpu_types(args.gpu_types),
+        force=args.force, demo=demo, extra=extra)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,7 @@ class BuildOptions:
     device: str = "cpu"
     instance_count: int = 1
     gpus: tuple[int, ...] = ()
+    gpu_types: tuple[str, ...] = ()  # engines: one per compute capability; () = one per visible GPU type
     force: bool = False
     demo: bool = False
     extra: dict = field(default_factory=dict)  # model-specific options (e.g. caption folds)
@@ -47,7 +48,8 @@ def conversion_settings(options: BuildOptions, *, name: str, io_json: str, scrip
         generate_triton_config=True, overwrite=True,
         force=options.force, dynamic_batching=True, max_queue_delay_us=CORE_QUEUE_DELAY_US, use_fp16=options.precision == "fp16",
         serve_backend=options.serve_backend,
-        instances=InstancePlan(options.instance_count, "auto", options.gpus), demo=options.demo, pad_sequence=pad_sequence)
+        instances=InstancePlan(options.instance_count, "auto", options.gpus), demo=options.demo, pad_sequence=pad_sequence,
+        gpu_types=options.gpu_types)
 
 
 TOKENIZER_FILE = "tokenizer.json"

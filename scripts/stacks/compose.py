@@ -34,12 +34,13 @@ class ComposeStack(Stack):
             raise UserError(f"no Docker engine answers ({type(exc).__name__}); start Docker or use --mode local.") from None
         if settings.gpu_mode and not settings["TRITON_BASE_IMAGE"]:
             raise UserError("TRITON_BASE_IMAGE is empty: set it in .env to NVIDIA's tritonserver image (NGC release 25.01-py3).")
+        self.builder_gpu_ids = settings["BUILDER_GPU_ID"]
         if settings.gpu_mode:
-            from scripts.gpus import check_engine_gpus, host_gpus
+            from scripts.gpus import builder_gpu_ids, host_gpus
 
             gpus = host_gpus()
-            if gpus:
-                check_engine_gpus(gpus, settings["BUILDER_GPU_ID"], settings["TRITON_GPU_IDS"])
+            if gpus:  # one GPU of each type Triton serves from: the builders build an engine per type
+                self.builder_gpu_ids = builder_gpu_ids(gpus, settings["BUILDER_GPU_ID"], settings["TRITON_GPU_IDS"])
 
     @property
     def http_url(self) -> str:
@@ -59,7 +60,7 @@ class ComposeStack(Stack):
         if self.settings.gpu_mode:  # GPU ids as lists, not one string (see gpu_ids_override)
             override = ROOT / "build" / "compose" / f"{self.project}.gpu-ids.yaml"
             override.parent.mkdir(parents=True, exist_ok=True)
-            override.write_text(gpu_ids_override(self.settings))
+            override.write_text(gpu_ids_override(self.settings, self.builder_gpu_ids))
             env["COMPOSE_FILE"] = f"{env['COMPOSE_FILE']}:{override}"
         result = subprocess.run(["docker", "compose", *args], cwd=ROOT, env=env, text=True,
                                 capture_output=capture, stdout=None if capture else sys.stderr)
@@ -164,17 +165,19 @@ class ComposeStack(Stack):
         return [f"volume {name}" for name in volumes]
 
 
-def gpu_ids_override(settings: StackSettings) -> str:
+def gpu_ids_override(settings: StackSettings, builder_ids: str | None = None) -> str:
     """A compose override giving each GPU service its device ids as a list. docker-compose.gpu.yaml
     interpolates `["${TRITON_GPU_IDS}"]`, so `TRITON_GPU_IDS=0,1` would reach Docker as the single
     id "0,1" (Compose cannot split a variable into a list); `!override` (Compose >= 2.24) replaces
-    that list rather than adding a second reservation."""
+    that list rather than adding a second reservation. The builders get `builder_ids`
+    (`scripts.gpus.builder_gpu_ids`: one GPU per type served from), else BUILDER_GPU_ID."""
     from triton_models.registry import MODELS
 
     def ids(value: str) -> str:
         return json.dumps([part for part in value.split(",") if part])
 
-    services = [("triton", settings["TRITON_GPU_IDS"])] + [(m.compose_service, settings["BUILDER_GPU_ID"]) for m in MODELS]
+    builders = builder_ids or settings["BUILDER_GPU_ID"]
+    services = [("triton", settings["TRITON_GPU_IDS"])] + [(m.compose_service, builders) for m in MODELS]
     lines = ["# Written by scripts/stacks/compose.py from .env (TRITON_GPU_IDS, BUILDER_GPU_ID); do not edit.", "services:"]
     for service, value in services:
         lines += [f"  {service}:", "    deploy:", "      resources:", "        reservations:",

@@ -9,6 +9,7 @@ import subprocess
 import pytest
 import yaml
 
+from scripts.gpus import builder_gpu_ids, parse_gpus
 from scripts.stack_settings import load_settings
 from scripts.stacks.compose import gpu_ids_override
 from tests.helpers import REPO_ROOT
@@ -17,7 +18,7 @@ from triton_models.registry import MODELS
 pytestmark = pytest.mark.docker
 
 
-def _compose_config(tmp_path, overrides: dict[str, str], with_override: bool) -> dict:
+def _compose_config(tmp_path, overrides: dict[str, str], with_override: bool, builder_ids: str | None = None) -> dict:
     if shutil.which("docker") is None or subprocess.run(["docker", "compose", "version"], capture_output=True).returncode:
         pytest.skip("no Docker Compose v2 CLI here; .ci/run installs it")
     settings = load_settings(None, REPO_ROOT, {"COMPOSE_FILE": "docker-compose.yaml:docker-compose.gpu.yaml",
@@ -25,7 +26,7 @@ def _compose_config(tmp_path, overrides: dict[str, str], with_override: bool) ->
     env = {**os.environ, **settings.compose_environment()}
     if with_override:
         path = tmp_path / "gpu-ids.yaml"
-        path.write_text(gpu_ids_override(settings))
+        path.write_text(gpu_ids_override(settings, builder_ids))
         env["COMPOSE_FILE"] += f":{path}"
     done = subprocess.run(["docker", "compose", "config"], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -41,6 +42,18 @@ def test_the_override_makes_gpu_ids_lists_for_every_gpu_service(tmp_path):
     assert _device_ids(services["triton"]) == [["0", "1"]]
     for spec in MODELS:
         assert _device_ids(services[spec.compose_service]) == [["1"]]
+
+
+def test_builders_see_one_gpu_of_each_type_triton_serves_from(tmp_path):
+    """On a mixed host the builders get BUILDER_GPU_ID and a GPU of each further type (chosen by
+    scripts.gpus.builder_gpu_ids from nvidia-smi's rows), and build one engine per type."""
+    gpus = parse_gpus("0, NVIDIA H100 80GB HBM3, 9.0\n1, NVIDIA H100 80GB HBM3, 9.0\n2, NVIDIA A100-SXM4-80GB, 8.0\n")
+    builders = builder_gpu_ids(gpus, "1", "0,1,2")
+    services = _compose_config(tmp_path, {"TRITON_GPU_IDS": "0,1,2", "BUILDER_GPU_ID": "1"}, with_override=True,
+                               builder_ids=builders)
+    assert _device_ids(services["triton"]) == [["0", "1", "2"]]
+    for spec in MODELS:
+        assert _device_ids(services[spec.compose_service]) == [["1", "2"]]
 
 
 def test_without_it_compose_passes_one_string(tmp_path):

@@ -104,6 +104,35 @@ def test_model_graph_builds_with_the_plans_profiles(key, precision, tensorrt, de
                    f"{entry['bytes'] / 1e6:6.1f} MB  ({tensorrt.label})")
 
 
+def test_one_engine_per_gpu_type_each_built_for_its_type(tensorrt, demo_folder, tmp_path):
+    """Builders build once per GPU type: TensorRT for RTX is told each type (no GPU needed); the
+    first engine sits at --engine-path, the next beside it, and the manifest records both. Each
+    file is the engine of its type: a build for that type alone gives the same bytes."""
+    if not tensorrt.rtx:
+        pytest.skip("naming GPU types without GPUs of those types needs TensorRT for RTX (NVIDIA's TensorRT "
+                    "builds for the GPU it runs on)")
+    spec = get("caption_classification")
+    checkpoint = spec.builder.make_demo_checkpoint(demo_folder)
+
+    def build(name: str, types: tuple[str, ...]) -> tuple[dict, Path]:
+        options = BuildOptions(checkpoint=checkpoint, repo=tmp_path / name / "repo", work_dir=tmp_path / name / "work",
+                               max_batch_size=MAX_BATCH, precision="fp16", gpu_types=types, demo=True)
+        spec.builder.build(options)
+        core = options.repo / spec.triton_names[0]
+        return json.loads((core / "manifest.json").read_text())["engine"], options.work_dir / spec.triton_names[0]
+
+    entry, work = build("pair", ("8.6", "8.9"))
+    assert entry["compute_capabilities"] == ["8.6", "8.9"] and entry["compute_capability"] == "8.6"
+    first, second = work / "model.plan", work / "model.sm89.plan"
+    assert entry["engines"]["8.6"]["path"] == str(first) and entry["engines"]["8.9"]["path"] == str(second)
+    assert entry["engines"]["8.9"]["file"] == "model.sm89.plan"
+    assert first.stat().st_size == entry["engines"]["8.6"]["bytes"] and second.stat().st_size == entry["engines"]["8.9"]["bytes"]
+    assert first.read_bytes() != second.read_bytes()
+    alone, alone_work = build("alone", ("8.9",))
+    assert alone["compute_capabilities"] == ["8.9"]
+    assert (alone_work / "model.plan").read_bytes() == second.read_bytes()
+
+
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_eclair_vision_encoder_builds(precision, tensorrt, demo_folder, tmp_path):
     from triton_models.eclair import trtllm

@@ -46,11 +46,11 @@ def _manifest(serve_backend: str, **changes) -> Manifest:
 
 def test_engine_gate_refuses_another_gpu_or_tensorrt():
     manifest = _manifest("tensorrt_plan", versions={"tensorrt": "10.3.0"}, gpu={"compute_capability": "9.0"})
-    assert engine_compatibility(manifest, "10.3.1", "9.0").ok
-    other_gpu = engine_compatibility(manifest, "10.3.0", "8.0")
+    assert engine_compatibility(manifest, "10.3.1", ["9.0"]).ok
+    other_gpu = engine_compatibility(manifest, "10.3.0", ["8.0"])
     assert not other_gpu.ok and "compute capability 9.0" in other_gpu.reason
-    assert not engine_compatibility(manifest, "10.8.0", "9.0").ok
-    assert engine_compatibility(_manifest("python_onnx"), None, None).ok
+    assert not engine_compatibility(manifest, "10.8.0", ["9.0"]).ok
+    assert engine_compatibility(_manifest("python_onnx"), None, []).ok
 
 
 def test_damaged_manifest_reads_as_absent(tmp_path):
