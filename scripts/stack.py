@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             unknown = [k for k in keys if k not in {m.key for m in MODELS}]
             if unknown:
                 raise UserError(f"unknown model {unknown[0]}; choose from {', '.join(m.key for m in MODELS)}.")
-            stack.build(keys)
+            stack.build(keys, skip_current=False)
             return 0
         if args.command in ("status", "verify"):
             log(f"mode {mode}; Triton {stack.server_state()}")

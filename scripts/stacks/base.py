@@ -28,8 +28,9 @@ class Stack(ABC):
         return "127.0.0.1"
 
     @abstractmethod
-    def build(self, keys: list[str]) -> None:
-        """Run each model's builder in turn; a failing one stops everything, named with its log."""
+    def build(self, keys: list[str], skip_current: bool = True) -> None:
+        """Run each model's builder in turn; a failing one stops everything, named with its log.
+        `skip_current=False` (`stack build`) starts every builder even where a stamp says current."""
 
     @abstractmethod
     def start_server(self) -> None: ...

@@ -74,7 +74,7 @@ class ComposeStack(Stack):
             f"com.docker.compose.project={self.project}", f"com.docker.compose.service={service}"]})
         return found[0] if found else None
 
-    def build(self, keys: list[str]) -> None:
+    def build(self, keys: list[str], skip_current: bool = True) -> None:  # each builder container decides
         services = [get(k).compose_service for k in keys]
         log(f"building images for {', '.join(services + ['triton'])}")
         self.compose("build", *services, "triton")

@@ -38,29 +38,54 @@ class LocalStack(Stack):
     def grpc_url(self) -> str:
         return f"127.0.0.1:{self.settings['TRITON_GRPC_PORT']}"
 
-    def build(self, keys: list[str]) -> None:
+    def build(self, keys: list[str], skip_current: bool = True) -> None:
+        """Each model's builder in turn. With `skip_current` (what `up` does), a builder whose
+        inputs match its last successful run's stamp (`scripts/build_stamp.py`) is not started."""
+        from scripts.build_stamp import build_stamp, is_current
+
         self.state.mkdir(parents=True, exist_ok=True)
+        gpus = self._gpu_rows()
         for index, key in enumerate(keys, 1):
-            spec = get(key)
-            command = [sys.executable, "-m", "triton_models.build", key, "--repo", str(self.repo),
-                       "--work-dir", str(self.work), "--max-batch-size", self.settings[spec.batch_size_key],
-                       "--precision", self.settings["PRECISION"], "--serve-backend", self.settings["LOCAL_SERVE_BACKEND"],
-                       "--device", self.settings["LOCAL_DEVICE"],
-                       "--instance-count", self.settings["INSTANCE_COUNT"]]
-            if self.settings["LOCAL_DEVICE"] == "cuda":  # instances on every GPU of TRITON_GPU_IDS
-                command += ["--gpus", self.settings["TRITON_GPU_IDS"]]
-            checkpoint = self.settings.checkpoint(key)
-            if checkpoint is not None:
-                command += ["--checkpoint", str(checkpoint)]
+            spec, started = get(key), time.monotonic()
+            command, checkpoint = self._builder_command(key)
+            published = [self.repo / name for name in spec.triton_names]
+            stamp_file = self.state / f"build-{key}.stamp"
+            if skip_current and is_current(stamp_file, build_stamp(command, checkpoint, published, gpus)):
+                log(f"[{index}/{len(keys)}] {key}: up to date, skipped in {time.monotonic() - started:.1f} s "
+                    "(the same inputs as its last build; `stack build` runs the builder anyway)")
+                continue
+            stamp_file.unlink(missing_ok=True)
             log(f"[{index}/{len(keys)}] building {key} ({'demo checkpoint' if checkpoint is None else checkpoint})")
-            started = time.monotonic()
             result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
             (self.state / f"build-{key}.log").write_text(result.stdout + result.stderr)
             if result.returncode != 0:
                 raise UserError(f"builder {key} failed with exit code {result.returncode}; Triton was not started. "
                                 f"Last lines of {self.state / f'build-{key}.log'}:\n{tail(result.stderr or result.stdout)}")
+            stamp_file.write_text(build_stamp(command, checkpoint, published, gpus) + "\n")
             skipped = "published" not in result.stdout
             log(f"      {key}: {'up to date, skipped' if skipped else 'built'} in {time.monotonic() - started:.1f} s")
+
+    def _builder_command(self, key: str) -> tuple[list[str], Path | None]:
+        spec = get(key)
+        command = [sys.executable, "-m", "triton_models.build", key, "--repo", str(self.repo),
+                   "--work-dir", str(self.work), "--max-batch-size", self.settings[spec.batch_size_key],
+                   "--precision", self.settings["PRECISION"], "--serve-backend", self.settings["LOCAL_SERVE_BACKEND"],
+                   "--device", self.settings["LOCAL_DEVICE"],
+                   "--instance-count", self.settings["INSTANCE_COUNT"]]
+        if self.settings["LOCAL_DEVICE"] == "cuda":  # instances on every GPU of TRITON_GPU_IDS
+            command += ["--gpus", self.settings["TRITON_GPU_IDS"]]
+        checkpoint = self.settings.checkpoint(key)
+        if checkpoint is not None:
+            command += ["--checkpoint", str(checkpoint)]
+        return command, checkpoint
+
+    def _gpu_rows(self) -> str | None:
+        """The host's GPUs, for the build stamp, where builds run on them."""
+        if self.settings["LOCAL_DEVICE"] != "cuda":
+            return None
+        from scripts.gpus import host_gpus
+
+        return repr(host_gpus())
 
     def running_pid(self) -> int | None:
         if not self.pid_file.is_file():

@@ -37,6 +37,10 @@ def test_up_verifies_then_warm_up_skips_and_down_stops(local_stack):
     assert len(rows) == 2 and all(" yes " in row and row.rstrip().endswith("demo") for row in rows)
     warm = run("up")
     assert warm.returncode == 0 and "e5_small_v2: up to date, skipped" in warm.stdout
+    assert "building e5_small_v2" not in warm.stdout  # the build stamp matched: no builder process started
+    forced = run("build")  # `stack build` starts the builder, which finds its manifest current
+    assert forced.returncode == 0 and "building e5_small_v2" in forced.stdout
+    assert "e5_small_v2: up to date, skipped" in forced.stdout
     status = run("status")
     assert status.returncode == 0 and "running (pid" in status.stdout
     assert run("down").returncode == 0
