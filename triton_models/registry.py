@@ -63,7 +63,7 @@ MODELS: tuple[ModelSpec, ...] = (
     # 1024x1024 pages; 21504 anchors (strides 8, 16, 32) x (box 4 + objectness 1 + 3 classes)
     ModelSpec("yolox", ("yolox", "yolox_page_elements"), "YOLOX", 8, "build-yolox",
               "best_ckpt.pth under CHECKPOINTS_DIR (empty: demo)", core_io={
-                  "inputs": [{"name": "input", "dtype": "float32", "shape": [3, 1024, 1024], "range": [0, 255]}],
+                  "inputs": [{"name": "input", "dtype": "uint8", "shape": [3, 1024, 1024], "range": [0, 256]}],
                   "outputs": [{"name": "output", "dtype": "float32", "shape": [21504, 8]}]}),
     ModelSpec("eclair", ("eclair",), "ECLAIR", 16, "build-eclair",
               "ECLAIR VisionEncoderDecoder folder under CHECKPOINTS_DIR (empty: demo)", batch_help=" (16 was tuned for an A100)"),

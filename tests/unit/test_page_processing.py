@@ -10,7 +10,7 @@ def test_letterbox_keeps_aspect_pads_114_and_swaps_to_bgr():
     page = np.zeros((2048, 1024, 3), np.uint8)
     page[..., 0] = 200  # red in RGB
     tensor, ratio = letterbox(page)
-    assert tensor.shape == (3, INPUT_SIZE, INPUT_SIZE) and tensor.dtype == np.float32
+    assert tensor.shape == (3, INPUT_SIZE, INPUT_SIZE) and tensor.dtype == np.uint8  # cast on the core's device
     assert ratio == 0.5
     assert tensor[2, 0, 0] == 200 and tensor[0, 0, 0] == 0  # BGR: red lands in channel 2
     assert np.all(tensor[:, :, 512:] == PAD_VALUE)

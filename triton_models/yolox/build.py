@@ -41,7 +41,22 @@ def model_size(checkpoint: Path) -> tuple[float, float]:
     return 1.0, 1.0
 
 
+class YOLOXOnPages(torch.nn.Module):
+    """The served core: YOLOX taking letterboxed pages as uint8 and casting them on its own device
+    to the dtype of its weights (YOLOX takes raw 0..255 values: the cast is all its normalisation).
+    Checkpoints load into `.yolox` exactly as into upstream's YOLOX."""
+
+    def __init__(self, yolox: torch.nn.Module) -> None:
+        super().__init__()
+        self.yolox = yolox
+
+    def forward(self, pages: torch.Tensor) -> torch.Tensor:
+        weight = next(self.yolox.parameters())
+        return self.yolox(pages.to(weight.dtype))
+
+
 def load_model(checkpoint: Path) -> torch.nn.Module:
+    """The served core (`YOLOXOnPages`) with the checkpoint's weights."""
     depth, width = model_size(checkpoint)
     model = build_yolox(depth, width, num_classes=len(LABELS))
     result = model.load_state_dict(load_state_dict(checkpoint), strict=False)
@@ -49,7 +64,7 @@ def load_model(checkpoint: Path) -> torch.nn.Module:
         raise UserError(f"YOLOX checkpoint {checkpoint} does not match YOLOX (depth {depth}, width {width}, "
                         f"{len(LABELS)} classes): missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}; "
                         "add an exp.json with its depth and width beside it.")
-    return model.eval()
+    return YOLOXOnPages(model).eval()
 
 
 def make_demo_checkpoint(folder: Path) -> Path:
@@ -80,7 +95,7 @@ def build(options: BuildOptions) -> list[Path]:
     score_threshold = float(options.extra.get("score_threshold", "0.1"))
     iou_threshold = float(options.extra.get("nms_iou_threshold", "0.5"))
     settings = conversion_settings(options, name=CORE, io_json=IO_CONFIG, script=Path(__file__),
-                                   class_name="YOLOX", sequence_length=1)
+                                   class_name="YOLOXOnPages", sequence_length=1)
     core = convert(settings, load_model=lambda: load_model(checkpoint))
     precision = core.precision
 
