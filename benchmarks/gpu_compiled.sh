@@ -8,7 +8,8 @@
 #
 # Environment: SERVE_BACKEND (python_compiled), GPU_MODELS (e5_small_v2,caption_classification),
 # CHECKPOINTS (e5,caption), UP_TWICE (1: a cold, then a warm `up`), E5_BATCHES (8,64,256; empty: none),
-# CAPTION_BATCHES (32,64,128), BENCH_CONCURRENCY (1,4,16), BENCH_DURATION (3).
+# CAPTION_BATCHES (32,64,128), YOLOX_BATCHES (16), BENCH_CONCURRENCY (1,4,16), BENCH_DURATION (3),
+# BENCH_ARGS (more `stack bench` flags, e.g. --shared-memory system).
 set -euo pipefail
 tokenizer=$1 out=$2 numpy1=${3:-} perf_analyzer=${4:-}
 work=build/gpu_compiled
@@ -29,11 +30,11 @@ trap 'cp "$work/local/triton.log" "$out/" 2>/dev/null || true; stack down || tru
 timed_up cold
 if [ "${UP_TWICE:-1}" = 1 ]; then stack down > /dev/null; timed_up warm; fi
 concurrency=${BENCH_CONCURRENCY:-1,4,16}
-for pair in "e5_small_v2:${E5_BATCHES-8,64,256}" "deberta_large:${CAPTION_BATCHES-32,64,128}"; do
+for pair in "e5_small_v2:${E5_BATCHES-8,64,256}" "deberta_large:${CAPTION_BATCHES-32,64,128}" "yolox:${YOLOX_BATCHES-16}"; do
     model=${pair%%:*}
     [ -d "$work/model_repository/$model" ] && [ -n "${pair#*:}" ] || continue
     stack bench "$model" --batch-sizes "${pair#*:}" --concurrency "$concurrency" --duration "${BENCH_DURATION:-3}" \
-        --out "$out/$model" | tee "$out/bench_$model.txt"
+        --out "$out/$model" ${BENCH_ARGS:-} | tee "$out/bench_$model.txt"
 done
 if [ -n "$perf_analyzer" ]; then  # the same point by perf_analyzer: E5, batch 8, concurrency 4, gRPC, no shared memory
     grpc=$(grep -E '^TRITON_GRPC_PORT=' "$work/gpu.env" | cut -d= -f2 || true); grpc=${grpc:-8001}

@@ -93,6 +93,8 @@ class Runner:
     def __init__(self, folder, config, params, device, mode=None, cache_writable=False):
         gpu = device.startswith("cuda") and torch.cuda.is_available()
         self.device = torch.device(device if gpu else "cpu")
+        if gpu and self.device.index is not None:  # graphs are captured on the current device: make it this one
+            torch.cuda.set_device(self.device)
         self.mode = mode or ("graphs" if gpu else "compiled")
         if self.mode not in MODES or (self.mode == "graphs" and not gpu):
             raise ValueError(f"mode {self.mode} is not one of {', '.join(MODES)} or needs a GPU")
