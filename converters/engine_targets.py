@@ -72,7 +72,7 @@ def engine_targets(requested: tuple[str, ...], visible: list[VisibleGpu], rtx: b
             raise UserError(f"--gpu-types names {cc}, but TensorRT builds an engine for the GPU it runs on and no "
                             f"visible GPU has compute capability {cc} (visible: {have}); give the builder a GPU of "
                             "that type or drop it.")
-        device = None if rtx or cc not in first_of_type else first_of_type[cc].index
+        device = None if rtx else first_of_type[cc].index  # RTX builds for a type, not on a GPU
         path, file = Path(engine_path), model_file
         if position:  # further types sit beside the first under a name that says their type
             path = path.with_name(f"{path.stem}.{sm_suffix(cc)}{path.suffix}")

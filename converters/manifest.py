@@ -55,19 +55,6 @@ def tool_versions() -> dict[str, str | None]:
 
 
 @functools.cache
-def _gpu_identity() -> tuple[str | None, str | None]:
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            major, minor = torch.cuda.get_device_capability(0)
-            return torch.cuda.get_device_name(0), f"{major}.{minor}"
-    except Exception:  # a broken CUDA install must not stop a CPU build
-        pass
-    return None, None
-
-
-@functools.cache
 def visible_gpus() -> tuple:
     """Every GPU this process sees, as `VisibleGpu`s (empty without CUDA)."""
     from converters.engine_targets import VisibleGpu
@@ -85,8 +72,8 @@ def visible_gpus() -> tuple:
 
 def gpu_identity() -> dict[str, str | None]:
     """Name and compute capability of GPU 0, or Nones on a machine without one (asked once per process)."""
-    name, capability = _gpu_identity()
-    return {"name": name, "compute_capability": capability}
+    gpus = visible_gpus()
+    return {"name": gpus[0].name if gpus else None, "compute_capability": gpus[0].compute_capability if gpus else None}
 
 
 def converters_source_sha256() -> str:

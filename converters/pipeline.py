@@ -126,9 +126,9 @@ class _Conversion:
         if (settings.generate_trt or self.backend.engine) and tensorrt is not None:
             self.targets = engine_targets(settings.gpu_types, list(visible_gpus()), tensorrt.rtx,
                                           Path(settings.engine_path), serve_backend("tensorrt_plan").model_file)
-        engine_types = [t.compute_capability for t in self.targets if t.compute_capability]
+        self.engine_types = [t.compute_capability for t in self.targets if t.compute_capability]
         self.key = fingerprint(self.sources, settings.manifest_settings(), self.versions, self.gpu, self.backend.name,
-                               engine_types)
+                               self.engine_types)
         self.model_dir = settings.triton_repo / settings.model_name
         self.model: torch.nn.Module | None = None
         self.onnx_path = Path(settings.onnx_path)
@@ -146,8 +146,7 @@ class _Conversion:
             return True
         existing = Manifest.read(self.model_dir) if self.backend.engine else None
         if existing:
-            types = [t.compute_capability for t in self.targets if t.compute_capability]
-            compatibility = engine_compatibility(existing, self.tensorrt.version, types)
+            compatibility = engine_compatibility(existing, self.tensorrt.version, self.engine_types)
             if not compatibility.ok:  # never serve an engine built elsewhere: rebuild it here
                 self.result.say(f"rebuilding {self.model_dir}: its engine was {compatibility.reason}.")
         return False

@@ -47,11 +47,17 @@ def _manifest(folder: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
-def build_stamp(command: list[str], checkpoint: Path | None, published: list[Path], gpus: str | None) -> str:
-    """One hash of everything a builder run depends on (see the module's docstring)."""
+def environment_key(gpus: str | None) -> str:
+    """What every builder of one `up` shares (build code, packages, GPUs): read once per `up`."""
+    parts = {"code": _build_code_sha256(), "packages": _packages(), "gpus": gpus}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def build_stamp(command: list[str], checkpoint: Path | None, published: list[Path], environment: str) -> str:
+    """One hash of everything a builder run depends on (see the module's docstring);
+    `environment` is `environment_key(...)`."""
     parts = {"command": command, "checkpoint": _files_by_stat(checkpoint) if checkpoint else "demo",
-             "code": _build_code_sha256(), "packages": _packages(), "gpus": gpus,
-             "manifests": {str(folder): _manifest(folder) for folder in published}}
+             "environment": environment, "manifests": {str(folder): _manifest(folder) for folder in published}}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 

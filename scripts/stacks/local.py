@@ -41,16 +41,16 @@ class LocalStack(Stack):
     def build(self, keys: list[str], skip_current: bool = True) -> None:
         """Each model's builder in turn. With `skip_current` (what `up` does), a builder whose
         inputs match its last successful run's stamp (`scripts/build_stamp.py`) is not started."""
-        from scripts.build_stamp import build_stamp, is_current
+        from scripts.build_stamp import build_stamp, environment_key, is_current
 
         self.state.mkdir(parents=True, exist_ok=True)
-        gpus = self._gpu_rows()
+        environment = environment_key(self._gpu_rows())  # the same for every builder of this run
         for index, key in enumerate(keys, 1):
             spec, started = get(key), time.monotonic()
             command, checkpoint = self._builder_command(key)
             published = [self.repo / name for name in spec.triton_names]
             stamp_file = self.state / f"build-{key}.stamp"
-            if skip_current and is_current(stamp_file, build_stamp(command, checkpoint, published, gpus)):
+            if skip_current and is_current(stamp_file, build_stamp(command, checkpoint, published, environment)):
                 log(f"[{index}/{len(keys)}] {key}: up to date, skipped in {time.monotonic() - started:.1f} s "
                     "(the same inputs as its last build; `stack build` runs the builder anyway)")
                 continue
@@ -61,7 +61,7 @@ class LocalStack(Stack):
             if result.returncode != 0:
                 raise UserError(f"builder {key} failed with exit code {result.returncode}; Triton was not started. "
                                 f"Last lines of {self.state / f'build-{key}.log'}:\n{tail(result.stderr or result.stdout)}")
-            stamp_file.write_text(build_stamp(command, checkpoint, published, gpus) + "\n")
+            stamp_file.write_text(build_stamp(command, checkpoint, published, environment) + "\n")
             skipped = "published" not in result.stdout
             log(f"      {key}: {'up to date, skipped' if skipped else 'built'} in {time.monotonic() - started:.1f} s")
 
