@@ -26,6 +26,7 @@ from converters.tensorrt_backend import TensorRTInstall
 class BuiltEngine:
     target: EngineTarget
     engine: bytes
+    build: tensorrt_backend.EngineBuild | None  # None where the file at its path was kept (no --overwrite)
 
 
 def build_and_check_engines(settings: ConversionSettings, onnx_path: Path, tensorrt: TensorRTInstall,
@@ -38,19 +39,19 @@ def build_and_check_engines(settings: ConversionSettings, onnx_path: Path, tenso
                           onnx_has_qdq=has_qdq)
     built = []
     for target in targets:
-        engine = _build_or_keep(settings, onnx_path, tensorrt, target, plan, result, scratch)
+        engine, build = _build_or_keep(settings, onnx_path, tensorrt, target, plan, result, scratch)
         _read_back_and_run(settings, tensorrt, target, engine, plan, model, sample, result)
-        built.append(BuiltEngine(target, engine))
+        built.append(BuiltEngine(target, engine, build))
     return built, plan.precision
 
 
 def _build_or_keep(settings: ConversionSettings, onnx_path: Path, tensorrt: TensorRTInstall, target: EngineTarget,
-                   plan: PrecisionPlan, result, scratch: Path) -> bytes:
+                   plan: PrecisionPlan, result, scratch: Path) -> tuple[bytes, tensorrt_backend.EngineBuild | None]:
     engine_path = target.engine_path
     expected = settings.plan.profiles(settings.io)
     if engine_path.exists() and not settings.overwrite:
         result.say(f"kept the existing {engine_path} (pass --overwrite to replace it).")
-        return engine_path.read_bytes()
+        return engine_path.read_bytes(), None
     request = _engine_request(settings, onnx_path, plan, expected, result, scratch, target)
     build = tensorrt_backend.build_engine(request)
     result.engine_builds.append(build)
@@ -61,7 +62,7 @@ def _build_or_keep(settings: ConversionSettings, onnx_path: Path, tensorrt: Tens
     typing = "strongly typed" if build.strongly_typed else f"{build.fp32_pinned_layers} layers pinned to fp32"
     result.say(f"{build.tensorrt.label} built {engine_path} for {target.label} ({len(build.engine) / 1e6:.1f} MB, "
                f"{plan.precision}, {typing}) in {build.seconds:.1f} s")
-    return build.engine
+    return build.engine, build
 
 
 def _read_back_and_run(settings: ConversionSettings, tensorrt: TensorRTInstall, target: EngineTarget, engine: bytes,

@@ -134,6 +134,7 @@ class _Conversion:
         self.onnx_path = Path(settings.onnx_path)
         self.triton_inputs: tuple[str, ...] = ()
         self.sample: dict = {}
+        self.engines: list[BuiltEngine] = []  # one per target, built or kept
 
     def is_current(self) -> bool:
         """Skip check: published from exactly these inputs and settings."""
@@ -191,14 +192,13 @@ class _Conversion:
         """The engine where asked (built even when not served), and what the serve backend publishes."""
         s, backend, files = self.settings, self.backend, {}
         self.result.precision = "fp32"
-        engines: list[BuiltEngine] = []
         engine_precision = None
         if self.targets:
-            engines, engine_precision = build_and_check_engines(s, self.onnx_path, self.tensorrt, self.targets,
+            self.engines, engine_precision = build_and_check_engines(s, self.onnx_path, self.tensorrt, self.targets,
                                                                 self.model, self.sample, self.result, scratch)
         model_file = f"1/{backend.model_file}"
         if backend.artifact == "engine":  # one file per GPU type; config.pbtxt maps each type to its file
-            files.update({f"1/{built.target.model_file}": built.engine for built in engines})
+            files.update({f"1/{built.target.model_file}": built.engine for built in self.engines})
             self.result.precision = engine_precision
         elif backend.artifact in ("exported", "torchscript"):  # PyTorch serves fp16 on a GPU only
             self.result.precision = "fp16" if s.use_fp16 and s.device == "cuda" else "fp32"
@@ -257,15 +257,15 @@ class _Conversion:
 
 
     def _engine_entry(self) -> dict | None:
-        """Which TensorRT built what, for which GPU types, and whether it is what is served."""
-        builds = self.result.engine_builds
-        if not builds:
+        """Which TensorRT built what, for which GPU types (each file, built or kept), and whether it
+        is what is served; None where this run built no engine."""
+        built = [e.build for e in self.engines if e.build is not None]
+        if not built:
             return None
-        types = [t.compute_capability for t in self.targets if t.compute_capability]
-        files = {t.compute_capability: {"path": str(t.engine_path), "file": t.model_file, "bytes": len(b.engine),
-                                        "seconds": round(b.seconds, 2)}
-                 for t, b in zip(self.targets, builds) if t.compute_capability}
-        return dict(builds[0].manifest_entry(), path=str(self.settings.engine_path), compute_capabilities=types,
+        files = {e.target.compute_capability: {"path": str(e.target.engine_path), "file": e.target.model_file,
+                                               "bytes": len(e.engine), "seconds": round(e.build.seconds, 2) if e.build else None}
+                 for e in self.engines if e.target.compute_capability}
+        return dict(built[0].manifest_entry(), path=str(self.settings.engine_path), compute_capabilities=self.engine_types,
                     engines=files, served=self.backend.artifact == "engine")
 
 

@@ -335,3 +335,23 @@ def test_python_compiled_backend_serves_buckets_that_match(small_deberta, tmp_pa
     eager = RawModel(repo / "deberta_large", "eager")
     assert eager.kind == "raw eager" and eager.flops_per_item > 2 * 64 * 64 * 128  # at least one 64x64 projection
     np.testing.assert_allclose(eager.run(feeds)["output"], batch, atol=1e-4, rtol=1e-3)
+
+
+def test_a_kept_engine_and_a_built_one_are_each_recorded_under_their_own_type(small_deberta, tmp_path):
+    """Without --overwrite the engine already at --engine-path (8.6) is kept and only the new type's
+    (8.9) is built: the manifest lists both files under their own types, timing only the built one."""
+    repo = tmp_path / "repo"
+    first = seed_command(small_deberta.ckpt, small_deberta.script, tmp_path, repo) + ["--gpu-types", "8.6"]
+    assert run_converter(first).returncode == 0
+    kept = (tmp_path / "model.plan").read_bytes()
+    again = [a for a in first if a != "--overwrite"][:-1] + ["8.6,8.9"]
+    result = run_converter(again)
+    assert result.returncode == 0, result.stderr
+    assert f"kept the existing {tmp_path / 'model.plan'}" in result.stderr
+    engine = json.loads((repo / "deberta_large" / "manifest.json").read_text())["engine"]
+    assert engine["compute_capabilities"] == ["8.6", "8.9"] and engine["compute_capability"] == "8.9"
+    assert engine["engines"]["8.6"] == {"path": str(tmp_path / "model.plan"), "file": "model.plan",
+                                        "bytes": len(kept), "seconds": None}
+    built = tmp_path / "model.sm89.plan"
+    assert engine["engines"]["8.9"]["bytes"] == built.stat().st_size and engine["engines"]["8.9"]["seconds"] >= 0
+    assert (tmp_path / "model.plan").read_bytes() == kept
