@@ -1,6 +1,8 @@
 #!/bin/sh
 # Builder container entrypoint: `build-model.sh MODEL`, settings from the environment that
-# docker-compose.yaml passes from .env. An empty CHECKPOINT builds a demo checkpoint.
+# docker-compose.yaml (or the Helm chart's Job) passes from .env. An empty CHECKPOINT builds a demo
+# checkpoint. BUILD_RECEIPT (Kubernetes): a file written once the build succeeded, which the Triton
+# pods wait for.
 set -e
 model="$1"
 set -- "$model" --repo /models --work-dir /work \
@@ -9,4 +11,8 @@ set -- "$model" --repo /models --work-dir /work \
 if [ -n "${CHECKPOINT:-}" ]; then
   set -- "$@" --checkpoint "/checkpoints/${CHECKPOINT}"
 fi
-exec python3 -m triton_models.build "$@"
+if [ -z "${BUILD_RECEIPT:-}" ]; then
+  exec python3 -m triton_models.build "$@"
+fi
+python3 -m triton_models.build "$@"
+date -u +%Y-%m-%dT%H:%M:%SZ > "$BUILD_RECEIPT.tmp" && mv "$BUILD_RECEIPT.tmp" "$BUILD_RECEIPT"

@@ -5,6 +5,7 @@ soak. `down` stops the server and keeps what was built; `clean` deletes it.
 Modes: `--mode docker` drives `docker compose` (builders -> volume -> Triton) and follows the
 containers with the docker SDK; `--mode local` runs the same steps without Docker (builders as
 subprocesses into a local repository, Triton from the nvidia-pytriton wheel, on CPU).
+`--mode kubernetes` installs the Helm chart in deploy/helm/doc-triton (scripts/stacks/kubernetes.py).
 `--mode auto` (default) picks docker on a host with Docker and an NVIDIA GPU, else local.
 The stacks live in `scripts/stacks/`, health and verification in `scripts/health.py`, the
 bench in `scripts/bench/`; this module holds the commands and the command line.
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=("up", "build", "status", "verify", "logs", "down", "clean", "bench", "tune",
                                             "soak"))
     parser.add_argument("target", nargs="?", help="build/bench: a model; logs: a service (default triton)")
-    parser.add_argument("--mode", choices=("auto", "docker", "local"), default="auto")
+    parser.add_argument("--mode", choices=("auto", "docker", "local", "kubernetes"), default="auto")
     parser.add_argument("--local", action="store_const", const="local", dest="mode", help="same as --mode local")
     parser.add_argument("--env-file", type=Path, default=ROOT / ".env")
     sweep = parser.add_argument_group("bench and tune")
@@ -197,7 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     soak_group.add_argument("--sample-every", type=float, default=5.0, help="soak: seconds between memory readings")
     args = parser.parse_args(argv)
     try:
-        settings = load_settings(args.env_file, ROOT)
+        settings = load_settings(args.env_file, ROOT, host_checkpoints=args.mode != "kubernetes")
+        if args.mode == "kubernetes":
+            from scripts.stacks.kubernetes import run_command
+
+            return run_command(args.command, args.target, settings)
         mode = choose_mode(args.mode)
         stack = make_stack(mode, settings)
         if args.command == "up":

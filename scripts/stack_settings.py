@@ -7,6 +7,7 @@ together and nothing starts.
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ class Key:
     default: str
     help: str
     example: str | None = None  # what .env.example shows where it differs from the default
+    chart: bool = False  # also a setting of the Helm chart (deploy/helm/doc-triton/settings.yaml)
 
 
 KEYS: tuple[Key, ...] = (
@@ -41,13 +43,13 @@ KEYS: tuple[Key, ...] = (
     Key("TRITON_GPU_IDS", "gpu_ids", "0", "GPUs the Triton service reserves (comma list)"),
     Key("BUILDER_GPU_ID", "gpu_ids", "0", "GPU the builders build on"),
     Key("TRITON_SHM_SIZE", "str", "2gb", "shared memory of the Triton container (python backend tensors)"),
-    Key("PRECISION", "choice:fp16|fp32", "fp16", "engine precision"),
-    Key("INSTANCE_COUNT", "int", "1", "model instances per GPU (or on CPU)"),
-    Key("MODELS", "models", ",".join(m.key for m in MODELS), "which models to build and serve (comma list)"),
-    *(Key(spec.batch_size_key, "int", str(spec.default_batch_size), f"max batch of {spec.core}{spec.batch_help}")
-      for spec in MODELS),
+    Key("PRECISION", "choice:fp16|fp32", "fp16", "engine precision", chart=True),
+    Key("INSTANCE_COUNT", "int", "1", "model instances per GPU (or on CPU)", chart=True),
+    Key("MODELS", "models", ",".join(m.key for m in MODELS), "which models to build and serve (comma list)", chart=True),
+    *(Key(spec.batch_size_key, "int", str(spec.default_batch_size), f"max batch of {spec.core}{spec.batch_help}",
+          chart=True) for spec in MODELS),
     Key("CHECKPOINTS_DIR", "path", "./checkpoints", "host folder mounted read-only at /checkpoints in the builders"),
-    *(Key(spec.checkpoint_key, "checkpoint", "", spec.checkpoint_help) for spec in MODELS),
+    *(Key(spec.checkpoint_key, "checkpoint", "", spec.checkpoint_help, chart=True) for spec in MODELS),
     Key("ECLAIR_CHECKPOINT_DIR", "str", "./third_party/eclair_triton/checkpoints", "TensorRT-LLM overlay: checkpoints folder (relative to the repository root)"),
     Key("ECLAIR_CHECKPOINT_NAME", "str", "", "TensorRT-LLM overlay: checkpoint folder name inside ECLAIR_CHECKPOINT_DIR"),
     Key("ECLAIR_MODEL_DIR", "str", "./third_party/eclair_triton/models", "TensorRT-LLM overlay: where its engines go (relative to the repository root)"),
@@ -59,7 +61,11 @@ KEYS: tuple[Key, ...] = (
     Key("LOCAL_MODEL_PYTHONPATH", "str", "",
         "--local: folders put first on the python-backend models' path (the wheel's stub needs NumPy 1)"),
     Key("LOCAL_REPOSITORY", "path", "build/model_repository", "--local: the model repository folder"),
-    Key("READY_TIMEOUT_S", "int", "600", "how long `up` waits for Triton and every model"),
+    Key("READY_TIMEOUT_S", "int", "600", "how long `up` waits for Triton and every model", chart=True),
+    Key("HELM_RELEASE", "str", "doc-triton", "--mode kubernetes: the Helm release (and prefix of its objects)"),
+    Key("KUBE_NAMESPACE", "str", "default", "--mode kubernetes: the namespace it is installed in"),
+    Key("HELM_VALUES", "str", "",
+        "--mode kubernetes: a values file of your own (images, GPUs, replicas, storage); empty: the chart's defaults"),
 )
 KEY_NAMES = {k.name for k in KEYS}
 
@@ -127,8 +133,10 @@ def _problem(key: Key, value: str, root: Path, values: dict[str, str]) -> str | 
     return None
 
 
-def load_settings(env_file: Path | None = Path(".env"), root: Path = Path("."), overrides: dict[str, str] | None = None) -> StackSettings:
-    """Read `.env` (if present), fill defaults, validate everything, report all problems at once."""
+def load_settings(env_file: Path | None = Path(".env"), root: Path = Path("."), overrides: dict[str, str] | None = None,
+                  host_checkpoints: bool = True) -> StackSettings:
+    """Read `.env` (if present), fill defaults, validate everything, report all problems at once.
+    `host_checkpoints=False` (Kubernetes): checkpoints live on a claim, not under CHECKPOINTS_DIR here."""
     raw: dict[str, str] = {}
     if env_file is not None and Path(env_file).is_file():
         raw = {k: (v or "") for k, v in dotenv_values(env_file).items()}
@@ -136,6 +144,8 @@ def load_settings(env_file: Path | None = Path(".env"), root: Path = Path("."), 
     problems = [f"unknown key {k} (known keys are listed in .env.example)" for k in raw if k not in KEY_NAMES]
     values = {k.name: raw.get(k.name, k.default).strip() for k in KEYS}
     for key in KEYS:
+        if key.kind == "checkpoint" and not host_checkpoints:
+            continue
         problem = _problem(key, values[key.name], root, values)
         if problem:
             problems.append(problem)
@@ -159,6 +169,34 @@ def env_example_text() -> str:
     return "\n".join(lines) + "\n"
 
 
+def chart_settings_text() -> str:
+    """The Helm chart's `settings.yaml`: its defaults for the .env keys it uses (`Key.chart`) and the
+    models it builds, generated from KEYS and the registry so the chart has no list of its own."""
+    lines = ["# Generated from scripts/stack_settings.py (KEYS) and triton_models/registry.py by",
+             "# `python -m scripts.stack_settings chart`; a test keeps it in step. Do not edit: override a",
+             "# setting under `settings:` in your values (the same keys and meaning as in .env).",
+             "settings:"]
+    for key in KEYS:
+        if key.chart:
+            lines += [f"  # {key.help}", f"  {key.name}: {json.dumps(key.default)}"]
+    lines.append("models:")
+    for spec in MODELS:
+        lines += [f"  - key: {spec.key}", f"    job: {spec.compose_service}",
+                  f"    tritonNames: {json.dumps(list(spec.triton_names))}",
+                  f"    batchSizeKey: {spec.batch_size_key}", f"    checkpointKey: {spec.checkpoint_key}",
+                  # GPU nodes: a converted core becomes a TensorRT engine; ECLAIR keeps its PyTorch runtime
+                  f"    gpuServeBackend: {'tensorrt_plan' if spec.core_io else 'python_onnx'}"]
+    return "\n".join(lines) + "\n"
+
+
+def chart_values(settings: StackSettings) -> dict[str, dict[str, str]]:
+    """A values overlay carrying the chart's keys from `.env` (what `stack up --mode kubernetes` passes)."""
+    return {"settings": {key.name: settings[key.name] for key in KEYS if key.chart}}
+
+
 if __name__ == "__main__":
-    # `python -m scripts.stack_settings > .env.example` regenerates the documented example.
-    print(env_example_text(), end="")
+    # `python -m scripts.stack_settings > .env.example` regenerates the documented example;
+    # `python -m scripts.stack_settings chart > deploy/helm/doc-triton/settings.yaml` the chart's settings.
+    import sys
+
+    print(chart_settings_text() if sys.argv[1:] == ["chart"] else env_example_text(), end="")

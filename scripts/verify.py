@@ -96,3 +96,36 @@ def verify_model(client, model_dir: Path, timeout_s: float = REQUEST_TIMEOUT_S) 
     except Exception as exc:  # the server's answer, whatever its type, is the finding
         return Verification(request.name, False, f"inference failed: {exc}")
     return request.check(response)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m scripts.verify --url HOST:PORT --repository DIR --models a,b`: wait until Triton has
+    every model ready, send each its golden inputs, print the table; exit 1 unless all answer
+    correctly. What the Helm chart's `helm test` pod runs against the Service."""
+    import argparse
+    import sys
+
+    from converters.errors import UserError
+    from scripts.health import verify_all, wait_until_ready
+    from scripts.report import table
+
+    parser = argparse.ArgumentParser(prog="python -m scripts.verify", description=main.__doc__)
+    parser.add_argument("--url", required=True, help="Triton's gRPC address, host:port")
+    parser.add_argument("--repository", type=Path, required=True, help="the published model repository (golden files)")
+    parser.add_argument("--models", required=True, help="comma list of Triton model names")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for every model to be ready")
+    args = parser.parse_args(argv)
+    names = [n for n in args.models.split(",") if n]
+    try:
+        wait_until_ready(args.url, names, args.timeout)
+        rows, ok = verify_all(args.url, {name: args.repository / name for name in names})
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(table(rows))
+    print(f"{'all' if ok else 'NOT all'} {len(names)} models at {args.url} answer their golden inputs")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

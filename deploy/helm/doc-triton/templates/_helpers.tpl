@@ -1,0 +1,86 @@
+{{/* Names: every object is "<release>-<part>"; the release name is cut so job names stay under 63. */}}
+{{- define "doc-triton.fullname" -}}
+{{- .Release.Name | trunc 30 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "doc-triton.labels" -}}
+app.kubernetes.io/name: doc-triton
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
+{{- end -}}
+
+{{- define "doc-triton.selector" -}}
+app.kubernetes.io/name: doc-triton
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* The model settings: settings.yaml's defaults (generated from the .env keys) under the user's
+     `settings`, every value a string. An unknown key or model stops the install in one sentence. */}}
+{{- define "doc-triton.settings" -}}
+{{- $defaults := (.Files.Get "settings.yaml" | fromYaml).settings -}}
+{{- $merged := dict -}}
+{{- range $key, $value := .Values.settings -}}
+{{- if not (hasKey $defaults $key) -}}
+{{- fail (printf "values: settings.%s is not a setting of this chart; the known keys (the same as .env's) are in settings.yaml" $key) -}}
+{{- end -}}
+{{- $_ := set $merged $key (toString $value) -}}
+{{- end -}}
+{{- range $key, $value := $defaults -}}
+{{- if not (hasKey $merged $key) -}}{{- $_ := set $merged $key (toString $value) -}}{{- end -}}
+{{- end -}}
+{{- toYaml $merged -}}
+{{- end -}}
+
+{{/* The builds of the models in settings.MODELS: each with its Job name, which carries a hash of
+     everything the build is given, so a changed setting makes a new Job (a Job's pod template is
+     immutable) and the Triton pods wait for that Job's receipt, not an older one. */}}
+{{- define "doc-triton.builds" -}}
+{{- $settings := include "doc-triton.settings" . | fromYaml -}}
+{{- $models := (.Files.Get "settings.yaml" | fromYaml).models -}}
+{{- $wanted := splitList "," $settings.MODELS -}}
+{{- $known := list -}}
+{{- range $models -}}{{- $known = append $known .key -}}{{- end -}}
+{{- range $wanted -}}
+{{- if and . (not (has . $known)) -}}
+{{- fail (printf "values: settings.MODELS names unknown model %q; choose from %s" . (join ", " $known)) -}}
+{{- end -}}
+{{- end -}}
+{{- $builds := list -}}
+{{- range $models -}}
+{{- if has .key $wanted -}}
+{{- $env := dict "PRECISION" $settings.PRECISION "INSTANCE_COUNT" $settings.INSTANCE_COUNT
+      "MAX_BATCH_SIZE" (index $settings .batchSizeKey) "CHECKPOINT" (index $settings .checkpointKey)
+      "SERVE_BACKEND" (ternary .gpuServeBackend "python_onnx" $.Values.gpu.enabled)
+      "DEVICE" (ternary "cuda" "cpu" $.Values.gpu.enabled) -}}
+{{- $hash := dict "image" $.Values.images.builder "env" $env "model" .key | toJson | sha256sum | trunc 8 -}}
+{{- $name := printf "%s-%s-%s" (include "doc-triton.fullname" $) .job $hash -}}
+{{- $builds = append $builds (dict "key" .key "job" $name "env" $env "tritonNames" .tritonNames) -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml (dict "builds" $builds) -}}
+{{- end -}}
+
+{{- define "doc-triton.tritonNames" -}}
+{{- $names := list -}}
+{{- range (include "doc-triton.builds" . | fromYaml).builds -}}{{- $names = concat $names .tritonNames -}}{{- end -}}
+{{- join "," $names -}}
+{{- end -}}
+
+{{- define "doc-triton.claim" -}}
+{{- include "doc-triton.fullname" . -}}-models
+{{- end -}}
+
+{{- define "doc-triton.service" -}}
+{{- include "doc-triton.fullname" . -}}-triton
+{{- end -}}
+
+{{/* Node placement: the GPU pool's selector and tolerations where GPUs are on. */}}
+{{- define "doc-triton.placement" -}}
+{{- $selector := merge (deepCopy .Values.nodeSelector) (ternary .Values.gpu.nodeSelector dict .Values.gpu.enabled) -}}
+{{- $tolerations := concat .Values.tolerations (ternary .Values.gpu.tolerations list .Values.gpu.enabled) -}}
+{{- $placement := dict -}}
+{{- with $selector }}{{ $_ := set $placement "nodeSelector" . }}{{ end -}}
+{{- with $tolerations }}{{ $_ := set $placement "tolerations" . }}{{ end -}}
+{{- with $placement }}{{ toYaml . }}{{ end -}}
+{{- end -}}

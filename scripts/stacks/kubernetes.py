@@ -1,0 +1,144 @@
+"""`--mode kubernetes`: the same stack as compose, installed as the Helm chart in deploy/helm/doc-triton.
+
+A thin layer over `helm` and `kubectl` (both must be on PATH, pointed at the cluster by KUBECONFIG
+as usual): `up` installs or upgrades the release with the chart keys of `.env` as values (plus
+HELM_VALUES, a values file of your own), waits for the builder Jobs and the Triton replicas, then
+runs `helm test`, the project's golden verification inside the cluster. `status` lists the
+release's objects and verifies; `logs` reads a builder's or Triton's logs; `down` uninstalls
+(the claim with the built models is kept); `clean` also deletes the claim.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from converters.errors import UserError
+from scripts.console import log
+from scripts.stack_settings import StackSettings, chart_values
+from triton_models.registry import MODELS
+
+CHART = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "doc-triton"
+COMMANDS = ("up", "status", "verify", "logs", "down", "clean")
+BUILD_WAIT_S = 3600  # builder Jobs can take long on a GPU (TensorRT engines); READY_TIMEOUT_S is added
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise UserError(f"--mode kubernetes needs `{name}` on PATH (and KUBECONFIG pointing at the cluster); "
+                        "install it or use --mode docker / --mode local.")
+    return path
+
+
+class KubernetesStack:
+    def __init__(self, settings: StackSettings) -> None:
+        self.settings = settings
+        self.release = settings["HELM_RELEASE"]
+        self.namespace = settings["KUBE_NAMESPACE"]
+        extra = settings["HELM_VALUES"]
+        self.values_file = settings.path("HELM_VALUES") if extra else None
+        if self.values_file is not None and not self.values_file.is_file():
+            raise UserError(f"HELM_VALUES={extra} is not a file; point it at a values file or leave it empty.")
+
+    # --- helm and kubectl ------------------------------------------------------------------------
+
+    def _run(self, tool: str, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+        command = [_tool(tool), *args, "--namespace", self.namespace]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        if check and result.returncode != 0:
+            detail = (result.stderr.strip() or result.stdout.strip()).splitlines()
+            raise UserError(f"`{tool} {args[0]}` failed: {detail[-1] if detail else 'no output'}. "
+                            "See `python -m scripts.stack status --mode kubernetes` and its `logs`.")
+        return result
+
+    def helm(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+        return self._run("helm", *args, check=check, timeout=timeout)
+
+    def kubectl(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+        return self._run("kubectl", *args, check=check, timeout=timeout)
+
+    @property
+    def selector(self) -> str:
+        return f"app.kubernetes.io/instance={self.release}"
+
+    # --- commands --------------------------------------------------------------------------------
+
+    def up(self) -> int:
+        wait_s = BUILD_WAIT_S + self.settings.int("READY_TIMEOUT_S")
+        with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="doc-triton-values-") as values:
+            json.dump(chart_values(self.settings), values)  # JSON is YAML: the .env keys as chart values
+            values.flush()
+            extra = ["--values", str(self.values_file)] if self.values_file else []
+            log(f"helm: installing release {self.release} in namespace {self.namespace} "
+                "(builder Jobs, then Triton replicas)")
+            self.helm("upgrade", "--install", self.release, str(CHART), "--values", values.name, *extra,
+                      "--wait", "--wait-for-jobs", "--timeout", f"{wait_s}s", timeout=wait_s + 60)
+        log("every build complete and every replica ready; verifying through the Service")
+        return self.verify()
+
+    def verify(self) -> int:
+        result = self.helm("test", self.release, "--timeout", f"{self.settings.int('READY_TIMEOUT_S')}s",
+                           check=False, timeout=self.settings.int("READY_TIMEOUT_S") + 60)
+        if result.returncode != 0:
+            logs = self.kubectl("logs", f"{self.release}-verify", check=False).stdout.strip()
+            print(logs or result.stderr.strip())
+            log("NOT verified: the verification pod's output is above")
+            return 1
+        log("verified: every model answered its golden inputs through the Service (helm test)")
+        return 0
+
+    def status(self) -> int:
+        listing = self.kubectl("get", "jobs,deployments,pods,services,pvc", "-l", self.selector, check=False)
+        print(listing.stdout.strip() or f"release {self.release}: nothing in namespace {self.namespace}")
+        if self.helm("status", self.release, check=False).returncode != 0:
+            log(f"release {self.release} is not installed; run `up`")
+            return 1
+        return self.verify()
+
+    def logs(self, service: str | None) -> str:
+        """`triton` (default), or a builder by compose service (`build-e5`) or model key (`e5_small_v2`)."""
+        if service in (None, "triton"):
+            return self.kubectl("logs", f"deployment/{self.release}-triton", "--all-containers").stdout
+        model = next((m.key for m in MODELS if service in (m.key, m.compose_service)), None)
+        if model is None:
+            raise UserError(f"no service {service}; choose triton or one of "
+                            f"{', '.join(m.compose_service for m in MODELS)}.")
+        return self.kubectl("logs", "-l", f"{self.selector},doc-triton/model={model}", "--tail", "-1").stdout
+
+    def down(self) -> None:
+        if self.helm("status", self.release, check=False).returncode == 0:
+            self.helm("uninstall", self.release, "--wait")
+        self.kubectl("delete", "pod", "-l", f"{self.selector},app.kubernetes.io/component=verify",
+                     "--ignore-not-found", check=False)
+
+    def clean(self) -> list[str]:
+        self.down()
+        claim = f"{self.release}-models"
+        deleted = self.kubectl("delete", "pvc", claim, "--ignore-not-found", "--wait").stdout.strip()
+        return [f"claim {claim}"] if deleted else []
+
+
+def run_command(command: str, target: str | None, settings: StackSettings) -> int:
+    if command not in COMMANDS:
+        raise UserError(f"`{command}` has no Kubernetes mode; choose from {', '.join(COMMANDS)} "
+                        "(bench and soak: run them against a port-forward with --mode docker settings).")
+    stack = KubernetesStack(settings)
+    if command == "up":
+        return stack.up()
+    if command == "verify":
+        return stack.verify()
+    if command == "status":
+        return stack.status()
+    if command == "logs":
+        print(stack.logs(target))
+        return 0
+    if command == "down":
+        stack.down()
+        log("uninstalled; the claim with the built models is kept (`clean` deletes it)")
+        return 0
+    deleted = stack.clean()
+    log("deleted " + (", ".join(deleted) if deleted else "nothing (nothing was built)"))
+    return 0
