@@ -110,7 +110,8 @@ EOF
     -e "s#conf_dir = \"/etc/cni/net.d\"#conf_dir = \"$home/cni\"#" > "$home/containerd.toml"
 }
 
-cmd_load() {  # docker image -> the cluster's containerd (pods use imagePullPolicy: Never)
+cmd_load() {  # docker images -> the cluster's containerd, one at a time (ctr cannot unpack a
+  # multi-image archive whose images share layers: "parent snapshot does not exist")
   for image in "$@"; do
     /usr/bin/docker save "$image" | ctr -a "$sock" -n k8s.io images import - >/dev/null
   done
@@ -135,7 +136,7 @@ cmd_start() {
       hack/local-up-cluster.sh -O >"$logs/local-up-cluster.log" 2>&1) \
       || { tail -n 30 "$logs/local-up-cluster.log"; exit 1; }
     # what this start launched, by id, for `stop`: our binaries and the etcd that was not there before
-    { pgrep -f "^(sudo -E )?$out/" || true; comm -13 <(echo "$etcd_before") <(pgrep -x etcd | sort) || true; } \
+    { pgrep -f "^(sudo (-E )?)?$src/_output/" || true; comm -13 <(echo "$etcd_before") <(pgrep -x etcd | sort) || true; } \
       > "$home/cluster.pids"
   fi
   for _ in $(seq 1 120); do

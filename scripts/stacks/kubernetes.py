@@ -2,8 +2,8 @@
 
 A thin layer over `helm` and `kubectl` (both must be on PATH, pointed at the cluster by KUBECONFIG
 as usual): `up` installs or upgrades the release with the chart keys of `.env` as values (plus
-HELM_VALUES, a values file of your own), waits for the builder Jobs and the Triton replicas, then
-runs `helm test`, the project's golden verification inside the cluster. `status` lists the
+HELM_VALUES, a values file of your own), waits for the builder Jobs (a failed one is named at
+once) and the Triton replicas' rollout, then runs `helm test`, the project's golden verification inside the cluster. `status` lists the
 release's objects and verifies; `logs` reads a builder's or Triton's logs; `down` uninstalls
 (the claim with the built models is kept); `clean` also deletes the claim.
 """
@@ -13,6 +13,7 @@ import json
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from converters.errors import UserError
@@ -22,7 +23,7 @@ from triton_models.registry import MODELS
 
 CHART = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "doc-triton"
 COMMANDS = ("up", "status", "verify", "logs", "down", "clean")
-BUILD_WAIT_S = 3600  # builder Jobs can take long on a GPU (TensorRT engines); READY_TIMEOUT_S is added
+BUILD_WAIT_S = 3600  # builder Jobs can take long on a GPU (TensorRT engines)
 
 
 def _tool(name: str) -> str:
@@ -67,26 +68,54 @@ class KubernetesStack:
     # --- commands --------------------------------------------------------------------------------
 
     def up(self) -> int:
-        wait_s = BUILD_WAIT_S + self.settings.int("READY_TIMEOUT_S")
         with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="doc-triton-values-") as values:
             json.dump(chart_values(self.settings), values)  # JSON is YAML: the .env keys as chart values
             values.flush()
             extra = ["--values", str(self.values_file)] if self.values_file else []
-            log(f"helm: installing release {self.release} in namespace {self.namespace} "
-                "(builder Jobs, then Triton replicas)")
-            self.helm("upgrade", "--install", self.release, str(CHART), "--values", values.name, *extra,
-                      "--wait", "--wait-for-jobs", "--timeout", f"{wait_s}s", timeout=wait_s + 60)
-        log("every build complete and every replica ready; verifying through the Service")
+            log(f"helm: installing release {self.release} in namespace {self.namespace}")
+            self.helm("upgrade", "--install", self.release, str(CHART), "--values", values.name, *extra)
+        self.wait_for_builds()
+        log("every build complete; waiting for the Triton replicas to be ready (every model loaded)")
+        timeout = self.settings.int("READY_TIMEOUT_S")
+        rollout = self.kubectl("rollout", "status", f"deployment/{self.release}-triton", f"--timeout={timeout}s",
+                               check=False, timeout=timeout + 60)
+        if rollout.returncode != 0:
+            raise UserError(f"the Triton replicas were not ready within {timeout} s; "
+                            "`python -m scripts.stack logs triton --mode kubernetes` shows why.")
+        log("every replica ready; verifying through the Service")
         return self.verify()
 
+    def wait_for_builds(self) -> None:
+        """Helm's --wait-for-jobs waits out its whole timeout on a failed Job; this names it at once."""
+        deadline = time.monotonic() + BUILD_WAIT_S
+        while time.monotonic() < deadline:
+            jobs = json.loads(self.kubectl("get", "jobs", "-l", self.selector, "-o", "json").stdout)["items"]
+            jobs = [j for j in jobs if not j["metadata"].get("deletionTimestamp")]
+            failed = [j for j in jobs if any(c["type"] == "Failed" and c["status"] == "True"
+                                             for c in j["status"].get("conditions", []))]
+            if failed:
+                name = failed[0]["metadata"]["name"]
+                tail = self.kubectl("logs", f"job/{name}", "--tail", "1", check=False).stdout.strip().rstrip(".")
+                raise UserError(f"builder Job {name} failed: {tail or 'no log'}. Replicas already serving keep "
+                                "serving the previous build; fix it and run `up` again.")
+            if jobs and all(j["status"].get("succeeded") for j in jobs):
+                return
+            time.sleep(2)
+        raise UserError(f"the builder Jobs did not finish within {BUILD_WAIT_S} s; "
+                        "`python -m scripts.stack status --mode kubernetes` lists them.")
+
     def verify(self) -> int:
-        result = self.helm("test", self.release, "--timeout", f"{self.settings.int('READY_TIMEOUT_S')}s",
-                           check=False, timeout=self.settings.int("READY_TIMEOUT_S") + 60)
+        """`helm test`: the chart's verification pod runs scripts.verify against the Service; its
+        table is printed either way (Helm 4 reads the pod's log before deleting a passed pod)."""
+        timeout = self.settings.int("READY_TIMEOUT_S")
+        result = self.helm("test", self.release, "--logs", "--timeout", f"{timeout}s", check=False, timeout=timeout + 60)
+        table = result.stdout.split("POD LOGS:", 1)[1].split("\n", 1)[-1].strip() if "POD LOGS:" in result.stdout else ""
         if result.returncode != 0:
-            logs = self.kubectl("logs", f"{self.release}-verify", check=False).stdout.strip()
-            print(logs or result.stderr.strip())
+            table = table or self.kubectl("logs", f"{self.release}-verify", check=False).stdout.strip()
+            print(table or result.stderr.strip())
             log("NOT verified: the verification pod's output is above")
             return 1
+        print(table)
         log("verified: every model answered its golden inputs through the Service (helm test)")
         return 0
 

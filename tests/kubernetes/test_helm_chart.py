@@ -113,11 +113,12 @@ def release(tmp_path_factory):
     values = root / "values.yaml"
     values.write_text("triton:\n  replicas: 2\n  shmSize: 256Mi\nautoscaling:\n  enabled: true\n  minReplicas: 2\n"
                       "persistence:\n  size: 2Gi\n")
-    env_file = root / ".env"
-    env_file.write_text(f"HELM_RELEASE=dt\nKUBE_NAMESPACE={namespace}\nHELM_VALUES={values}\nMODELS={MODELS}\n"
-                        "READY_TIMEOUT_S=600\n")
 
-    def stack(command: str) -> subprocess.CompletedProcess:
+    def stack(command: str, **settings: str) -> subprocess.CompletedProcess:
+        env_file = root / ".env"
+        settings = {"HELM_RELEASE": "dt", "KUBE_NAMESPACE": namespace, "HELM_VALUES": str(values), "MODELS": MODELS,
+                    "READY_TIMEOUT_S": "600", **settings}
+        env_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
         return subprocess.run([sys.executable, "-m", "scripts.stack", command, "--mode", "kubernetes",
                                "--env-file", str(env_file)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=2400)
 
@@ -137,9 +138,13 @@ def _golden_folders(namespace: str, pod: str, root) -> dict:
     return folders
 
 
-def _triton_pods(namespace: str) -> list[dict]:
+def _is_ready(pod: dict) -> bool:
+    return any(c.get("ready") for c in pod["status"].get("containerStatuses", []))
+
+
+def _triton_pods(namespace: str, ready_only: bool = True) -> list[dict]:
     pods = kube_json(namespace, "pods", "-l", "app.kubernetes.io/instance=dt,app.kubernetes.io/component=triton")["items"]
-    return [p for p in pods if p["metadata"].get("deletionTimestamp") is None]
+    return [p for p in pods if p["metadata"].get("deletionTimestamp") is None and (_is_ready(p) or not ready_only)]
 
 
 def test_up_builds_in_jobs_gates_on_them_and_verifies_through_the_service(release, capsys):
@@ -186,14 +191,29 @@ def test_a_deleted_replica_costs_no_answer_and_comes_back(release):
         rows, ok = verify_all(f"{service}:8001", folders)  # a new connection each round: any replica
         assert ok, [(r.model, r.ready, r.verified) for r in rows]
         answers += 1
-        pods = _triton_pods(namespace)
-        ready = [p for p in pods if any(c.get("ready") for c in p["status"].get("containerStatuses", []))]
+        ready = _triton_pods(namespace)
         if len(ready) == 2 and victim not in {p["metadata"]["name"] for p in ready}:
             break
         time.sleep(1)
     else:
         pytest.fail(f"the Deployment did not bring a second ready replica back within 300 s: {kubectl(namespace, 'get', 'pods')}")
     assert answers >= 2  # the Service answered while a replica was missing, not only after
+
+
+def test_a_failed_build_is_named_at_once_and_the_serving_replicas_keep_serving(release):
+    namespace, stack, root = release
+    from scripts.health import verify_all
+
+    failed = stack("up", E5_CHECKPOINT="no-such-folder")
+    assert failed.returncode == 1
+    assert "builder Job dt-build-e5-" in failed.stderr and "no-such-folder does not exist" in failed.stderr, failed.stderr
+    service = kube_json(namespace, "service", "dt-triton")["spec"]["clusterIP"]
+    folders = _golden_folders(namespace, _triton_pods(namespace)[0]["metadata"]["name"], root)
+    rows, ok = verify_all(f"{service}:8001", folders)  # the replicas of the last good build still answer
+    assert ok, [(r.model, r.ready, r.verified) for r in rows]
+    fixed = stack("up")  # the settings put back: the same Job as before, its build current
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert kube_json(namespace, "deployment", "dt-triton")["status"].get("readyReplicas") == 2
 
 
 def test_status_reads_the_cluster_and_verifies(release):
