@@ -149,7 +149,16 @@ cmd_start() {
 }
 
 cmd_stop() {  # the processes `start` recorded, by id, then the cluster's network and mounts
-  if [ -f "$home/cluster.pids" ]; then xargs -r kill < "$home/cluster.pids" 2>/dev/null || true; rm -f "$home/cluster.pids"; fi
+  if [ -f "$home/cluster.pids" ]; then
+    local pids; pids=$(cat "$home/cluster.pids")
+    kill $pids 2>/dev/null || true
+    for _ in $(seq 1 15); do
+      alive=""; for pid in $pids; do kill -0 "$pid" 2>/dev/null && alive=1; done
+      [ -n "$alive" ] || break; sleep 1
+    done
+    kill -9 $pids 2>/dev/null || true  # the apiserver can hang once etcd is gone
+    rm -f "$home/cluster.pids"
+  fi
   [ -x "$out/kube-proxy" ] && "$out/kube-proxy" --cleanup >/dev/null 2>&1 || true
   if [ -f "$home/containerd.pid" ]; then kill "$(cat "$home/containerd.pid")" 2>/dev/null || true; rm -f "$home/containerd.pid"; fi
   sleep 2
