@@ -21,7 +21,7 @@ from triton_models.registry import MODELS, get
 @dataclass(frozen=True)
 class Key:
     name: str
-    kind: str  # int | port | str | path | gpu_ids | choice:<a>|<b> | models | checkpoint
+    kind: str  # int | port | str | path | relative_dir | gpu_ids | choice:<a>|<b> | models | checkpoint | overlay_checkpoint
     default: str
     help: str
     example: str | None = None  # what .env.example shows where it differs from the default
@@ -50,9 +50,9 @@ KEYS: tuple[Key, ...] = (
           chart=True) for spec in MODELS),
     Key("CHECKPOINTS_DIR", "path", "./checkpoints", "host folder mounted read-only at /checkpoints in the builders"),
     *(Key(spec.checkpoint_key, "checkpoint", "", spec.checkpoint_help, chart=True) for spec in MODELS),
-    Key("ECLAIR_CHECKPOINT_DIR", "str", "./third_party/eclair_triton/checkpoints", "TensorRT-LLM overlay: checkpoints folder (relative to the repository root)"),
-    Key("ECLAIR_CHECKPOINT_NAME", "str", "", "TensorRT-LLM overlay: checkpoint folder name inside ECLAIR_CHECKPOINT_DIR"),
-    Key("ECLAIR_MODEL_DIR", "str", "./third_party/eclair_triton/models", "TensorRT-LLM overlay: where its engines go (relative to the repository root)"),
+    Key("ECLAIR_CHECKPOINT_DIR", "relative_dir", "./third_party/eclair_triton/checkpoints", "TensorRT-LLM overlay: checkpoints folder (relative to the repository root)"),
+    Key("ECLAIR_CHECKPOINT_NAME", "overlay_checkpoint", "", "TensorRT-LLM overlay: checkpoint folder name inside ECLAIR_CHECKPOINT_DIR"),
+    Key("ECLAIR_MODEL_DIR", "relative_dir", "./third_party/eclair_triton/models", "TensorRT-LLM overlay: where its engines go (relative to the repository root)"),
     Key("ECLAIR_HTTP_PORT", "port", "8010", "TensorRT-LLM overlay: HTTP port of triton-eclair"),
     Key("LOCAL_SERVE_BACKEND", "choice:python_onnx|python_torch|python_compiled", "python_onnx",
         "--local: ONNX Runtime runners, TorchScript on PyTorch, or torch.compile with CUDA graphs "
@@ -130,6 +130,15 @@ def _problem(key: Key, value: str, root: Path, values: dict[str, str]) -> str | 
         path = (base if base.is_absolute() else root / base) / value
         if not path.exists():
             return f"{key.name}={value} does not exist under CHECKPOINTS_DIR ({path}); fix the path or leave it empty for a demo"
+    elif kind == "relative_dir" and Path(value).is_absolute():
+        # the overlay's compose file, used alone (the original's commands), prefixes these with ../..
+        return f"{key.name}={value} must be relative to the repository root (e.g. ./third_party/eclair_triton/...)"
+    elif kind == "overlay_checkpoint" and value:
+        base = Path(values["ECLAIR_CHECKPOINT_DIR"])
+        path = (base if base.is_absolute() else root / base) / value
+        if not (path / "config.json").is_file():
+            return (f"{key.name}={value} names no checkpoint: {path} has no config.json; put the ECLAIR "
+                    "VisionEncoderDecoder folder under ECLAIR_CHECKPOINT_DIR or fix the name")
     return None
 
 
@@ -144,7 +153,7 @@ def load_settings(env_file: Path | None = Path(".env"), root: Path = Path("."), 
     problems = [f"unknown key {k} (known keys are listed in .env.example)" for k in raw if k not in KEY_NAMES]
     values = {k.name: raw.get(k.name, k.default).strip() for k in KEYS}
     for key in KEYS:
-        if key.kind == "checkpoint" and not host_checkpoints:
+        if key.kind in ("checkpoint", "overlay_checkpoint") and not host_checkpoints:
             continue
         problem = _problem(key, values[key.name], root, values)
         if problem:

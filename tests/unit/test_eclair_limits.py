@@ -32,9 +32,9 @@ def test_cudnn_attention_is_left_out_for_eclair_calls_only():
     so the process's other models (the bench process runs several) keep it."""
     import torch
 
-    from triton_models.eclair.runtime import EclairRuntime
+    from triton_models.eclair.runtime import TorchGenerator
 
-    runtime = object.__new__(EclairRuntime)  # the kernel choice alone, no checkpoint
+    runtime = object.__new__(TorchGenerator)  # the kernel choice alone, no checkpoint
     runtime.device = "cuda:0"
     before = torch.backends.cuda.cudnn_sdp_enabled()
     with runtime._attention_kernels():

@@ -48,3 +48,35 @@ def test_plan_refuses_impossible_settings(tmp_path):
         plan(checkpoint, 8, max_new_tokens=4096)
     with pytest.raises(UserError, match="ECLAIR_BATCH_SIZE"):
         plan(checkpoint, 0)
+
+
+@pytest.mark.parametrize("layout", ["models/core/enc_dec", "enc_dec"])
+def test_the_converter_script_is_found_in_old_and_new_tensorrt_llm_layouts(tmp_path, layout):
+    from triton_models.eclair.trtllm import find_convert_script
+
+    script = tmp_path / layout / "convert_checkpoint.py"
+    script.parent.mkdir(parents=True)
+    script.write_text("")
+    assert find_convert_script(tmp_path) == script
+    (tmp_path / "ckpt").mkdir()
+    result = plan(_checkpoint(tmp_path / "ckpt", SWIN), 4, compute_capability="9.0")
+    assert result.convert_command(tmp_path, tmp_path / "hf", tmp_path / "out")[1] == str(script)
+
+
+def test_a_missing_converter_script_names_both_places_looked(tmp_path):
+    from triton_models.eclair.trtllm import find_convert_script
+
+    with pytest.raises(UserError, match="models/core/enc_dec/convert_checkpoint.py and enc_dec/convert_checkpoint.py"):
+        find_convert_script(tmp_path)
+
+
+def test_a_radio_encoder_is_refused_in_one_sentence():
+    with pytest.raises(UserError, match="RADIO.*PyTorch runtime"):
+        encoder_tokens({"model_type": "radio", "image_size": [1280, 1024]})
+
+
+def test_the_token_limit_is_the_pytorch_runtimes(tmp_path):
+    from triton_models.eclair.build import max_new_tokens
+
+    checkpoint = _checkpoint(tmp_path, SWIN, decoder={"max_position_embeddings": 8192})
+    assert plan(checkpoint, 2).max_new_tokens == max_new_tokens(checkpoint) == 4096

@@ -1,9 +1,10 @@
 """Build ECLAIR for the PyTorch runtime: a VisionEncoderDecoder folder -> the `eclair` python model.
 
 Checkpoint: a Hugging Face VisionEncoderDecoder folder of the Nougat/Donut family (config.json,
-model.safetensors, tokenizer files, optionally preprocessor_config.json). The TensorRT-LLM
-engines (encoder + decoder) are built by `third_party/eclair_triton` on GPU hosts; see
-`triton_models/eclair/trtllm.py` for the decisions around that build.
+model.safetensors, tokenizer files, optionally preprocessor_config.json). `publish_eclair` is the
+one owner of the served `eclair` model: this builder publishes it for the PyTorch generator, and
+the TensorRT-LLM overlay's build (`triton_models/eclair/trtllm.py`) publishes the same contract
+next to its engines for the TensorRT-LLM generator.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ NAME = get("eclair").core
 _CHECKPOINT_FILES = ("config.json", "generation_config.json", "model.safetensors", "pytorch_model.bin",
                      "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
                      "sentencepiece.bpe.model", "preprocessor_config.json", "added_tokens.json")
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # the TensorRT-LLM generator runs engines instead
 
 
 def check_folder(folder: Path) -> None:
@@ -78,42 +80,65 @@ def demo_page() -> np.ndarray:
     return page
 
 
-def _max_new_tokens(folder: Path, options: BuildOptions) -> int:
-    """The generation limit: 64 for the demo, else up to 4096, never past the decoder's positions."""
+def max_new_tokens(folder: Path, demo: bool = False, wanted: int | None = None) -> int:
+    """The generation limit, the same for both generators: `wanted` if given, else 64 for the demo,
+    else the checkpoint's generation_config max_length, else up to 4096; never past the decoder's
+    positions."""
     decoder = json.loads((folder / "config.json").read_text()).get("decoder", {})
     positions = int(decoder.get("max_position_embeddings", 4096))
-    if "max_new_tokens" not in options.extra:
-        return 64 if options.demo else min(4096, positions)
-    wanted = int(options.extra["max_new_tokens"])
+    if wanted is None:
+        generation = folder / "generation_config.json"
+        checkpoint_limit = json.loads(generation.read_text()).get("max_length") if generation.is_file() else None
+        return 64 if demo else min(int(checkpoint_limit or 4096), positions)
     if wanted > positions:
         raise UserError(f"ECLAIR max_new_tokens {wanted} exceeds the decoder's max_position_embeddings ({positions}) "
                         f"in {folder / 'config.json'}; use at most {positions}.")
     return wanted
 
 
-def build(options: BuildOptions) -> list[Path]:
-    from triton_models.eclair.runtime import EclairRuntime
+def _max_new_tokens(folder: Path, options: BuildOptions) -> int:
+    wanted = options.extra.get("max_new_tokens")
+    return max_new_tokens(folder, options.demo, int(wanted) if wanted is not None else None)
 
+
+def build(options: BuildOptions) -> list[Path]:
     folder = Path(options.checkpoint)
     check_folder(folder)
-    max_new_tokens = _max_new_tokens(folder, options)
     # Like the python_torch runner: CPU instances that drive the GPU named by the `device` parameter.
     count, placement = gpu_placement(options)
+    parameters = {"max_new_tokens": str(_max_new_tokens(folder, options)), "device": options.device, **placement}
+    return [publish_eclair(options.repo, folder, options.max_batch_size, parameters, count, force=options.force,
+                           demo=options.demo)]
+
+
+def publish_eclair(repo: Path, folder: Path, max_batch_size: int, parameters: dict[str, str], instance_count: int = 1,
+                   *, force: bool = False, demo: bool = False, engine_dir: Path | None = None) -> Path:
+    """Publish the `eclair` model (`image` UINT8 [1280,1024,3] -> `text` BYTES [1]) into `repo`, for
+    either generator: `parameters["generator"]` is `pytorch` (default; the checkpoint's weights are
+    published) or `tensorrt_llm` (tokenizer and settings only; the engines at `engine_dir`, which
+    `parameters["engine_dir"]` names relative to the model's version folder). Golden answers come
+    from the serving path itself: greedy decoding of a text is exact, not toleranced."""
+    from triton_models.eclair.runtime import EclairRuntime
+
+    generator = parameters.get("generator", "pytorch")
     config = python_model_config(
         NAME, [tensor("image", "TYPE_UINT8", [PAGE_HEIGHT, PAGE_WIDTH, 3])], [tensor("text", "TYPE_STRING", [1])],
-        options.max_batch_size, {"max_new_tokens": str(max_new_tokens), "device": options.device, **placement},
-        instance_count=count)
+        max_batch_size, parameters, instance_count=instance_count)
     sources = {"checkpoint": file_sha256(folder), "model_py": file_sha256(HERE / "eclair_model.py"),
                "runtime": file_sha256(HERE / "runtime.py")}
-    if companion_is_current(options.repo, config, sources, options.force):
-        return [options.repo / NAME]
+    if generator == "tensorrt_llm":
+        sources.update(trtllm_runtime=file_sha256(HERE / "trtllm_runtime.py"), engines=file_sha256(engine_dir))
+    if companion_is_current(repo, config, sources, force):
+        return Path(repo) / NAME
     canvas, _ = pad_page(demo_page())
-    # Golden text from the serving path itself (fp16 on CUDA): greedy decoding of a text is exact, not toleranced.
     params = {k: v.string_value for k, v in config.parameters.items()}
-    runtime = EclairRuntime.for_serving(folder, params)
+    runtime = EclairRuntime.for_serving(folder, params, engine_dir=engine_dir)
     expected = runtime(canvas[None])
     golden = Golden({"image": canvas[None]}, {"text": np.array([[t] for t in expected])}, TOLERANCES["fp32"])
     files: dict[str, Path | bytes | str] = {"1/eclair_runtime.py": HERE / "runtime.py"}
-    files.update({f"1/checkpoint/{n}": folder / n for n in _CHECKPOINT_FILES if (folder / n).is_file()})
-    return [publish_python_model(options.repo, config, HERE / "eclair_model.py", sources=sources, golden=golden,
-                                 files=files, demo=options.demo, precision=runtime.precision)]
+    if generator == "tensorrt_llm":
+        files["1/eclair_trtllm_runtime.py"] = HERE / "trtllm_runtime.py"
+    names = _CHECKPOINT_FILES if generator == "pytorch" else [n for n in _CHECKPOINT_FILES if n not in _WEIGHT_FILES]
+    files.update({f"1/checkpoint/{n}": folder / n for n in names if (folder / n).is_file()})
+    return publish_python_model(repo, config, HERE / "eclair_model.py", sources=sources, golden=golden, files=files,
+                                demo=demo, precision=runtime.precision)

@@ -1,10 +1,20 @@
-"""The PyTorch runtime of ECLAIR (a VisionEncoderDecoder of the Nougat/Donut family): pixels in,
-text out. Used by the Triton python backend on hosts without TensorRT-LLM (CPU, or CUDA in fp16),
-and by the builder for golden answers."""
+"""ECLAIR's runtime (a VisionEncoderDecoder of the Nougat/Donut family): pixels in, text out.
+
+Everything but the token generation is shared by both serving paths: reading the checkpoint's
+settings, pre-processing (resize, normalise), the generation limits and token ids, and turning
+tokens into text. The generator is the one swappable part:
+  - `TorchGenerator`: the Hugging Face model's greedy `generate` (CPU fp32, or CUDA fp16);
+  - `TrtllmGenerator` (`trtllm_runtime.py`, the only module that calls TensorRT-LLM): the vision
+    encoder engine and the mBART decoder engine, greedy, in the TensorRT-LLM image.
+The config's `generator` parameter picks one (default `pytorch`). Used by the Triton python model,
+by the builders for golden answers, and by `bench`'s raw path.
+"""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,33 +22,41 @@ import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+GENERATORS = ("pytorch", "tensorrt_llm")
 
 
-class EclairRuntime:
-    def __init__(self, folder: Path, device: str = "cpu", dtype: torch.dtype = torch.float32, max_new_tokens: int = 256):
-        from transformers import AutoTokenizer, VisionEncoderDecoderModel
-        from transformers.utils import logging as hf_logging
+@dataclass(frozen=True)
+class TokenIds:
+    start: int  # decoder_start_token_id
+    pad: int
+    eos: int
 
-        hf_logging.set_verbosity_error()
-        folder = Path(folder)
-        self.device, self.dtype, self.max_new_tokens = device, dtype, max_new_tokens
-        self.model = VisionEncoderDecoderModel.from_pretrained(str(folder), local_files_only=True, torch_dtype=dtype).to(device).eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-        processor = folder / "preprocessor_config.json"
-        settings = json.loads(processor.read_text()) if processor.is_file() else {}
-        self.mean = np.asarray(settings.get("image_mean", IMAGENET_MEAN), dtype=np.float32)
-        self.std = np.asarray(settings.get("image_std", IMAGENET_STD), dtype=np.float32)
-        size = self.model.config.encoder.image_size
-        self.input_hw = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
 
-    @classmethod
-    def for_serving(cls, folder: Path, params: dict[str, str], device: str | None = None) -> "EclairRuntime":
-        """As the Triton model runs it: fp16 on the GPU its instance drives (`device`, from
-        model_support.ModelArgs.device(); default: the config's `device` parameter), else CPU fp32."""
-        wanted = device or params.get("device", "cpu")
-        gpu = wanted.startswith("cuda") and torch.cuda.is_available()
-        return cls(folder, device=wanted if gpu else "cpu", dtype=torch.float16 if gpu else torch.float32,
-                   max_new_tokens=int(params.get("max_new_tokens", "256")))
+def checkpoint_settings(folder: Path) -> tuple[tuple[int, int], TokenIds]:
+    """The encoder's input size and the decoding token ids, from config.json alone (no weights)."""
+    config = json.loads((Path(folder) / "config.json").read_text())
+    size = config["encoder"]["image_size"]
+    input_hw = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+    decoder = config.get("decoder", {})
+
+    def token(name: str) -> int:
+        value = config.get(name, decoder.get(name))
+        if value is None:
+            raise ValueError(f"{Path(folder) / 'config.json'} has no {name}")
+        return int(value)
+
+    return input_hw, TokenIds(token("decoder_start_token_id"), token("pad_token_id"), token("eos_token_id"))
+
+
+class TorchGenerator:
+    """Greedy decoding with the Hugging Face model."""
+
+    def __init__(self, folder: Path, device: str, dtype: torch.dtype) -> None:
+        from transformers import VisionEncoderDecoderModel
+
+        self.device = device
+        self.model = VisionEncoderDecoderModel.from_pretrained(str(folder), local_files_only=True, torch_dtype=dtype)
+        self.model = self.model.to(device).eval()
 
     def _attention_kernels(self):
         """On CUDA, attention without cuDNN's fused kernel, for ECLAIR's calls only (the process's
@@ -49,6 +67,54 @@ class EclairRuntime:
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+    def generate(self, pixels: torch.Tensor, max_new_tokens: int, ids: TokenIds) -> list[list[int]]:
+        with self._attention_kernels():
+            tokens = self.model.generate(pixels, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                         decoder_start_token_id=ids.start, pad_token_id=ids.pad, eos_token_id=ids.eos)
+        return tokens.tolist()
+
+
+def make_generator(kind: str, folder: Path, device: str, dtype: torch.dtype, engine_dir: Path | None = None):
+    if kind == "pytorch":
+        return TorchGenerator(folder, device, dtype)
+    if kind == "tensorrt_llm":
+        # published beside this file as eclair_trtllm_runtime.py; imported only where it is chosen
+        seam = importlib.import_module("eclair_trtllm_runtime" if __name__ == "eclair_runtime"
+                                       else "triton_models.eclair.trtllm_runtime")
+        return seam.TrtllmGenerator(Path(engine_dir), device)
+    raise ValueError(f"ECLAIR generator '{kind}' is not one of {', '.join(GENERATORS)}")
+
+
+class EclairRuntime:
+    def __init__(self, folder: Path, device: str = "cpu", dtype: torch.dtype = torch.float32, max_new_tokens: int = 256,
+                 generator: str = "pytorch", engine_dir: Path | None = None):
+        from transformers import AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        folder = Path(folder)
+        self.device, self.dtype, self.max_new_tokens = device, dtype, max_new_tokens
+        self.input_hw, self.ids = checkpoint_settings(folder)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        processor = folder / "preprocessor_config.json"
+        settings = json.loads(processor.read_text()) if processor.is_file() else {}
+        self.mean = np.asarray(settings.get("image_mean", IMAGENET_MEAN), dtype=np.float32)
+        self.std = np.asarray(settings.get("image_std", IMAGENET_STD), dtype=np.float32)
+        self.generator_kind = generator
+        self.generator = make_generator(generator, folder, device, dtype, engine_dir)
+
+    @classmethod
+    def for_serving(cls, folder: Path, params: dict[str, str], device: str | None = None,
+                    engine_dir: Path | None = None) -> "EclairRuntime":
+        """As the Triton model runs it: fp16 on the GPU its instance drives (`device`, from
+        model_support.ModelArgs.device(); default: the config's `device` parameter), else CPU fp32;
+        the config's `generator`, with TensorRT-LLM's engines at `engine_dir`."""
+        wanted = device or params.get("device", "cpu")
+        gpu = wanted.startswith("cuda") and torch.cuda.is_available()
+        return cls(folder, device=wanted if gpu else "cpu", dtype=torch.float16 if gpu else torch.float32,
+                   max_new_tokens=int(params.get("max_new_tokens", "256")), generator=params.get("generator", "pytorch"),
+                   engine_dir=engine_dir)
 
     @property
     def precision(self) -> str:
@@ -63,19 +129,17 @@ class EclairRuntime:
         std = torch.as_tensor(self.std, device=self.device).view(1, 3, 1, 1)
         return ((pixels - mean) / std).to(self.dtype)
 
-    @torch.inference_mode()
-    def __call__(self, images: np.ndarray) -> list[str]:
-        config = self.model.config
-        with self._attention_kernels():
-            tokens = self.model.generate(
-                self.pixel_values(images), max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1,
-                decoder_start_token_id=config.decoder_start_token_id, pad_token_id=config.pad_token_id,
-                eos_token_id=config.eos_token_id)
-        # Coordinate and class tokens may be special tokens: keep them, drop only pad/bos/eos.
+    def texts(self, rows: list[list[int]]) -> list[str]:
+        """Token ids -> text. Coordinate and class tokens may be special tokens: keep them, drop
+        only pad/bos/eos."""
         drop = {t for t in (self.tokenizer.pad_token, self.tokenizer.eos_token, self.tokenizer.bos_token,
                             self.tokenizer.cls_token, self.tokenizer.sep_token) if t}
         texts = []
-        for row in tokens.tolist():
+        for row in rows:
             pieces = [p for p in self.tokenizer.convert_ids_to_tokens(row) if p not in drop]
             texts.append(self.tokenizer.convert_tokens_to_string(pieces).strip())
         return texts
+
+    @torch.inference_mode()
+    def __call__(self, images: np.ndarray) -> list[str]:
+        return self.texts(self.generator.generate(self.pixel_values(images), self.max_new_tokens, self.ids))

@@ -1,10 +1,13 @@
-"""ECLAIR on TensorRT-LLM (GPU hosts): the decisions of the engine build, as plain code.
+"""ECLAIR on TensorRT-LLM (GPU hosts): the engine build and the served repository.
 
 The build runs in the TensorRT-LLM image (`third_party/eclair_triton`): the vision encoder goes
 ONNX -> TensorRT through the converters; the mBART decoder goes through TensorRT-LLM's
-`convert_checkpoint.py --model_type bart --nougat` and `trtllm-build`. What is decided here
-(visual tokens per page, sequence limits, dtype, batch) is tested; the commands themselves only
-run where TensorRT-LLM is installed.
+`convert_checkpoint.py --model_type bart --nougat` and `trtllm-build`. Then `publish_repository`
+writes `<engines>/repository/eclair`, the same `eclair` model as the PyTorch runtime (one owner:
+`triton_models.eclair.build.publish_eclair`) with the TensorRT-LLM generator, which
+`triton-eclair` serves. What is decided here (visual tokens per page, sequence limits, dtype,
+batch, where TensorRT-LLM keeps its converter) is tested; the TensorRT-LLM commands and runtime
+only run where TensorRT-LLM is installed.
 
 `python -m triton_models.eclair.trtllm plan CHECKPOINT` prints the plan and the commands.
 """
@@ -42,9 +45,21 @@ class TrtllmPlan:
                 "--max_encoder_input_len", str(self.max_encoder_input_len)]
 
     def convert_command(self, examples: Path, hf_dir: Path, out_dir: Path) -> list[str]:
-        return [sys.executable, str(examples / "enc_dec" / "convert_checkpoint.py"), "--model_type", "bart",
+        return [sys.executable, str(find_convert_script(examples)), "--model_type", "bart",
                 "--model_dir", str(hf_dir), "--output_dir", str(out_dir), "--tp_size", "1", "--pp_size", "1",
                 "--dtype", self.dtype, "--nougat"]
+
+
+# Where TensorRT-LLM keeps the encoder-decoder converter: newer releases moved the examples.
+CONVERT_SCRIPTS = ("models/core/enc_dec/convert_checkpoint.py", "enc_dec/convert_checkpoint.py")
+
+
+def find_convert_script(examples: Path) -> Path:
+    for relative in CONVERT_SCRIPTS:
+        if (Path(examples) / relative).is_file():
+            return Path(examples) / relative
+    raise UserError(f"TensorRT-LLM's convert_checkpoint.py is not under {examples} (looked for "
+                    f"{' and '.join(CONVERT_SCRIPTS)}); pass --examples with the TensorRT-LLM examples folder.")
 
 
 def encoder_tokens(encoder: dict) -> tuple[tuple[int, int], int, int]:
@@ -59,6 +74,11 @@ def encoder_tokens(encoder: dict) -> tuple[tuple[int, int], int, int]:
         hidden = int(encoder["embed_dim"] * 2 ** (stages - 1))
     elif kind == "vit":
         stride, hidden = patch, encoder["hidden_size"]
+    elif kind and "radio" in str(kind).lower():
+        raise UserError(f"ECLAIR checkpoint's encoder is RADIO ('{kind}'): this build makes the vision encoder "
+                        "engine through ONNX for Donut-Swin and ViT encoders only, and does not drive TensorRT-LLM's "
+                        "RADIO mode (--eclair_radio); serve this checkpoint with the PyTorch runtime (the main "
+                        "stack's `eclair`).")
     else:
         raise UserError(f"ECLAIR encoder type '{kind}' is not supported for TensorRT-LLM; use donut-swin or vit.")
     if image_hw[0] % stride or image_hw[1] % stride:
@@ -76,12 +96,9 @@ def plan(checkpoint: Path, batch_size: int, max_new_tokens: int | None = None,
     if batch_size < 1:
         raise UserError(f"ECLAIR_BATCH_SIZE must be at least 1, got {batch_size}.")
     image_hw, tokens, hidden = encoder_tokens(config["encoder"])
-    generation = Path(checkpoint) / "generation_config.json"
-    limit = config["decoder"].get("max_position_embeddings", 4096)
-    if max_new_tokens is None:
-        max_new_tokens = json.loads(generation.read_text()).get("max_length", limit) if generation.is_file() else limit
-    if max_new_tokens > limit:
-        raise UserError(f"ECLAIR max_new_tokens {max_new_tokens} exceeds the decoder's max_position_embeddings {limit}.")
+    from triton_models.eclair.build import max_new_tokens as generation_limit
+
+    max_new_tokens = generation_limit(Path(checkpoint), wanted=max_new_tokens)  # the PyTorch runtime's limit too
     # bf16 where the GPU has it (Ampere and newer): the decoder's logits stay in range; fp16 before.
     major = int(compute_capability.split(".")[0]) if compute_capability else 8
     return TrtllmPlan(image_hw, tokens, hidden, batch_size, max_new_tokens, "bfloat16" if major >= 8 else "float16")
@@ -135,7 +152,8 @@ def build_encoder(checkpoint: Path, work: Path, engines: Path, batch_size: int, 
 
 
 def build(checkpoint: Path, work: Path, engines: Path, examples: Path, batch_size: int) -> TrtllmPlan:
-    """Encoder -> ONNX -> TensorRT (fp16) with the converters; decoder -> TensorRT-LLM. GPU hosts only."""
+    """Encoder -> ONNX -> TensorRT (fp16) with the converters; decoder -> TensorRT-LLM; then the
+    served repository beside them. GPU hosts only."""
     import subprocess
 
     from converters.manifest import gpu_identity
@@ -146,11 +164,31 @@ def build(checkpoint: Path, work: Path, engines: Path, examples: Path, batch_siz
         raise UserError("the ECLAIR TensorRT-LLM build needs NVIDIA's TensorRT and TensorRT-LLM: run it in the "
                         "triton-trt-llm image.")
     result = plan(checkpoint, batch_size, compute_capability=gpu_identity()["compute_capability"])
+    convert = result.convert_command(examples, checkpoint, work / "trtllm_checkpoint")  # finds the script first
     build_encoder(checkpoint, work, engines, batch_size)
-    subprocess.run(result.convert_command(examples, checkpoint, work / "trtllm_checkpoint"), check=True)
+    subprocess.run(convert, check=True)
     subprocess.run(result.decoder_build_command(work / "trtllm_checkpoint" / "decoder", engines / "decoder"), check=True)
     (engines / "plan.json").write_text(json.dumps(result.__dict__, indent=2, default=list) + "\n")
+    publish_repository(checkpoint, engines, result, generator="tensorrt_llm", device="cuda")
     return result
+
+
+REPOSITORY = "repository"  # under the engines folder: what triton-eclair serves
+ENGINE_DIR_FROM_VERSION = "../../.."  # <engines>/repository/eclair/1 -> <engines>
+
+
+def publish_repository(checkpoint: Path, engines: Path, result: TrtllmPlan, generator: str = "tensorrt_llm",
+                       device: str = "cuda", force: bool = False) -> Path:
+    """`<engines>/repository/eclair`: the `eclair` contract, batch size and token limit of the plan.
+    `generator="pytorch"` puts the PyTorch runtime behind the same model (what CI runs: TensorRT-LLM
+    cannot be installed there); `tensorrt_llm` runs the engines beside the repository."""
+    from triton_models.eclair.build import publish_eclair
+
+    parameters = {"max_new_tokens": str(result.max_new_tokens), "device": device, "generator": generator}
+    if generator == "tensorrt_llm":
+        parameters["engine_dir"] = ENGINE_DIR_FROM_VERSION
+    return publish_eclair(Path(engines) / REPOSITORY, Path(checkpoint), result.max_batch_size, parameters, force=force,
+                          engine_dir=Path(engines) if generator == "tensorrt_llm" else None)
 
 
 if __name__ == "__main__":

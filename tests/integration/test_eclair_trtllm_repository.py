@@ -1,0 +1,77 @@
+"""The repository the TensorRT-LLM overlay's build-eclair writes beside its engines: the `eclair`
+contract of the PyTorch runtime, a manifest and golden answers, loaded by the real Triton with the
+PyTorch generator standing in behind the TensorRT-LLM seam (TensorRT-LLM cannot be installed here)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from converters.triton_config import read_config
+from scripts.verify import verify_model
+from tests.helpers import infer, wait_models_ready
+
+pytestmark = pytest.mark.triton
+
+
+@pytest.fixture(scope="module")
+def overlay(tmp_path_factory):
+    """The overlay's publish step on a demo checkpoint, and the main stack's `eclair` to compare."""
+    from triton_models.build import main as build_main
+    from triton_models.eclair.build import make_demo_checkpoint
+    from triton_models.eclair.trtllm import REPOSITORY, plan, publish_repository
+
+    root = tmp_path_factory.mktemp("eclair_overlay")
+    checkpoint = make_demo_checkpoint(root / "checkpoints")
+    engines = root / "engines"
+    result = plan(checkpoint, batch_size=2, max_new_tokens=64)  # ECLAIR_BATCH_SIZE=2; the demo's token limit
+    publish_repository(checkpoint, engines, result, generator="pytorch", device="cpu")
+    main_repo = root / "main_repo"
+    assert build_main(["eclair", "--repo", str(main_repo), "--work-dir", str(root / "work"),
+                       "--checkpoint", str(checkpoint), "--max-batch-size", "2"]) == 0
+    return engines / REPOSITORY, main_repo
+
+
+def test_the_overlay_publishes_the_eclair_contract_with_manifest_and_golden(overlay):
+    repository, main_repo = overlay
+    served, main = read_config(repository / "eclair" / "config.pbtxt"), read_config(main_repo / "eclair" / "config.pbtxt")
+    assert [(i.name, i.data_type, list(i.dims)) for i in served.input] == [(i.name, i.data_type, list(i.dims)) for i in main.input]
+    assert [(o.name, o.data_type, list(o.dims)) for o in served.output] == [(o.name, o.data_type, list(o.dims)) for o in main.output]
+    assert served.max_batch_size == 2 and served.parameters["max_new_tokens"].string_value == "64"
+    assert served.parameters["generator"].string_value == "pytorch"
+    manifest = json.loads((repository / "eclair" / "manifest.json").read_text())
+    assert manifest["model"] == "eclair" and (repository / "eclair" / "golden.npz").is_file()
+    golden = np.load(repository / "eclair" / "golden.npz", allow_pickle=True)
+    main_golden = np.load(main_repo / "eclair" / "golden.npz", allow_pickle=True)
+    # the same page, the same greedy text: the two publishes share pre-processing, limits and text
+    assert [k for k in golden.files] == [k for k in main_golden.files]
+    assert all(np.array_equal(golden[k], main_golden[k]) for k in golden.files)
+
+
+def test_triton_loads_the_overlay_repository_and_it_answers_the_golden_page(overlay, triton_server):
+    import tritonclient.http as http
+
+    repository, _ = overlay
+    server = triton_server(repository)
+    client = http.InferenceServerClient(server.http_url, network_timeout=120)
+    wait_models_ready(client, ["eclair"], timeout=180)
+    result = verify_model(client, repository / "eclair")
+    assert result.ok, result.detail
+    golden = np.load(repository / "eclair" / "golden.npz", allow_pickle=True)
+    page = [golden[k] for k in golden.files if "image" in k][0]
+    texts = infer(client, "eclair", {"image": np.concatenate([page, page])}, ["text"])["text"]
+    assert texts.shape == (2, 1) and texts[0, 0] == texts[1, 0]  # a batch of two answers each page
+    client.close()
+
+
+def test_the_tensorrt_llm_generator_without_tensorrt_llm_fails_in_one_sentence_and_publishes_nothing(tmp_path):
+    from triton_models.eclair.build import make_demo_checkpoint
+    from triton_models.eclair.trtllm import REPOSITORY, plan, publish_repository
+
+    checkpoint = make_demo_checkpoint(tmp_path / "checkpoints")
+    engines = tmp_path / "engines"
+    engines.mkdir()
+    with pytest.raises(Exception, match="TensorRT-LLM"):
+        publish_repository(checkpoint, engines, plan(checkpoint, 2, max_new_tokens=8), generator="tensorrt_llm")
+    assert not (engines / REPOSITORY / "eclair").exists()
