@@ -34,6 +34,9 @@ def model_names(settings: StackSettings) -> list[str]:
 
 
 def make_stack(mode: str, settings: StackSettings) -> Stack:
+    if mode == "local" and settings.eclair_on_trtllm:
+        raise UserError("ECLAIR_RUNTIME=tensorrt_llm runs in docker mode only (NVIDIA's TensorRT-LLM image); "
+                        "use --mode docker, or ECLAIR_RUNTIME=pytorch for the local mode.")
     if mode == "local":
         from scripts.stacks.local import LocalStack
 
@@ -78,9 +81,27 @@ def up(stack: Stack, settings: StackSettings) -> int:
     load_times = wait_until_ready(stack.grpc_url, names, settings.int("READY_TIMEOUT_S"), stack.check_alive)
     log(f"all {len(names)} models ready; sending each its golden inputs")
     rows, ok = verify_all(stack.grpc_url, stack.model_folders(names), load_times)
+    if settings.eclair_on_trtllm:
+        from scripts.stacks.eclair_overlay import EclairOverlay
+
+        overlay = EclairOverlay(settings)
+        overlay.up()
+        row, overlay_ok = overlay.verify()
+        rows, ok = rows + [row], ok and overlay_ok
     print(table(rows))
     log(f"{'verified' if ok else 'NOT verified'} in {time.monotonic() - started:.1f} s; Triton HTTP at {stack.http_url}")
     return 0 if ok else 1
+
+
+def verify_stack(stack: Stack, settings: StackSettings) -> tuple[list, bool]:
+    """`status` and `verify`: every served model, the overlay's `eclair` included where it serves it."""
+    rows, ok = verify_all(stack.grpc_url, stack.model_folders(model_names(settings)))
+    if settings.eclair_on_trtllm:
+        from scripts.stacks.eclair_overlay import EclairOverlay
+
+        row, overlay_ok = EclairOverlay(settings).verify(timeout_s=10)
+        rows, ok = rows + [row], ok and overlay_ok
+    return rows, ok
 
 
 def bench_names(settings: StackSettings, target: str | None) -> list[str]:
@@ -216,8 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command in ("status", "verify"):
             log(f"mode {mode}; Triton {stack.server_state()}")
-            names = model_names(settings)
-            rows, ok = verify_all(stack.grpc_url, stack.model_folders(names))
+            rows, ok = verify_stack(stack, settings)
             print(table(rows))
             return 0 if ok else 1
         if args.command == "logs":

@@ -50,6 +50,9 @@ KEYS: tuple[Key, ...] = (
           chart=True) for spec in MODELS),
     Key("CHECKPOINTS_DIR", "path", "./checkpoints", "host folder mounted read-only at /checkpoints in the builders"),
     *(Key(spec.checkpoint_key, "checkpoint", "", spec.checkpoint_help, chart=True) for spec in MODELS),
+    Key("ECLAIR_RUNTIME", "choice:pytorch|tensorrt_llm", "pytorch",
+        "how `eclair` is served: pytorch (the main stack) or tensorrt_llm (the overlay's engines and triton-eclair; "
+        "docker mode on a GPU host)"),
     Key("ECLAIR_CHECKPOINT_DIR", "relative_dir", "./third_party/eclair_triton/checkpoints", "TensorRT-LLM overlay: checkpoints folder (relative to the repository root)"),
     Key("ECLAIR_CHECKPOINT_NAME", "overlay_checkpoint", "", "TensorRT-LLM overlay: checkpoint folder name inside ECLAIR_CHECKPOINT_DIR"),
     Key("ECLAIR_MODEL_DIR", "relative_dir", "./third_party/eclair_triton/models", "TensorRT-LLM overlay: where its engines go (relative to the repository root)"),
@@ -88,7 +91,12 @@ class StackSettings:
 
     @property
     def models(self) -> list[str]:
-        return [m for m in self.values["MODELS"].split(",") if m]
+        """The models the main stack builds and serves (`eclair` on TensorRT-LLM is the overlay's)."""
+        return [m for m in self.values["MODELS"].split(",") if m and not (m == "eclair" and self.eclair_on_trtllm)]
+
+    @property
+    def eclair_on_trtllm(self) -> bool:
+        return self.values["ECLAIR_RUNTIME"] == "tensorrt_llm" and "eclair" in self.values["MODELS"].split(",")
 
     @property
     def gpu_mode(self) -> bool:
@@ -161,6 +169,13 @@ def load_settings(env_file: Path | None = Path(".env"), root: Path = Path("."), 
     ports = [values[k] for k in ("TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT")]
     if len(set(ports)) != len(ports):
         problems.append(f"TRITON_HTTP_PORT, TRITON_GRPC_PORT and TRITON_METRICS_PORT must differ, got {', '.join(ports)}")
+    if values["ECLAIR_RUNTIME"] == "tensorrt_llm" and "eclair" in values["MODELS"].split(","):
+        needs = [name for name in ("TRTLLM_BASE_IMAGE", "ECLAIR_CHECKPOINT_NAME") if not values[name]]
+        if needs:
+            problems.append(f"ECLAIR_RUNTIME=tensorrt_llm needs {' and '.join(needs)} (the overlay's image and the "
+                            "checkpoint folder inside ECLAIR_CHECKPOINT_DIR)")
+        if "docker-compose.gpu.yaml" not in values["COMPOSE_FILE"]:
+            problems.append("ECLAIR_RUNTIME=tensorrt_llm needs the GPU profile: add docker-compose.gpu.yaml to COMPOSE_FILE")
     if problems:
         where = env_file if env_file is not None and Path(env_file).is_file() else "the settings"
         raise UserError(f"{where} has {len(problems)} problem(s): " + "; ".join(problems) + ".")

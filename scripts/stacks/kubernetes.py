@@ -154,6 +154,9 @@ def run_command(command: str, target: str | None, settings: StackSettings) -> in
     if command not in COMMANDS:
         raise UserError(f"`{command}` has no Kubernetes mode; choose from {', '.join(COMMANDS)} "
                         "(bench and soak: run them against a port-forward with --mode docker settings).")
+    if settings.eclair_on_trtllm:
+        raise UserError("ECLAIR_RUNTIME=tensorrt_llm is not in the Helm chart yet; use ECLAIR_RUNTIME=pytorch on "
+                        "Kubernetes, or the compose overlay.")
     stack = KubernetesStack(settings)
     if command == "up":
         return stack.up()

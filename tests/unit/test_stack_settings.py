@@ -1,4 +1,7 @@
 
+import shutil
+from pathlib import Path
+
 import pytest
 
 from converters.errors import UserError
@@ -48,3 +51,27 @@ def test_checkpoint_paths_resolve_under_checkpoints_dir(tmp_path):
 def test_duplicate_ports_are_refused(tmp_path):
     with pytest.raises(UserError, match="must differ"):
         load_settings(None, tmp_path, {"TRITON_HTTP_PORT": "9000", "TRITON_GRPC_PORT": "9000"})
+
+
+def test_eclair_on_tensorrt_llm_names_what_it_needs_and_leaves_eclair_to_the_overlay(tmp_path, capsys):
+    from scripts.stack import main
+
+    with pytest.raises(UserError) as error:
+        load_settings(None, tmp_path, {"ECLAIR_RUNTIME": "tensorrt_llm"})
+    assert "needs TRTLLM_BASE_IMAGE and ECLAIR_CHECKPOINT_NAME" in str(error.value)
+    assert "needs the GPU profile" in str(error.value)
+    checkpoints = Path("build") / "test-settings" / tmp_path.name  # relative to the repository root, as .env gives it
+    (REPO_ROOT / checkpoints / "eclair").mkdir(parents=True)
+    (REPO_ROOT / checkpoints / "eclair" / "config.json").write_text("{}")
+    overlay = {"ECLAIR_RUNTIME": "tensorrt_llm", "TRTLLM_BASE_IMAGE": "trtllm", "TRITON_BASE_IMAGE": "triton",
+               "ECLAIR_CHECKPOINT_DIR": f"./{checkpoints}", "ECLAIR_CHECKPOINT_NAME": "eclair",
+               "COMPOSE_FILE": "docker-compose.yaml:docker-compose.gpu.yaml"}
+    try:
+        settings = load_settings(None, REPO_ROOT, overlay)
+        assert settings.eclair_on_trtllm and "eclair" not in settings.models and "yolox" in settings.models
+        env = tmp_path / ".env"
+        env.write_text("".join(f"{k}={v}\n" for k, v in overlay.items()))
+        assert main(["up", "--local", "--env-file", str(env)]) == 1
+        assert "ECLAIR_RUNTIME=tensorrt_llm runs in docker mode only" in capsys.readouterr().err
+    finally:
+        shutil.rmtree(REPO_ROOT / checkpoints)
