@@ -223,7 +223,7 @@ def test_status_reads_the_cluster_and_verifies(release):
     assert "dt-triton" in status.stdout and "verified" in status.stderr + status.stdout
 
 
-def test_down_leaves_nothing_running_and_clean_deletes_the_claim(release):
+def test_down_leaves_nothing_running_a_reinstall_skips_every_build_and_clean_deletes_the_claim(release):
     namespace, stack, _ = release
     down = stack("down")
     assert down.returncode == 0, down.stdout + down.stderr
@@ -234,6 +234,11 @@ def test_down_leaves_nothing_running_and_clean_deletes_the_claim(release):
     assert left == [], [f"{o['kind']}/{o['metadata']['name']}" for o in left]
     claims = [c["metadata"]["name"] for c in kube_json(namespace, "pvc")["items"]]
     assert claims == ["dt-models"]  # the built models are kept, as compose's `down` keeps its volume
+    again = stack("up")  # the kept claim is adopted and every build finds its model current
+    assert again.returncode == 0, again.stdout + again.stderr
+    for model in MODELS.split(","):
+        log = kubectl(namespace, "logs", "-l", f"doc-triton/model={model}", "--tail", "-1")
+        assert "up to date" in log and "published" not in log, log
     clean = stack("clean")
     assert clean.returncode == 0, clean.stdout + clean.stderr
-    assert kube_json(namespace, "pvc")["items"] == []
+    assert kube_json(namespace, "pods,jobs,deployments,services,hpa,pvc")["items"] == []
