@@ -84,6 +84,9 @@ def test_a_changed_setting_makes_a_new_build_job():
     assert len(default) == 4
     assert [n for n in default if "-build-e5-" in n] != [n for n in changed if "-build-e5-" in n]
     assert [n for n in default if "-build-e5-" not in n] == [n for n in changed if "-build-e5-" not in n]
+    # anything else in a Job's (immutable) spec makes new Jobs too, never a failed upgrade
+    placed = job_names("--set", "nodeSelector.pool=cpu")
+    assert len(placed) == 4 and not set(placed) & set(default)
 
 
 @pytest.mark.parametrize("setting, named", [("settings.E5_BATCH=8", "settings.E5_BATCH is not a setting"),

@@ -33,7 +33,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
 {{/* The builds of the models in settings.MODELS: each with its Job name, which carries a hash of
-     everything the build is given, so a changed setting makes a new Job (a Job's pod template is
+     everything the Job is given, so a changed setting makes a new Job (a Job's pod template is
      immutable) and the Triton pods wait for that Job's receipt, not an older one. */}}
 {{- define "doc-triton.builds" -}}
 {{- $settings := include "doc-triton.settings" . | fromYaml -}}
@@ -53,7 +53,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
       "MAX_BATCH_SIZE" (index $settings .batchSizeKey) "CHECKPOINT" (index $settings .checkpointKey)
       "SERVE_BACKEND" (ternary .gpuServeBackend "python_onnx" $.Values.gpu.enabled)
       "DEVICE" (ternary "cuda" "cpu" $.Values.gpu.enabled) -}}
-{{- $hash := dict "image" $.Values.images.builder "env" $env "model" .key | toJson | sha256sum | trunc 8 -}}
+{{- /* everything in the Job's spec: a Job is immutable, so any change must make a new one */ -}}
+{{- $hash := dict "image" $.Values.images "env" $env "model" .key "builds" $.Values.builds "gpu" $.Values.gpu
+      "checkpoints" $.Values.checkpoints "placement" (include "doc-triton.placement" $) | toJson | sha256sum | trunc 8 -}}
 {{- $name := printf "%s-%s-%s" (include "doc-triton.fullname" $) .job $hash -}}
 {{- $builds = append $builds (dict "key" .key "job" $name "env" $env "tritonNames" .tritonNames) -}}
 {{- end -}}
