@@ -10,6 +10,7 @@ release's objects and verifies; `logs` reads a builder's or Triton's logs; `down
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import tempfile
@@ -38,6 +39,10 @@ class KubernetesStack:
     def __init__(self, settings: StackSettings) -> None:
         self.settings = settings
         self.release = settings["HELM_RELEASE"]
+        if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,28}[a-z0-9])?", self.release):
+            # the chart names objects <release>-<part>, and cuts the release at 30 characters
+            raise UserError(f"HELM_RELEASE={self.release!r} must be lowercase letters, digits and '-', at most 30 "
+                            "characters, starting and ending with a letter or digit.")
         self.namespace = settings["KUBE_NAMESPACE"]
         extra = settings["HELM_VALUES"]
         self.values_file = settings.path("HELM_VALUES") if extra else None

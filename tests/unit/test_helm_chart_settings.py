@@ -38,6 +38,9 @@ def test_kubernetes_mode_names_what_is_missing_in_one_line(tmp_path, monkeypatch
     env.write_text("HELM_VALUES=nowhere.yaml\n")
     assert main(["up", "--mode", "kubernetes", "--env-file", str(env)]) == 1
     assert "HELM_VALUES=nowhere.yaml is not a file" in capsys.readouterr().err
+    env.write_text("HELM_RELEASE=Doc_Triton\n")
+    assert main(["up", "--mode", "kubernetes", "--env-file", str(env)]) == 1
+    assert "HELM_RELEASE='Doc_Triton' must be lowercase" in capsys.readouterr().err
     env.write_text("")
     monkeypatch.setenv("PATH", str(tmp_path))  # no helm, no kubectl
     assert main(["up", "--mode", "kubernetes", "--env-file", str(env)]) == 1
