@@ -75,10 +75,18 @@ def test_the_tensorrt_llm_generator_without_tensorrt_llm_fails_in_one_sentence_a
     from triton_models.eclair.trtllm import REPOSITORY, plan, publish_repository
 
     checkpoint = make_demo_checkpoint(tmp_path / "checkpoints")
+    from converters.errors import UserError
+
     engines = tmp_path / "engines"
     engines.mkdir()
-    with pytest.raises(Exception, match="TensorRT-LLM"):
-        publish_repository(checkpoint, engines, plan(checkpoint, 2, max_new_tokens=8), generator="tensorrt_llm")
+    result = plan(checkpoint, 2, max_new_tokens=8)
+    with pytest.raises(UserError, match="engines are missing .*visual_encoder.plan.*decoder"):
+        publish_repository(checkpoint, engines, result, generator="tensorrt_llm")
+    (engines / "visual_encoder.plan").write_bytes(b"not an engine")
+    (engines / "decoder").mkdir()
+    (engines / "decoder" / "config.json").write_text("{}")
+    with pytest.raises(RuntimeError, match="needs TensorRT-LLM"):
+        publish_repository(checkpoint, engines, result, generator="tensorrt_llm")
     assert not (engines / REPOSITORY / "eclair").exists()
 
 

@@ -126,8 +126,16 @@ def publish_eclair(repo: Path, folder: Path, max_batch_size: int, parameters: di
         max_batch_size, parameters, instance_count=instance_count)
     sources = {"checkpoint": file_sha256(folder), "model_py": file_sha256(HERE / "eclair_model.py"),
                "runtime": file_sha256(HERE / "runtime.py")}
-    if generator == "tensorrt_llm":
-        sources.update(trtllm_runtime=file_sha256(HERE / "trtllm_runtime.py"), engines=file_sha256(engine_dir))
+    if generator == "tensorrt_llm":  # the engines themselves, not the repository published beside them
+        from triton_models.eclair.trtllm_runtime import DECODER_FOLDER, VISUAL_ENGINE
+
+        missing = [str(Path(engine_dir) / n) for n in (VISUAL_ENGINE, DECODER_FOLDER) if not (Path(engine_dir) / n).exists()]
+        if missing:
+            raise UserError(f"ECLAIR's TensorRT-LLM engines are missing ({', '.join(missing)}); run the overlay's "
+                            "build-eclair first.")
+        sources.update(trtllm_runtime=file_sha256(HERE / "trtllm_runtime.py"),
+                       visual_engine=file_sha256(Path(engine_dir) / VISUAL_ENGINE),
+                       decoder_engine=file_sha256(Path(engine_dir) / DECODER_FOLDER))
     if companion_is_current(repo, config, sources, force):
         return Path(repo) / NAME
     canvas, _ = pad_page(demo_page())
