@@ -121,5 +121,6 @@ def load_beside(folder, module_name, file_name=None):
         sys.path.insert(0, str(folder))
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # as an import would: dataclasses and pickling look the module up there
     spec.loader.exec_module(module)
     return module
