@@ -126,12 +126,16 @@ cmd_start() {
     for _ in $(seq 1 30); do ctr -a "$sock" version >/dev/null 2>&1 && break; sleep 1; done
   fi
   cmd_load k8s.gcr.io/pause:3.2
+  # No image GC and no disk-pressure eviction: the images were loaded, not pulled, so one collected
+  # on a full CI disk could never come back (a builder pod would wait in ImagePullBackOff).
   if ! "$bin/kubectl" get --raw /readyz >/dev/null 2>&1; then
     local etcd_before; etcd_before=$(pgrep -x etcd | sort || true)
     (cd "$src" && PATH="$out:$PATH" \
       CONTAINER_RUNTIME=remote CONTAINER_RUNTIME_ENDPOINT="unix://$sock" \
       CLUSTER_CIDR=198.18.0.0/16 SERVICE_CLUSTER_IP_RANGE=198.19.0.0/24 FIRST_SERVICE_CLUSTER_IP=198.19.0.1 \
       KUBE_ENABLE_CLUSTER_DNS=false ENABLE_HOSTPATH_PROVISIONER=true ENABLE_DAEMON=true \
+      EVICTION_HARD="memory.available<100Mi" \
+      KUBELET_FLAGS="--image-gc-high-threshold=100 --image-gc-low-threshold=99" \
       CGROUP_DRIVER=cgroupfs LOG_DIR="$logs" \
       hack/local-up-cluster.sh -O >"$logs/local-up-cluster.log" 2>&1) \
       || { tail -n 30 "$logs/local-up-cluster.log"; exit 1; }

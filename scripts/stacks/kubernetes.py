@@ -85,6 +85,7 @@ class KubernetesStack:
         rollout = self.kubectl("rollout", "status", f"deployment/{self.release}-triton", f"--timeout={timeout}s",
                                check=False, timeout=timeout + 60)
         if rollout.returncode != 0:
+            self._check_images("app.kubernetes.io/component=triton")
             raise UserError(f"the Triton replicas were not ready within {timeout} s; "
                             "`python -m scripts.stack logs triton --mode kubernetes` shows why.")
         log("every replica ready; verifying through the Service")
@@ -105,9 +106,21 @@ class KubernetesStack:
                                 "serving the previous build; fix it and run `up` again.")
             if jobs and all(j["status"].get("succeeded") for j in jobs):
                 return
+            self._check_images("app.kubernetes.io/component=builder")
             time.sleep(2)
         raise UserError(f"the builder Jobs did not finish within {BUILD_WAIT_S} s; "
                         "`python -m scripts.stack status --mode kubernetes` lists them.")
+
+    def _check_images(self, component: str) -> None:
+        """A pod whose image cannot be pulled waits forever: name it and the image at once."""
+        pods = json.loads(self.kubectl("get", "pods", "-l", f"{self.selector},{component}", "-o", "json").stdout)["items"]
+        for pod in pods:
+            for status in pod["status"].get("containerStatuses", []) + pod["status"].get("initContainerStatuses", []):
+                waiting = status.get("state", {}).get("waiting", {})
+                if waiting.get("reason") in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName"):
+                    raise UserError(f"pod {pod['metadata']['name']} cannot get image {status['image']} "
+                                    f"({waiting['reason']}); push it where the cluster pulls from and set "
+                                    "images.builder / images.triton in HELM_VALUES.")
 
     def verify(self) -> int:
         """`helm test`: the chart's verification pod runs scripts.verify against the Service; its

@@ -50,6 +50,11 @@ def stack(tmp_path_factory):
 
     yield client, run, project, checkpoints
     run("clean")
+    for image in (f"{project}-builder:local", f"{project}-triton:local"):  # layers stay cached for later builds
+        try:
+            client.images.remove(image)
+        except Exception:
+            pass  # never built (an earlier test failed first)
 
 
 def _project_objects(client, project: str):

@@ -203,7 +203,7 @@ def test_a_deleted_replica_costs_no_answer_and_comes_back(release):
     assert answers >= 2  # the Service answered while a replica was missing, not only after
 
 
-def test_a_failed_build_is_named_at_once_and_the_serving_replicas_keep_serving(release):
+def test_a_failed_build_or_a_missing_image_is_named_at_once_and_the_serving_replicas_keep_serving(release):
     namespace, stack, root = release
     from scripts.health import verify_all
 
@@ -214,6 +214,11 @@ def test_a_failed_build_is_named_at_once_and_the_serving_replicas_keep_serving(r
     folders = _golden_folders(namespace, _triton_pods(namespace)[0]["metadata"]["name"], root)
     rows, ok = verify_all(f"{service}:8001", folders)  # the replicas of the last good build still answer
     assert ok, [(r.model, r.ready, r.verified) for r in rows]
+    bad_image = root / "bad-image.yaml"
+    bad_image.write_text((root / "values.yaml").read_text() + "images:\n  builder: doc-triton-missing:local\n")
+    unpullable = stack("up", HELM_VALUES=str(bad_image))
+    assert unpullable.returncode == 1
+    assert "cannot get image doc-triton-missing:local" in unpullable.stderr, unpullable.stderr
     fixed = stack("up")  # the settings put back: the same Job as before, its build current
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     assert kube_json(namespace, "deployment", "dt-triton")["status"].get("readyReplicas") == 2
