@@ -106,15 +106,19 @@ class KubernetesStack:
                                 "serving the previous build; fix it and run `up` again.")
             if jobs and all(j["status"].get("succeeded") for j in jobs):
                 return
-            self._check_images("app.kubernetes.io/component=builder")
+            self._check_images("app.kubernetes.io/component=builder", {j["metadata"]["name"] for j in jobs})
             time.sleep(2)
         raise UserError(f"the builder Jobs did not finish within {BUILD_WAIT_S} s; "
                         "`python -m scripts.stack status --mode kubernetes` lists them.")
 
-    def _check_images(self, component: str) -> None:
-        """A pod whose image cannot be pulled waits forever: name it and the image at once."""
+    def _check_images(self, component: str, jobs: set[str] | None = None) -> None:
+        """A pod whose image cannot be pulled waits forever: name it and the image at once (only
+        pods of the current Jobs: those of a replaced Job may linger a moment)."""
         pods = json.loads(self.kubectl("get", "pods", "-l", f"{self.selector},{component}", "-o", "json").stdout)["items"]
         for pod in pods:
+            if pod["metadata"].get("deletionTimestamp") or (
+                    jobs is not None and pod["metadata"].get("labels", {}).get("job-name") not in jobs):
+                continue
             for status in pod["status"].get("containerStatuses", []) + pod["status"].get("initContainerStatuses", []):
                 waiting = status.get("state", {}).get("waiting", {})
                 if waiting.get("reason") in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName"):
