@@ -2,7 +2,7 @@
 # The compiled GPU path without Docker, one GPU: E5 and DeBERTa-large served by python_compiled
 # (torch.compile, one CUDA graph per bucket) through the local Triton, against their raw paths
 # (eager, compiled, compiled with CUDA graphs) and the fp16 limit, same run; cold and warm `up`
-# against Triton's own load time; perf_analyzer against bench's load generator on one point.
+# against Triton's own load time (from its log, and Triton alone launched by hand); perf_analyzer against bench's load generator on one point.
 #
 #   benchmarks/gpu_compiled.sh TOKENIZER_DIR OUT_DIR [NUMPY1_DIR] [PERF_ANALYZER]
 #
@@ -26,9 +26,13 @@ timed_up() {  # NAME: `up` to verified-ready, and Triton's own load time of the 
     echo "$1 up: $(python3 -c "print(round($(date +%s.%N) - $started, 1))") s; Triton's own load: $(python3 -m benchmarks.triton_load_time \
         "$work/local/triton.log") s" | tee -a "$out/up_times.txt"
 }
-trap 'cp "$work/local/triton.log" "$out/" 2>/dev/null || true; stack down || true' EXIT
+trap 'stack down || true; cp "$work/local/triton.log" "$out/" 2>/dev/null || true' EXIT  # the log with its shutdown
 timed_up cold
-if [ "${UP_TWICE:-1}" = 1 ]; then stack down > /dev/null; timed_up warm; fi
+if [ "${UP_TWICE:-1}" = 1 ]; then  # Triton alone on the built repository, then a warm `up` of the same
+    stack down > /dev/null
+    echo "Triton alone, launch to ready: $(python3 -m benchmarks.triton_alone_load "$work/gpu.env" | tail -1) s" | tee -a "$out/up_times.txt"
+    timed_up warm
+fi
 concurrency=${BENCH_CONCURRENCY:-1,4,16}
 for pair in "e5_small_v2:${E5_BATCHES-8,64,256}" "deberta_large:${CAPTION_BATCHES-32,64,128}" "yolox:${YOLOX_BATCHES-16}"; do
     model=${pair%%:*}

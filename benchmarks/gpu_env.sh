@@ -3,7 +3,7 @@
 # checkpoints that exist under WORK/checkpoints (made by benchmarks.make_gpu_checkpoints).
 # Environment: E5_BATCH_SIZE (256), CAPTION_BATCH_SIZE (128), YOLOX_BATCH_SIZE (16),
 # ECLAIR_BATCH_SIZE (16), INSTANCE_COUNT (2: one instance's python-side work overlaps the other's GPU work).
-# SERVE_BACKEND (python_torch; python_compiled for torch.compile with CUDA graphs).
+# SERVE_BACKEND (python_torch; python_compiled for torch.compile with CUDA graphs), LOCAL_CUDA_MPS (off).
 write_gpu_env() {
     local file=$1 work=$2 models=$3 gpus=$4 numpy1=$5
     {
@@ -23,5 +23,6 @@ write_gpu_env() {
         echo "LOCAL_REPOSITORY=$work/model_repository"
         echo "READY_TIMEOUT_S=400"
         echo "INSTANCE_COUNT=${INSTANCE_COUNT:-2}"
+        echo "LOCAL_CUDA_MPS=${LOCAL_CUDA_MPS:-off}"
     } > "$file"
 }

@@ -106,7 +106,7 @@ class LocalTriton:
 
     def __init__(self, model_repository: Path, ports: Ports | None = None, log_path: Path | None = None,
                  extra_args: tuple[str, ...] = (), exit_timeout_s: int = 10, backend_root: Path | None = None,
-                 model_paths_first: tuple[str, ...] = ()) -> None:
+                 model_paths_first: tuple[str, ...] = (), environment: dict[str, str] | None = None) -> None:
         self.model_repository = Path(model_repository).resolve()
         self.ports = ports or Ports.free()
         self.log_path = log_path
@@ -116,6 +116,7 @@ class LocalTriton:
         # Folders put first on the python-backend models' path: the wheel's stub is built against
         # NumPy 1, so an environment with NumPy 2 needs a NumPy 1 folder here.
         self.model_paths_first = model_paths_first
+        self.environment = environment or {}  # more variables for the server (a CUDA MPS pipe folder)
         self.process: subprocess.Popen | None = None
         self._workdir: tempfile.TemporaryDirectory | None = None
         self._log_handle = None
@@ -136,7 +137,7 @@ class LocalTriton:
         return Path(self._workdir.name)
 
     def _environment(self) -> dict[str, str]:
-        env = {**MALLOC_ENVIRONMENT, **os.environ}
+        env = {**MALLOC_ENVIRONMENT, **os.environ, **self.environment}
         root = self._layout_root()
         env["LD_LIBRARY_PATH"] = os.pathsep.join([library_path(root), env.get("LD_LIBRARY_PATH", "")]).rstrip(os.pathsep)
         # Python-backend models see third-party packages (and this repository) only through PYTHONPATH.
@@ -252,13 +253,21 @@ def stop_process(pid: int, timeout: float = 30.0) -> bool:
         return False
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not running(pid):
             return True
         time.sleep(0.2)
     os.kill(pid, signal.SIGKILL)
     return True
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie: a server exited but not yet reaped by the process that started it
+    (a benchmark holding it as a child) has stopped."""
+    try:
+        os.kill(pid, 0)
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except (ProcessLookupError, FileNotFoundError):
+        return False
 
 
 if __name__ == "__main__":

@@ -79,27 +79,26 @@ def up(stack: Stack, settings: StackSettings) -> int:
     stack.start_server()
     names = model_names(settings)
     load_times = wait_until_ready(stack.grpc_url, names, settings.int("READY_TIMEOUT_S"), stack.check_alive)
-    log(f"all {len(names)} models ready; sending each its golden inputs")
-    rows, ok = verify_all(stack.grpc_url, stack.model_folders(names), load_times)
     if settings.eclair_on_trtllm:
         from scripts.stacks.eclair_overlay import EclairOverlay
 
-        overlay = EclairOverlay(settings)
-        overlay.up()
-        row, overlay_ok = overlay.verify()
-        rows, ok = rows + [row], ok and overlay_ok
+        EclairOverlay(settings).up()
+    log(f"all {len(names)} models ready; sending each its golden inputs")
+    rows, ok = verify_stack(stack, settings, load_times, overlay_wait_s=None)
     print(table(rows))
     log(f"{'verified' if ok else 'NOT verified'} in {time.monotonic() - started:.1f} s; Triton HTTP at {stack.http_url}")
     return 0 if ok else 1
 
 
-def verify_stack(stack: Stack, settings: StackSettings) -> tuple[list, bool]:
-    """`status` and `verify`: every served model, the overlay's `eclair` included where it serves it."""
-    rows, ok = verify_all(stack.grpc_url, stack.model_folders(model_names(settings)))
+def verify_stack(stack: Stack, settings: StackSettings, load_times: dict[str, float] | None = None,
+                 overlay_wait_s: float | None = 10) -> tuple[list, bool]:
+    """Every served model against its golden answers, the overlay's `eclair` included where it
+    serves it (waited for up to `overlay_wait_s`; None: READY_TIMEOUT_S, as `up` does)."""
+    rows, ok = verify_all(stack.grpc_url, stack.model_folders(model_names(settings)), load_times)
     if settings.eclair_on_trtllm:
         from scripts.stacks.eclair_overlay import EclairOverlay
 
-        row, overlay_ok = EclairOverlay(settings).verify(timeout_s=10)
+        row, overlay_ok = EclairOverlay(settings).verify(timeout_s=overlay_wait_s)
         rows, ok = rows + [row], ok and overlay_ok
     return rows, ok
 

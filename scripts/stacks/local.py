@@ -43,6 +43,7 @@ class LocalStack(Stack):
         inputs match its last successful run's stamp (`scripts/build_stamp.py`) is not started."""
         from scripts.build_stamp import build_stamp, environment_key, is_current
 
+        self.mps_plan()  # LOCAL_CUDA_MPS=on where it cannot work: said before minutes of building
         self.state.mkdir(parents=True, exist_ok=True)
         environment = environment_key(self._gpu_rows())  # the same for every builder of this run
         for index, key in enumerate(keys, 1):
@@ -87,15 +88,22 @@ class LocalStack(Stack):
 
         return repr(host_gpus())
 
+    @property
+    def exit_timeout_s(self) -> int:
+        """How long a stopping Triton waits for in-flight requests and model unloads. GPU instances
+        under CUDA MPS took over 10 s to unload on an H100 (Triton's own default is 30 s)."""
+        return 30 if self.settings["LOCAL_DEVICE"] == "cuda" else 10
+
     def running_pid(self) -> int | None:
         if not self.pid_file.is_file():
             return None
+        from scripts.local_triton import running
+
         pid = int(self.pid_file.read_text())
         try:
-            os.kill(pid, 0)
-        except (ProcessLookupError, PermissionError):
+            return pid if running(pid) else None
+        except PermissionError:  # another user's process took the recorded id
             return None
-        return pid
 
     def start_server(self) -> None:
         from scripts.local_triton import LocalTriton, Ports, orphaned_shm_regions
@@ -112,9 +120,34 @@ class LocalStack(Stack):
         names = [name for key in self.settings.models for name in get(key).triton_names]
         serve = ("--model-control-mode=explicit", *(f"--load-model={name}" for name in names))
         server = LocalTriton(self.repo, ports, log_path=self.log_file, backend_root=self.state / "server",
-                             model_paths_first=first, extra_args=serve).start()
+                             model_paths_first=first, extra_args=serve, environment=self.start_mps(),
+                             exit_timeout_s=self.exit_timeout_s).start()
         self.pid_file.write_text(str(server.process.pid))
         self._server = server
+
+    def mps_plan(self) -> tuple[bool, str]:
+        """Whether `up` runs Triton under the stack's CUDA MPS daemon, and why (scripts/cuda_mps.py);
+        a setting that cannot work fails here, before any build."""
+        import shutil
+
+        from scripts.cuda_mps import CONTROL, mps_decision
+
+        return mps_decision(self.settings["LOCAL_CUDA_MPS"], self.settings["LOCAL_DEVICE"],
+                            shutil.which(CONTROL), os.environ.get("CUDA_MPS_PIPE_DIRECTORY"))
+
+    def start_mps(self) -> dict[str, str]:
+        """The stack's CUDA MPS daemon where LOCAL_CUDA_MPS wants it; returns the environment that
+        points Triton at it."""
+        from scripts.cuda_mps import MpsDaemon
+
+        wanted, why = self.mps_plan()
+        if not wanted:
+            if self.settings["LOCAL_CUDA_MPS"] == "on":
+                log(f"CUDA MPS: {why}")
+            return {}
+        daemon = MpsDaemon(self.state)
+        log(f"CUDA MPS daemon running (pid {daemon.start()}): {why}")
+        return daemon.environment()
 
     def check_alive(self) -> None:
         server = getattr(self, "_server", None)
@@ -156,7 +189,7 @@ class LocalStack(Stack):
         recorded = int(self.pid_file.read_text()) if self.pid_file.is_file() else None
         pid = self.running_pid()
         if pid:
-            stop_process(pid)
+            stop_process(pid, timeout=self.exit_timeout_s + 15)
             if not quiet:
                 log(f"stopped tritonserver (pid {pid})")
         elif not quiet:
@@ -166,3 +199,8 @@ class LocalStack(Stack):
             if ended:
                 log(f"ended {len(ended)} model process(es) left by tritonserver (pid {recorded}): {ended}")
         self.pid_file.unlink(missing_ok=True)
+        from scripts.cuda_mps import MpsDaemon
+
+        stopped = MpsDaemon(self.state).stop()  # after Triton: its processes are the daemon's clients
+        if stopped and not quiet:
+            log(f"stopped the CUDA MPS daemon (pid {stopped})")
