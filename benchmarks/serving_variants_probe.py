@@ -41,20 +41,9 @@ def variant_repository(source: Path, root: Path, instances: int) -> Path:
 
 def replay_rate(runner, batch: int, seconds: float = 5.0) -> float:
     """Items/s of the bucket's CUDA graph replayed alone: the program's own limit on this card."""
-    import torch
+    from benchmarks.compile_shapes_probe import rate
 
-    bucket = (batch, 128)
-    graph = runner.graphs[bucket]
-    for _ in range(20):
-        graph.replay()
-    torch.cuda.synchronize()
-    count, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        for _ in range(20):
-            graph.replay()
-        torch.cuda.synchronize()
-        count += 20
-    return count * batch / (time.perf_counter() - started)
+    return rate(runner.graphs[(batch, 128)], batch, seconds)
 
 
 def mps(start: bool, folder: Path) -> None:
