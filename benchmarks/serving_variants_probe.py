@@ -13,9 +13,7 @@ so each variant loads in seconds; the 256x128 graph is the one `python_compiled`
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +22,7 @@ from converters.model_folder import VERSION, read_model_config
 from converters.triton_config import config_text
 from scripts.bench.load import served_point
 from scripts.bench.raw import RawModel, raw_point
+from scripts.cuda_mps import MpsDaemon
 from scripts.local_triton import LocalTriton, Ports
 from scripts.health import wait_until_ready
 
@@ -46,19 +45,6 @@ def replay_rate(runner, batch: int, seconds: float = 5.0) -> float:
     return rate(runner.graphs[(batch, 128)], batch, seconds)
 
 
-def mps(start: bool, folder: Path) -> None:
-    env = {**os.environ, "CUDA_MPS_PIPE_DIRECTORY": str(folder / "pipe"), "CUDA_MPS_LOG_DIRECTORY": str(folder / "log")}
-    if start:
-        (folder / "pipe").mkdir(parents=True, exist_ok=True)
-        (folder / "log").mkdir(parents=True, exist_ok=True)
-        subprocess.run(["nvidia-cuda-mps-control", "-d"], env=env, check=True)
-        os.environ.update({k: env[k] for k in ("CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY")})
-    else:
-        subprocess.run(["nvidia-cuda-mps-control"], input=b"quit\n", env=env, check=False)
-        os.environ.pop("CUDA_MPS_PIPE_DIRECTORY", None)
-        os.environ.pop("CUDA_MPS_LOG_DIRECTORY", None)
-
-
 def run_variant(source: Path, name: str, batches: list[int], concurrencies: list[int], numpy1: str, log) -> None:
     parts = name.split("-")
     instances = int(parts[0][1:])
@@ -66,14 +52,15 @@ def run_variant(source: Path, name: str, batches: list[int], concurrencies: list
     with tempfile.TemporaryDirectory(prefix="variant-") as scratch:
         root = variant_repository(source, Path(scratch) / "repo", instances)
         model = read_model_config(source).name
-        if "mps" in parts:
-            mps(True, Path(scratch) / "mps")
+        daemon = MpsDaemon(Path(scratch)) if "mps" in parts else None
         server = LocalTriton(root, Ports.free(), log_path=Path(scratch) / "triton.log", extra_args=extra,
-                             model_paths_first=tuple(p for p in [numpy1] if p))
+                             model_paths_first=tuple(p for p in [numpy1] if p),
+                             environment=daemon.environment() if daemon else None)
         started = time.monotonic()
         try:
+            if daemon:
+                daemon.start()
             server.start()
-            server.wait_live(120)
             wait_until_ready(server.grpc_url, [model], 400)
             log(f"{name}: loaded in {time.monotonic() - started:.1f} s")
             for batch in batches:
@@ -87,8 +74,8 @@ def run_variant(source: Path, name: str, batches: list[int], concurrencies: list
             print((Path(scratch) / "triton.log").read_text(errors="replace")[-3000:])
         finally:
             server.stop()
-            if "mps" in parts:
-                mps(False, Path(scratch) / "mps")
+            if daemon:
+                daemon.stop()
 
 
 def main() -> None:

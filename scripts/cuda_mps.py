@@ -66,12 +66,13 @@ class MpsDaemon:
                               capture_output=True, text=True, timeout=30)
 
     def pid(self) -> int | None:
+        from scripts.local_triton import running
+
         try:
             pid = int((self.pipe_dir / PID_FILE).read_text().strip())
-            os.kill(pid, 0)
         except (OSError, ValueError):
             return None
-        return pid
+        return pid if running(pid) else None
 
     def start(self) -> int:
         """Start the daemon (or keep the one this stack left running); returns its pid."""
@@ -83,8 +84,8 @@ class MpsDaemon:
         result = self._control("-d")
         deadline = time.monotonic() + 10
         while result.returncode == 0 and time.monotonic() < deadline:
-            if self.pid():
-                return self.pid()
+            if pid := self.pid():
+                return pid
             time.sleep(0.1)
         shutil.rmtree(self.pipe_dir, ignore_errors=True)
         log = self.log_dir / "control.log"

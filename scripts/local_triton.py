@@ -261,12 +261,13 @@ def stop_process(pid: int, timeout: float = 30.0) -> bool:
 
 
 def running(pid: int) -> bool:
-    """Alive and not a zombie: a server exited but not yet reaped by the process that started it
-    (a benchmark holding it as a child) has stopped."""
+    """Alive, ours and not a zombie: a server exited but not yet reaped by the process that started
+    it (a benchmark holding it as a child) has stopped, and another user's process that took a
+    recorded id is not the one recorded."""
     try:
         os.kill(pid, 0)
         return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
-    except (ProcessLookupError, FileNotFoundError):
+    except (ProcessLookupError, PermissionError, FileNotFoundError):
         return False
 
 

@@ -100,10 +100,7 @@ class LocalStack(Stack):
         from scripts.local_triton import running
 
         pid = int(self.pid_file.read_text())
-        try:
-            return pid if running(pid) else None
-        except PermissionError:  # another user's process took the recorded id
-            return None
+        return pid if running(pid) else None
 
     def start_server(self) -> None:
         from scripts.local_triton import LocalTriton, Ports, orphaned_shm_regions
