@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet "$(TORCH)"
 	$(VENV)/bin/pip install --quiet -e ".[local,demo,test,bench]"
+	# torchvision for nv-ingest's YOLOX client in the tests only, kept off the environment's path
+	# (beside the CPU torch its import fails, which would break transformers): tests/torchvision_nms.py
+	$(VENV)/bin/pip install --quiet --no-deps --upgrade --target $(VENV)/client-torchvision "torchvision==0.28.*"
 	touch $(STAMP)
 
 setup: $(STAMP)

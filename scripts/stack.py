@@ -64,7 +64,8 @@ def check_ports_free(stack: Stack, settings: StackSettings) -> None:
 
     if stack.server_running():
         return
-    busy = [f"{settings[k]} ({k})" for k in PORT_KEYS if port_in_use(settings.int(k), stack.port_host)]
+    keys = PORT_KEYS + (("EMBEDDINGS_HTTP_PORT",) if settings.serves_embeddings else ())
+    busy = [f"{settings[k]} ({k})" for k in keys if port_in_use(settings.int(k), stack.port_host)]
     if busy:
         raise UserError(f"port {', '.join(busy)} is already in use on {stack.port_host}; stop what holds it or set "
                         "another port in .env.")
@@ -83,6 +84,11 @@ def up(stack: Stack, settings: StackSettings) -> int:
         from scripts.stacks.eclair_overlay import EclairOverlay
 
         EclairOverlay(settings).up()
+    if settings.serves_embeddings:
+        from scripts.embeddings_service import wait_ready
+
+        stack.start_embeddings()
+        wait_ready(stack.embeddings_url, 60, stack.check_alive)
     log(f"all {len(names)} models ready; sending each its golden inputs")
     rows, ok = verify_stack(stack, settings, load_times, overlay_wait_s=None)
     print(table(rows))
@@ -94,7 +100,13 @@ def verify_stack(stack: Stack, settings: StackSettings, load_times: dict[str, fl
                  overlay_wait_s: float | None = 10) -> tuple[list, bool]:
     """Every served model against its golden answers, the overlay's `eclair` included where it
     serves it (waited for up to `overlay_wait_s`; None: READY_TIMEOUT_S, as `up` does)."""
-    rows, ok = verify_all(stack.grpc_url, stack.model_folders(model_names(settings)), load_times)
+    folders = stack.model_folders(model_names(settings))
+    rows, ok = verify_all(stack.grpc_url, folders, load_times)
+    if settings.serves_embeddings:  # the OpenAI-compatible endpoint, through itself
+        from scripts.embeddings_service import TEXT_MODEL, verify
+
+        row = verify(stack.embeddings_url, folders[TEXT_MODEL])
+        rows, ok = rows + [row], ok and row.verified == "yes"
     if settings.eclair_on_trtllm:
         from scripts.stacks.eclair_overlay import EclairOverlay
 

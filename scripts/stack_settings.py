@@ -40,6 +40,8 @@ KEYS: tuple[Key, ...] = (
     Key("TRITON_HTTP_PORT", "port", "8000", "Triton HTTP port on the host"),
     Key("TRITON_GRPC_PORT", "port", "8001", "Triton gRPC port on the host"),
     Key("TRITON_METRICS_PORT", "port", "8002", "Triton metrics port on the host"),
+    Key("EMBEDDINGS_HTTP_PORT", "port", "8003",
+        "port of the OpenAI-compatible /v1/embeddings endpoint in front of e5_small_v2_text (served with e5_small_v2)"),
     Key("TRITON_GPU_IDS", "gpu_ids", "0", "GPUs the Triton service reserves (comma list)"),
     Key("BUILDER_GPU_ID", "gpu_ids", "0", "GPU the builders build on"),
     Key("TRITON_SHM_SIZE", "str", "2gb", "shared memory of the Triton container (python backend tensors)"),
@@ -100,6 +102,11 @@ class StackSettings:
     @property
     def eclair_on_trtllm(self) -> bool:
         return self.values["ECLAIR_RUNTIME"] == "tensorrt_llm" and "eclair" in self.values["MODELS"].split(",")
+
+    @property
+    def serves_embeddings(self) -> bool:
+        """The OpenAI-compatible endpoint runs wherever its model, e5_small_v2, is served."""
+        return "e5_small_v2" in self.models
 
     @property
     def gpu_mode(self) -> bool:
@@ -169,9 +176,15 @@ def load_settings(env_file: Path | None = Path(".env"), root: Path = Path("."), 
         problem = _problem(key, values[key.name], root, values)
         if problem:
             problems.append(problem)
-    ports = [values[k] for k in ("TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT")]
+    port_keys = ("TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT", "EMBEDDINGS_HTTP_PORT")
+    ports = [values[k] for k in port_keys]
     if len(set(ports)) != len(ports):
-        problems.append(f"TRITON_HTTP_PORT, TRITON_GRPC_PORT and TRITON_METRICS_PORT must differ, got {', '.join(ports)}")
+        problems.append(f"{', '.join(port_keys)} must differ, got {', '.join(ports)}")
+    yolox_batch = values[get("yolox").batch_size_key]
+    if yolox_batch.isdigit() and int(yolox_batch) & (int(yolox_batch) - 1):
+        # nv-ingest's YOLOX client sends batches in powers of two up to the model's max batch
+        problems.append(f"{get('yolox').batch_size_key}={yolox_batch} must be a power of two (nv-ingest's YOLOX "
+                        "client batches pages in powers of two); use 8 or 16")
     if values["ECLAIR_RUNTIME"] == "tensorrt_llm" and "eclair" in values["MODELS"].split(","):
         needs = [name for name in ("TRTLLM_BASE_IMAGE", "ECLAIR_CHECKPOINT_NAME") if not values[name]]
         if needs:

@@ -99,9 +99,11 @@ def verify_model(client, model_dir: Path, timeout_s: float = REQUEST_TIMEOUT_S) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m scripts.verify --url HOST:PORT --repository DIR --models a,b`: wait until Triton has
-    every model ready, send each its golden inputs, print the table; exit 1 unless all answer
-    correctly. What the Helm chart's `helm test` pod runs against the Service."""
+    """`python -m scripts.verify --url HOST:PORT --repository DIR --models a,b [--embeddings-url HOST:PORT]`:
+    wait until Triton has every model ready, send each its golden inputs, print the table; exit 1
+    unless all answer correctly. With --embeddings-url, the OpenAI-compatible endpoint there too
+    (scripts.embeddings_service, its own row). What the Helm chart's `helm test` pod runs against
+    the Services."""
     import argparse
     import sys
 
@@ -114,16 +116,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repository", type=Path, required=True, help="the published model repository (golden files)")
     parser.add_argument("--models", required=True, help="comma list of Triton model names")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for every model to be ready")
+    parser.add_argument("--embeddings-url", help="the embeddings endpoint's HTTP address, host:port (verified "
+                                                 "against e5_small_v2_text's golden embeddings)")
     args = parser.parse_args(argv)
     names = [n for n in args.models.split(",") if n]
     try:
         wait_until_ready(args.url, names, args.timeout)
         rows, ok = verify_all(args.url, {name: args.repository / name for name in names})
+        if args.embeddings_url:
+            from scripts.embeddings_service import TEXT_MODEL, verify, wait_ready
+
+            try:
+                wait_ready(args.embeddings_url, args.timeout)
+            except UserError:
+                pass  # its row says it is not ready, under the models' rows
+            row = verify(args.embeddings_url, args.repository / TEXT_MODEL)
+            rows, ok = rows + [row], ok and row.verified == "yes"
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(table(rows))
-    print(f"{'all' if ok else 'NOT all'} {len(names)} models at {args.url} answer their golden inputs")
+    endpoint = f" and the embeddings endpoint at {args.embeddings_url}" if args.embeddings_url else ""
+    print(f"{'all' if ok else 'NOT all'} {len(names)} models at {args.url}{endpoint} answer their golden inputs")
     return 0 if ok else 1
 
 

@@ -26,6 +26,7 @@ class ModelSpec:
     max_length: int | None = None  # tokens per text of the core's inputs (text models)
     core_io: dict | None = None  # the core's IO config (`--model-io-config`); None: no converted core
     pad_sequence: bool = False  # zeros on the core's -1 axes change no answer (`--pad-sequence`)
+    channel_order: str | None = None  # image models: what the checkpoint was trained on (RGB | BGR)
 
     @property
     def core_io_json(self) -> str:
@@ -54,16 +55,24 @@ class ModelSpec:
 
 
 MODELS: tuple[ModelSpec, ...] = (
-    ModelSpec("caption_classification", ("deberta_large", "caption_selection"), "CAPTION", 8, "build-caption",
-              "caption model folder under CHECKPOINTS_DIR (empty: demo)", max_length=128, core_io={
+    # 64, not the seed's 8: nv-ingest's caption client sends images x candidates rows in one request
+    # (up to 8 x 5 = 40) and turns a refused request into empty captions without a word.
+    ModelSpec("caption_classification", ("deberta_large", "caption_selection"), "CAPTION", 64, "build-caption",
+              "caption model folder under CHECKPOINTS_DIR (empty: demo)",
+              batch_help=" (64: nv-ingest's caption client sends up to 40 rows per request)", max_length=128, core_io={
                   "inputs": [{"name": "input_ids", "dtype": "int64", "shape": [128], "range": [1000, 2000]},
                              {"name": "input_mask", "dtype": "float32", "shape": [128], "range": [1, 2]},
                              {"name": "input_token_type_ids", "dtype": "float32", "shape": [128], "optional": True}],
                   "outputs": [{"name": "output", "dtype": "float32", "shape": [1]}]}),
-    # 1024x1024 pages; 21504 anchors (strides 8, 16, 32) x (box 4 + objectness 1 + 3 classes)
-    ModelSpec("yolox", ("yolox", "yolox_page_elements"), "YOLOX", 8, "build-yolox",
-              "best_ckpt.pth under CHECKPOINTS_DIR (empty: demo)", core_io={
-                  "inputs": [{"name": "input", "dtype": "uint8", "shape": [3, 1024, 1024], "range": [0, 256]}],
+    # nv-ingest's contract (its YOLOX client): RGB 1024x1024 pages as fp32 0..255 -> 21504 anchors
+    # (strides 8, 16, 32) x (cx, cy, w, h decoded, objectness, 3 classes); `yolox_uint8` is the
+    # same core taking uint8 pages, for `yolox_page_elements`. The seed's page-elements checkpoint
+    # is trained on RGB pages (an upstream YOLOX one says BGR in its exp.json).
+    ModelSpec("yolox", ("yolox", "yolox_uint8", "yolox_page_elements"), "YOLOX", 8, "build-yolox",
+              "best_ckpt.pth under CHECKPOINTS_DIR (empty: demo)",
+              batch_help=" (a power of two: nv-ingest's client sends batches of powers of two)", channel_order="RGB",
+              core_io={
+                  "inputs": [{"name": "input", "dtype": "float32", "shape": [3, 1024, 1024], "range": [0, 256]}],
                   "outputs": [{"name": "output", "dtype": "float32", "shape": [21504, 8]}]}),
     ModelSpec("eclair", ("eclair",), "ECLAIR", 16, "build-eclair",
               "ECLAIR VisionEncoderDecoder folder under CHECKPOINTS_DIR (empty: demo)", batch_help=" (16 was tuned for an A100)"),

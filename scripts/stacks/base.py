@@ -35,6 +35,16 @@ class Stack(ABC):
     @abstractmethod
     def start_server(self) -> None: ...
 
+    @property
+    @abstractmethod
+    def embeddings_url(self) -> str:
+        """Where the OpenAI-compatible embeddings endpoint answers, host:port."""
+
+    @abstractmethod
+    def start_embeddings(self) -> None:
+        """Start the embeddings endpoint (embeddings_api), after Triton; `up` calls it where
+        `settings.serves_embeddings`."""
+
     @abstractmethod
     def check_alive(self) -> None:
         """Raise a UserError with the server's last log lines when it has exited."""

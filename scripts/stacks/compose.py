@@ -76,8 +76,9 @@ class ComposeStack(Stack):
 
     def build(self, keys: list[str], skip_current: bool = True) -> None:  # each builder container decides
         services = [get(k).compose_service for k in keys]
-        log(f"building images for {', '.join(services + ['triton'])}")
-        self.compose("build", *services, "triton")
+        images = services + ["triton"] + (["embeddings"] if self.settings.serves_embeddings else [])
+        log(f"building images for {', '.join(images)}")
+        self.compose("build", *images)
         for index, (key, service) in enumerate(zip(keys, services), 1):
             log(f"[{index}/{len(services)}] running {service}")
             started = time.monotonic()
@@ -97,6 +98,13 @@ class ComposeStack(Stack):
 
     def start_server(self) -> None:
         self.compose("up", "--no-deps", "--detach", "--force-recreate", "triton")
+
+    @property
+    def embeddings_url(self) -> str:
+        return f"{self.port_host}:{self.settings['EMBEDDINGS_HTTP_PORT']}"
+
+    def start_embeddings(self) -> None:
+        self.compose("up", "--no-deps", "--detach", "--force-recreate", "embeddings")
 
     def check_alive(self) -> None:
         container = self.container("triton")

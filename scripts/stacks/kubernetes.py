@@ -3,9 +3,11 @@
 A thin layer over `helm` and `kubectl` (both must be on PATH, pointed at the cluster by KUBECONFIG
 as usual): `up` installs or upgrades the release with the chart keys of `.env` as values (plus
 HELM_VALUES, a values file of your own), waits for the builder Jobs (a failed one is named at
-once) and the Triton replicas' rollout, then runs `helm test`, the project's golden verification inside the cluster. `status` lists the
-release's objects and verifies; `logs` reads a builder's or Triton's logs; `down` uninstalls
-(the claim with the built models is kept); `clean` also deletes the claim.
+once) and the Triton replicas' rollout, then the embeddings endpoint's (where the chart installs it:
+e5_small_v2 served and embeddings.enabled), then runs `helm test`, the project's golden verification
+inside the cluster, through the Triton Service and the embeddings Service. `status` lists the
+release's objects and verifies; `logs` reads a builder's, Triton's or the embeddings endpoint's logs;
+`down` uninstalls (the claim with the built models is kept); `clean` also deletes the claim.
 """
 from __future__ import annotations
 
@@ -88,8 +90,29 @@ class KubernetesStack:
             self._check_images("app.kubernetes.io/component=triton")
             raise UserError(f"the Triton replicas were not ready within {timeout} s; "
                             "`python -m scripts.stack logs triton --mode kubernetes` shows why.")
-        log("every replica ready; verifying through the Service")
+        embeddings = self.embeddings_installed()
+        if embeddings:
+            self.wait_for_embeddings(timeout)
+        log("every replica ready; verifying through the Service" + ("s" if embeddings else ""))
         return self.verify()
+
+    def embeddings_installed(self) -> bool:
+        """Whether the release has the embeddings endpoint (the chart decides: e5_small_v2 in
+        settings.MODELS and embeddings.enabled, either of which HELM_VALUES may change)."""
+        found = self.kubectl("get", "deployment", f"{self.release}-embeddings", "--ignore-not-found", "-o", "name",
+                             check=False)
+        return bool(found.stdout.strip())
+
+    def wait_for_embeddings(self, timeout: int) -> None:
+        """The embeddings Deployment's rollout: ready means its /v1/health/ready, Triton's
+        e5_small_v2_text ready behind it. `helm test` then verifies it through its Service."""
+        log("waiting for the embeddings endpoint (/v1/health/ready through Triton's Service)")
+        rollout = self.kubectl("rollout", "status", f"deployment/{self.release}-embeddings", f"--timeout={timeout}s",
+                               check=False, timeout=timeout + 60)
+        if rollout.returncode != 0:
+            self._check_images("app.kubernetes.io/component=embeddings")
+            raise UserError(f"the embeddings endpoint was not ready within {timeout} s; "
+                            "`python -m scripts.stack logs embeddings --mode kubernetes` shows why.")
 
     def wait_for_builds(self) -> None:
         """Helm's --wait-for-jobs waits out its whole timeout on a failed Job; this names it at once."""
@@ -124,10 +147,11 @@ class KubernetesStack:
                 if waiting.get("reason") in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName"):
                     raise UserError(f"pod {pod['metadata']['name']} cannot get image {status['image']} "
                                     f"({waiting['reason']}); push it where the cluster pulls from and set "
-                                    "images.builder / images.triton in HELM_VALUES.")
+                                    "images.builder / images.triton / embeddings.image in HELM_VALUES.")
 
     def verify(self) -> int:
-        """`helm test`: the chart's verification pod runs scripts.verify against the Service; its
+        """`helm test`: the chart's verification pod runs scripts.verify against the Triton Service
+        and, where installed, the embeddings Service (its row, scripts.embeddings_service.verify); the
         table is printed either way (Helm 4 reads the pod's log before deleting a passed pod)."""
         timeout = self.settings.int("READY_TIMEOUT_S")
         result = self.helm("test", self.release, "--logs", "--timeout", f"{timeout}s", check=False, timeout=timeout + 60)
@@ -138,7 +162,8 @@ class KubernetesStack:
             log("NOT verified: the verification pod's output is above")
             return 1
         print(table)
-        log("verified: every model answered its golden inputs through the Service (helm test)")
+        log("verified: every model answered its golden inputs through the Service (helm test)"
+            + ("; the embeddings endpoint too" if "/v1/embeddings" in table else ""))
         return 0
 
     def status(self) -> int:
@@ -150,12 +175,13 @@ class KubernetesStack:
         return self.verify()
 
     def logs(self, service: str | None) -> str:
-        """`triton` (default), or a builder by compose service (`build-e5`) or model key (`e5_small_v2`)."""
-        if service in (None, "triton"):
-            return self.kubectl("logs", f"deployment/{self.release}-triton", "--all-containers").stdout
+        """`triton` (default), `embeddings`, or a builder by compose service (`build-e5`) or model key
+        (`e5_small_v2`)."""
+        if service in (None, "triton", "embeddings"):
+            return self.kubectl("logs", f"deployment/{self.release}-{service or 'triton'}", "--all-containers").stdout
         model = next((m.key for m in MODELS if service in (m.key, m.compose_service)), None)
         if model is None:
-            raise UserError(f"no service {service}; choose triton or one of "
+            raise UserError(f"no service {service}; choose triton, embeddings or one of "
                             f"{', '.join(m.compose_service for m in MODELS)}.")
         return self.kubectl("logs", "-l", f"{self.selector},doc-triton/model={model}", "--tail", "-1").stdout
 

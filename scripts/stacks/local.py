@@ -38,6 +38,20 @@ class LocalStack(Stack):
     def grpc_url(self) -> str:
         return f"127.0.0.1:{self.settings['TRITON_GRPC_PORT']}"
 
+    @property
+    def embeddings(self):
+        from scripts.embeddings_service import LocalEmbeddingsService
+
+        return LocalEmbeddingsService(self.state, self.grpc_url, self.settings.int("EMBEDDINGS_HTTP_PORT"))
+
+    @property
+    def embeddings_url(self) -> str:
+        return self.embeddings.http_url
+
+    def start_embeddings(self) -> None:
+        self._embeddings = self.embeddings
+        log(f"embeddings endpoint started (pid {self._embeddings.start()}) at http://{self.embeddings_url}/v1")
+
     def build(self, keys: list[str], skip_current: bool = True) -> None:
         """Each model's builder in turn. With `skip_current` (what `up` does), a builder whose
         inputs match its last successful run's stamp (`scripts/build_stamp.py`) is not started."""
@@ -147,6 +161,8 @@ class LocalStack(Stack):
         return daemon.environment()
 
     def check_alive(self) -> None:
+        if getattr(self, "_embeddings", None) is not None:
+            self._embeddings.check_alive()
         server = getattr(self, "_server", None)
         if server is not None and server.process.poll() is not None:
             raise UserError(f"tritonserver exited with code {server.process.returncode}; see {self.log_file}:\n"
@@ -156,7 +172,8 @@ class LocalStack(Stack):
         return {name: self.repo / name for name in names}
 
     def logs(self, service: str | None) -> str:
-        target = self.log_file if service in (None, "triton") else self.state / f"build-{service}.log"
+        target = (self.log_file if service in (None, "triton") else self.embeddings.log_file if service == "embeddings"
+                  else self.state / f"build-{service}.log")
         if not target.is_file():
             raise UserError(f"no log at {target}; run `python -m scripts.stack up --mode local` first.")
         return target.read_text(errors="replace")
@@ -183,6 +200,9 @@ class LocalStack(Stack):
     def down(self, quiet: bool = False) -> None:
         from scripts.local_triton import end_leftover_stubs, stop_process
 
+        stopped_endpoint = self.embeddings.stop()  # before Triton: it is Triton's client
+        if stopped_endpoint and not quiet:
+            log(f"stopped the embeddings endpoint (pid {stopped_endpoint})")
         recorded = int(self.pid_file.read_text()) if self.pid_file.is_file() else None
         pid = self.running_pid()
         if pid:

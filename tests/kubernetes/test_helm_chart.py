@@ -1,6 +1,6 @@
 """The Helm chart on a real Kubernetes cluster: `stack up --mode kubernetes` installs it with the CPU
-images (builder Jobs -> claim -> two Triton replicas), `helm test` verifies through the Service, both
-replicas answer, a deleted pod costs no answer and comes back, and uninstall leaves nothing running.
+images (builder Jobs -> claim -> two Triton replicas, and the embeddings endpoint), `helm test`
+verifies through the Services, both replicas answer, /v1/embeddings answers through its Service, a deleted pod costs no answer and comes back, and uninstall leaves nothing running.
 Needs helm, kubectl and a cluster (KUBECONFIG) that can run the local images; .ci/run starts a
 Kubernetes 1.20 cluster with .ci/kubernetes.sh."""
 from __future__ import annotations
@@ -19,7 +19,8 @@ from tests.helpers import REPO_ROOT
 pytestmark = pytest.mark.kubernetes
 
 CHART = REPO_ROOT / "deploy" / "helm" / "doc-triton"
-IMAGES = {"builder": "doc-triton-builder:local", "triton": "doc-triton-triton:local"}
+IMAGES = {"builder": "doc-triton-builder:local", "triton": "doc-triton-triton:local",
+          "embeddings": "doc-triton-embeddings:local"}
 MODELS = "caption_classification,e5_small_v2"
 TRITON_NAMES = ["deberta_large", "caption_selection", "e5_small_v2", "e5_small_v2_text"]
 
@@ -87,6 +88,59 @@ def test_a_changed_setting_makes_a_new_build_job():
     # anything else in a Job's (immutable) spec makes new Jobs too, never a failed upgrade
     placed = job_names("--set", "nodeSelector.pool=cpu")
     assert len(placed) == 4 and not set(placed) & set(default)
+
+
+def _render(*sets: str) -> list[dict]:
+    import yaml
+
+    out = subprocess.run(["helm", "template", "t", str(CHART), *sets], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return [o for o in yaml.safe_load_all(out.stdout) if o]
+
+
+def _named(objects: list[dict], kind: str, name: str) -> dict | None:
+    return next((o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name), None)
+
+
+def test_the_embeddings_endpoint_renders_by_default_as_a_plain_triton_client():
+    _tools_or_skip()
+    for grpc_port, sets in ((8001, ()), (9001, ("--set", "triton.service.grpcPort=9001"))):
+        objects = _render(*sets)
+        deployment, service = _named(objects, "Deployment", "t-embeddings"), _named(objects, "Service", "t-embeddings")
+        assert deployment and service
+        triton = _named(objects, "Service", "t-triton")
+        assert {p["name"]: p["port"] for p in triton["spec"]["ports"]}["grpc"] == grpc_port
+        pod = deployment["spec"]["template"]
+        assert deployment["spec"]["replicas"] == 1
+        for labelled in (deployment, service):
+            assert labelled["metadata"]["labels"]["app.kubernetes.io/component"] == "embeddings"
+            assert labelled["metadata"]["labels"]["app.kubernetes.io/instance"] == "t"
+        assert deployment["spec"]["selector"]["matchLabels"] == service["spec"]["selector"] == {
+            "app.kubernetes.io/name": "doc-triton", "app.kubernetes.io/instance": "t",
+            "app.kubernetes.io/component": "embeddings"}
+        assert pod["metadata"]["labels"] == service["spec"]["selector"]
+        assert "volumes" not in pod["spec"] and "t-models" not in json.dumps(deployment)  # never the claim
+        (container,) = pod["spec"]["containers"]
+        assert "volumeMounts" not in container and container["image"] == "doc-triton-embeddings:local"
+        command = " ".join(container.get("command", []) + container.get("args", []))
+        assert "python3 -m embeddings_api" in command and "--port 8000" in command
+        assert f'--triton-url "${{T_TRITON_SERVICE_HOST:-t-triton}}:{grpc_port}"' in command
+        assert container["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+        assert container["readinessProbe"]["httpGet"] == {"path": "/v1/health/ready", "port": "http"}
+        assert container["livenessProbe"]["httpGet"] == {"path": "/v1/health/live", "port": "http"}
+        assert container["resources"]["requests"]
+        assert service["spec"]["ports"] == [{"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"}]
+        verify = _named(objects, "Pod", "t-verify")["spec"]["containers"][0]["command"][2]
+        assert '--embeddings-url "${T_EMBEDDINGS_SERVICE_HOST:-t-embeddings}:8000"' in verify  # helm test checks it
+
+
+@pytest.mark.parametrize("setting", ["embeddings.enabled=false", "settings.MODELS=yolox\\,caption_classification"])
+def test_the_embeddings_endpoint_is_left_out_when_disabled_or_without_e5(setting):
+    _tools_or_skip()
+    objects = _render("--set", setting)
+    assert [o["kind"] for o in objects if "embeddings" in o["metadata"]["name"]] == []
+    assert _named(objects, "Deployment", "t-triton") and _named(objects, "Service", "t-triton")
+    assert "--embeddings-url" not in _named(objects, "Pod", "t-verify")["spec"]["containers"][0]["command"][2]
 
 
 @pytest.mark.parametrize("setting, named", [("settings.E5_BATCH=8", "settings.E5_BATCH is not a setting"),
@@ -163,6 +217,14 @@ def test_up_builds_in_jobs_gates_on_them_and_verifies_through_the_service(releas
     assert deployment["status"].get("readyReplicas") == 2
     hpa = kube_json(namespace, "hpa", "dt-triton")
     assert hpa["spec"]["minReplicas"] == 2
+    # the embeddings endpoint: verified by helm test (its row), and answering through its Service
+    assert "/v1/embeddings" in up.stdout, up.stdout
+    assert kube_json(namespace, "deployment", "dt-embeddings")["status"].get("readyReplicas") == 1
+    from scripts.embeddings_service import post_json
+
+    address = kube_json(namespace, "service", "dt-embeddings")["spec"]["clusterIP"]
+    status, answer = post_json(f"http://{address}:8000/v1/embeddings", {"model": "e5-small-v2", "input": ["an invoice"]})
+    assert status == 200 and len(answer["data"]) == 1 and len(answer["data"][0]["embedding"]) == 384, answer
     with capsys.disabled():  # a figure for the record, not a timed assertion
         print(f"\n[figure] kubernetes: install to verified {time.monotonic() - started:.1f} s "
               f"(2 builder Jobs, 2 Triton replicas, CPU)")
@@ -229,6 +291,7 @@ def test_status_reads_the_cluster_and_verifies(release):
     status = stack("status")
     assert status.returncode == 0, status.stdout + status.stderr
     assert "dt-triton" in status.stdout and "verified" in status.stderr + status.stdout
+    assert "dt-embeddings" in status.stdout and "/v1/embeddings" in status.stdout
 
 
 def test_down_leaves_nothing_running_a_reinstall_skips_every_build_and_clean_deletes_the_claim(release):

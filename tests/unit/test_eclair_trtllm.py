@@ -80,3 +80,59 @@ def test_the_token_limit_is_the_pytorch_runtimes(tmp_path):
 
     checkpoint = _checkpoint(tmp_path, SWIN, decoder={"max_position_embeddings": 8192})
     assert plan(checkpoint, 2).max_new_tokens == max_new_tokens(checkpoint) == 4096
+
+
+def _examples(folder, layout="models/core/enc_dec", version=None):
+    script = folder / layout / "convert_checkpoint.py"
+    script.parent.mkdir(parents=True)
+    script.write_text("")
+    if version:
+        (folder / "TENSORRT_LLM_VERSION").write_text(f"{version} v{version}\n")
+    return script
+
+
+def test_without_examples_the_fetched_ones_are_found_before_old_images_app_folder(tmp_path):
+    from triton_models.eclair.trtllm import find_convert_script
+
+    fetched, app = tmp_path / "opt" / "tensorrt_llm_examples", tmp_path / "app" / "tensorrt_llm" / "examples"
+    old = _examples(app, "enc_dec")
+    assert find_convert_script(None, (fetched, app), version="0.10.0") == old  # an image before 24.07
+    new = _examples(fetched, version="0.17.0.post1")
+    assert find_convert_script(None, (fetched, app), version="0.17.0.post1") == new
+
+
+def test_the_default_locations_are_the_fetch_folder_then_app():
+    from triton_models.eclair.trtllm import EXAMPLES_LOCATIONS
+
+    assert [str(p) for p in EXAMPLES_LOCATIONS] == ["/opt/tensorrt_llm_examples", "/app/tensorrt_llm/examples"]
+
+
+def test_no_examples_anywhere_names_the_version_and_what_to_pass(tmp_path):
+    from triton_models.eclair.trtllm import find_convert_script
+
+    places = (tmp_path / "opt", tmp_path / "app")
+    with pytest.raises(UserError, match=r"TensorRT-LLM 0\.17\.0's convert_checkpoint.py is in neither .*opt and .*app; "
+                                        r"rebuild the overlay's image .* or pass --examples with the examples folder of "
+                                        r"TensorRT-LLM 0\.17\.0\.$") as error:
+        find_convert_script(None, places, version="0.17.0")
+    assert str(error.value).count(". ") == 0  # one sentence
+    with pytest.raises(UserError, match="no tensorrt_llm is installed here; pass --examples"):
+        find_convert_script(None, places, version=None)
+
+
+def test_examples_fetched_for_another_version_are_refused(tmp_path):
+    from triton_models.eclair.trtllm import find_convert_script
+
+    _examples(tmp_path / "opt", version="0.16.0")
+    with pytest.raises(UserError, match="are 0.16.0's but TensorRT-LLM 0.17.0 is installed"):
+        find_convert_script(None, (tmp_path / "opt",), version="0.17.0")
+
+
+def test_the_engines_are_published_for_an_indexed_gpu():
+    import inspect
+
+    from triton_models.eclair.trtllm import SERVING_DEVICE, publish_repository
+    from triton_models.eclair.trtllm_runtime import serving_gpu
+
+    assert SERVING_DEVICE == "cuda:0" and inspect.signature(publish_repository).parameters["device"].default == SERVING_DEVICE
+    assert serving_gpu(SERVING_DEVICE, device_count=1) == 0  # the GPU TensorRT-LLM's runner takes in its process

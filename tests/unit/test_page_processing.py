@@ -2,37 +2,30 @@ import numpy as np
 import pytest
 
 from triton_models.eclair.pages import PAGE_HEIGHT, PAGE_WIDTH, Block, pad_page, parse_blocks
-from triton_models.yolox.page_processing import (INPUT_SIZE, PAD_VALUE, decode_grid, decode_image, grid_and_strides,
-                                                 letterbox, nms, postprocess)
+from triton_models.yolox.page_processing import INPUT_SIZE, PAD_VALUE, decode_image, letterbox, nms, postprocess
 
 
-def test_letterbox_keeps_aspect_pads_114_and_swaps_to_bgr():
+def test_letterbox_keeps_aspect_pads_114_at_bottom_right_and_keeps_rgb():
     page = np.zeros((2048, 1024, 3), np.uint8)
     page[..., 0] = 200  # red in RGB
     tensor, ratio = letterbox(page)
     assert tensor.shape == (3, INPUT_SIZE, INPUT_SIZE) and tensor.dtype == np.uint8  # cast on the core's device
     assert ratio == 0.5
-    assert tensor[2, 0, 0] == 200 and tensor[0, 0, 0] == 0  # BGR: red lands in channel 2
+    assert tensor[0, 0, 0] == 200 and tensor[2, 0, 0] == 0  # RGB kept: the core turns it into the checkpoint's order
     assert np.all(tensor[:, :, 512:] == PAD_VALUE)
+
+
+def test_letterbox_of_a_page_that_fits_is_the_page_and_padding():
+    page = np.random.default_rng(0).integers(0, 256, (1024, 768, 3), dtype=np.uint8)
+    tensor, ratio = letterbox(page)
+    assert ratio == 1.0
+    np.testing.assert_array_equal(tensor[:, :, :768], page.transpose(2, 0, 1))
+    assert np.all(tensor[:, :, 768:] == PAD_VALUE)
 
 
 def test_letterbox_refuses_non_rgb():
     with pytest.raises(ValueError, match="uint8 HxWx3"):
         letterbox(np.zeros((10, 10), np.uint8))
-
-
-def test_grid_covers_21504_anchors_at_1024():
-    grids, strides = grid_and_strides()
-    assert grids.shape == (21504, 2) and strides.shape == (21504, 1)
-    assert tuple(grids[1]) == (1, 0) and strides[0, 0] == 8 and strides[-1, 0] == 32
-
-
-def test_decode_grid_maps_offsets_to_pixels():
-    raw = np.zeros((21504, 8), np.float32)
-    decoded = decode_grid(raw)
-    assert tuple(decoded[1, :4]) == (8.0, 0.0, 8.0, 8.0)  # cell (1,0) at stride 8, exp(0)*8 wide
-    with pytest.raises(ValueError, match="anchors"):
-        decode_grid(np.zeros((10, 8), np.float32))
 
 
 def test_nms_suppresses_overlaps_only():
@@ -41,15 +34,20 @@ def test_nms_suppresses_overlaps_only():
     assert nms(boxes, np.array([0.9, 0.8, 0.7]), 0.9) == [0, 1, 2]
 
 
+def test_nms_with_classes_suppresses_within_a_class_only():
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 10, 10], [0, 0, 10, 10]], np.float32)
+    assert nms(boxes, np.array([0.9, 0.8, 0.7]), 0.5, classes=np.array([0, 1, 0])) == [0, 1]
+
+
 def test_postprocess_scores_thresholds_and_normalises_to_the_page():
-    raw = np.zeros((21504, 8), np.float32)
-    raw[:, 4] = 0.01  # objectness low everywhere
-    raw[10, 4], raw[10, 6] = 0.9, 0.8  # one confident "chart" at anchor 10 (cell x=10 of row 0)
-    raw[10, 2:4] = np.log(4.0)  # 32x32 box at stride 8
-    boxes, labels, scores = postprocess(raw, ratio=0.5, page_hw=(2048, 1024), score_threshold=0.5)
+    decoded = np.zeros((21504, 8), np.float32)
+    decoded[:, 4] = 0.01  # objectness low everywhere
+    decoded[10, 4], decoded[10, 6] = 0.9, 0.8  # one confident "chart"
+    decoded[10, :4] = (84.0, 4.0, 32.0, 32.0)  # cx, cy, w, h in input pixels (decoded by the core)
+    boxes, labels, scores = postprocess(decoded, ratio=0.5, page_hw=(2048, 1024), score_threshold=0.5)
     assert list(labels) == ["chart"] and scores[0] == pytest.approx(0.72)
-    cx = (10 + 0) * 8 / 0.5
-    assert boxes[0] == pytest.approx([(cx - 32) / 1024, 0.0, (cx + 32) / 1024, 32 / 2048], abs=1e-6)
+    cx = 84.0 / 0.5
+    assert boxes[0] == pytest.approx([(cx - 32) / 1024, 0.0, (cx + 32) / 1024, 40 / 2048], abs=1e-6)
 
 
 def test_decode_image_rejects_garbage():

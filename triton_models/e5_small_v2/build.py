@@ -64,7 +64,10 @@ def build(options: BuildOptions) -> list[Path]:
 
     config = python_model_config(
         TEXT, [tensor("text", "TYPE_STRING", [1]), tensor("input_type", "TYPE_STRING", [1], optional=True)],
-        [tensor("embedding", "TYPE_FP32", [EMBEDDING_DIM])], options.max_batch_size,
+        # tokens and truncated: what the OpenAI-compatible endpoint (embeddings_api) reports as usage
+        # and refuses under truncate=NONE; other clients ask for the embedding alone.
+        [tensor("embedding", "TYPE_FP32", [EMBEDDING_DIM]), tensor("tokens", "TYPE_INT64", [1]),
+         tensor("truncated", "TYPE_BOOL", [1])], options.max_batch_size,
         {"core_model": CORE, "max_length": str(MAX_LENGTH)}, instance_count=options.instance_count)
     sources = {"checkpoint": file_sha256(folder), "model_py": file_sha256(HERE / "e5_small_v2_text_model.py"), "core": core_fingerprint(core)}
     if companion_is_current(options.repo, config, sources, options.force):

@@ -1,6 +1,8 @@
 """Triton python backend: strings -> "query: "/"passage: " prefix -> tokenize -> e5_small_v2 -> embedding.
 
 Inputs: `text` BYTES [1] and optional `input_type` BYTES [1] ("query" default, or "passage").
+Outputs: `embedding` FP32 [384]; `tokens` INT64 [1], the tokens the text took (prefix and special
+tokens included), and `truncated` BOOL [1], whether it was cut at the token limit.
 The tokenizer is the one published beside this file; nothing downloads at serve time.
 """
 import os
@@ -56,15 +58,17 @@ class TritonPythonModel:
             owners += [index] * len(mine)
         if texts:
             try:
-                embeddings = self._embed(texts)
+                embeddings, tokens, truncated = self._embed(texts)
             except RuntimeError as exc:
                 for index in set(owners):
                     responses[index] = model_support.error_response(pb_utils, exc)
                 return responses
             owners = np.asarray(owners)
             for index in set(owners.tolist()):
-                rows = embeddings[owners == index]
-                responses[index] = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("embedding", rows)])
+                mine = owners == index
+                responses[index] = pb_utils.InferenceResponse(output_tensors=[
+                    pb_utils.Tensor("embedding", embeddings[mine]), pb_utils.Tensor("tokens", tokens[mine, None]),
+                    pb_utils.Tensor("truncated", truncated[mine, None])])
         return responses
 
     def _embed(self, texts):
@@ -72,4 +76,6 @@ class TritonPythonModel:
         answer = model_support.call_core(pb_utils, self.core, {
             "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
             "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64)}, ["embedding"])
-        return answer["embedding"].astype(np.float32)
+        tokens = np.array([sum(e.attention_mask) for e in encodings], dtype=np.int64)
+        truncated = np.array([len(e.overflowing) > 0 for e in encodings], dtype=bool)
+        return answer["embedding"].astype(np.float32), tokens, truncated

@@ -113,7 +113,7 @@ def build(options: BuildOptions) -> list[Path]:
 
 def publish_eclair(repo: Path, folder: Path, max_batch_size: int, parameters: dict[str, str], instance_count: int = 1,
                    *, force: bool = False, demo: bool = False, engine_dir: Path | None = None) -> Path:
-    """Publish the `eclair` model (`image` UINT8 [1280,1024,3] -> `text` BYTES [1]) into `repo`, for
+    """Publish the `eclair` model (`image` UINT8 [B,1280,1024,3] -> `text` BYTES [B]) into `repo`, for
     either generator: `parameters["generator"]` is `pytorch` (default; the checkpoint's weights are
     published) or `tensorrt_llm` (tokenizer and settings only; the engines at `engine_dir`, which
     `parameters["engine_dir"]` names relative to the model's version folder). Golden answers come
@@ -142,7 +142,7 @@ def publish_eclair(repo: Path, folder: Path, max_batch_size: int, parameters: di
     params = {k: v.string_value for k, v in config.parameters.items()}
     runtime = EclairRuntime.for_serving(folder, params, engine_dir=engine_dir)
     expected = runtime(canvas[None])
-    golden = Golden({"image": canvas[None]}, {"text": np.array([[t] for t in expected])}, TOLERANCES["fp32"])
+    golden = Golden({"image": canvas[None]}, {"text": np.array(expected)}, TOLERANCES["fp32"])  # [B]: see eclair_model.py
     files: dict[str, Path | bytes | str] = {"1/eclair_runtime.py": HERE / "runtime.py"}
     if generator == "tensorrt_llm":
         files["1/eclair_trtllm_runtime.py"] = HERE / "trtllm_runtime.py"

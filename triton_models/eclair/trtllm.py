@@ -44,7 +44,7 @@ class TrtllmPlan:
                 "--max_seq_len", str(self.max_new_tokens + 1),
                 "--max_encoder_input_len", str(self.max_encoder_input_len)]
 
-    def convert_command(self, examples: Path, hf_dir: Path, out_dir: Path) -> list[str]:
+    def convert_command(self, examples: Path | None, hf_dir: Path, out_dir: Path) -> list[str]:
         return [sys.executable, str(find_convert_script(examples)), "--model_type", "bart",
                 "--model_dir", str(hf_dir), "--output_dir", str(out_dir), "--tp_size", "1", "--pp_size", "1",
                 "--dtype", self.dtype, "--nougat"]
@@ -52,14 +52,59 @@ class TrtllmPlan:
 
 # Where TensorRT-LLM keeps the encoder-decoder converter: newer releases moved the examples.
 CONVERT_SCRIPTS = ("models/core/enc_dec/convert_checkpoint.py", "enc_dec/convert_checkpoint.py")
+# Where the overlay's image keeps TensorRT-LLM's examples: NVIDIA's *-trtllm-python-py3 images of
+# 24.07 and later ship none (triton-inference-server/tensorrtllm_backend issues 721 and 739), so the
+# image build fetches those of its installed tensorrt_llm into the first
+# (third_party/eclair_triton/fetch_trtllm_examples.py); older images had the second.
+EXAMPLES_LOCATIONS = (Path("/opt/tensorrt_llm_examples"), Path("/app/tensorrt_llm/examples"))
+EXAMPLES_VERSION_FILE = "TENSORRT_LLM_VERSION"  # written by the fetch: the tensorrt_llm version they are for
 
 
-def find_convert_script(examples: Path) -> Path:
-    for relative in CONVERT_SCRIPTS:
-        if (Path(examples) / relative).is_file():
-            return Path(examples) / relative
-    raise UserError(f"TensorRT-LLM's convert_checkpoint.py is not under {examples} (looked for "
-                    f"{' and '.join(CONVERT_SCRIPTS)}); pass --examples with the TensorRT-LLM examples folder.")
+def installed_trtllm_version() -> str | None:
+    """The installed tensorrt_llm's version, from its package metadata: importing it loads CUDA's driver
+    library, which a build without a GPU (an image build, this plan on a laptop) may lack."""
+    from importlib import metadata
+
+    for name in ("tensorrt_llm", "tensorrt-llm"):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _script_in(folder: Path) -> Path | None:
+    return next((Path(folder) / r for r in CONVERT_SCRIPTS if (Path(folder) / r).is_file()), None)
+
+
+def find_convert_script(examples: Path | None = None, locations: tuple[Path, ...] = EXAMPLES_LOCATIONS,
+                        version: str | None = None) -> Path:
+    """convert_checkpoint.py under `examples` if given, else in the first of `locations` that has it,
+    refusing examples fetched for another tensorrt_llm than the installed one (`version`)."""
+    if examples is not None:
+        script = _script_in(examples)
+        if script is None:
+            raise UserError(f"TensorRT-LLM's convert_checkpoint.py is not under {examples} (looked for "
+                            f"{' and '.join(CONVERT_SCRIPTS)}); pass --examples with the TensorRT-LLM examples folder.")
+        return script
+    version = version or installed_trtllm_version()
+    for folder in locations:
+        script = _script_in(folder)
+        if script is None:
+            continue
+        marker = Path(folder) / EXAMPLES_VERSION_FILE
+        fetched_for = next(iter(marker.read_text().split()), None) if marker.is_file() else None
+        if version and fetched_for and fetched_for != version:
+            raise UserError(f"the TensorRT-LLM examples in {folder} are {fetched_for}'s but TensorRT-LLM {version} is "
+                            f"installed; rebuild the overlay's image, or pass --examples with {version}'s examples folder.")
+        return script
+    looked = " and ".join(str(f) for f in locations)
+    if version is None:
+        raise UserError(f"TensorRT-LLM's convert_checkpoint.py is in neither {looked} and no tensorrt_llm is installed "
+                        "here; pass --examples with the examples folder of the TensorRT-LLM that builds the engines.")
+    raise UserError(f"TensorRT-LLM {version}'s convert_checkpoint.py is in neither {looked}; rebuild the overlay's image "
+                    f"where GitHub is reachable (it fetches the examples of {version}), or pass --examples with the "
+                    f"examples folder of TensorRT-LLM {version}.")
 
 
 def encoder_tokens(encoder: dict) -> tuple[tuple[int, int], int, int]:
@@ -151,7 +196,7 @@ def build_encoder(checkpoint: Path, work: Path, engines: Path, batch_size: int, 
     return convert(settings, load_model=lambda: VisionEncoder(checkpoint))
 
 
-def build(checkpoint: Path, work: Path, engines: Path, examples: Path, batch_size: int) -> TrtllmPlan:
+def build(checkpoint: Path, work: Path, engines: Path, examples: Path | None, batch_size: int) -> TrtllmPlan:
     """Encoder -> ONNX -> TensorRT (fp16) with the converters; decoder -> TensorRT-LLM; then the
     served repository beside them. GPU hosts only."""
     import subprocess
@@ -169,16 +214,19 @@ def build(checkpoint: Path, work: Path, engines: Path, examples: Path, batch_siz
     subprocess.run(convert, check=True)
     subprocess.run(result.decoder_build_command(work / "trtllm_checkpoint" / "decoder", engines / "decoder"), check=True)
     (engines / "plan.json").write_text(json.dumps(result.__dict__, indent=2, default=list) + "\n")
-    publish_repository(checkpoint, engines, result, generator="tensorrt_llm", device="cuda")
+    publish_repository(checkpoint, engines, result, generator="tensorrt_llm", device=SERVING_DEVICE)
     return result
 
 
+# The GPU the engines serve on, named (a bare "cuda" has no index for torch.cuda.set_device): TensorRT-LLM's
+# EncDecModelRunner runs on MPI rank % GPU count, cuda:0 in a process of its own (trtllm_runtime.serving_gpu).
+SERVING_DEVICE = "cuda:0"
 REPOSITORY = "repository"  # under the engines folder: what triton-eclair serves
 ENGINE_DIR_FROM_VERSION = "../../.."  # <engines>/repository/eclair/1 -> <engines>
 
 
 def publish_repository(checkpoint: Path, engines: Path, result: TrtllmPlan, generator: str = "tensorrt_llm",
-                       device: str = "cuda", force: bool = False) -> Path:
+                       device: str = SERVING_DEVICE, force: bool = False) -> Path:
     """`<engines>/repository/eclair`: the `eclair` contract, batch size and token limit of the plan.
     `generator="pytorch"` puts the PyTorch runtime behind the same model (what CI runs: TensorRT-LLM
     cannot be installed there); `tensorrt_llm` runs the engines beside the repository."""
@@ -200,8 +248,9 @@ if __name__ == "__main__":
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--work", type=Path, default=Path("/work/eclair"))
     parser.add_argument("--engines", type=Path, default=Path("/engines"))
-    parser.add_argument("--examples", type=Path, default=Path("/app/tensorrt_llm/examples"),
-                        help="TensorRT-LLM's examples folder (convert_checkpoint.py)")
+    parser.add_argument("--examples", type=Path, default=None,
+                        help="TensorRT-LLM's examples folder (convert_checkpoint.py); default: the first of "
+                             f"{', '.join(map(str, EXAMPLES_LOCATIONS))} that has it")
     args = parser.parse_args()
     try:
         if args.command == "plan":

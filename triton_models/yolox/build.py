@@ -1,9 +1,17 @@
-"""Build YOLOX page elements: best_ckpt.pth -> ONNX -> TensorRT fp16, plus the image-in model.
+"""Build YOLOX page elements: best_ckpt.pth -> ONNX -> TensorRT fp16 (two cores), plus the image-in model.
 
 Checkpoint: upstream YOLOX's training checkpoint (`{"model": state_dict, ...}`) or a bare
 state_dict. YOLOX-L (depth 1.0, width 1.0) unless an `exp.json` beside it says
-`{"depth": D, "width": W}` (the demo checkpoint is a small one). 3 classes, 1024x1024 input;
-one dynamic batch profile 1..max.
+`{"depth": D, "width": W}` (the demo checkpoint is a small one), and trained on RGB pages (the
+seed's page-elements checkpoint, as nv-ingest feeds it) unless `exp.json` says
+`"channel_order": "BGR"` (an upstream YOLOX one, trained on OpenCV images). 3 classes, 1024x1024
+input; one dynamic batch profile 1..max.
+
+Published, from the same weights:
+  - `yolox`: nv-ingest's contract: `input` FP32 [B,3,1024,1024] RGB 0..255 -> `output` FP32
+    [B,21504,8] decoded (cx, cy, w, h in input pixels, objectness, 3 class scores);
+  - `yolox_uint8`: the same with `input` UINT8 (a quarter of the bytes), for `yolox_page_elements`;
+  - `yolox_page_elements`: a PNG/JPEG or pixels -> boxes, labels, scores.
 """
 from __future__ import annotations
 
@@ -29,30 +37,53 @@ from triton_models.registry import get
 from triton_models.yolox.page_processing import LABELS, letterbox, postprocess
 
 HERE = Path(__file__).parent
-CORE, PAGES = get("yolox").triton_names
+CORE, UINT8_CORE, PAGES = get("yolox").triton_names
 IO_CONFIG = get("yolox").core_io_json
+CHANNEL_ORDERS = ("RGB", "BGR")
+
+
+def uint8_io_config() -> str:
+    """`yolox_uint8`'s IO: `yolox`'s, with uint8 pages."""
+    io = json.loads(IO_CONFIG)
+    io["inputs"][0]["dtype"] = "uint8"
+    return json.dumps(io)
+
+
+def _exp(checkpoint: Path) -> dict:
+    exp = Path(checkpoint).with_name("exp.json")
+    return json.loads(exp.read_text()) if exp.is_file() else {}
 
 
 def model_size(checkpoint: Path) -> tuple[float, float]:
-    exp = Path(checkpoint).with_name("exp.json")
-    if exp.is_file():
-        data = json.loads(exp.read_text())
-        return float(data.get("depth", 1.0)), float(data.get("width", 1.0))
-    return 1.0, 1.0
+    data = _exp(checkpoint)
+    return float(data.get("depth", 1.0)), float(data.get("width", 1.0))
+
+
+def channel_order(checkpoint: Path) -> str:
+    """The channel order the checkpoint was trained on: exp.json's `channel_order`, else the
+    registry's (RGB: the seed's page-elements checkpoint)."""
+    order = str(_exp(checkpoint).get("channel_order", get("yolox").channel_order)).upper()
+    if order not in CHANNEL_ORDERS:
+        raise UserError(f"{Path(checkpoint).with_name('exp.json')} has channel_order '{order}'; use RGB or BGR.")
+    return order
 
 
 class YOLOXOnPages(torch.nn.Module):
-    """The served core: YOLOX taking letterboxed pages as uint8 and casting them on its own device
-    to the dtype of its weights (YOLOX takes raw 0..255 values: the cast is all its normalisation).
-    Checkpoints load into `.yolox` exactly as into upstream's YOLOX."""
+    """A served core: YOLOX taking letterboxed RGB pages (uint8 or fp32, raw 0..255 values: the cast
+    is all its normalisation), cast on its own device to the dtype of its weights, turned to BGR
+    where the checkpoint was trained on BGR, and decoded in the graph (as upstream's export with
+    `decode_in_inference`). Checkpoints load into `.yolox` exactly as into upstream's YOLOX."""
 
-    def __init__(self, yolox: torch.nn.Module) -> None:
+    def __init__(self, yolox: torch.nn.Module, channels: str = "RGB") -> None:
         super().__init__()
         self.yolox = yolox
+        self.yolox.head.decode_in_inference = True
+        self.to_bgr = channels == "BGR"
 
     def forward(self, pages: torch.Tensor) -> torch.Tensor:
         weight = next(self.yolox.parameters())
-        return self.yolox(pages.to(weight.dtype))
+        pages = pages.to(weight.dtype)
+        return self.yolox(pages.flip(1) if self.to_bgr else pages)
 
 
 def load_model(checkpoint: Path) -> torch.nn.Module:
@@ -64,19 +95,45 @@ def load_model(checkpoint: Path) -> torch.nn.Module:
         raise UserError(f"YOLOX checkpoint {checkpoint} does not match YOLOX (depth {depth}, width {width}, "
                         f"{len(LABELS)} classes): missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}; "
                         "add an exp.json with its depth and width beside it.")
-    return YOLOXOnPages(model).eval()
+    return YOLOXOnPages(model, channel_order(checkpoint)).eval()
 
 
 def make_demo_checkpoint(folder: Path) -> Path:
-    """A small random YOLOX (depth 0.33, width 0.25: YOLOX-nano's size, standard convolutions)."""
+    """A small random YOLOX (depth 0.33, width 0.25: YOLOX-nano's size, standard convolutions) that
+    finds a few boxes on a page (`demo_yolox`)."""
     root = Path(folder) / "yolox_demo"
     checkpoint = root / "best_ckpt.pth"
     if not checkpoint.is_file():
         root.mkdir(parents=True, exist_ok=True)
-        (root / "exp.json").write_text(json.dumps({"depth": 0.33, "width": 0.25}))
-        torch.manual_seed(0)
-        torch.save({"model": build_yolox(0.33, 0.25, len(LABELS)).state_dict(), "start_epoch": 0}, checkpoint)
+        (root / "exp.json").write_text(json.dumps({"depth": 0.33, "width": 0.25, "channel_order": "RGB"}))
+        torch.save({"model": demo_yolox().state_dict(), "start_epoch": 0}, checkpoint)
     return checkpoint
+
+
+def demo_yolox(obj_logit: float = -8.0) -> torch.nn.Module:
+    """Random weights, yet a demo with a few boxes: PyTorch's default init shrinks the activations
+    through YOLOX's depth until every anchor scores the same (all 21,504 or none pass a threshold),
+    so the convolutions take He init, and each head's last layer is scaled so that on the demo page
+    its logits have spread 2 (objectness centred at `obj_logit`: about 20 boxes score 0.1)."""
+    torch.manual_seed(0)
+    model = build_yolox(0.33, 0.25, len(LABELS)).eval()
+    with torch.no_grad():
+        for conv in (m for m in model.modules() if isinstance(m, torch.nn.Conv2d)):
+            conv.weight.normal_(0.0, (2.0 / conv.weight[0].numel()) ** 0.5)
+        logits, hooks = {}, []
+        for kind in ("obj", "cls", "reg"):
+            for level, conv in enumerate(getattr(model.head, f"{kind}_preds")):
+                hooks.append(conv.register_forward_hook(
+                    lambda _m, _i, out, key=(kind, level): logits.__setitem__(key, out.flatten(2)[0])))
+        model(torch.from_numpy(letterbox(demo_page())[0][None]).float())
+        for hook in hooks:
+            hook.remove()
+        for (kind, level), values in logits.items():
+            conv = getattr(model.head, f"{kind}_preds")[level]
+            scale = (0.3 if kind == "reg" else 2.0) / values.std(1).clamp_min(1e-6)
+            conv.weight.mul_(scale[:, None, None, None])
+            conv.bias.copy_(scale * (conv.bias - values.mean(1)) + (obj_logit if kind == "obj" else 0.0))
+    return model
 
 
 def demo_page() -> np.ndarray:
@@ -94,21 +151,23 @@ def build(options: BuildOptions) -> list[Path]:
         raise UserError(f"YOLOX_CHECKPOINT {checkpoint} must be a checkpoint file (best_ckpt.pth).")
     score_threshold = float(options.extra.get("score_threshold", "0.1"))
     iou_threshold = float(options.extra.get("nms_iou_threshold", "0.5"))
-    settings = conversion_settings(options, name=CORE, io_json=IO_CONFIG, script=Path(__file__),
-                                   class_name="YOLOXOnPages", sequence_length=1)
-    core = convert(settings, load_model=lambda: load_model(checkpoint))
+    cores = [convert(conversion_settings(options, name=name, io_json=io_json, script=Path(__file__),
+                                         class_name="YOLOXOnPages", sequence_length=1),
+                     load_model=lambda: load_model(checkpoint))
+             for name, io_json in ((CORE, IO_CONFIG), (UINT8_CORE, uint8_io_config()))]
+    core = cores[1]  # what yolox_page_elements calls
     precision = core.precision
 
     config = python_model_config(
         PAGES, [tensor("image", "TYPE_STRING", [1], optional=True), tensor("pixels", "TYPE_UINT8", [-1, -1, 3], optional=True)],
         [tensor("boxes", "TYPE_FP32", [-1, 4]), tensor("labels", "TYPE_STRING", [-1]), tensor("scores", "TYPE_FP32", [-1])],
-        options.max_batch_size, {"core_model": CORE, "core_max_batch": str(options.max_batch_size),
+        options.max_batch_size, {"core_model": UINT8_CORE, "core_max_batch": str(options.max_batch_size),
                                  "score_threshold": str(score_threshold), "nms_iou_threshold": str(iou_threshold)},
         instance_count=options.instance_count)
     sources = {"checkpoint": file_sha256(checkpoint), "model_py": file_sha256(HERE / "yolox_page_elements_model.py"),
                "processing": file_sha256(HERE / "page_processing.py"), "core": core_fingerprint(core)}
     if companion_is_current(options.repo, config, sources, options.force):
-        return [core.model_dir, options.repo / PAGES]
+        return [*(c.model_dir for c in cores), options.repo / PAGES]
 
     from PIL import Image
 
@@ -122,6 +181,6 @@ def build(options: BuildOptions) -> list[Path]:
     golden = Golden({"image": np.array([[encoded.getvalue()]], dtype=np.bytes_)},
                     {"boxes": boxes[None], "labels": np.array([labels.astype(str)]), "scores": scores[None]},
                     TOLERANCES[precision])
-    return [core.model_dir, publish_python_model(
+    return [*(c.model_dir for c in cores), publish_python_model(
         options.repo, config, HERE / "yolox_page_elements_model.py", sources=sources, golden=golden,
         files={"1/page_processing.py": HERE / "page_processing.py"}, demo=options.demo)]

@@ -1,5 +1,6 @@
 """YOLOX page-element pre- and post-processing: numpy and Pillow only, so the same code runs in
-the Triton python backend, in the builder (golden answers) and in the tests."""
+the Triton python backend, in the builder (golden answers) and in the tests. The grid is decoded
+inside the served cores (nv-ingest's client reads `yolox`'s output already decoded)."""
 from __future__ import annotations
 
 import io
@@ -8,7 +9,6 @@ import numpy as np
 
 INPUT_SIZE = 1024
 PAD_VALUE = 114
-STRIDES = (8, 16, 32)
 LABELS = ("table", "chart", "title")
 
 
@@ -24,9 +24,10 @@ def decode_image(data: bytes) -> np.ndarray:
 
 
 def letterbox(image: np.ndarray, size: int = INPUT_SIZE) -> tuple[np.ndarray, float]:
-    """Resize keeping the aspect ratio into a size x size canvas padded with 114 (top-left
-    anchored, as upstream's ValTransform), RGB -> BGR (upstream trains on OpenCV images), CHW uint8:
-    the core casts on its device (a batch of 16 pages is 50 MB, not 200 MB of fp32)."""
+    """Resize keeping the aspect ratio into a size x size canvas padded with 114 at the bottom and
+    right (as nv-ingest's `resize_image` and upstream's ValTransform), channels as given (RGB: the
+    served cores turn them into what the checkpoint was trained on), CHW uint8: the core casts on
+    its device (a batch of 16 pages is 50 MB, not 200 MB of fp32)."""
     from PIL import Image
 
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or min(image.shape[:2]) < 1:
@@ -34,35 +35,16 @@ def letterbox(image: np.ndarray, size: int = INPUT_SIZE) -> tuple[np.ndarray, fl
     height, width = image.shape[:2]
     ratio = min(size / height, size / width)
     new_w, new_h = max(1, int(width * ratio)), max(1, int(height * ratio))
-    resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+    resized = image if (new_w, new_h) == (width, height) else np.asarray(
+        Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
     canvas = np.full((size, size, 3), PAD_VALUE, dtype=np.uint8)
     canvas[:new_h, :new_w] = resized
-    return np.ascontiguousarray(canvas[:, :, ::-1].transpose(2, 0, 1)), ratio
+    return np.ascontiguousarray(canvas.transpose(2, 0, 1)), ratio
 
 
-def grid_and_strides(size: int = INPUT_SIZE, strides=STRIDES) -> tuple[np.ndarray, np.ndarray]:
-    grids, expanded = [], []
-    for stride in strides:
-        cells = size // stride
-        ys, xs = np.meshgrid(np.arange(cells), np.arange(cells), indexing="ij")
-        grids.append(np.stack([xs, ys], axis=-1).reshape(-1, 2))
-        expanded.append(np.full((cells * cells, 1), stride))
-    return np.concatenate(grids).astype(np.float32), np.concatenate(expanded).astype(np.float32)
-
-
-def decode_grid(raw: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
-    """Raw head output [N, 5+C] -> boxes as cx, cy, w, h in input pixels, then obj and classes."""
-    grids, strides = grid_and_strides(size)
-    if raw.shape[0] != grids.shape[0]:
-        raise ValueError(f"YOLOX output has {raw.shape[0]} anchors, {grids.shape[0]} expected for {size}x{size}")
-    decoded = raw.astype(np.float32).copy()
-    decoded[:, 0:2] = (raw[:, 0:2] + grids) * strides
-    decoded[:, 2:4] = np.exp(np.clip(raw[:, 2:4], -20, 20)) * strides
-    return decoded
-
-
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> list[int]:
-    """Greedy class-agnostic non-maximum suppression on x1, y1, x2, y2 boxes."""
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, classes: np.ndarray | None = None) -> list[int]:
+    """Greedy non-maximum suppression on x1, y1, x2, y2 boxes; with `classes`, a box suppresses only
+    boxes of its own class (as torchvision's batched_nms, which nv-ingest and upstream YOLOX use)."""
     order = np.argsort(-scores, kind="stable")
     areas = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
     keep = []
@@ -76,22 +58,26 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> list[int
         y2 = np.minimum(boxes[best, 3], boxes[rest, 3])
         inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
         iou = inter / np.maximum(areas[best] + areas[rest] - inter, 1e-9)
-        order = rest[iou <= iou_threshold]
+        suppressed = iou > iou_threshold
+        if classes is not None:
+            suppressed &= classes[rest] == classes[best]
+        order = rest[~suppressed]
     return keep
 
 
-def postprocess(raw: np.ndarray, ratio: float, page_hw: tuple[int, int], score_threshold: float = 0.1,
-                iou_threshold: float = 0.5, max_candidates: int = 1000, labels=LABELS):
-    """Raw output of one page -> (boxes [K,4] normalised x1,y1,x2,y2 on the page, labels [K], scores [K])."""
-    decoded = decode_grid(raw)
-    class_scores = decoded[:, 5:]
+def postprocess(decoded: np.ndarray, ratio: float, page_hw: tuple[int, int], score_threshold: float = 0.1,
+                iou_threshold: float = 0.5, labels=LABELS):
+    """The served core's output for one page (anchors x [cx, cy, w, h in input pixels, objectness,
+    class scores]) -> (boxes [K,4] normalised x1,y1,x2,y2 on the page, labels [K], scores [K]):
+    score = objectness x best class score, kept from `score_threshold`, class-aware NMS."""
+    class_scores = decoded[:, 5:5 + len(labels)]
     classes = class_scores.argmax(axis=1)
     scores = decoded[:, 4] * class_scores[np.arange(len(classes)), classes]
     candidates = np.nonzero(scores >= score_threshold)[0]
-    candidates = candidates[np.argsort(-scores[candidates], kind="stable")[:max_candidates]]
+    candidates = candidates[np.argsort(-scores[candidates], kind="stable")]
     cx, cy, w, h = (decoded[candidates, i] for i in range(4))
     boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1) / ratio
-    keep = nms(boxes, scores[candidates], iou_threshold) if len(candidates) else []
+    keep = nms(boxes, scores[candidates], iou_threshold, classes[candidates]) if len(candidates) else []
     page_h, page_w = page_hw
     boxes = boxes[keep] / np.array([page_w, page_h, page_w, page_h], dtype=np.float32)
     return (np.clip(boxes, 0.0, 1.0).astype(np.float32), np.array([labels[c] for c in classes[candidates][keep]], dtype=object),

@@ -1,9 +1,10 @@
-"""Triton python backend: a page image -> letterbox -> yolox -> decode, score, NMS -> boxes.
+"""Triton python backend: a page image -> letterbox -> yolox_uint8 (decoded anchors) -> score, NMS -> boxes.
 
 Inputs (one of them per request): `image` BYTES [1] (PNG/JPEG) or `pixels` UINT8 [-1,-1,3].
 Outputs: `boxes` FP32 [-1,4] normalised x1,y1,x2,y2 on the original page, `labels` BYTES [-1]
 (table, chart, title), `scores` FP32 [-1]. Thresholds come from the config's parameters.
-All requests of one execute() go to the core model in one batch.
+All requests of one execute() go to the core model in one batch. The NMS is class-aware and the
+scores objectness x class, as nv-ingest's YOLOX client computes them from `yolox`.
 """
 import model_support  # published beside this file
 

@@ -86,3 +86,21 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- with $tolerations }}{{ $_ := set $placement "tolerations" . }}{{ end -}}
 {{- with $placement }}{{ toYaml . }}{{ end -}}
 {{- end -}}
+
+{{/* The OpenAI-compatible embeddings endpoint: rendered ("true") where embeddings.enabled and its
+     model, e5_small_v2, is in settings.MODELS; empty otherwise. */}}
+{{- define "doc-triton.embeddings.enabled" -}}
+{{- $settings := include "doc-triton.settings" . | fromYaml -}}
+{{- if and .Values.embeddings.enabled (has "e5_small_v2" (splitList "," $settings.MODELS)) -}}true{{- end -}}
+{{- end -}}
+
+{{- define "doc-triton.embeddings" -}}
+{{- include "doc-triton.fullname" . -}}-embeddings
+{{- end -}}
+
+{{/* host:port of a Service from inside a pod's shell: its injected address (clusters without DNS),
+     else its name. Called with (list serviceName port). */}}
+{{- define "doc-triton.serviceAddress" -}}
+{{- $service := index . 0 -}}
+${{ printf "{%s_SERVICE_HOST:-%s}" ($service | upper | replace "-" "_") $service }}:{{ index . 1 }}
+{{- end -}}

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible embeddings endpoint (app.py) in front of the stack's E5 model."""
