@@ -37,6 +37,7 @@ def stack(tmp_path_factory):
     project = f"doctriton-test-{int(time.time())}"
     base = {"COMPOSE_FILE": "docker-compose.yaml", "COMPOSE_PROJECT_NAME": project, "PIP_OFFLINE": "1",
             "TRITON_HTTP_PORT": "18100", "TRITON_GRPC_PORT": "18101", "TRITON_METRICS_PORT": "18102",
+            "EMBEDDINGS_HTTP_PORT": "18103",
             "CHECKPOINTS_DIR": str(checkpoints), "READY_TIMEOUT_S": "300"}
 
     def run(command: str, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -50,7 +51,7 @@ def stack(tmp_path_factory):
 
     yield client, run, project, checkpoints
     run("clean")
-    for image in (f"{project}-builder:local", f"{project}-triton:local"):  # layers stay cached for later builds
+    for image in (f"{project}-builder:local", f"{project}-triton:local", f"{project}-embeddings:local"):  # layers stay cached for later builds
         try:
             client.images.remove(image)
         except Exception:
@@ -114,6 +115,7 @@ def test_a_port_in_use_is_a_clear_error(stack):
         holder.bind(("127.0.0.1", 18190))
         holder.listen()
         result = run("up", env={"TRITON_HTTP_PORT": "18190", "TRITON_GRPC_PORT": "18191", "TRITON_METRICS_PORT": "18192",
+                                "EMBEDDINGS_HTTP_PORT": "18193",
                                 "COMPOSE_PROJECT_NAME": project + "-ports"})
     assert result.returncode == 1
     assert "port 18190 (TRITON_HTTP_PORT) is already in use on 127.0.0.1" in result.stderr

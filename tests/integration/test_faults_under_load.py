@@ -30,7 +30,8 @@ def stack(tmp_path_factory):
     grpc_port = free_port()
     values = {"LOCAL_REPOSITORY": str(root / "build/model_repository"), "MODELS": "e5_small_v2",
               "CHECKPOINTS_DIR": str(root / "checkpoints"), "TRITON_HTTP_PORT": str(free_port()),
-              "TRITON_GRPC_PORT": str(grpc_port), "TRITON_METRICS_PORT": str(free_port())}
+              "TRITON_GRPC_PORT": str(grpc_port), "TRITON_METRICS_PORT": str(free_port()),
+              "EMBEDDINGS_HTTP_PORT": str(free_port())}
     (root / ".env").write_text("".join(f"{k}={v}\n" for k, v in values.items()))
 
     def run(command: str, *args: str) -> subprocess.CompletedProcess:

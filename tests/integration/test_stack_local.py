@@ -14,7 +14,7 @@ from tests.helpers import REPO_ROOT
 @pytest.fixture
 def local_stack(tmp_path):
     ports = {"TRITON_HTTP_PORT": str(free_port()), "TRITON_GRPC_PORT": str(free_port()),
-             "TRITON_METRICS_PORT": str(free_port())}
+             "TRITON_METRICS_PORT": str(free_port()), "EMBEDDINGS_HTTP_PORT": str(free_port())}
     base = {"LOCAL_REPOSITORY": str(tmp_path / "build/model_repository"), "MODELS": "e5_small_v2",
             "CHECKPOINTS_DIR": str(tmp_path / "checkpoints"), **ports}
     (tmp_path / "checkpoints").mkdir()
@@ -35,6 +35,8 @@ def test_up_verifies_then_warm_up_skips_and_down_stops(local_stack):
     assert cold.returncode == 0, cold.stdout + cold.stderr
     rows = [line for line in cold.stdout.splitlines() if line.startswith("e5_small_v2")]
     assert len(rows) == 2 and all(" yes " in row and row.rstrip().endswith("demo") for row in rows)
+    endpoint = [line for line in cold.stdout.splitlines() if line.startswith("/v1/embeddings")]
+    assert len(endpoint) == 1 and endpoint[0].split()[-4:-2] == ["yes", "yes"], cold.stdout  # ready, verified
     warm = run("up")
     assert warm.returncode == 0 and "e5_small_v2: up to date, skipped" in warm.stdout
     assert "building e5_small_v2" not in warm.stdout  # the build stamp matched: no builder process started
@@ -43,7 +45,8 @@ def test_up_verifies_then_warm_up_skips_and_down_stops(local_stack):
     assert "e5_small_v2: up to date, skipped" in forced.stdout
     status = run("status")
     assert status.returncode == 0 and "running (pid" in status.stdout
-    assert run("down").returncode == 0
+    down = run("down")
+    assert down.returncode == 0 and "stopped the embeddings endpoint" in down.stdout
     stopped = run("status")
     assert stopped.returncode == 1 and "not running" in stopped.stdout
 
