@@ -75,3 +75,22 @@ def test_eclair_on_tensorrt_llm_names_what_it_needs_and_leaves_eclair_to_the_ove
         assert "ECLAIR_RUNTIME=tensorrt_llm runs in docker mode only" in capsys.readouterr().err
     finally:
         shutil.rmtree(REPO_ROOT / checkpoints)
+
+
+def test_the_embeddings_port_must_differ_from_tritons(tmp_path):
+    with pytest.raises(UserError, match="EMBEDDINGS_HTTP_PORT must differ"):
+        load_settings(None, tmp_path, {"EMBEDDINGS_HTTP_PORT": "8000"})
+
+
+@pytest.mark.parametrize("batch, ok", [("8", True), ("16", True), ("1", True), ("12", False), ("6", False)])
+def test_yolox_batch_size_is_a_power_of_two(tmp_path, batch, ok):
+    if ok:
+        assert load_settings(None, tmp_path, {"YOLOX_BATCH_SIZE": batch}).int("YOLOX_BATCH_SIZE") == int(batch)
+    else:
+        with pytest.raises(UserError, match=f"YOLOX_BATCH_SIZE={batch} must be a power of two"):
+            load_settings(None, tmp_path, {"YOLOX_BATCH_SIZE": batch})
+
+
+def test_the_embeddings_endpoint_runs_where_e5_is_served(tmp_path):
+    assert load_settings(None, tmp_path).serves_embeddings
+    assert not load_settings(None, tmp_path, {"MODELS": "yolox,eclair"}).serves_embeddings
