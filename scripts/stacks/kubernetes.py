@@ -84,15 +84,11 @@ class KubernetesStack:
         self.wait_for_builds()
         log("every build complete; waiting for the Triton replicas to be ready (every model loaded)")
         timeout = self.settings.int("READY_TIMEOUT_S")
-        rollout = self.kubectl("rollout", "status", f"deployment/{self.release}-triton", f"--timeout={timeout}s",
-                               check=False, timeout=timeout + 60)
-        if rollout.returncode != 0:
-            self._check_images("app.kubernetes.io/component=triton")
-            raise UserError(f"the Triton replicas were not ready within {timeout} s; "
-                            "`python -m scripts.stack logs triton --mode kubernetes` shows why.")
+        self.wait_for_rollout("triton", "the Triton replicas were", timeout)
         embeddings = self.embeddings_installed()
-        if embeddings:
-            self.wait_for_embeddings(timeout)
+        if embeddings:  # ready means its /v1/health/ready: Triton's e5_small_v2_text ready behind it
+            log("waiting for the embeddings endpoint (/v1/health/ready through Triton's Service)")
+            self.wait_for_rollout("embeddings", "the embeddings endpoint was", timeout)
         log("every replica ready; verifying through the Service" + ("s" if embeddings else ""))
         return self.verify()
 
@@ -103,16 +99,14 @@ class KubernetesStack:
                              check=False)
         return bool(found.stdout.strip())
 
-    def wait_for_embeddings(self, timeout: int) -> None:
-        """The embeddings Deployment's rollout: ready means its /v1/health/ready, Triton's
-        e5_small_v2_text ready behind it. `helm test` then verifies it through its Service."""
-        log("waiting for the embeddings endpoint (/v1/health/ready through Triton's Service)")
-        rollout = self.kubectl("rollout", "status", f"deployment/{self.release}-embeddings", f"--timeout={timeout}s",
+    def wait_for_rollout(self, component: str, what: str, timeout: int) -> None:
+        """The `<release>-<component>` Deployment's rollout; a pod that cannot get its image is named."""
+        rollout = self.kubectl("rollout", "status", f"deployment/{self.release}-{component}", f"--timeout={timeout}s",
                                check=False, timeout=timeout + 60)
         if rollout.returncode != 0:
-            self._check_images("app.kubernetes.io/component=embeddings")
-            raise UserError(f"the embeddings endpoint was not ready within {timeout} s; "
-                            "`python -m scripts.stack logs embeddings --mode kubernetes` shows why.")
+            self._check_images(f"app.kubernetes.io/component={component}")
+            raise UserError(f"{what} not ready within {timeout} s; "
+                            f"`python -m scripts.stack logs {component} --mode kubernetes` shows why.")
 
     def wait_for_builds(self) -> None:
         """Helm's --wait-for-jobs waits out its whole timeout on a failed Job; this names it at once."""
