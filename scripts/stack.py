@@ -64,7 +64,9 @@ def check_ports_free(stack: Stack, settings: StackSettings) -> None:
 
     if stack.server_running():
         return
-    keys = PORT_KEYS + (("EMBEDDINGS_HTTP_PORT",) if settings.serves_embeddings else ())
+    # The endpoint outlives a killed Triton: its port is busy with our own process then.
+    own_endpoint = stack.embeddings_running()
+    keys = PORT_KEYS + (("EMBEDDINGS_HTTP_PORT",) if settings.serves_embeddings and not own_endpoint else ())
     busy = [f"{settings[k]} ({k})" for k in keys if port_in_use(settings.int(k), stack.port_host)]
     if busy:
         raise UserError(f"port {', '.join(busy)} is already in use on {stack.port_host}; stop what holds it or set "

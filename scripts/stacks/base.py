@@ -41,6 +41,10 @@ class Stack(ABC):
         """Where the OpenAI-compatible embeddings endpoint answers, host:port."""
 
     @abstractmethod
+    def embeddings_running(self) -> bool:
+        """This stack's own embeddings endpoint is running (its port is then no one else's)."""
+
+    @abstractmethod
     def start_embeddings(self) -> None:
         """Start the embeddings endpoint (embeddings_api), after Triton; `up` calls it where
         `settings.serves_embeddings`."""

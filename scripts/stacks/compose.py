@@ -103,6 +103,10 @@ class ComposeStack(Stack):
     def embeddings_url(self) -> str:
         return f"{self.port_host}:{self.settings['EMBEDDINGS_HTTP_PORT']}"
 
+    def embeddings_running(self) -> bool:
+        container = self.container("embeddings")
+        return container is not None and container.status == "running"
+
     def start_embeddings(self) -> None:
         self.compose("up", "--no-deps", "--detach", "--force-recreate", "embeddings")
 

@@ -48,6 +48,9 @@ class LocalStack(Stack):
     def embeddings_url(self) -> str:
         return self.embeddings.http_url
 
+    def embeddings_running(self) -> bool:
+        return self.embeddings.running_pid() is not None
+
     def start_embeddings(self) -> None:
         self._embeddings = self.embeddings
         log(f"embeddings endpoint started (pid {self._embeddings.start()}) at http://{self.embeddings_url}/v1")
