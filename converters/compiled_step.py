@@ -36,7 +36,7 @@ SEQUENCE_BUCKETS = (16, 32, 64, 128, 256, 512)
 class CompiledBuild:
     program: Path  # scratch/1/model.pt2
     cache: Path  # scratch/1/compile_cache
-    buckets: int
+    buckets: int  # the shapes compiled at load (`Runner.load_shapes`)
     seconds: float  # compile of every bucket, cold
     check: CheckResult  # padded batch through the runner against the unpadded program
 
@@ -120,4 +120,4 @@ def warm_and_check(program: Path, config, parameters: dict[str, str], io: IOConf
     if not check.ok:
         raise UserError(f"the compiled model answers a padded batch differently from the exported program:\n"
                         f"{check.report()}\nnothing was published; serve it with python_torch.")
-    return CompiledBuild(program, folder / runner.CACHE_FOLDER, len(compiled.buffers), seconds, check)
+    return CompiledBuild(program, folder / runner.CACHE_FOLDER, len(compiled.load_shapes), seconds, check)

@@ -183,8 +183,36 @@ def _step(model_name: str, step: str, logger):
         raise UserError(f"TensorRT failed to {step} for model '{model_name}': {detail}{last}") from exc
 
 
-def _dtype_name(trt, dtype) -> str:
-    return np.dtype(trt.nptype(dtype)).name
+# numpy has no bf16 or fp8: their torch (and ml_dtypes) names, and run_engine makes torch tensors of them.
+# TensorRT's FP8 is E4M3 with exponent bias 7 (the DataType docstring): float8_e4m3fn.
+NON_NUMPY_DTYPES = {"BF16": "bfloat16", "FP8": "float8_e4m3fn"}
+
+
+def _dtype_name(trt, dtype, tensor: str, model_name: str) -> str:
+    """The numpy name of an IO tensor's dtype (`trt.nptype` raises for bf16, fp8 and the 4-bit types)."""
+    if dtype.name in NON_NUMPY_DTYPES:
+        return NON_NUMPY_DTYPES[dtype.name]
+    try:
+        return np.dtype(trt.nptype(dtype)).name
+    except TypeError:
+        raise UserError(f"the tensor '{tensor}' of model '{model_name}' has the TensorRT dtype {dtype.name}, which "
+                        "no host array holds; give the graph's inputs and outputs another dtype.") from None
+
+
+def _host_tensor(feed: np.ndarray, dtype_name: str):
+    """The feed as a torch tensor of the engine's dtype (bf16 and fp8 have no numpy type to cast to)."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(feed)).to(getattr(torch, dtype_name))
+
+
+def _set_precision(trt, config, plan: PrecisionPlan) -> None:
+    """The plan's flags; for fp32 TF32 cleared: TensorRT sets it by default, and Ampere and newer would
+    then run matmuls and convolutions in TF32 under fp32's name and tolerances (TensorRT for RTX has it too)."""
+    for flag in plan.builder_flags:
+        config.set_flag(getattr(trt.BuilderFlag, flag))
+    if plan.precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)
 
 
 def _parse(trt, builder, logger, onnx_path: Path, strongly_typed: bool, model_name: str):
@@ -265,8 +293,7 @@ def _build_engine(request: EngineRequest) -> EngineBuild:
         config = builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, request.memory_pool_limit)
         _set_build_type(trt, config, request.compute_capability, install)
-        for flag in plan.builder_flags:
-            config.set_flag(getattr(trt.BuilderFlag, flag))
+        _set_precision(trt, config, plan)
         if plan.builder_flags and not plan.strongly_typed:
             pinned = _pin_fp32_layers(trt, network, request.fp32_nodes)
         profile = builder.create_optimization_profile()
@@ -278,9 +305,10 @@ def _build_engine(request: EngineRequest) -> EngineBuild:
                                 "add it there.")
             profile.set_shape(tensor.name, *request.profiles[tensor.name])
             read_back = tuple(tuple(s) for s in profile.get_shape(tensor.name))
-            inputs.append(NetworkInput(tensor.name, _dtype_name(trt, tensor.dtype), tuple(tensor.shape), read_back))
-        outputs = {network.get_output(i).name: _dtype_name(trt, network.get_output(i).dtype)
-                   for i in range(network.num_outputs)}
+            dtype = _dtype_name(trt, tensor.dtype, tensor.name, name)
+            inputs.append(NetworkInput(tensor.name, dtype, tuple(tensor.shape), read_back))
+        outputs = {t.name: _dtype_name(trt, t.dtype, t.name, name) for t in map(network.get_output,
+                                                                                   range(network.num_outputs))}
         if not profile:  # an optimization profile converts to False when its shapes are inconsistent
             said = f" (TensorRT said: {logger.errors[-1][:300]})" if logger.errors else ""
             raise UserError(f"the optimization profile of model '{name}' is not valid: {request.profiles}{said}.")
@@ -352,7 +380,7 @@ def inspect_engine(engine: bytes, model_name: str, device: int | None = None
         inputs, outputs = {}, {}
         for i in range(cuda_engine.num_io_tensors):
             name = cuda_engine.get_tensor_name(i)
-            dtype = _dtype_name(trt, cuda_engine.get_tensor_dtype(name))
+            dtype = _dtype_name(trt, cuda_engine.get_tensor_dtype(name), name, model_name)
             if cuda_engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
                 low, opt, high = cuda_engine.get_tensor_profile_shape(name, 0)
                 inputs[name] = (dtype, (tuple(low), tuple(opt), tuple(high)))
@@ -373,17 +401,16 @@ def run_engine(engine: bytes, feeds: dict[str, np.ndarray], model_name: str, dev
         context = cuda_engine.create_execution_context()
         keep, outputs = [], {}
         names = [cuda_engine.get_tensor_name(i) for i in range(cuda_engine.num_io_tensors)]
+        dtypes = {name: _dtype_name(trt, cuda_engine.get_tensor_dtype(name), name, model_name) for name in names}
         for name in names:
             if cuda_engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
-                dtype = np.dtype(trt.nptype(cuda_engine.get_tensor_dtype(name)))
-                tensor = torch.from_numpy(np.ascontiguousarray(feeds[name].astype(dtype))).cuda()
+                tensor = _host_tensor(feeds[name], dtypes[name]).cuda()
                 context.set_input_shape(name, tuple(tensor.shape))
                 context.set_tensor_address(name, tensor.data_ptr())
                 keep.append(tensor)
         for name in names:
             if cuda_engine.get_tensor_mode(name) == trt.TensorIOMode.OUTPUT:
-                dtype = np.dtype(trt.nptype(cuda_engine.get_tensor_dtype(name)))
-                tensor = torch.empty(tuple(context.get_tensor_shape(name)), dtype=getattr(torch, dtype.name)).cuda()
+                tensor = torch.empty(tuple(context.get_tensor_shape(name)), dtype=getattr(torch, dtypes[name])).cuda()
                 context.set_tensor_address(name, tensor.data_ptr())
                 outputs[name] = tensor
         stream = torch.cuda.Stream()

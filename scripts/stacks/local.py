@@ -221,6 +221,6 @@ class LocalStack(Stack):
         self.pid_file.unlink(missing_ok=True)
         from scripts.cuda_mps import MpsDaemon
 
-        stopped = MpsDaemon(self.state).stop()  # after Triton: its processes are the daemon's clients
-        if stopped and not quiet:
-            log(f"stopped the CUDA MPS daemon (pid {stopped})")
+        mps = MpsDaemon(self.state).stop()  # after Triton: its processes are the daemon's clients
+        if mps and (not quiet or not mps.stopped):  # one still running is said even when quiet
+            log(mps.message)

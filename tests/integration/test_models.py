@@ -172,8 +172,9 @@ def test_eclair_manifest_states_the_precision_it_serves_at(suite):
     ("caption_selection", {"candidates": np.array([], dtype=object)}, "empty"),
     ("caption_selection", {"candidates": np.array([b"\xc3\x28"], dtype=object)}, "UTF-8"),
     ("deberta_large", {"input_ids": np.ones((65, 128), np.int64), "input_mask": np.ones((65, 128), np.float32)}, "batch"),
-    ("yolox", {"input": np.ones((1, 3, 512, 512), np.uint8)}, "input"),
-    ("yolox", {"input": np.ones((1, 3, 1024, 1024), np.float32)}, "input"),
+    ("yolox", {"input": np.ones((1, 3, 512, 512), np.float32)}, "input"),
+    ("yolox", {"input": np.ones((1, 3, 1024, 1024), np.uint8)}, "input"),  # nv-ingest's contract is FP32
+    ("yolox_uint8", {"input": np.ones((1, 3, 1024, 1024), np.float32)}, "input"),
     ("yolox_page_elements", {"image": np.array([[b"not an image"]], dtype=object)}, "PNG/JPEG"),
     ("yolox_page_elements", {}, ""),
     ("eclair", {"image": np.zeros((1, 1000, 1024, 3), np.uint8)}, "image"),

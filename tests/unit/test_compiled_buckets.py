@@ -29,3 +29,26 @@ def test_sequence_buckets_only_where_the_spec_says_padding_is_neutral():
 
 def test_the_runner_reads_the_file_the_serve_backend_publishes():
     assert runner.PROGRAM_FILE == serve_backend("python_compiled").model_file
+
+
+def test_every_variable_axis_gets_shapes_compiled_at_load_even_without_sequence_buckets():
+    """A model built without --pad-sequence used to get no bucket at all: nothing compiled at load,
+    every request compiling. Now each batch bucket is compiled for length 1 and the longest length
+    (dynamic shapes: one graph for 2..longest), so the request path has nothing left to compile."""
+    batches = runner.batch_buckets(8)
+    assert runner.load_shapes(batches, [], True, longest=512) == [(2, 1), (2, 512), (4, 1), (4, 512), (8, 1), (8, 512)]
+    # padded axes keep their buckets; no variable axis: the batch buckets alone
+    assert runner.load_shapes([2, 4], [16, 32], True, longest=32) == [(2, 16), (2, 32), (4, 16), (4, 32)]
+    assert runner.load_shapes([2, 4], [], False) == [(2, 0), (4, 0)]
+    assert all(runner.load_shapes(runner.batch_buckets(m), [], True, longest=n)
+               for m in (1, 2, 12, 64) for n in (1, 2, 7, 128))
+
+
+def test_the_first_unpadded_length_is_no_other_size_of_the_inputs():
+    """Dynamo gives equal sizes one symbol at the first compile ("duck sizing"): a length equal to a
+    batch bucket or a fixed axis would tie the two, and a request where they differ would recompile."""
+    assert runner.unpadded_lengths(64, {2, 4, 8}) == [1, 64]
+    assert runner.unpadded_lengths(64, {2, 4, 8, 64}) == [1, 63]
+    assert runner.unpadded_lengths(None, {2, 3, 4}) == [1, 5]  # no exported maximum: the smallest free length
+    assert runner.unpadded_lengths(2, {2}) == [1, 2]  # no free length: every length is compiled
+    assert runner.unpadded_lengths(1, {2}) == [1]

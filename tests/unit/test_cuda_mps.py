@@ -2,13 +2,15 @@
 binary comes with the NVIDIA driver and no GPU is here, so a stand-in script plays it (start
 with -d, write the pid file, end on "quit"); the GPU machine ran the real one (README)."""
 import os
+import socket
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from converters.errors import UserError
-from scripts.cuda_mps import MpsDaemon, mps_decision
+from scripts.cuda_mps import MpsDaemon, MpsStop, mps_decision
 from scripts.local_triton import LocalTriton
 from scripts.stack_settings import load_settings
 from scripts.stacks.local import LocalStack
@@ -25,7 +27,7 @@ if [ "$1" = "-d" ]; then
     exit 0
 fi
 read -r line
-if [ "$line" = quit ]; then
+if [ "$line" = quit ] && [ -z "$MPS_STAND_IN_STUBBORN" ]; then  # stubborn: a client still holds it
     kill "$(cat "$CUDA_MPS_PIPE_DIRECTORY/nvidia-cuda-mps-control.pid")"
     rm "$CUDA_MPS_PIPE_DIRECTORY/nvidia-cuda-mps-control.pid"
 fi
@@ -38,15 +40,16 @@ fi
     ("off", "cpu", None, None, False),
     ("on", "cuda", CONTROL, "/tmp/nvidia-mps", False),  # the host's own MPS serves
 ])
-def test_the_daemon_runs_when_asked_for_on_cuda_and_the_host_runs_no_mps(setting, device, control, host_pipe, wanted):
-    assert mps_decision(setting, device, control, host_pipe)[0] is wanted
+def test_the_daemon_runs_when_asked_for_on_cuda_and_the_host_runs_no_mps(setting, device, control, host_pipe, wanted,
+                                                                         tmp_path):
+    assert mps_decision(setting, device, control, host_pipe, default_pipe=str(tmp_path))[0] is wanted
 
 
-def test_on_where_it_cannot_work_is_one_sentence_naming_the_setting():
+def test_on_where_it_cannot_work_is_one_sentence_naming_the_setting(tmp_path):
     with pytest.raises(UserError, match="LOCAL_CUDA_MPS=on needs LOCAL_DEVICE=cuda"):
-        mps_decision("on", "cpu", CONTROL, None)
+        mps_decision("on", "cpu", CONTROL, None, default_pipe=str(tmp_path))
     with pytest.raises(UserError, match="LOCAL_CUDA_MPS=on but nvidia-cuda-mps-control is not on PATH"):
-        mps_decision("on", "cuda", None, None)
+        mps_decision("on", "cuda", None, None, default_pipe=str(tmp_path))
 
 
 def test_local_build_refuses_on_for_cpu_before_building(tmp_path):
@@ -86,7 +89,7 @@ def test_start_gives_its_folders_keeps_a_running_daemon_and_stop_ends_it(stand_i
     assert (stand_in.pipe_dir / "log-folder").read_text().strip() == str(stand_in.log_dir)
     assert stand_in.start() == pid  # an `up` after an `up` keeps the daemon it started
     assert (tmp_path / "calls").read_text().count("started") == 1
-    assert stand_in.stop() == pid
+    assert stand_in.stop() == MpsStop(pid, True, stand_in.pipe_dir)
     assert stand_in.pid() is None
     assert stand_in.stop() is None  # nothing running: nothing to say
     assert not stand_in.pipe_dir.exists()
@@ -104,3 +107,80 @@ def test_triton_gets_the_daemons_folders(tmp_path):
     env = server._environment()
     assert env["CUDA_MPS_PIPE_DIRECTORY"] == str(MpsDaemon(tmp_path).pipe_dir)
     assert Path(env["CUDA_MPS_LOG_DIRECTORY"]) == tmp_path / "mps-log"
+
+
+def test_a_daemon_still_running_after_the_wait_is_said_so_and_keeps_its_pipe_folder(stand_in, monkeypatch):
+    pid = stand_in.start()
+    monkeypatch.setenv("MPS_STAND_IN_STUBBORN", "1")
+    result = stand_in.stop(timeout_s=0.3)
+    assert result == MpsStop(pid, False, stand_in.pipe_dir) and stand_in.pid() == pid
+    assert (stand_in.pipe_dir / "nvidia-cuda-mps-control.pid").is_file()  # its clients still reach it
+    assert "still running" in result.message and "stopped the" not in result.message
+
+
+def test_down_says_the_daemon_is_still_running_even_when_quiet(stand_in, tmp_path, monkeypatch, capsys):
+    import scripts.cuda_mps
+
+    stack = LocalStack(load_settings(None, tmp_path, {"LOCAL_REPOSITORY": str(tmp_path / "repo")}))
+    daemon = MpsDaemon(stack.state)
+    pid = daemon.start()
+    monkeypatch.setenv("MPS_STAND_IN_STUBBORN", "1")
+    monkeypatch.setattr(scripts.cuda_mps, "STOP_WAIT_S", 0.3)
+    try:
+        stack.down(quiet=True)
+        said = capsys.readouterr().out
+        assert f"the CUDA MPS daemon (pid {pid}) is still running" in said and "stopped the CUDA MPS" not in said
+        assert daemon.pipe_dir.is_dir()
+        monkeypatch.delenv("MPS_STAND_IN_STUBBORN")
+        stack.down()
+        assert f"stopped the CUDA MPS daemon (pid {pid})" in capsys.readouterr().out
+        assert not daemon.pipe_dir.exists()
+    finally:
+        if daemon.pid():
+            subprocess.run(["kill", str(daemon.pid())], check=False)
+
+
+def test_a_host_daemon_on_the_default_pipe_folder_is_used_as_it_is():
+    with tempfile.TemporaryDirectory(dir="/tmp") as default:  # short: a socket path has 108 bytes
+        assert mps_decision("on", "cuda", CONTROL, None, default_pipe=default)[0] is True
+        (Path(default) / "control").write_text("")  # a file named control is no daemon
+        assert mps_decision("on", "cuda", CONTROL, None, default_pipe=default)[0] is True
+        os.unlink(Path(default) / "control")
+        with socket.socket(socket.AF_UNIX) as listening:
+            listening.bind(str(Path(default) / "control"))
+            wanted, why = mps_decision("on", "cuda", CONTROL, None, default_pipe=default)
+        assert wanted is False and default in why
+
+
+@pytest.mark.parametrize("problem", ["other-writable", "other-owner", "symlink"])
+def test_a_pipe_folder_another_user_could_have_made_is_refused(stand_in, tmp_path, monkeypatch, problem):
+    if problem == "symlink":
+        (tmp_path / "elsewhere").mkdir(mode=0o700)
+        stand_in.pipe_dir.symlink_to(tmp_path / "elsewhere")
+    else:
+        stand_in.pipe_dir.mkdir(mode=0o700)
+    try:
+        if problem == "other-writable":
+            stand_in.pipe_dir.chmod(0o777)
+        elif problem == "other-owner":
+            uid = os.getuid()
+            monkeypatch.setattr(os, "getuid", lambda: uid + 1)
+        with pytest.raises(UserError, match=r"^the CUDA MPS pipe folder .* is not a folder of this user that only "
+                                            r"it may write \(owner uid \d+, mode .*\); remove it or set "
+                                            r"LOCAL_CUDA_MPS=off\.$"):
+            stand_in.start()
+        assert not (tmp_path / "calls").exists()  # no daemon started in it
+        assert stand_in.stop() is None  # nor one in it quit
+    finally:
+        if stand_in.pipe_dir.is_symlink():
+            stand_in.pipe_dir.unlink()
+        else:
+            stand_in.pipe_dir.chmod(0o700)
+            stand_in.pipe_dir.rmdir()
+
+
+def test_the_pipe_folder_is_made_for_this_user_alone(stand_in):
+    stand_in.start()
+    info = stand_in.pipe_dir.stat()
+    assert info.st_uid == os.getuid() and info.st_mode & 0o077 == 0
+    stand_in.stop()
