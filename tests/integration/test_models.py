@@ -141,6 +141,80 @@ def test_eclair_returns_one_text_per_page(suite):
     assert all(isinstance(t, bytes) for t in out)
 
 
+def _eclair_grpc_call(url: str, pages: np.ndarray, limit: int | None = None, timeout_s: float | None = None):
+    import tritonclient.grpc as grpc
+
+    client = grpc.InferenceServerClient(url)
+    tensor = grpc.InferInput("image", list(pages.shape), "UINT8")
+    tensor.set_data_from_numpy(pages)
+    try:
+        answer = client.infer("eclair", [tensor], parameters={"max_new_tokens": limit} if limit is not None else None,
+                              client_timeout=timeout_s)
+        return [t.decode() for t in answer.as_numpy("text")]
+    finally:
+        client.close()
+
+
+def _noise_pages(count: int, seed: int) -> np.ndarray:
+    from triton_models.eclair.pages import pad_page
+
+    rng = np.random.default_rng(seed)
+    return np.stack([pad_page(rng.integers(0, 256, (1100, 850, 3), dtype=np.uint8))[0] for _ in range(count)])
+
+
+def test_eclair_answers_a_short_request_before_a_long_one_sent_with_it(served_suite):
+    """In-flight batching through the real Triton: both requests share the decoder's slots; the
+    short one (4 new tokens per page, the request parameter) is answered as soon as its page is
+    done, with the text `generate` gives it."""
+    import threading
+    import time
+
+    from triton_models.eclair.runtime import EclairRuntime
+
+    server, repo, _ = served_suite
+    long_pages, short_pages = _noise_pages(3, 1), _noise_pages(1, 2)
+    done, answers = {}, {}
+
+    def call(name, pages, limit=None):
+        answers[name] = _eclair_grpc_call(server.grpc_url, pages, limit)
+        done[name] = time.monotonic()
+
+    threads = [threading.Thread(target=call, args=("long", long_pages)),
+               threading.Thread(target=call, args=("short", short_pages, 4))]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.05)  # the long one first
+    for thread in threads:
+        thread.join(300)
+    assert done["short"] < done["long"]
+    checkpoint = repo / "eclair" / "1" / "checkpoint"
+    assert answers["short"] == EclairRuntime(checkpoint, max_new_tokens=4)(short_pages)
+    limit = int(read_config(repo / "eclair" / "config.pbtxt").parameters["max_new_tokens"].string_value)
+    assert answers["long"] == EclairRuntime(checkpoint, max_new_tokens=limit)(long_pages)
+
+
+def test_eclair_request_cancelled_by_its_client_leaves_the_others_served(served_suite):
+    from tritonclient.utils import InferenceServerException
+
+    from triton_models.eclair.runtime import EclairRuntime
+
+    server, repo, _ = served_suite
+    with pytest.raises(InferenceServerException, match="(?i)deadline|timeout|cancel"):
+        _eclair_grpc_call(server.grpc_url, _noise_pages(4, 3), timeout_s=0.3)
+    page = _noise_pages(1, 4)
+    assert _eclair_grpc_call(server.grpc_url, page, limit=6) == EclairRuntime(repo / "eclair" / "1" / "checkpoint",
+                                                                              max_new_tokens=6)(page)
+
+
+@pytest.mark.parametrize("limit", [0, 100000, "many"])
+def test_eclair_refuses_a_bad_token_limit_in_one_sentence(served_suite, limit):
+    from tritonclient.utils import InferenceServerException
+
+    server, _, _ = served_suite
+    with pytest.raises(InferenceServerException, match="parameter 'max_new_tokens' must be an integer"):
+        _eclair_grpc_call(server.grpc_url, _noise_pages(1, 5), limit=limit)
+
+
 def test_bench_runs_eclair_raw_as_the_server_does(suite):
     from converters.model_folder import Golden
     from scripts.bench.raw import RawModel

@@ -65,6 +65,14 @@ def make_demo_checkpoint(folder: Path, tokenizer_folder: Path | None = None) -> 
                           eos_token_id=tokenizer.sep_token_id)
     torch.manual_seed(0)
     model = VisionEncoderDecoderModel(encoder=DonutSwinModel(encoder), decoder=MBartForCausalLM(decoder))
+    # At its default init the random decoder repeats its start token whatever the page; larger
+    # matrices make its text depend on the page, so that a mixed-up page or slot shows.
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in model.decoder.parameters():
+            if parameter.dim() >= 2:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+        model.enc_to_dec_proj.weight.copy_(torch.randn(model.enc_to_dec_proj.weight.shape, generator=generator) * 0.3)
     model.config.decoder_start_token_id = tokenizer.cls_token_id
     model.config.pad_token_id = tokenizer.pad_token_id
     model.config.eos_token_id = tokenizer.sep_token_id
@@ -106,7 +114,14 @@ def build(options: BuildOptions) -> list[Path]:
     check_folder(folder)
     # Like the python_torch runner: CPU instances that drive the GPU named by the `device` parameter.
     count, placement = gpu_placement(options)
-    parameters = {"max_new_tokens": str(_max_new_tokens(folder, options)), "device": options.device, **placement}
+    # The graph decoder with in-flight batching: ECLAIR_BATCH_SIZE pages decode at once (its slots)
+    # and one request carries at most that many pages. `--option generator=pytorch` serves `generate`.
+    generator = options.extra.get("generator", "graph")
+    if generator not in ("graph", "pytorch"):
+        raise UserError(f"ECLAIR option generator={generator} is not one of graph, pytorch (TensorRT-LLM is the "
+                        "overlay's build).")
+    parameters = {"max_new_tokens": str(_max_new_tokens(folder, options)), "device": options.device,
+                  "generator": generator, "slots": str(options.max_batch_size), **placement}
     return [publish_eclair(options.repo, folder, options.max_batch_size, parameters, count, force=options.force,
                            demo=options.demo)]
 
@@ -114,8 +129,9 @@ def build(options: BuildOptions) -> list[Path]:
 def publish_eclair(repo: Path, folder: Path, max_batch_size: int, parameters: dict[str, str], instance_count: int = 1,
                    *, force: bool = False, demo: bool = False, engine_dir: Path | None = None) -> Path:
     """Publish the `eclair` model (`image` UINT8 [B,1280,1024,3] -> `text` BYTES [B]) into `repo`, for
-    either generator: `parameters["generator"]` is `pytorch` (default; the checkpoint's weights are
-    published) or `tensorrt_llm` (tokenizer and settings only; the engines at `engine_dir`, which
+    every generator: `parameters["generator"]` is `graph` (the builder's; `slots` decoder slots),
+    `pytorch` (the default here; both publish the checkpoint's weights) or `tensorrt_llm` (tokenizer
+    and settings only; the engines at `engine_dir`, which
     `parameters["engine_dir"]` names relative to the model's version folder). Golden answers come
     from the serving path itself: greedy decoding of a text is exact, not toleranced."""
     from triton_models.eclair.runtime import EclairRuntime
@@ -125,7 +141,8 @@ def publish_eclair(repo: Path, folder: Path, max_batch_size: int, parameters: di
         NAME, [tensor("image", "TYPE_UINT8", [PAGE_HEIGHT, PAGE_WIDTH, 3])], [tensor("text", "TYPE_STRING", [1])],
         max_batch_size, parameters, instance_count=instance_count)
     sources = {"checkpoint": file_sha256(folder), "model_py": file_sha256(HERE / "eclair_model.py"),
-               "runtime": file_sha256(HERE / "runtime.py")}
+               "runtime": file_sha256(HERE / "runtime.py"), "graph_decoder": file_sha256(HERE / "graph_decoder.py"),
+               "inflight": file_sha256(HERE / "inflight.py")}
     if generator == "tensorrt_llm":  # the engines themselves, not the repository published beside them
         from triton_models.eclair.trtllm_runtime import DECODER_FOLDER, VISUAL_ENGINE
 
@@ -143,10 +160,12 @@ def publish_eclair(repo: Path, folder: Path, max_batch_size: int, parameters: di
     runtime = EclairRuntime.for_serving(folder, params, engine_dir=engine_dir)
     expected = runtime(canvas[None])
     golden = Golden({"image": canvas[None]}, {"text": np.array(expected)}, TOLERANCES["fp32"])  # [B]: see eclair_model.py
-    files: dict[str, Path | bytes | str] = {"1/eclair_runtime.py": HERE / "runtime.py"}
+    files: dict[str, Path | bytes | str] = {"1/eclair_runtime.py": HERE / "runtime.py",
+                                            "1/eclair_graph_decoder.py": HERE / "graph_decoder.py",
+                                            "1/eclair_inflight.py": HERE / "inflight.py"}
     if generator == "tensorrt_llm":
         files["1/eclair_trtllm_runtime.py"] = HERE / "trtllm_runtime.py"
-    names = _CHECKPOINT_FILES if generator == "pytorch" else [n for n in _CHECKPOINT_FILES if n not in _WEIGHT_FILES]
+    names = _CHECKPOINT_FILES if generator != "tensorrt_llm" else [n for n in _CHECKPOINT_FILES if n not in _WEIGHT_FILES]
     files.update({f"1/checkpoint/{n}": folder / n for n in names if (folder / n).is_file()})
     return publish_python_model(repo, config, HERE / "eclair_model.py", sources=sources, golden=golden, files=files,
                                 demo=demo, precision=runtime.precision)

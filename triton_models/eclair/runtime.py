@@ -3,10 +3,14 @@
 Everything but the token generation is shared by both serving paths: reading the checkpoint's
 settings, pre-processing (resize, normalise), the generation limits and token ids, and turning
 tokens into text. The generator is the one swappable part:
-  - `TorchGenerator`: the Hugging Face model's greedy `generate` (CPU fp32, or CUDA fp16);
+  - `GraphGenerator` (`graph_decoder.py`, the served default): the checkpoint's decoder with a
+    static KV cache, one CUDA graph per batch bucket on a GPU, token-identical to `generate`;
+  - `TorchGenerator`: the Hugging Face model's greedy `generate` (CPU fp32, or CUDA fp16): the
+    reference, and the raw baseline `bench` compares against;
   - `TrtllmGenerator` (`trtllm_runtime.py`, the only module that calls TensorRT-LLM): the vision
     encoder engine and the mBART decoder engine, greedy, in the TensorRT-LLM image.
-The config's `generator` parameter picks one (default `pytorch`). Used by the Triton python model,
+The config's `generator` parameter picks one (`graph` as the builder publishes it; `pytorch` where
+the parameter is absent). Used by the Triton python model,
 by the builders for golden answers, and by `bench`'s raw path.
 """
 from __future__ import annotations
@@ -22,7 +26,7 @@ import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-GENERATORS = ("pytorch", "tensorrt_llm")
+GENERATORS = ("pytorch", "tensorrt_llm", "graph")
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,8 @@ class TorchGenerator:
         return tokens.tolist()
 
 
-def make_generator(kind: str, folder: Path, device: str, dtype: torch.dtype, engine_dir: Path | None = None):
+def make_generator(kind: str, folder: Path, device: str, dtype: torch.dtype, engine_dir: Path | None = None,
+                   slots: int = 16, max_new_tokens: int = 256):
     if kind == "pytorch":
         return TorchGenerator(folder, device, dtype)
     if kind == "tensorrt_llm":
@@ -83,12 +88,17 @@ def make_generator(kind: str, folder: Path, device: str, dtype: torch.dtype, eng
         seam = importlib.import_module("eclair_trtllm_runtime" if __name__ == "eclair_runtime"
                                        else "triton_models.eclair.trtllm_runtime")
         return seam.TrtllmGenerator(Path(engine_dir), device)
+    if kind == "graph":
+        # graph_decoder.py, published beside this file as eclair_graph_decoder.py
+        seam = importlib.import_module("eclair_graph_decoder" if __name__ == "eclair_runtime"
+                                       else "triton_models.eclair.graph_decoder")
+        return seam.GraphGenerator(folder, device, dtype, slots=slots, max_new_tokens=max_new_tokens)
     raise ValueError(f"ECLAIR generator '{kind}' is not one of {', '.join(GENERATORS)}")
 
 
 class EclairRuntime:
     def __init__(self, folder: Path, device: str = "cpu", dtype: torch.dtype = torch.float32, max_new_tokens: int = 256,
-                 generator: str = "pytorch", engine_dir: Path | None = None):
+                 generator: str = "pytorch", engine_dir: Path | None = None, slots: int = 16):
         from transformers import AutoTokenizer
         from transformers.utils import logging as hf_logging
 
@@ -102,7 +112,7 @@ class EclairRuntime:
         self.mean = np.asarray(settings.get("image_mean", IMAGENET_MEAN), dtype=np.float32)
         self.std = np.asarray(settings.get("image_std", IMAGENET_STD), dtype=np.float32)
         self.generator_kind = generator
-        self.generator = make_generator(generator, folder, device, dtype, engine_dir)
+        self.generator = make_generator(generator, folder, device, dtype, engine_dir, slots, max_new_tokens)
 
     @classmethod
     def for_serving(cls, folder: Path, params: dict[str, str], device: str | None = None,
@@ -114,7 +124,7 @@ class EclairRuntime:
         gpu = wanted.startswith("cuda") and torch.cuda.is_available()
         return cls(folder, device=wanted if gpu else "cpu", dtype=torch.float16 if gpu else torch.float32,
                    max_new_tokens=int(params.get("max_new_tokens", "256")), generator=params.get("generator", "pytorch"),
-                   engine_dir=engine_dir)
+                   engine_dir=engine_dir, slots=int(params.get("slots", "16")))
 
     @property
     def precision(self) -> str:

@@ -1,0 +1,104 @@
+"""In-flight batching of ECLAIR pages (triton_models/eclair/inflight.py) over the real slot decoder,
+on CPU in fp32: a short request is answered before a long one sent with it, each with the text
+`generate` gives its pages; a cancelled request frees its slots; a failing step fails what is in
+flight and the scheduler goes on."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from triton_models.eclair.inflight import InflightBatcher, Job
+
+
+@pytest.fixture(scope="module")
+def runtimes(tmp_path_factory):
+    from triton_models.eclair.build import make_demo_checkpoint
+    from triton_models.eclair.runtime import EclairRuntime
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    folder = make_demo_checkpoint(tmp_path_factory.mktemp("eclair"))
+    graph = EclairRuntime(folder, generator="graph", max_new_tokens=24, slots=4)
+    yield graph, lambda limit: EclairRuntime(folder, generator="pytorch", max_new_tokens=limit)
+    torch.set_num_threads(threads)
+
+
+def _pages(count: int, seed: int) -> np.ndarray:
+    from triton_models.eclair.pages import pad_page
+
+    rng = np.random.default_rng(seed)
+    return np.stack([pad_page(rng.integers(0, 256, (1100, 850, 3), dtype=np.uint8))[0] for _ in range(count)])
+
+
+def _batcher(runtime) -> InflightBatcher:
+    decoder = runtime.generator.reserve(runtime.max_new_tokens, runtime.ids)
+    return InflightBatcher(runtime, decoder, decoder.slots, runtime.ids.start)
+
+
+def _run(batcher: InflightBatcher, steps: int = 500) -> None:
+    for _ in range(steps):
+        if not batcher.iterate():
+            return
+    raise AssertionError("the scheduler did not finish")
+
+
+def test_a_short_request_is_answered_first_with_the_text_generate_gives(runtimes):
+    graph, reference = runtimes
+    batcher = _batcher(graph)
+    answered = []
+    long_pages, short_pages = _pages(2, 1), _pages(1, 2)
+    batcher.submit(Job(long_pages, lambda texts, error: answered.append(("long", texts, error))))
+    batcher.submit(Job(short_pages, lambda texts, error: answered.append(("short", texts, error)), limit=3))
+    _run(batcher)
+    assert [name for name, _, _ in answered] == ["short", "long"]
+    assert all(error is None for _, _, error in answered)
+    assert answered[0][1] == reference(3)(short_pages)
+    assert answered[1][1] == reference(24)(long_pages)
+    assert all(slot is None for slot in batcher.slots)
+
+
+def test_more_pages_than_slots_wait_for_a_free_slot_and_keep_their_order(runtimes):
+    graph, reference = runtimes
+    batcher = _batcher(graph)
+    answered = []
+    pages = _pages(6, 3)  # 6 pages, 4 slots
+    batcher.submit(Job(pages, lambda texts, error: answered.append(texts), limit=5))
+    _run(batcher)
+    assert answered == [reference(5)(pages)]
+
+
+def test_a_cancelled_request_frees_its_slots_and_the_others_go_on(runtimes):
+    graph, reference = runtimes
+    batcher = _batcher(graph)
+    cancelled, answered = [False], []
+    batcher.submit(Job(_pages(3, 4), lambda texts, error: answered.append(("gone", texts)), lambda: cancelled[0]))
+    kept = _pages(1, 5)
+    batcher.submit(Job(kept, lambda texts, error: answered.append(("kept", texts)), limit=8))
+    for _ in range(3):
+        batcher.iterate()
+    assert sum(slot is not None for slot in batcher.slots) == 4
+    cancelled[0] = True
+    batcher.iterate()
+    assert [slot.job.limit for slot in batcher.slots if slot is not None] == [8]  # only the kept page decodes
+    _run(batcher)
+    assert answered == [("kept", reference(8)(kept))]
+
+
+def test_a_failing_step_fails_the_requests_in_flight_and_the_next_one_is_served(runtimes):
+    graph, reference = runtimes
+    batcher = _batcher(graph)
+    answered = []
+    real_step = batcher.decoder.step
+    batcher.decoder.step = lambda active: (_ for _ in ()).throw(RuntimeError("CUDA error: an illegal memory access"))
+    try:
+        batcher.submit(Job(_pages(1, 6), lambda texts, error: answered.append(error)))
+        batcher.iterate()
+    finally:
+        batcher.decoder.step = real_step
+    assert answered == ["ECLAIR failed: CUDA error: an illegal memory access"]
+    assert all(slot is None for slot in batcher.slots) and not batcher.jobs
+    page = _pages(1, 7)
+    batcher.submit(Job(page, lambda texts, error: answered.append(texts), limit=4))
+    _run(batcher)
+    assert answered[-1] == reference(4)(page)

@@ -1,0 +1,404 @@
+"""ECLAIR's mBART decoder on the checkpoint's own weights, with a static KV cache and CUDA graphs.
+
+`SlotDecoder` keeps `slots` pages in flight: a self-attention KV cache of `slots` x `max_new_tokens`
+positions allocated once, cross-attention K/V computed once per page at `admit`, and per-slot
+positions, current tokens and finished flags as device tensors, so one step is a fixed sequence of
+kernels whatever the mix of positions. On CUDA that step is captured as one CUDA graph per batch
+bucket (1, 2, 4, ... up to `slots`) at load; on CPU the same code runs eagerly. Each step is
+MBartForCausalLM's math (scaled token embedding + learned positions with mBART's offset 2,
+layernorm_embedding, pre-LN layers: causal self-attention over the slot's own positions,
+cross-attention over its page, FFN; final layer_norm, lm_head), then the logits processors that
+Hugging Face's greedy `generate` builds from the checkpoint's generation_config (forced BOS/EOS,
+min length, suppressed tokens; others are refused), argmax, and eos/pad bookkeeping on the device.
+
+`GraphGenerator` is a drop-in for `runtime.TorchGenerator` (kind "graph" in `make_generator`): a
+static batch through `SlotDecoder`, rows as `generate` returns them (start token first, eos where
+a row stopped, rows that stopped early padded with pad to the longest row of the call).
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+
+def bucket_sizes(slots: int) -> list[int]:
+    """1, 2, 4, ... below `slots`, then `slots` itself: the batch sizes captured as graphs."""
+    if slots < 1:
+        raise ValueError(f"slots must be at least 1, got {slots}")
+    sizes, size = [], 1
+    while size < slots:
+        sizes.append(size)
+        size *= 2
+    return sizes + [slots]
+
+
+def bucket_for(active: int, buckets: list[int]) -> int:
+    """The smallest bucket holding `active` slots."""
+    for size in buckets:
+        if size >= active >= 1:
+            return size
+    raise ValueError(f"active slots must be 1..{buckets[-1]}, got {active}")
+
+
+def cache_bytes(layers: int, heads: int, head_dim: int, slots: int, max_new_tokens: int, encoder_tokens: int,
+                itemsize: int) -> int:
+    """Self K/V (slots x max_new_tokens positions) plus cross K/V (slots x encoder tokens), all layers."""
+    return 2 * layers * slots * heads * head_dim * (max_new_tokens + encoder_tokens) * itemsize
+
+
+def check_cache_fits(needed: int, free: int, slots: int, max_new_tokens: int) -> None:
+    if needed > free:
+        raise ValueError(f"ECLAIR's decoder KV cache for {slots} slots x {max_new_tokens} new tokens needs "
+                         f"{needed / 2**30:.2f} GiB but only {free / 2**30:.2f} GiB of GPU memory is free; "
+                         "lower the slots or max_new_tokens.")
+
+
+_REFUSED = ("guidance_scale", "sequence_bias", "repetition_penalty", "no_repeat_ngram_size", "bad_words_ids",
+            "exponential_decay_length_penalty", "begin_suppress_tokens", "forced_decoder_ids")
+
+
+def greedy_rules(config) -> dict:
+    """The logits processors of HF greedy `generate` for this generation_config, for those this decoder
+    reproduces; a setting it does not reproduce is refused rather than silently ignored."""
+    for name in _REFUSED:
+        value = getattr(config, name, None)
+        if value not in (None, 1, 1.0, 0, [], {}):
+            raise ValueError(f"ECLAIR's graph decoder does not reproduce generation_config.{name}={value!r}; "
+                             "use the pytorch generator for this checkpoint.")
+    ids = lambda v: None if v is None else ([int(v)] if isinstance(v, int) else [int(t) for t in v])  # noqa: E731
+    return {"min_length": int(getattr(config, "min_length", None) or 0),
+            "min_new_tokens": int(getattr(config, "min_new_tokens", None) or 0),
+            "forced_bos": getattr(config, "forced_bos_token_id", None),
+            "forced_eos": ids(getattr(config, "forced_eos_token_id", None)),
+            "suppress": ids(getattr(config, "suppress_tokens", None)),
+            "remove_invalid": getattr(config, "remove_invalid_values", None) is True}
+
+
+def attention_kernels(device: torch.device):
+    """On CUDA: flash, memory-efficient or math attention, never cuDNN's (fails for these fp16 heads)."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
+class SlotDecoder:
+    """mBART decoder of a VisionEncoderDecoder, greedy, with a static self-attention KV cache of
+    `slots` x `max_new_tokens` positions allocated once, cross-attention K/V per slot computed once
+    per page, and (on CUDA) one CUDA graph per batch bucket (1, 2, 4, ... up to slots) captured at load.
+
+    The caller keeps the pages it is decoding in slots [0, active); a slot past `active` (inside the
+    bucket) is computed but ignored. `move` copies a page between slots, for compaction."""
+
+    def __init__(self, model, slots: int, max_new_tokens: int, ids, device: str, dtype: torch.dtype,
+                 use_graphs: bool | None = None, encoder_graph_batch: int = 0):
+        self.model, self.device, self.dtype = model.eval(), torch.device(device), dtype
+        cuda = self.device.type == "cuda"
+        self.use_graphs = cuda if use_graphs is None else use_graphs
+        if self.use_graphs and not cuda:
+            raise ValueError("CUDA graphs need a CUDA device")
+        causal = model.decoder
+        self.core = getattr(getattr(causal, "model", None), "decoder", None)
+        if self.core is None or not hasattr(self.core.layers[0], "encoder_attn"):
+            raise ValueError(f"ECLAIR's graph decoder drives an MBartForCausalLM with cross-attention, not "
+                             f"{type(causal).__name__}")
+        self.lm_head = causal.get_output_embeddings()
+        attn = self.core.layers[0].self_attn
+        self.heads, self.head_dim, self.d_model = attn.num_heads, attn.head_dim, attn.embed_dim
+        self.offset = getattr(self.core.embed_positions, "offset", 2)
+        positions = self.core.embed_positions.weight.shape[0] - self.offset
+        if max_new_tokens > positions:
+            raise ValueError(f"max_new_tokens {max_new_tokens} exceeds the decoder's {positions} positions")
+        self.slots, self.max_new_tokens, self.buckets = slots, max_new_tokens, bucket_sizes(slots)
+        self.project = (model.encoder.config.hidden_size != model.decoder.config.hidden_size
+                        and getattr(model.decoder.config, "cross_attention_hidden_size", None) is None)
+        self.rules = greedy_rules(model.generation_config)
+        size = model.config.encoder.image_size
+        self.image_hw = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+        with torch.inference_mode():
+            probe = self._encode_eager(torch.zeros(1, 3, *self.image_hw, device=self.device, dtype=dtype))
+        self.encoder_tokens = probe.shape[1]
+        layers = len(self.core.layers)
+        self._kv_bytes = cache_bytes(layers, self.heads, self.head_dim, slots, max_new_tokens, self.encoder_tokens,
+                                     torch.empty(0, dtype=dtype).element_size())
+        if cuda:  # before anything is allocated or captured
+            check_cache_fits(self._kv_bytes, torch.cuda.mem_get_info(self.device)[0], slots, max_new_tokens)
+        with torch.inference_mode():
+            self._allocate(layers, ids)
+            self.graphs, self.encoder_graphs = {}, {}
+            if self.use_graphs:
+                self._capture(encoder_graph_batch)
+
+    @property
+    def kv_cache_bytes(self) -> int:
+        return self._kv_bytes
+
+    def _allocate(self, layers: int, ids) -> None:
+        on = {"device": self.device}
+        self_shape = (layers, self.slots, self.heads, self.max_new_tokens, self.head_dim)
+        cross_shape = (layers, self.slots, self.heads, self.encoder_tokens, self.head_dim)
+        self.self_k, self.self_v = (torch.zeros(self_shape, dtype=self.dtype, **on) for _ in range(2))
+        self.cross_k, self.cross_v = (torch.zeros(cross_shape, dtype=self.dtype, **on) for _ in range(2))
+        self.token_ids = torch.tensor([ids.start, ids.pad, ids.eos], dtype=torch.long, **on)
+        self.ids = ids
+        self.pos = torch.zeros(self.slots, dtype=torch.long, **on)  # position of the current input token
+        self.cur = torch.full((self.slots,), ids.pad, dtype=torch.long, **on)  # current input token
+        self.done = torch.ones(self.slots, dtype=torch.bool, **on)
+        self.limit = torch.full((self.slots,), self.max_new_tokens, dtype=torch.long, **on)
+        self.out = torch.full((self.slots,), ids.pad, dtype=torch.long, **on)
+        self.rows = torch.arange(self.slots, **on)
+        self.key_pos = torch.arange(self.max_new_tokens, **on)
+        vocab = self.lm_head.weight.shape[0]
+        self.vocab = torch.arange(vocab, **on)
+        forced = lambda tokens: torch.full((vocab,), float("-inf"), **on).index_fill_(  # noqa: E731
+            0, torch.tensor(tokens, **on), 0.0)
+        self.bos_row = forced([self.rules["forced_bos"]]) if self.rules["forced_bos"] is not None else None
+        self.eos_row = forced(self.rules["forced_eos"]) if self.rules["forced_eos"] else None
+        self.suppress = torch.isin(self.vocab, torch.tensor(self.rules["suppress"], **on)) \
+            if self.rules["suppress"] else None
+
+    def set_ids(self, ids) -> None:
+        """Change the start/pad/eos ids (device values: no recapture)."""
+        if ids != self.ids:
+            with torch.inference_mode():
+                self.token_ids.copy_(torch.tensor([ids.start, ids.pad, ids.eos]))
+            self.ids = ids
+
+    # -- the encoder ------------------------------------------------------------------------------
+    def _encode_eager(self, pixels: torch.Tensor) -> torch.Tensor:
+        states = self.model.encoder(pixel_values=pixels, return_dict=True).last_hidden_state
+        return self.model.enc_to_dec_proj(states) if self.project else states
+
+    @torch.inference_mode()
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[B,3,H,W] -> encoder states [B, T, d_model] (after enc_to_dec_proj where the model has one)."""
+        pixels = pixels.to(self.device, self.dtype)
+        with attention_kernels(self.device):
+            if not self.encoder_graphs:
+                return self._encode_eager(pixels)
+            top, parts = max(self.encoder_graphs), []
+            for chunk in pixels.split(top):
+                size = bucket_for(len(chunk), sorted(self.encoder_graphs))
+                self.enc_in[:len(chunk)].copy_(chunk)
+                self.encoder_graphs[size].replay()
+                parts.append(self.enc_out[:len(chunk)].clone())
+            return torch.cat(parts)
+
+    # -- the slots --------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def admit(self, slots: list[int], encoder_states: torch.Tensor, limit: int | None = None) -> None:
+        """Put pages into these slots: cross K/V of every layer from their encoder states, position 0,
+        current token = start, not finished; `limit` (default max_new_tokens) caps their new tokens."""
+        count, tokens = len(slots), encoder_states.shape[1]
+        if len(set(slots)) != count or not all(0 <= s < self.slots for s in slots):
+            raise ValueError(f"admit: slots must be distinct, in 0..{self.slots - 1}; got {slots}")
+        if encoder_states.shape[0] != count or tokens != self.encoder_tokens:
+            raise ValueError(f"admit: {count} slots need states [{count}, {self.encoder_tokens}, d], "
+                             f"got {tuple(encoder_states.shape)}")
+        limit = self.max_new_tokens if limit is None else limit
+        if not 1 <= limit <= self.max_new_tokens:
+            raise ValueError(f"admit: limit must be 1..{self.max_new_tokens}, got {limit}")
+        index = torch.tensor(slots, dtype=torch.long, device=self.device)
+        states = encoder_states.to(self.device, self.dtype)
+        for i, layer in enumerate(self.core.layers):
+            cross = layer.encoder_attn
+            for proj, cache in ((cross.k_proj, self.cross_k), (cross.v_proj, self.cross_v)):
+                cache[i].index_copy_(0, index, proj(states).view(count, tokens, -1, self.head_dim).transpose(1, 2))
+        for cache in (self.self_k, self.self_v):
+            cache.index_fill_(1, index, 0)  # finite values under the mask (0 x stale inf would be nan)
+        self.pos.index_fill_(0, index, 0)
+        self.cur.index_copy_(0, index, self.token_ids[0].expand(count))
+        self.done.index_fill_(0, index, False)
+        self.limit.index_fill_(0, index, limit)
+
+    @torch.inference_mode()
+    def release(self, slot: int) -> None:
+        self.done[slot] = True
+        self.cur[slot] = self.ids.pad
+
+    @torch.inference_mode()
+    def move(self, src: int, dst: int) -> None:
+        """Copy the page in slot `src` (caches and state) to slot `dst`, e.g. to keep live pages low."""
+        for cache in (self.self_k, self.self_v, self.cross_k, self.cross_v):
+            cache[:, dst].copy_(cache[:, src])
+        for state in (self.pos, self.cur, self.done, self.limit, self.out):
+            state[dst] = state[src]
+
+    @torch.inference_mode()
+    def step(self, active: int) -> torch.Tensor:
+        """One greedy step for slots [0, bucket(active)); the new token of each slot in [0, active) on
+        the host (pad for a slot already finished)."""
+        size = bucket_for(active, self.buckets)
+        if self.graphs:
+            self.graphs[size].replay()
+        else:
+            with attention_kernels(self.device):
+                self._step(size)
+        return _host(self.out[:active])
+
+    @torch.inference_mode()
+    def finished(self, active: int) -> torch.Tensor:
+        return _host(self.done[:active])
+
+    def _step(self, b: int) -> None:
+        """The captured region: slots [0, b) advance one token; fixed shapes, no host sync."""
+        core, heads, hd = self.core, self.heads, self.head_dim
+        pos, rows, done = self.pos[:b], self.rows[:b], self.done[:b]
+        x = core.embed_tokens(self.cur[:b, None])  # embed_scale inside
+        x = x + F.embedding(pos[:, None] + self.offset, core.embed_positions.weight)
+        if getattr(core, "layernorm_embedding", None) is not None:
+            x = core.layernorm_embedding(x)
+        mask = (self.key_pos[None, :] <= pos[:, None]).view(b, 1, 1, -1)  # the slot's own past and itself
+        for i, layer in enumerate(core.layers):
+            attn, h = layer.self_attn, layer.self_attn_layer_norm(x)
+            q = attn.q_proj(h).view(b, 1, heads, hd).transpose(1, 2)
+            keys, values = self.self_k[i, :b], self.self_v[i, :b]
+            keys[rows, :, pos] = attn.k_proj(h).view(b, heads, hd)
+            values[rows, :, pos] = attn.v_proj(h).view(b, heads, hd)
+            o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=attn.scaling)
+            x = x + attn.out_proj(o.transpose(1, 2).reshape(b, 1, -1))
+            cross, h = layer.encoder_attn, layer.encoder_attn_layer_norm(x)
+            q = cross.q_proj(h).view(b, 1, heads, hd).transpose(1, 2)
+            o = F.scaled_dot_product_attention(q, self.cross_k[i, :b], self.cross_v[i, :b], scale=cross.scaling)
+            x = x + cross.out_proj(o.transpose(1, 2).reshape(b, 1, -1))
+            x = x + layer.fc2(layer.activation_fn(layer.fc1(layer.final_layer_norm(x))))
+        if getattr(core, "layer_norm", None) is not None:
+            x = core.layer_norm(x)
+        scores = self._process(self.lm_head(x)[:, 0].float(), pos)
+        pad, eos = self.token_ids[1], self.token_ids[2]
+        token = torch.where(done, pad, scores.argmax(-1))
+        generated = pos + 1
+        finished = done | (token == eos) | (generated >= self.limit[:b])
+        self.pos[:b].copy_(torch.where(done, pos, generated.clamp(max=self.max_new_tokens - 1)))
+        self.out[:b].copy_(token)
+        self.cur[:b].copy_(token)
+        self.done[:b].copy_(finished)
+
+    def _process(self, scores: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """HF's processors in HF's order; HF's cur_len (input_ids length) is pos + 1 here."""
+        rules, eos = self.rules, self.token_ids[2]
+        if rules["min_length"] or rules["min_new_tokens"]:  # no eos before min_length / min_new_tokens
+            no_eos = (pos + 1 < rules["min_length"]) | (pos < rules["min_new_tokens"])
+            scores = torch.where(no_eos[:, None] & (self.vocab == eos)[None], float("-inf"), scores)
+        if self.bos_row is not None:
+            scores = torch.where((pos == 0)[:, None], self.bos_row[None], scores)
+        if self.eos_row is not None:
+            scores = torch.where((pos + 1 == self.limit[:len(pos)])[:, None], self.eos_row[None], scores)
+        if rules["remove_invalid"]:
+            info = torch.finfo(scores.dtype)
+            scores = torch.nan_to_num(scores, nan=0.0, posinf=info.max, neginf=info.min)
+        if self.suppress is not None:
+            scores = torch.where(self.suppress[None], float("-inf"), scores)
+        return scores
+
+    # -- CUDA graphs ------------------------------------------------------------------------------
+    def _capture(self, encoder_graph_batch: int) -> None:
+        pool, kernels = torch.cuda.graph_pool_handle(), lambda: attention_kernels(self.device)  # noqa: E731  (one-shot)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side), kernels():  # warm-up: cuBLAS handles, kernel selection
+            for size in self.buckets:
+                for _ in range(2):
+                    self._step(size)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        for size in reversed(self.buckets):
+            graph = torch.cuda.CUDAGraph()
+            with kernels(), torch.cuda.graph(graph, pool=pool):
+                self._step(size)
+            self.graphs[size] = graph
+        self.done.fill_(True)
+        self.pos.zero_()
+        self.cur.fill_(self.ids.pad)
+        if encoder_graph_batch > 0:
+            self._capture_encoder([s for s in bucket_sizes(encoder_graph_batch)], pool)
+
+    def _capture_encoder(self, sizes: list[int], pool) -> None:
+        """The encoder per batch bucket, where its code captures; else it stays eager."""
+        self.enc_in = torch.zeros(sizes[-1], 3, *self.image_hw, device=self.device, dtype=self.dtype)
+        self.enc_out = torch.empty(sizes[-1], self.encoder_tokens, self.d_model, device=self.device, dtype=self.dtype)
+        kernels = lambda: attention_kernels(self.device)  # noqa: E731  (one-shot context managers)
+        try:
+            for size in reversed(sizes):
+                side = torch.cuda.Stream(self.device)
+                side.wait_stream(torch.cuda.current_stream(self.device))
+                with torch.cuda.stream(side), kernels():
+                    self.enc_out[:size].copy_(self._encode_eager(self.enc_in[:size]))
+                torch.cuda.current_stream(self.device).wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with kernels(), torch.cuda.graph(graph, pool=pool):
+                    self.enc_out[:size].copy_(self._encode_eager(self.enc_in[:size]))
+                self.encoder_graphs[size] = graph
+        except Exception as error:  # noqa: BLE001 - an encoder that does not capture runs eagerly
+            log.warning("ECLAIR encoder left eager: CUDA graph capture failed (%s)", error)
+            self.encoder_graphs = {}
+
+
+def _host(tensor: torch.Tensor) -> torch.Tensor:
+    """A plain (non-inference) host copy."""
+    with torch.inference_mode(False):
+        return tensor.to("cpu", copy=True)
+
+
+class GraphGenerator:
+    """Drop-in for `runtime.TorchGenerator`: the checkpoint's weights through `SlotDecoder`, a static
+    batch of up to `slots` pages at a time. Rows as HF `generate` returns them: start token first,
+    then the new tokens up to and including eos; rows that stopped early padded with pad to the
+    longest row of the call (max_new_tokens + 1 at most)."""
+
+    def __init__(self, folder: Path, device: str, dtype: torch.dtype, slots: int = 16, max_new_tokens: int = 256,
+                 use_graphs: bool | None = None, encoder_graph_batch: int = 0):
+        from transformers import VisionEncoderDecoderModel
+
+        runtime = importlib.import_module("eclair_runtime" if __name__ == "eclair_graph_decoder"
+                                          else "triton_models.eclair.runtime")
+        self.device, self.dtype, self.slots, self.use_graphs = device, dtype, slots, use_graphs
+        self.encoder_graph_batch = encoder_graph_batch
+        self.model = VisionEncoderDecoderModel.from_pretrained(str(folder), local_files_only=True, dtype=dtype)
+        self.model = self.model.to(device).eval()
+        _, ids = runtime.checkpoint_settings(Path(folder))
+        self.decoder = self._decoder(max_new_tokens, ids)
+
+    def _decoder(self, max_new_tokens: int, ids) -> SlotDecoder:
+        return SlotDecoder(self.model, self.slots, max_new_tokens, ids, self.device, self.dtype, self.use_graphs,
+                           self.encoder_graph_batch)
+
+    def reserve(self, max_new_tokens: int, ids) -> SlotDecoder:
+        """The decoder, reallocated (and recaptured) for exactly `max_new_tokens` if loaded for another
+        limit, with these ids: what a scheduler calls once with the runtime's limit and ids."""
+        if max_new_tokens != self.decoder.max_new_tokens:
+            self.decoder = None
+            if str(self.device).startswith("cuda"):
+                torch.cuda.empty_cache()
+            self.decoder = self._decoder(max_new_tokens, ids)
+        self.decoder.set_ids(ids)
+        return self.decoder
+
+    def generate(self, pixels: torch.Tensor, max_new_tokens: int, ids) -> list[list[int]]:
+        if max_new_tokens > self.decoder.max_new_tokens:  # a longer limit than loaded: reallocate once
+            log.warning("ECLAIR graph decoder: reallocating for %d new tokens", max_new_tokens)
+            self.reserve(max_new_tokens, ids)
+        decoder = self.decoder
+        decoder.set_ids(ids)
+        rows: list[list[int]] = []
+        for chunk in pixels.split(self.slots):
+            count = len(chunk)
+            decoder.admit(list(range(count)), decoder.encode(chunk), limit=max_new_tokens)
+            part = [[ids.start] for _ in range(count)]
+            live = set(range(count))
+            while live:
+                tokens = decoder.step(count).tolist()
+                for slot in list(live):
+                    part[slot].append(tokens[slot])
+                    if tokens[slot] == ids.eos or len(part[slot]) > max_new_tokens:
+                        live.discard(slot)
+            rows += part
+        width = max(len(row) for row in rows)
+        return [row + [ids.pad] * (width - len(row)) for row in rows]

@@ -1,0 +1,169 @@
+"""In-flight batching of ECLAIR pages over the decoder's slots (graph_decoder.SlotDecoder).
+
+Pages from every request share the slots. Each scheduler iteration:
+  1. drops what was cancelled (its slots are free at once);
+  2. admits waiting pages into the free slots, lowest first (one encoder pass for those pages,
+     then their cross-attention K/V);
+  3. runs one decoder step over the occupied slots (one CUDA graph replay on a GPU);
+  4. hands back each page that reached EOS or the token limit, and answers a request as soon as
+     its own pages are all done, in their order.
+So a short page never waits for a long one, and a finished page's slot takes a waiting page at
+the next step, as TensorRT-LLM's in-flight batcher does. Triton's python backend answers through
+each request's response sender from this thread (eclair_model.py); the scheduler itself knows
+nothing of Triton, so it runs and is tested without it.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass(eq=False)  # compared by identity: a job is removed from the list it is in
+class Job:
+    """One request: its pages, and how to answer it."""
+    pages: np.ndarray  # uint8 [B, H, W, 3]
+    on_done: Callable[[list[str] | None, str | None], None]  # (texts, error)
+    is_cancelled: Callable[[], bool] = lambda: False
+    limit: int | None = None  # new tokens per page at most (the request's max_new_tokens); None: the model's
+    tokens: list = field(default_factory=list)  # per page: token ids once done, else None
+    waiting: list = field(default_factory=list)  # page indexes not yet admitted
+    answered: bool = False
+
+    def __post_init__(self) -> None:
+        self.tokens = [None] * len(self.pages)
+        self.waiting = list(range(len(self.pages)))
+
+
+@dataclass(eq=False)
+class Slot:
+    job: Job
+    page: int
+    tokens: list
+
+
+class InflightBatcher:
+    """`runtime`: what turns pixels and tokens into model inputs and text (runtime.EclairRuntime's
+    `pixel_values` and `texts`); `decoder`: a SlotDecoder with `slots` slots."""
+
+    def __init__(self, runtime, decoder, slots: int, start_token: int) -> None:
+        self.runtime, self.decoder, self.start_token = runtime, decoder, start_token
+        self.slots: list[Slot | None] = [None] * slots
+        self.jobs: list[Job] = []  # admitted or waiting, in arrival order
+        self.incoming: queue.Queue[Job] = queue.Queue()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- called from Triton's execute() ------------------------------------------------------
+    def submit(self, job: Job) -> None:
+        self.incoming.put(job)
+
+    def start(self) -> "InflightBatcher":
+        self._thread = threading.Thread(target=self._serve, name="eclair-inflight", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        self.incoming.put(None)  # wake an idle loop
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    # --- the scheduler ------------------------------------------------------------------------
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            busy = self.iterate(block=True)
+            if not busy:
+                continue
+
+    def _take_incoming(self, block: bool) -> None:
+        idle = not self.jobs
+        try:
+            job = self.incoming.get(block=block and idle, timeout=0.5 if block and idle else None)
+        except queue.Empty:
+            return
+        while job is not None or not self.incoming.empty():
+            if job is not None:
+                self.jobs.append(job)
+            try:
+                job = self.incoming.get_nowait()
+            except queue.Empty:
+                break
+
+    def iterate(self, block: bool = False) -> bool:
+        """One scheduler iteration; False when there was nothing to do."""
+        self._take_incoming(block)
+        self._drop_cancelled()
+        if not self.jobs:
+            return False
+        try:
+            self._admit()
+            active = self._active()
+            if active:
+                self._step(active)
+        except Exception as exc:  # a failed step fails what is in flight, never the thread
+            self._fail_all(f"ECLAIR failed: {exc}")
+        return True
+
+    def _active(self) -> int:
+        occupied = [i for i, slot in enumerate(self.slots) if slot is not None]
+        return occupied[-1] + 1 if occupied else 0
+
+    def _drop_cancelled(self) -> None:
+        for job in [j for j in self.jobs if j.is_cancelled()]:
+            self._free(job)
+            self.jobs.remove(job)
+
+    def _free(self, job: Job) -> None:
+        for index, slot in enumerate(self.slots):
+            if slot is not None and slot.job is job:
+                self.slots[index] = None
+                self.decoder.release(index)
+
+    def _admit(self) -> None:
+        free = [i for i, slot in enumerate(self.slots) if slot is None]
+        chosen: list[tuple[int, Job, int]] = []
+        for job in self.jobs:
+            while job.waiting and len(chosen) < len(free):
+                chosen.append((free[len(chosen)], job, job.waiting.pop(0)))
+        if not chosen:
+            return
+        pixels = self.runtime.pixel_values(np.stack([job.pages[page] for _, job, page in chosen]))
+        states = self.decoder.encode(pixels)
+        for limit in {job.limit for _, job, _ in chosen}:  # one admit per token limit
+            rows = [i for i, (_, job, _) in enumerate(chosen) if job.limit == limit]
+            self.decoder.admit([chosen[i][0] for i in rows], states[rows], limit)
+        for slot, job, page in chosen:
+            self.slots[slot] = Slot(job, page, [self.start_token])
+
+    def _step(self, active: int) -> None:
+        tokens = self.decoder.step(active).tolist()
+        finished = self.decoder.finished(active).tolist()
+        for index in range(active):
+            slot = self.slots[index]
+            if slot is None:
+                continue
+            slot.tokens.append(int(tokens[index]))
+            if finished[index]:
+                slot.job.tokens[slot.page] = slot.tokens
+                self.slots[index] = None
+                self.decoder.release(index)
+                self._answer_if_done(slot.job)
+
+    def _answer_if_done(self, job: Job) -> None:
+        if job.answered or any(t is None for t in job.tokens):
+            return
+        job.answered = True
+        self.jobs.remove(job)
+        job.on_done(self.runtime.texts(job.tokens), None)
+
+    def _fail_all(self, message: str) -> None:
+        for job in self.jobs:
+            self._free(job)
+            if not job.answered:
+                job.answered = True
+                job.on_done(None, message)
+        self.jobs.clear()
