@@ -135,7 +135,10 @@ def bench(stack: Stack, settings: StackSettings, args: argparse.Namespace) -> Pa
     from scripts.bench.report import summary, write_report
     from scripts.bench.sweep import sweep
 
-    folders = stack.model_folders(bench_names(settings, args.target))
+    names = bench_names(settings, args.target)
+    if names == ["eclair"]:
+        return bench_eclair(stack, args)
+    folders = stack.model_folders(names)
     batches = list(parse_int_list(args.batch_sizes, "--batch-sizes"))
     concurrencies = list(parse_int_list(args.concurrency, "--concurrency"))
     shared_memory = args.shared_memory == "system"
@@ -162,6 +165,29 @@ def bench(stack: Stack, settings: StackSettings, args: argparse.Namespace) -> Pa
             f"(concurrency {row['best_concurrency']}, p95 {row['p95_ms']:.1f} ms){ratio}")
     log(f"report: {', '.join(str(p) for p in paths)}")
     return paths[0]
+
+
+def bench_eclair(stack: Stack, args: argparse.Namespace) -> Path:
+    """`bench eclair`: tokens/s and pages/s of generate, the graph decoder and served, on pages whose
+    lengths differ, against the HBM floor of one step (scripts/bench/eclair.py)."""
+    from converters.conversion_settings import parse_int_list
+    from scripts.bench.eclair import bench_eclair as run
+    from scripts.bench.points import device_name
+
+    low, high = parse_int_list(args.eclair_lengths, "--eclair-lengths")
+    if not 1 <= low <= high:
+        raise UserError(f"--eclair-lengths {args.eclair_lengths} must be LOW,HIGH with 1 <= LOW <= HIGH.")
+    report = run(stack.grpc_url, stack.model_folders(["eclair"])["eclair"], args.eclair_pages, (low, high),
+                 args.out, device_name(), with_generate=not args.no_raw)
+    floor = report["hbm_floor_tokens_per_s"]
+    log(f"eclair on {report['device']}: {report['pages']} pages {report['page_shape']}, {report['slots']} slots, "
+        f"lengths {report['lengths']['low']}..{report['lengths']['high']} tokens (mean {report['lengths']['mean']:.0f}, forced)"
+        + (f"; HBM floor {floor:,.0f} tokens/s" if floor else ""))
+    for point in report["points"]:
+        share = f", {point['of_hbm_floor']:.2f} of the floor" if point["of_hbm_floor"] else ""
+        log(f"  {point['path']:<8} {point['tokens_per_s']:>10,.0f} tokens/s  {point['pages_per_s']:>8.2f} pages/s{share}")
+    log(f"report: {args.out / 'eclair.json'}")
+    return args.out / "eclair.json"
 
 
 def soak(stack: Stack, settings: StackSettings, args: argparse.Namespace) -> int:
@@ -224,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     sweep.add_argument("--shared-memory", choices=("none", "system"), default="none",
                        help="bench: send numeric inputs through system shared memory (--local only)")
     sweep.add_argument("--out", type=Path, default=ROOT / "build" / "bench", help="report folder")
+    sweep.add_argument("--eclair-pages", type=int, default=64, help="bench eclair: pages")
+    sweep.add_argument("--eclair-lengths", default="32,512", help="bench eclair: new tokens per page, LOW,HIGH (forced)")
     sweep.add_argument("--latency-budget-ms", type=float, default=100.0, help="tune: latency budget")
     sweep.add_argument("--metric", choices=("p50_ms", "p95_ms", "p99_ms"), default="p95_ms", help="tune: latency metric")
     soak_group = parser.add_argument_group("soak")

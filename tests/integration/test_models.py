@@ -262,3 +262,18 @@ def test_bad_requests_get_a_clear_error_and_the_server_keeps_serving(suite, mode
     for name in ALL_NAMES:
         assert client.is_model_ready(name), name
     assert verify_model(client, repo / "e5_small_v2_text").ok
+
+
+def test_bench_eclair_measures_every_path_on_the_same_forced_lengths(served_suite, tmp_path):
+    from scripts.bench.eclair import bench_eclair, page_limits
+
+    server, repo, _ = served_suite
+    report = bench_eclair(server.grpc_url, repo / "eclair", count=5, lengths=(2, 9), out=tmp_path, device="CPU")
+    assert [p["path"] for p in report["points"]] == ["graph", "generate", "served"]
+    limits = page_limits(5, 2, 9, cap=64)
+    graph, generate, served = report["points"]
+    assert graph["tokens"] <= sum(limits) and graph["tokens"] >= 5  # each page stops at its limit, or at EOS before
+    assert served["tokens"] == graph["tokens"] and generate["tokens"] == graph["tokens"]  # token-identical paths
+    assert all(p["pages"] == 5 and p["tokens_per_s"] > 0 and p["pages_per_s"] > 0 for p in report["points"])
+    assert report["hbm_floor_tokens_per_s"] is None  # no GPU: no bandwidth to divide by
+    assert (tmp_path / "eclair.json").is_file()
