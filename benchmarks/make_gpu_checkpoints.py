@@ -1,6 +1,9 @@
 """Real-size random-weight checkpoints for the GPU benchmark, in the layouts the builders take:
 an e5-small-v2-sized BERT folder (12 layers x 384), a deberta-large caption folder (fold 0),
-a YOLOX-L best_ckpt.pth and a small ECLAIR (the demo's size) with the given tokenizer.
+a YOLOX-L best_ckpt.pth, a small ECLAIR (the demo's size) and a real-size one (`eclair_large`: a
+DonutSwin-B encoder at the contract's 1280x1024 page, 1,280 visual tokens of width 1024, and a
+10-layer mBART decoder, d_model 1024, 16 heads, FFN 4096, vocab 50k: the tokenizer padded with
+added tokens) with the given tokenizer.
 `python -m benchmarks.make_gpu_checkpoints --tokenizer DIR --out DIR` (DIR: a BERT tokenizer's files)."""
 import argparse
 import shutil
@@ -17,7 +20,7 @@ from triton_models.yolox.build import LABELS
 parser = argparse.ArgumentParser()
 parser.add_argument("--tokenizer", type=Path, required=True)
 parser.add_argument("--out", type=Path, required=True)
-parser.add_argument("--models", default="e5,caption,yolox,eclair", help="which checkpoints to make")
+parser.add_argument("--models", default="e5,caption,yolox,eclair", help="which checkpoints to make (also eclair_large)")
 args = parser.parse_args()
 wanted = set(args.models.split(","))
 torch.manual_seed(0)
@@ -37,4 +40,18 @@ if "yolox" in wanted:
     torch.save({"model": build_yolox(1.0, 1.0, len(LABELS)).state_dict()}, yolox / "best_ckpt.pth")  # YOLOX-L
 if "eclair" in wanted:
     make_small_eclair(args.out, tokenizer_folder=args.tokenizer)  # -> OUT/eclair_demo
+if "eclair_large" in wanted:
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from benchmarks.eclair_decoder_probe import build as build_eclair  # its architecture, decoder re-drawn
+
+    folder = args.out / "eclair_large"
+    model = build_eclair(SimpleNamespace(vocab=50000, layers=10, seed=0, gain=2.0, device="cpu"))
+    model.generation_config.max_length = 512  # new tokens at most: the KV cache's length
+    model.save_pretrained(str(folder))
+    tokenizer = AutoTokenizer.from_pretrained(str(args.tokenizer), local_files_only=True)
+    tokenizer.add_tokens([f"<t{i}>" for i in range(50000 - len(tokenizer))])
+    tokenizer.save_pretrained(str(folder))
 print(f"checkpoints in {args.out}")
