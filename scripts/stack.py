@@ -145,12 +145,15 @@ def bench(stack: Stack, settings: StackSettings, args: argparse.Namespace) -> Pa
     if shared_memory and not stack.shares_host_memory:
         raise UserError("--shared-memory system needs Triton on this host's /dev/shm: use it with --local, "
                         "or leave it out in docker mode.")
+    if args.sequence_length < 1:
+        raise UserError(f"--sequence-length must be at least 1, got {args.sequence_length}.")
     points = sweep(stack.grpc_url, list(folders.values()), batches, concurrencies, args.duration,
-                             raw=not args.no_raw, shared_memory=shared_memory)
+                             raw=not args.no_raw, shared_memory=shared_memory, sequence_length=args.sequence_length)
     if not points:
         raise UserError("nothing to benchmark: the chosen models are not batched (max_batch_size 0).")
     device = device_name()
     meta = {"device": device, "duration_s": args.duration, "shared_memory": args.shared_memory,
+            "sequence_length": args.sequence_length,
             "batch_sizes": batches, "concurrency": concurrencies}
     paths = write_report(points, args.out, meta)
     for row in summary(points, device):
@@ -162,7 +165,8 @@ def bench(stack: Stack, settings: StackSettings, args: argparse.Namespace) -> Pa
         if row["backend_overhead_ms"] is not None and row["transport_ms"] is not None:
             ratio += f" (backend {row['backend_overhead_ms']:.1f}, client and gRPC {row['transport_ms']:.1f})"
         log(f"{row['model']} batch {row['batch']}: {row['served_items_per_s']:,.0f} items/s "
-            f"(concurrency {row['best_concurrency']}, p95 {row['p95_ms']:.1f} ms){ratio}")
+            f"(concurrency {row['best_concurrency']}, p95 {row['p95_ms']:.1f} ms){ratio}; inputs "
+            + ", ".join(f"{name} {shape}" for name, shape in (row["input_shapes"] or {}).items()))
     log(f"report: {', '.join(str(p) for p in paths)}")
     return paths[0]
 
@@ -250,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     sweep.add_argument("--shared-memory", choices=("none", "system"), default="none",
                        help="bench: send numeric inputs through system shared memory (--local only)")
     sweep.add_argument("--out", type=Path, default=ROOT / "build" / "bench", help="report folder")
+    sweep.add_argument("--sequence-length", type=int, default=128,
+                       help="tokens per text where a core's axis is variable (E5); fixed-length models keep theirs")
     sweep.add_argument("--eclair-pages", type=int, default=64, help="bench eclair: pages")
     sweep.add_argument("--eclair-lengths", default="32,512", help="bench eclair: new tokens per page, LOW,HIGH (forced)")
     sweep.add_argument("--latency-budget-ms", type=float, default=100.0, help="tune: latency budget")

@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from converters.errors import UserError
-from converters.model_folder import Golden, read_model_config, wire_type
+from converters.model_folder import read_model_config, wire_type
 from scripts.verify import REQUEST_TIMEOUT_S
-from scripts.bench.points import BenchPoint, gpu_memory_mb, percentiles, warm_up
+from scripts.bench.points import (DEFAULT_SEQUENCE_LENGTH, BenchPoint, bench_inputs, gpu_memory_mb, input_shapes,
+                                  percentiles, warm_up)
 
 
 def input_tensors(client, feeds: dict[str, np.ndarray], wire: dict[str, str], region: str | None):
@@ -94,11 +95,11 @@ def server_means_ms(before: dict[str, float], after: dict[str, float]) -> dict[s
 
 
 def served_point(grpc_url: str, model_dir: Path, batch: int, concurrency: int, duration_s: float,
-                 shared_memory: bool = False) -> BenchPoint:
+                 shared_memory: bool = False, sequence_length: int | None = DEFAULT_SEQUENCE_LENGTH) -> BenchPoint:
     import tritonclient.grpc as grpc
 
     config = read_model_config(model_dir)
-    feeds = Golden.read(model_dir).tiled_inputs(batch)
+    feeds = bench_inputs(model_dir, batch, sequence_length)
     wire = {i.name: wire_type(i.data_type) for i in config.input}
     latencies: list[float] = []
     lock, errors, clock, totals = threading.Lock(), [], [], []
@@ -153,4 +154,4 @@ def served_point(grpc_url: str, model_dir: Path, batch: int, concurrency: int, d
                         f"{errors[0] if errors else 'no request finished'}")
     p50, p95, p99 = percentiles(latencies)
     return BenchPoint(config.name, "served", batch, concurrency, len(latencies), len(latencies) * batch / wall,
-                      p50, p95, p99, gpu_memory_mb(), **server)
+                      p50, p95, p99, gpu_memory_mb(), **server, input_shapes=input_shapes(feeds))

@@ -28,6 +28,33 @@ class BenchPoint:
     server_queue_ms: float | None = None
     server_compute_ms: float | None = None
     flops_per_item: float | None = None  # raw eager points of a compiled model: for the fp16 limit
+    input_shapes: dict | None = None  # what each request sent: {input: [batch, ...]}
+
+
+DEFAULT_SEQUENCE_LENGTH = 128  # tokens per text for the text cores' variable axis: what the GPU figures use
+
+
+def bench_inputs(model_dir, batch: int, sequence_length: int | None = DEFAULT_SEQUENCE_LENGTH) -> dict[str, np.ndarray]:
+    """A point's request: the golden inputs' rows repeated up to `batch`; where an input's axis is
+    variable (-1: the text cores' tokens), that axis is `sequence_length` long: the golden row's
+    tokens repeated, masks all ones (every token real). None: the golden inputs' own lengths."""
+    from converters.model_folder import Golden, read_model_config
+
+    feeds = Golden.read(model_dir).tiled_inputs(batch)
+    if sequence_length is None:
+        return feeds
+    for spec in read_model_config(model_dir).input:
+        if spec.name in feeds and list(spec.dims) == [-1]:
+            value = feeds[spec.name]
+            if "mask" in spec.name:
+                feeds[spec.name] = np.ones((batch, sequence_length), dtype=value.dtype)
+            else:
+                feeds[spec.name] = np.resize(value[0], (batch, sequence_length)).astype(value.dtype)
+    return feeds
+
+
+def input_shapes(feeds: dict[str, np.ndarray]) -> dict[str, list[int]]:
+    return {name: list(value.shape) for name, value in feeds.items()}
 
 
 def gpu_memory_mb() -> float | None:

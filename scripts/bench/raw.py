@@ -11,11 +11,12 @@ from pathlib import Path
 from google.protobuf import json_format
 
 from converters.errors import UserError
-from converters.model_folder import VERSION, Golden, read_model_config
+from converters.model_folder import VERSION, read_model_config
 from converters.runners.model_support import load_beside
 from converters.serve_backends import SERVE_BACKENDS
 from scripts.bench.limits import flops_per_item
-from scripts.bench.points import BenchPoint, gpu_memory_mb, percentiles, warm_up
+from scripts.bench.points import (DEFAULT_SEQUENCE_LENGTH, BenchPoint, bench_inputs, gpu_memory_mb, input_shapes,
+                                  percentiles, warm_up)
 
 COMPILED_PROGRAM = SERVE_BACKENDS["python_compiled"].model_file
 
@@ -32,7 +33,8 @@ class RawModel:
     """`run(feeds) -> outputs` of a published model, as its python-backend model computes it;
     `mode` picks a compiled model's raw path. `kind` names the path in the report."""
 
-    def __init__(self, model_dir: Path, mode: str | None = None) -> None:
+    def __init__(self, model_dir: Path, mode: str | None = None,
+                 sequence_length: int | None = DEFAULT_SEQUENCE_LENGTH) -> None:
         config = read_model_config(model_dir)
         version = Path(model_dir) / VERSION
         config_json = json.loads(json_format.MessageToJson(config, preserving_proto_field_name=True))
@@ -43,8 +45,8 @@ class RawModel:
                 str(version), config_json, params, self.device(params), mode=mode)
             self.run = runner.run
             if mode == "eager":  # FLOPs counted on the program as exported, one item
-                golden = Golden.read(model_dir).tiled_inputs(1)
-                self.flops_per_item = flops_per_item(runner.call, runner.tensors(golden))
+                one = bench_inputs(model_dir, 1, sequence_length)  # the FLOPs of the length measured
+                self.flops_per_item = flops_per_item(runner.call, runner.tensors(one))
         elif (version / "model.onnx").is_file() or (version / "model.pt").is_file():
             runner = load_beside(version, f"raw_{config.name}_model", "model.py").Runner(
                 str(version), config_json, params, self.device(params))
@@ -67,8 +69,9 @@ class RawModel:
         return wanted if wanted.startswith("cuda") and torch.cuda.is_available() else "cpu"
 
 
-def raw_point(raw: RawModel, model_dir: Path, batch: int, duration_s: float) -> BenchPoint:
-    feeds = Golden.read(model_dir).tiled_inputs(batch)
+def raw_point(raw: RawModel, model_dir: Path, batch: int, duration_s: float,
+              sequence_length: int | None = DEFAULT_SEQUENCE_LENGTH) -> BenchPoint:
+    feeds = bench_inputs(model_dir, batch, sequence_length)
     warm_up(lambda: raw.run(feeds))
     latencies = []
     deadline = time.monotonic() + duration_s
@@ -80,4 +83,4 @@ def raw_point(raw: RawModel, model_dir: Path, batch: int, duration_s: float) -> 
     wall = time.monotonic() - started
     p50, p95, p99 = percentiles(latencies)
     return BenchPoint(model_dir.name, raw.kind, batch, 1, len(latencies), len(latencies) * batch / wall, p50, p95, p99,
-                      gpu_memory_mb(), flops_per_item=raw.flops_per_item)
+                      gpu_memory_mb(), flops_per_item=raw.flops_per_item, input_shapes=input_shapes(feeds))

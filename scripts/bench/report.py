@@ -34,6 +34,7 @@ def summary(points: list[BenchPoint], device: str = "") -> list[dict]:
                        if raw and single and single.server_compute_ms is not None else None)
             transport = single.p50_ms - single.server_ms if single and single.server_ms is not None else None
             rows.append({"model": model, "batch": batch, "best_concurrency": best.concurrency,
+                         "input_shapes": best.input_shapes,
                          "server_overhead_ms": overhead, "backend_overhead_ms": backend, "transport_ms": transport,
                          "served_items_per_s": best.items_per_s, "p95_ms": best.p95_ms,
                          "raw_items_per_s": raw[0].items_per_s if raw else None, "raw_path": raw[0].kind if raw else None,

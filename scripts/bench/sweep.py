@@ -6,12 +6,13 @@ from pathlib import Path
 
 from converters.model_folder import read_model_config
 from scripts.bench.load import served_point
-from scripts.bench.points import BenchPoint
+from scripts.bench.points import DEFAULT_SEQUENCE_LENGTH, BenchPoint
 from scripts.bench.raw import RawModel, raw_paths, raw_point
 
 
 def sweep(grpc_url: str, model_dirs: list[Path], batches: list[int], concurrencies: list[int], duration_s: float,
-          raw: bool = True, shared_memory: bool = False) -> list[BenchPoint]:
+          raw: bool = True, shared_memory: bool = False,
+          sequence_length: int | None = DEFAULT_SEQUENCE_LENGTH) -> list[BenchPoint]:
     from tqdm import tqdm
 
     plan = []
@@ -27,8 +28,9 @@ def sweep(grpc_url: str, model_dirs: list[Path], batches: list[int], concurrenci
     for model_dir, batch, concurrency in tqdm(plan, desc="bench", unit="point"):
         if not isinstance(concurrency, int):  # a raw path: None, or a compiled model's mode
             if (model_dir, concurrency) not in raw_models:  # loaded once per path; only one held at a time
-                raw_models = {(model_dir, concurrency): RawModel(model_dir, concurrency)}
-            points.append(raw_point(raw_models[(model_dir, concurrency)], model_dir, batch, duration_s))
+                raw_models = {(model_dir, concurrency): RawModel(model_dir, concurrency, sequence_length)}
+            points.append(raw_point(raw_models[(model_dir, concurrency)], model_dir, batch, duration_s, sequence_length))
         else:
-            points.append(served_point(grpc_url, model_dir, batch, concurrency, duration_s, shared_memory))
+            points.append(served_point(grpc_url, model_dir, batch, concurrency, duration_s, shared_memory,
+                                       sequence_length))
     return points

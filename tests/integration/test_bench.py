@@ -25,12 +25,15 @@ def test_bench_report_plots_and_tune(local_stack, tmp_path):  # noqa: F811
     result = stack("bench", "e5_small_v2", "--batch-sizes", "1,4,128", "--concurrency", "1,2", "--duration", "0.5")
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "bench.json").read_text())
+    assert report["meta"]["sequence_length"] == 128
     served = [p for p in report["points"] if p["kind"] == "served"]
     raw = [p for p in report["points"] if p["kind"] == "raw"]
     assert {(p["batch"], p["concurrency"]) for p in served} == {(1, 1), (1, 2), (4, 1), (4, 2)}  # 128 > max 64
     assert {p["batch"] for p in raw} == {1, 4}
     for point in report["points"]:
         assert point["requests"] > 0 and point["items_per_s"] > 0
+        # every point names its input shapes: E5's variable axis at the default 128 tokens
+        assert point["input_shapes"] == {"input_ids": [point["batch"], 128], "attention_mask": [point["batch"], 128]}
         assert point["p50_ms"] <= point["p95_ms"] <= point["p99_ms"]
     for point in served:  # Triton's own timings of the same window: parts of a whole, within the client's
         assert 0 < point["server_compute_ms"] and 0 <= point["server_queue_ms"]
