@@ -2,10 +2,15 @@
 
 A thin layer over `helm` and `kubectl` (both must be on PATH, pointed at the cluster by KUBECONFIG
 as usual): `up` installs or upgrades the release with the chart keys of `.env` as values (plus
-HELM_VALUES, a values file of your own), waits for the builder Jobs (a failed one is named at
-once) and the Triton replicas' rollout, then the embeddings endpoint's (where the chart installs it:
-e5_small_v2 served and embeddings.enabled), then runs `helm test`, the project's golden verification
-inside the cluster, through the Triton Service and the embeddings Service. `status` lists the
+HELM_VALUES, a values file of your own), creating the namespace if needed, and waits for the builder
+Jobs (a failed one is named at once). The chart keeps the Triton Deployment paused while a current
+build is incomplete (a replica waiting for its builds would hold the GPU a builder needs), so `up`
+then upgrades once more to start the replicas, waits for their rollout and the embeddings
+endpoint's (where the chart installs it: e5_small_v2 served and embeddings.enabled), then runs
+`helm test`, the project's golden verification inside the cluster, through the Triton Service and
+the embeddings Service. While it waits, a pod that cannot get its image is named at once, and one
+that stays Pending (unschedulable, e.g. too few GPUs; a volume it cannot attach or mount, e.g.
+Multi-Attach; an unbound claim) within STUCK_AFTER_S + a poll, not after the whole wait. `status` lists the
 release's objects and verifies; `logs` reads a builder's, Triton's or the embeddings endpoint's logs;
 `down` uninstalls (the claim with the built models is kept); `clean` also deletes the claim.
 """
@@ -27,6 +32,13 @@ from triton_models.registry import MODELS
 CHART = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "doc-triton"
 COMMANDS = ("up", "status", "verify", "logs", "down", "clean")
 BUILD_WAIT_S = 3600  # builder Jobs can take long on a GPU (TensorRT engines)
+# A pod or claim seen stuck this long in a row is named (a claim being provisioned, or a builder
+# queued for the resource a running builder holds, is not stuck). Well under the 60 s promised.
+STUCK_AFTER_S = 20
+CLAIM_AFTER_S = 50  # a claim whose provisioner reports no failure may just be slow
+POLL_S = 2
+IMAGE_ERRORS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName")
+MOUNT_ERRORS = ("FailedAttachVolume", "FailedMount")
 
 
 def _tool(name: str) -> str:
@@ -37,9 +49,31 @@ def _tool(name: str) -> str:
     return path
 
 
+def _sentence(message: str) -> str:
+    """The first sentence of a Kubernetes message, without its full stop."""
+    return " ".join(message.split()).split(". ")[0].rstrip(".")
+
+
+def _condition(pod: dict, kind: str) -> dict:
+    return next((c for c in pod["status"].get("conditions", []) if c["type"] == kind), {})
+
+
+def _rolled_out(deployment: dict) -> bool:
+    """`kubectl rollout status`'s test: every replica updated and available, no old one left."""
+    spec, status = deployment.get("spec", {}), deployment.get("status", {})
+    updated = status.get("updatedReplicas", 0)
+    return (status.get("observedGeneration", 0) >= deployment["metadata"].get("generation", 0)
+            and updated >= spec.get("replicas", 1) and status.get("replicas", 0) <= updated
+            and status.get("availableReplicas", 0) >= updated)
+
+
 class KubernetesStack:
+    clock = staticmethod(time.monotonic)  # both replaced in the unit tests
+    sleep = staticmethod(time.sleep)
+
     def __init__(self, settings: StackSettings) -> None:
         self.settings = settings
+        self._stuck_since: dict[str, float] = {}
         self.release = settings["HELM_RELEASE"]
         if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,28}[a-z0-9])?", self.release):
             # the chart names objects <release>-<part>, and cuts the release at 30 characters
@@ -74,15 +108,31 @@ class KubernetesStack:
 
     # --- commands --------------------------------------------------------------------------------
 
-    def up(self) -> int:
+    def get(self, *args: str) -> dict:
+        return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
+
+    def install(self) -> None:
         with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="doc-triton-values-") as values:
             json.dump(chart_values(self.settings), values)  # JSON is YAML: the .env keys as chart values
             values.flush()
             extra = ["--values", str(self.values_file)] if self.values_file else []
             log(f"helm: installing release {self.release} in namespace {self.namespace}")
-            self.helm("upgrade", "--install", self.release, str(CHART), "--values", values.name, *extra)
+            self.helm("upgrade", "--install", self.release, str(CHART), "--create-namespace",
+                      "--values", values.name, *extra)
+
+    def triton_paused(self) -> bool:
+        return bool(self.get("deployment", f"{self.release}-triton").get("spec", {}).get("paused"))
+
+    def up(self) -> int:
+        self.install()
         self.wait_for_builds()
-        log("every build complete; waiting for the Triton replicas to be ready (every model loaded)")
+        if self.triton_paused():  # the chart read incomplete builds at install: now they are complete
+            log("every build complete; upgrading again to start the Triton replicas (paused while the builds ran)")
+            self.install()
+            if self.triton_paused():
+                raise UserError(f"deployment {self.release}-triton is still paused although every builder Job "
+                                "succeeded; check triton.pausedUntilBuilt in HELM_VALUES and run `up` again.")
+        log("waiting for the Triton replicas to be ready (every model loaded)")
         timeout = self.settings.int("READY_TIMEOUT_S")
         self.wait_for_rollout("triton", "the Triton replicas were", timeout)
         embeddings = self.embeddings_installed()
@@ -100,20 +150,21 @@ class KubernetesStack:
         return bool(found.stdout.strip())
 
     def wait_for_rollout(self, component: str, what: str, timeout: int) -> None:
-        """The `<release>-<component>` Deployment's rollout; a pod that cannot get its image is named."""
-        rollout = self.kubectl("rollout", "status", f"deployment/{self.release}-{component}", f"--timeout={timeout}s",
-                               check=False, timeout=timeout + 60)
-        if rollout.returncode != 0:
-            self._check_images(f"app.kubernetes.io/component={component}")
-            raise UserError(f"{what} not ready within {timeout} s; "
-                            f"`python -m scripts.stack logs {component} --mode kubernetes` shows why.")
+        """The `<release>-<component>` Deployment's rollout, polled so that a pod that cannot get its
+        image, or stays Pending, is named on the way."""
+        deadline = self.clock() + timeout
+        while not _rolled_out(self.get("deployment", f"{self.release}-{component}")):
+            self._check_pods(component)
+            if self.clock() >= deadline:
+                raise UserError(f"{what} not ready within {timeout} s; "
+                                f"`python -m scripts.stack logs {component} --mode kubernetes` shows why.")
+            self.sleep(POLL_S)
 
     def wait_for_builds(self) -> None:
         """Helm's --wait-for-jobs waits out its whole timeout on a failed Job; this names it at once."""
-        deadline = time.monotonic() + BUILD_WAIT_S
-        while time.monotonic() < deadline:
-            jobs = json.loads(self.kubectl("get", "jobs", "-l", self.selector, "-o", "json").stdout)["items"]
-            jobs = [j for j in jobs if not j["metadata"].get("deletionTimestamp")]
+        deadline = self.clock() + BUILD_WAIT_S
+        while self.clock() < deadline:
+            jobs = [j for j in self.get("jobs", "-l", self.selector)["items"] if not j["metadata"].get("deletionTimestamp")]
             failed = [j for j in jobs if any(c["type"] == "Failed" and c["status"] == "True"
                                              for c in j["status"].get("conditions", []))]
             if failed:
@@ -123,25 +174,82 @@ class KubernetesStack:
                                 "serving the previous build; fix it and run `up` again.")
             if jobs and all(j["status"].get("succeeded") for j in jobs):
                 return
-            self._check_images("app.kubernetes.io/component=builder", {j["metadata"]["name"] for j in jobs})
-            time.sleep(2)
+            self._check_pods("builder", {j["metadata"]["name"] for j in jobs})
+            self.sleep(POLL_S)
         raise UserError(f"the builder Jobs did not finish within {BUILD_WAIT_S} s; "
                         "`python -m scripts.stack status --mode kubernetes` lists them.")
 
-    def _check_images(self, component: str, jobs: set[str] | None = None) -> None:
-        """A pod whose image cannot be pulled waits forever: name it and the image at once (only
-        pods of the current Jobs: those of a replaced Job may linger a moment)."""
-        pods = json.loads(self.kubectl("get", "pods", "-l", f"{self.selector},{component}", "-o", "json").stdout)["items"]
+    def _check_pods(self, component: str, jobs: set[str] | None = None) -> None:
+        """Raise for a pod of `component` (of the current `jobs` only: those of a replaced Job may
+        linger a moment) that cannot get its image, at once; for one, or the release's claim, that is
+        stuck (below) STUCK_AFTER_S in a row, or CLAIM_AFTER_S where a provisioner may still be at
+        work. Either waits for ever, not for the deadline."""
+        everything = self.get("pods", "-l", self.selector)["items"]
+        pods = [p for p in everything if not p["metadata"].get("deletionTimestamp")
+                and p["metadata"].get("labels", {}).get("app.kubernetes.io/component") == component
+                and (jobs is None or p["metadata"]["labels"].get("job-name") in jobs)]
         for pod in pods:
-            if pod["metadata"].get("deletionTimestamp") or (
-                    jobs is not None and pod["metadata"].get("labels", {}).get("job-name") not in jobs):
-                continue
             for status in pod["status"].get("containerStatuses", []) + pod["status"].get("initContainerStatuses", []):
                 waiting = status.get("state", {}).get("waiting", {})
-                if waiting.get("reason") in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName"):
+                if waiting.get("reason") in IMAGE_ERRORS:
                     raise UserError(f"pod {pod['metadata']['name']} cannot get image {status['image']} "
                                     f"({waiting['reason']}); push it where the cluster pulls from and set "
                                     "images.builder / images.triton / embeddings.image in HELM_VALUES.")
+        events: list[dict] = []
+        stuck = self._claims_stuck(events)
+        # Short of a resource that a pod of ours frees soon, a pod waits its turn: a builder while
+        # another builder is scheduled (it ends), any pod while one of ours is leaving.
+        frees = any(p["metadata"].get("deletionTimestamp") for p in everything) or component == "builder" and any(
+            _condition(p, "PodScheduled").get("status") == "True" and p["status"].get("phase") in ("Pending", "Running")
+            for p in pods)
+        for pod in (p for p in pods if p["status"].get("phase") == "Pending"):
+            name, scheduled = pod["metadata"]["name"], _condition(pod, "PodScheduled")
+            if scheduled.get("reason") == "Unschedulable":
+                message = scheduled.get("message", "")
+                if ("Insufficient" in message and frees) or ("unbound" in message and stuck):
+                    continue  # waiting its turn, or its claim is named
+                stuck[f"pod/{name}"] = (f"pod {name} stays Pending: {_sentence(message)}; free what it needs or ask "
+                                        "for less in HELM_VALUES (triton.replicas, gpu.perReplica, resources)",
+                                        CLAIM_AFTER_S if "unbound" in message else STUCK_AFTER_S)
+            elif scheduled.get("status") == "True":
+                last = self._last_event(events, "Pod", name)
+                if last.get("reason") in MOUNT_ERRORS:
+                    hint = ("the claim attaches to one node only: set persistence.accessModes to [ReadWriteMany], "
+                            "or keep every pod on one node" if "Multi-Attach" in last.get("message", "")
+                            else f"`kubectl describe pod {name}` shows more")
+                    stuck[f"mount/{name}"] = (f"pod {name} cannot mount its volumes: {_sentence(last['message'])}; "
+                                              f"{hint}", STUCK_AFTER_S)
+        now = self.clock()
+        self._stuck_since = {key: self._stuck_since.get(key, now) for key in stuck}
+        for key, since in self._stuck_since.items():
+            if now - since >= stuck[key][1]:
+                raise UserError(stuck[key][0] + ".")
+
+    def _claims_stuck(self, events: list[dict]) -> dict[str, tuple[str, float]]:
+        """The release's Pending claims, unless waiting for a first consumer (its pod is then named)."""
+        stuck = {}
+        for claim in self.get("pvc", "-l", self.selector)["items"]:
+            if claim["status"].get("phase") != "Pending":
+                continue
+            name, modes = claim["metadata"]["name"], claim["spec"].get("accessModes", [])
+            last = self._last_event(events, "PersistentVolumeClaim", name)
+            if last.get("reason") == "WaitForFirstConsumer":
+                continue
+            failed = last.get("type") == "Warning" or last.get("reason") == "FailedBinding"
+            rwo = " (or [ReadWriteOnce] with persistence.singleNode=true where every pod runs on one node)"
+            stuck[f"pvc/{name}"] = (f"claim {name} is not bound: {_sentence(last.get('message') or 'no volume')}; set "
+                                    f"persistence.storageClass to a class that provides {','.join(modes)}"
+                                    + (rwo if "ReadWriteMany" in modes else ""), STUCK_AFTER_S if failed else CLAIM_AFTER_S)
+        return stuck
+
+    def _last_event(self, events: list[dict], kind: str, name: str) -> dict:
+        """The latest event about one object; `events` caches the namespace's for one round."""
+        if not events:
+            events.extend(self.get("events")["items"] or [{}])
+        about = [e for e in events if e.get("involvedObject", {}).get("kind") == kind
+                 and e["involvedObject"].get("name") == name]
+        return max(about, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or
+                   e["metadata"].get("creationTimestamp", ""), default={})
 
     def verify(self) -> int:
         """`helm test`: the chart's verification pod runs scripts.verify against the Triton Service

@@ -7,6 +7,7 @@
 app.kubernetes.io/name: doc-triton
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
 {{- end -}}
 
@@ -46,13 +47,17 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- fail (printf "values: settings.MODELS names unknown model %q; choose from %s" . (join ", " $known)) -}}
 {{- end -}}
 {{- end -}}
+{{- if not (has (toString .Values.gpu.device) (list "cuda" "cpu")) -}}
+{{- fail (printf "values: gpu.device %q is not a device of this chart; choose cuda or cpu" (toString .Values.gpu.device)) -}}
+{{- end -}}
+{{- $cuda := include "doc-triton.cuda" . -}}
 {{- $builds := list -}}
 {{- range $models -}}
 {{- if has .key $wanted -}}
 {{- $env := dict "PRECISION" $settings.PRECISION "INSTANCE_COUNT" $settings.INSTANCE_COUNT
       "MAX_BATCH_SIZE" (index $settings .batchSizeKey) "CHECKPOINT" (index $settings .checkpointKey)
-      "SERVE_BACKEND" (ternary .gpuServeBackend "python_onnx" $.Values.gpu.enabled)
-      "DEVICE" (ternary "cuda" "cpu" $.Values.gpu.enabled) -}}
+      "SERVE_BACKEND" (ternary .gpuServeBackend "python_onnx" (eq $cuda "true"))
+      "DEVICE" (ternary "cuda" "cpu" (eq $cuda "true")) -}}
 {{- /* everything in the Job's spec: a Job is immutable, so any change must make a new one */ -}}
 {{- $hash := dict "image" $.Values.images "env" $env "model" .key "builds" $.Values.builds "gpu" $.Values.gpu
       "checkpoints" $.Values.checkpoints "placement" (include "doc-triton.placement" $) | toJson | sha256sum | trunc 8 -}}
@@ -61,6 +66,33 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- end -}}
 {{- toYaml (dict "builds" $builds) -}}
+{{- end -}}
+
+{{/* "true" where the builds run and serve on the GPU: gpu.enabled with gpu.device cuda (gpu.device
+     cpu requests gpu.resource but builds the CPU profile). */}}
+{{- define "doc-triton.cuda" -}}
+{{- if and .Values.gpu.enabled (eq (toString .Values.gpu.device) "cuda") }}true{{ end -}}
+{{- end -}}
+
+{{/* "true" where every current builder Job has succeeded, read from the cluster with `lookup` at
+     install time (it finds nothing under `helm template` or a client dry run). */}}
+{{- define "doc-triton.built" -}}
+{{- $built := true -}}
+{{- range (include "doc-triton.builds" . | fromYaml).builds -}}
+{{- $job := lookup "batch/v1" "Job" $.Release.Namespace .job -}}
+{{- if lt (int (dig "status" "succeeded" 0 $job)) 1 -}}{{- $built = false -}}{{- end -}}
+{{- end -}}
+{{- if $built }}true{{ end -}}
+{{- end -}}
+
+{{/* The claim is mounted by every builder Job, Triton replica and the test pod, often at the same
+     time: ReadWriteMany, or ReadWriteOnce where persistence.singleNode says all pods share a node. */}}
+{{- define "doc-triton.checkStorage" -}}
+{{- $modes := .Values.persistence.accessModes | default list -}}
+{{- if kindIs "string" $modes }}{{ $modes = list $modes }}{{ end -}}
+{{- if not (or (has "ReadWriteMany" $modes) (and (has "ReadWriteOnce" $modes) .Values.persistence.singleNode)) -}}
+{{- fail (printf "values: persistence.accessModes %s does not let the builder Jobs, the Triton replicas and the test pod mount the claim from several nodes (pods on another node hang on Multi-Attach), so set persistence.accessModes to [ReadWriteMany] with a storage class that provides it, or to [ReadWriteOnce] with persistence.singleNode=true where every pod runs on one node" (toJson $modes)) -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "doc-triton.tritonNames" -}}
