@@ -164,7 +164,8 @@ class KubernetesStack:
         """Helm's --wait-for-jobs waits out its whole timeout on a failed Job; this names it at once."""
         deadline = self.clock() + BUILD_WAIT_S
         while self.clock() < deadline:
-            jobs = [j for j in self.get("jobs", "-l", self.selector)["items"] if not j["metadata"].get("deletionTimestamp")]
+            jobs = [j for j in self.get("jobs", "-l", self.selector)["items"]
+                    if not j["metadata"].get("deletionTimestamp")]
             failed = [j for j in jobs if any(c["type"] == "Failed" and c["status"] == "True"
                                              for c in j["status"].get("conditions", []))]
             if failed:
@@ -199,9 +200,9 @@ class KubernetesStack:
         stuck = self._claims_stuck(events)
         # Short of a resource that a pod of ours frees soon, a pod waits its turn: a builder while
         # another builder is scheduled (it ends), any pod while one of ours is leaving.
-        frees = any(p["metadata"].get("deletionTimestamp") for p in everything) or component == "builder" and any(
+        frees = any(p["metadata"].get("deletionTimestamp") for p in everything) or (component == "builder" and any(
             _condition(p, "PodScheduled").get("status") == "True" and p["status"].get("phase") in ("Pending", "Running")
-            for p in pods)
+            for p in pods))
         for pod in (p for p in pods if p["status"].get("phase") == "Pending"):
             name, scheduled = pod["metadata"]["name"], _condition(pod, "PodScheduled")
             if scheduled.get("reason") == "Unschedulable":
@@ -237,9 +238,10 @@ class KubernetesStack:
                 continue
             failed = last.get("type") == "Warning" or last.get("reason") == "FailedBinding"
             rwo = " (or [ReadWriteOnce] with persistence.singleNode=true where every pod runs on one node)"
-            stuck[f"pvc/{name}"] = (f"claim {name} is not bound: {_sentence(last.get('message') or 'no volume')}; set "
-                                    f"persistence.storageClass to a class that provides {','.join(modes)}"
-                                    + (rwo if "ReadWriteMany" in modes else ""), STUCK_AFTER_S if failed else CLAIM_AFTER_S)
+            stuck[f"pvc/{name}"] = (f"claim {name} is not bound: {_sentence(last.get('message') or 'no volume')}; "
+                                    f"set persistence.storageClass to a class that provides {','.join(modes)}"
+                                    + (rwo if "ReadWriteMany" in modes else ""),
+                                    STUCK_AFTER_S if failed else CLAIM_AFTER_S)
         return stuck
 
     def _last_event(self, events: list[dict], kind: str, name: str) -> dict:

