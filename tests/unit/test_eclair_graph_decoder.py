@@ -2,8 +2,9 @@
 token identity with Hugging Face's greedy `generate`, the in-flight slot property, buckets and the
 KV cache's memory refusal.
 
-The demo checkpoint's decoder is drawn (seeded, std 0.5) so that its outputs depend on the page. Its generation_config keeps MBart's forced_eos_token_id=2, so a row that runs
-to the limit ends with 2, forced, in both paths.
+The demo checkpoint's decoder is drawn (seeded, std 0.5) so that its outputs depend on the page.
+Its generation_config keeps MBart's forced_eos_token_id=2, so a row that runs to the limit ends
+with 2, forced, in both paths.
 """
 from __future__ import annotations
 
