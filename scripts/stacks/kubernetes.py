@@ -152,7 +152,7 @@ class KubernetesStack:
     def wait_for_rollout(self, component: str, what: str, timeout: int) -> None:
         """The `<release>-<component>` Deployment's rollout, polled so that a pod that cannot get its
         image, or stays Pending, is named on the way."""
-        deadline = self.clock() + timeout
+        deadline, self._stuck_since = self.clock() + timeout, {}
         while not _rolled_out(self.get("deployment", f"{self.release}-{component}")):
             self._check_pods(component)
             if self.clock() >= deadline:
@@ -161,8 +161,9 @@ class KubernetesStack:
             self.sleep(POLL_S)
 
     def wait_for_builds(self) -> None:
-        """Helm's --wait-for-jobs waits out its whole timeout on a failed Job; this names it at once."""
-        deadline = self.clock() + BUILD_WAIT_S
+        """Helm's --wait-for-jobs waits out its whole timeout on a failed Job; this names it at once,
+        and a builder that cannot start (_check_pods) within a minute."""
+        deadline, self._stuck_since = self.clock() + BUILD_WAIT_S, {}
         while self.clock() < deadline:
             jobs = [j for j in self.get("jobs", "-l", self.selector)["items"]
                     if not j["metadata"].get("deletionTimestamp")]

@@ -1,8 +1,11 @@
 """The Helm chart on a real Kubernetes cluster: `stack up --mode kubernetes` installs it with the CPU
 images (builder Jobs -> claim -> two Triton replicas, and the embeddings endpoint), `helm test`
-verifies through the Services, both replicas answer, /v1/embeddings answers through its Service, a deleted pod costs no answer and comes back, and uninstall leaves nothing running.
-Needs helm, kubectl and a cluster (KUBECONFIG) that can run the local images; .ci/run starts a
-Kubernetes 1.20 cluster with .ci/kubernetes.sh."""
+verifies through the Services, both replicas answer, /v1/embeddings answers through its Service, a
+deleted pod costs no answer and comes back, and uninstall leaves nothing running. With a fake GPU
+(an extended resource advertised on the node), one GPU builds one model at a time and serves, and
+more replicas than GPUs are named within 60 s. Needs helm, kubectl and a cluster (KUBECONFIG) that
+can run the local images; .ci/run starts a Kubernetes 1.20 cluster with .ci/kubernetes.sh. The
+template tests need helm only."""
 from __future__ import annotations
 
 import json
@@ -11,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 
@@ -22,6 +26,9 @@ CHART = REPO_ROOT / "deploy" / "helm" / "doc-triton"
 IMAGES = {"builder": "doc-triton-builder:local", "triton": "doc-triton-triton:local",
           "embeddings": "doc-triton-embeddings:local"}
 MODELS = "caption_classification,e5_small_v2"
+FAKE_GPU = "doc-triton.test/gpu"
+# the CI cluster is one node: a ReadWriteOnce claim (its hostpath provisioner) serves every pod
+ONE_NODE = "persistence:\n  size: 2Gi\n  accessModes: [ReadWriteOnce]\n  singleNode: true\n"
 TRITON_NAMES = ["deberta_large", "caption_selection", "e5_small_v2", "e5_small_v2_text"]
 
 
@@ -151,12 +158,71 @@ def test_a_bad_value_stops_the_install_in_one_sentence(setting, named):
     assert result.returncode != 0 and named in result.stderr, result.stderr
 
 
+def _pod_specs(objects: list[dict]) -> dict[str, dict]:
+    return {f"{o['kind']}/{o['metadata']['name']}": o["spec"]["template"]["spec"] if "template" in o["spec"] else o["spec"]
+            for o in objects if o["kind"] in ("Deployment", "Job", "Pod")}
+
+
+def test_every_pod_is_locked_down_requests_resources_and_every_object_carries_the_app_version():
+    _tools_or_skip()
+    import yaml
+
+    app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    objects = _render("--set", "gpu.enabled=true", "--set", "autoscaling.enabled=true")
+    for o in objects:
+        assert o["metadata"]["labels"]["app.kubernetes.io/version"] == app_version, o["metadata"]["name"]
+    specs = _pod_specs(objects)
+    assert len(specs) == 7  # Triton, embeddings, 4 builders, the test pod
+    for name, spec in specs.items():
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        # the builder and Triton images run as root (a value: podSecurityContext.runAsNonRoot); embeddings does not
+        assert spec["securityContext"]["runAsNonRoot"] is name.endswith("embeddings"), name
+        for container in spec["containers"] + spec.get("initContainers", []):
+            assert container["securityContext"] == {"allowPrivilegeEscalation": False,
+                                                    "capabilities": {"drop": ["ALL"]}}, name
+        for container in spec["containers"]:  # requests on every container: no pod is BestEffort
+            assert {"cpu", "memory"} <= set(container["resources"]["requests"]), name
+    assert specs["Deployment/t-embeddings"]["securityContext"]["runAsUser"] == 65534
+
+
+def test_a_claim_one_node_attaches_needs_single_node_and_triton_waits_paused_for_the_builds():
+    _tools_or_skip()
+    claim = _named(_render(), "PersistentVolumeClaim", "t-models")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]  # builders, replicas and the test pod on any node
+    for sets in (("--set", "persistence.accessModes={ReadWriteOnce}"),
+                 ("--set", "persistence.accessModes={ReadWriteOncePod}", "--set", "persistence.singleNode=true")):
+        refused = subprocess.run(["helm", "template", "t", str(CHART), *sets], capture_output=True, text=True)
+        message = next(line for line in refused.stderr.splitlines() if "values: " in line)
+        assert refused.returncode != 0 and "persistence.accessModes" in message, refused.stderr
+        assert "persistence.singleNode=true" in message and ". " not in message.split("values: ", 1)[1]
+    one_node = _render("--set", "persistence.accessModes={ReadWriteOnce}", "--set", "persistence.singleNode=true")
+    assert _named(one_node, "PersistentVolumeClaim", "t-models")["spec"]["accessModes"] == ["ReadWriteOnce"]
+    # no cluster here, so no complete builder Job: the Deployment renders paused (no pod holds a GPU)
+    assert _named(_render(), "Deployment", "t-triton")["spec"]["paused"] is True
+    assert _named(_render("--set", "triton.pausedUntilBuilt=false"), "Deployment", "t-triton")["spec"]["paused"] is False
+
+
+def test_the_gpu_resource_is_a_value_and_gpu_device_cpu_rehearses_gpu_scheduling_on_cpu_images():
+    _tools_or_skip()
+    objects = _render("--set", "gpu.enabled=true", "--set", f"gpu.resource={FAKE_GPU}", "--set", "gpu.device=cpu")
+    triton = _named(objects, "Deployment", "t-triton")
+    assert triton["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"] == {FAKE_GPU: 1}
+    assert triton["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}  # GPUs are full
+    for job in (o for o in objects if o["kind"] == "Job"):
+        container = job["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert container["resources"]["limits"] == {FAKE_GPU: 1}
+        assert env["DEVICE"] == "cpu" and env["SERVE_BACKEND"] == "python_onnx"
+    refused = subprocess.run(["helm", "template", "t", str(CHART), "--set", "gpu.device=rocm"], capture_output=True,
+                             text=True)
+    assert refused.returncode != 0 and 'gpu.device "rocm" is not a device' in refused.stderr
+
+
 # --- the release on a real cluster -------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def release(tmp_path_factory):
+def images():
     _cluster_or_skip()
-    root = tmp_path_factory.mktemp("kubernetes")
     build = subprocess.run(["docker", "compose", "build"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=1800,
                            env={**os.environ, "COMPOSE_FILE": "docker-compose.yaml", "COMPOSE_PROJECT_NAME": "doc-triton",
                                 "PIP_OFFLINE": "1"})
@@ -165,20 +231,27 @@ def release(tmp_path_factory):
     load = subprocess.run(["bash", str(REPO_ROOT / ".ci" / "kubernetes.sh"), "load", *IMAGES.values()],
                           capture_output=True, text=True, timeout=900)
     assert load.returncode == 0, load.stderr
-    namespace = f"doctriton-{int(time.time())}"
-    subprocess.run(["kubectl", "create", "namespace", namespace], check=True, capture_output=True)
-    values = root / "values.yaml"
-    values.write_text("triton:\n  replicas: 2\n  shmSize: 256Mi\nautoscaling:\n  enabled: true\n  minReplicas: 2\n"
-                      "persistence:\n  size: 2Gi\n")
 
+
+def _stack_runner(root, namespace: str, release: str, values):
     def stack(command: str, **settings: str) -> subprocess.CompletedProcess:
         env_file = root / ".env"
-        settings = {"HELM_RELEASE": "dt", "KUBE_NAMESPACE": namespace, "HELM_VALUES": str(values), "MODELS": MODELS,
+        settings = {"HELM_RELEASE": release, "KUBE_NAMESPACE": namespace, "HELM_VALUES": str(values), "MODELS": MODELS,
                     "READY_TIMEOUT_S": "600", **settings}
         env_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
         return subprocess.run([sys.executable, "-m", "scripts.stack", command, "--mode", "kubernetes",
                                "--env-file", str(env_file)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=2400)
+    return stack
 
+
+@pytest.fixture(scope="module")
+def release(images, tmp_path_factory):
+    root = tmp_path_factory.mktemp("kubernetes")
+    namespace = f"doctriton-{int(time.time())}"  # `up` creates it (helm --create-namespace)
+    values = root / "values.yaml"
+    values.write_text("triton:\n  replicas: 2\n  shmSize: 256Mi\nautoscaling:\n  enabled: true\n  minReplicas: 2\n"
+                      + ONE_NODE)
+    stack = _stack_runner(root, namespace, "dt", values)
     yield namespace, stack, root
     stack("clean")
     subprocess.run(["kubectl", "delete", "namespace", namespace, "--wait=false"], capture_output=True)
@@ -199,8 +272,9 @@ def _is_ready(pod: dict) -> bool:
     return any(c.get("ready") for c in pod["status"].get("containerStatuses", []))
 
 
-def _triton_pods(namespace: str, ready_only: bool = True) -> list[dict]:
-    pods = kube_json(namespace, "pods", "-l", "app.kubernetes.io/instance=dt,app.kubernetes.io/component=triton")["items"]
+def _triton_pods(namespace: str, ready_only: bool = True, release: str = "dt") -> list[dict]:
+    pods = kube_json(namespace, "pods", "-l", f"app.kubernetes.io/instance={release},app.kubernetes.io/component=triton")[
+        "items"]
     return [p for p in pods if p["metadata"].get("deletionTimestamp") is None and (_is_ready(p) or not ready_only)]
 
 
@@ -209,6 +283,7 @@ def test_up_builds_in_jobs_gates_on_them_and_verifies_through_the_service(releas
     started = time.monotonic()
     up = stack("up")
     assert up.returncode == 0, up.stdout + up.stderr
+    assert kube_json(namespace, "namespace", namespace)["status"]["phase"] == "Active"  # made by `up`
     assert "verified: every model answered" in up.stdout + up.stderr
     jobs = kube_json(namespace, "jobs", "-l", "app.kubernetes.io/instance=dt")["items"]
     assert sorted(j["metadata"]["labels"]["doc-triton/model"] for j in jobs) == sorted(MODELS.split(","))
@@ -313,3 +388,82 @@ def test_down_leaves_nothing_running_a_reinstall_skips_every_build_and_clean_del
     clean = stack("clean")
     assert clean.returncode == 0, clean.stdout + clean.stderr
     assert kube_json(namespace, "pods,jobs,deployments,services,hpa,pvc")["items"] == []
+
+
+# --- a fake GPU: the scheduling of GPU values, with the CPU images ---------------------------------
+
+@pytest.fixture(scope="module")
+def fake_gpu():
+    """One FAKE_GPU advertised on the node, as upstream's "Advertise Extended Resources for a Node":
+    a JSON patch of the node's status through `kubectl proxy` (kubectl 1.20 has no --subresource)."""
+    _cluster_or_skip()
+    node = kubectl("default", "get", "nodes", "-o", "jsonpath={.items[0].metadata.name}")
+    proxy = subprocess.Popen(["kubectl", "proxy", "--port=0"], stdout=subprocess.PIPE, text=True)
+    address = proxy.stdout.readline().split()[-1]  # "Starting to serve on 127.0.0.1:PORT"
+
+    def patch(*operations: dict) -> None:
+        request = urllib.request.Request(f"http://{address}/api/v1/nodes/{node}/status", method="PATCH",
+                                         data=json.dumps(list(operations)).encode(),
+                                         headers={"Content-Type": "application/json-patch+json"})
+        urllib.request.urlopen(request, timeout=30).read()
+
+    path = FAKE_GPU.replace("/", "~1")
+    try:
+        patch(*({"op": "add", "path": f"/status/{field}/{path}", "value": "1"} for field in ("capacity", "allocatable")))
+        yield node
+        patch({"op": "remove", "path": f"/status/capacity/{path}"})  # the kubelet then drops it from allocatable
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def gpu_release(images, fake_gpu, tmp_path_factory):
+    root = tmp_path_factory.mktemp("kubernetes-gpu")
+    namespace = f"doctriton-gpu-{int(time.time())}"
+    values = root / "values.yaml"
+
+    def write(replicas: int) -> None:
+        values.write_text(f"gpu:\n  enabled: true\n  resource: {FAKE_GPU}\n  device: cpu\n"
+                          f"triton:\n  replicas: {replicas}\n  shmSize: 256Mi\nembeddings:\n  enabled: false\n" + ONE_NODE)
+
+    write(1)
+    stack = _stack_runner(root, namespace, "dg", values)
+    yield namespace, stack, write
+    stack("clean")
+    subprocess.run(["kubectl", "delete", "namespace", namespace, "--wait=false"], capture_output=True)
+
+
+def test_with_one_gpu_up_builds_one_model_at_a_time_and_only_then_starts_the_replica(gpu_release):
+    """Before, the replica took the only GPU while its init container waited for builders that
+    needed that GPU: Pending for ever. Now the Deployment stays paused until the Jobs are complete."""
+    namespace, stack, _ = gpu_release
+    up = stack("up")
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert "verified: every model answered" in up.stdout + up.stderr
+    jobs = kube_json(namespace, "jobs", "-l", "app.kubernetes.io/instance=dg")["items"]
+    assert len(jobs) == 2 and all(j["status"].get("succeeded") == 1 for j in jobs)
+    for job in jobs:
+        assert job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"] == {FAKE_GPU: "1"}
+    (pod,) = _triton_pods(namespace, release="dg")
+    assert pod["spec"]["containers"][0]["resources"]["limits"] == {FAKE_GPU: "1"}
+    assert pod["metadata"]["creationTimestamp"] >= max(j["status"]["completionTime"] for j in jobs)  # GPU left free
+    builders = kube_json(namespace, "pods", "-l", "app.kubernetes.io/instance=dg,app.kubernetes.io/component=builder")
+    first, second = sorted((p["status"]["containerStatuses"][0]["state"]["terminated"] for p in builders["items"]),
+                           key=lambda state: state["startedAt"])
+    assert first["finishedAt"] <= second["startedAt"]  # one at a time: the queued one was not named as stuck
+
+
+def test_more_replicas_than_gpus_is_named_in_one_sentence_within_60_s(gpu_release):
+    namespace, stack, write = gpu_release
+    write(2)
+    started = time.monotonic()
+    up = stack("up")
+    elapsed = time.monotonic() - started
+    write(1)
+    assert up.returncode == 1, up.stdout + up.stderr
+    error = next(line for line in up.stderr.splitlines() if line.startswith("error: "))
+    assert error.startswith("error: pod dg-triton-") and "stays Pending" in error, up.stderr
+    assert f"Insufficient {FAKE_GPU}" in error and error.count(". ") == 0, error
+    assert elapsed < 60, f"{elapsed:.0f} s: {error}"
+    assert len(_triton_pods(namespace, release="dg")) == 1  # the replica that has the GPU keeps serving

@@ -91,7 +91,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $modes := .Values.persistence.accessModes | default list -}}
 {{- if kindIs "string" $modes }}{{ $modes = list $modes }}{{ end -}}
 {{- if not (or (has "ReadWriteMany" $modes) (and (has "ReadWriteOnce" $modes) .Values.persistence.singleNode)) -}}
-{{- fail (printf "values: persistence.accessModes %s does not let the builder Jobs, the Triton replicas and the test pod mount the claim from several nodes (pods on another node hang on Multi-Attach), so set persistence.accessModes to [ReadWriteMany] with a storage class that provides it, or to [ReadWriteOnce] with persistence.singleNode=true where every pod runs on one node" (toJson $modes)) -}}
+{{- fail (printf "values: persistence.accessModes %s does not let the builder Jobs, the Triton replicas and the test pod mount the claim from several nodes (pods on another node hang on Multi-Attach), so set persistence.accessModes to [ReadWriteMany] with a storage class that provides it, or to [ReadWriteOnce] with persistence.singleNode=true where every pod runs on one node" (printf "[%s]" (join ", " $modes))) -}}
 {{- end -}}
 {{- end -}}
 
