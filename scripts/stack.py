@@ -1,7 +1,7 @@
 """`python -m scripts.stack COMMAND`: build every model, serve it with Triton, and prove it answers.
 
 Commands: up, build [MODEL], status, verify, logs [SERVICE], down, clean, bench [MODEL], tune [MODEL],
-soak. `down` stops the server and keeps what was built; `clean` deletes it.
+soak, ingest PATH... [--out DIR] [--ocr auto|always|never], search "QUERY" [--top-k 5] (scripts/ingest/). `down` stops the server and keeps what was built; `clean` deletes it.
 Modes: `--mode docker` drives `docker compose` (builders -> volume -> Triton) and follows the
 containers with the docker SDK; `--mode local` runs the same steps without Docker (builders as
 subprocesses into a local repository, Triton from the nvidia-pytriton wheel, on CPU).
@@ -241,8 +241,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.stack", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=("up", "build", "status", "verify", "logs", "down", "clean", "bench", "tune",
-                                            "soak"))
-    parser.add_argument("target", nargs="?", help="build/bench: a model; logs: a service (default triton)")
+                                            "soak", "ingest", "search"))
+    parser.add_argument("target", nargs="?", help="build/bench: a model; logs: a service (default triton); "
+                                                  "ingest: a PDF, image or folder; search: the query")
+    parser.add_argument("paths", nargs="*", help="ingest: more PDFs, images or folders")
     parser.add_argument("--mode", choices=("auto", "docker", "local", "kubernetes"), default="auto")
     parser.add_argument("--local", action="store_const", const="local", dest="mode", help="same as --mode local")
     parser.add_argument("--env-file", type=Path, default=ROOT / ".env")
@@ -253,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     sweep.add_argument("--no-raw", action="store_true", help="skip the raw-model sweep")
     sweep.add_argument("--shared-memory", choices=("none", "system"), default="none",
                        help="bench: send numeric inputs through system shared memory (--local only)")
-    sweep.add_argument("--out", type=Path, default=ROOT / "build" / "bench", help="report folder")
+    sweep.add_argument("--out", type=Path, default=None,
+                       help="report folder (default build/bench); ingest and search: the chunk store (default build/ingest)")
     sweep.add_argument("--sequence-length", type=int, default=128,
                        help="tokens per text where a core's axis is variable (E5); fixed-length models keep theirs")
     sweep.add_argument("--eclair-pages", type=int, default=64, help="bench eclair: pages")
@@ -264,9 +267,20 @@ def main(argv: list[str] | None = None) -> int:
     soak_group.add_argument("--clients", type=int, default=16, help="soak: concurrent gRPC clients")
     soak_group.add_argument("--minutes", type=float, default=10.0, help="soak: how long")
     soak_group.add_argument("--sample-every", type=float, default=5.0, help="soak: seconds between memory readings")
+    ingest_group = parser.add_argument_group("ingest and search")
+    ingest_group.add_argument("--ocr", choices=("auto", "always", "never"), default="auto",
+                              help="ingest: ECLAIR on pages without a text layer (auto), on every page, or never")
+    ingest_group.add_argument("--top-k", type=int, default=5, help="search: how many chunks")
     args = parser.parse_args(argv)
+    if args.paths and args.command != "ingest":
+        parser.error(f"{args.command} takes at most one argument; got {args.target} {' '.join(args.paths)}")
+    if args.out is None:
+        args.out = ROOT / "build" / ("ingest" if args.command in ("ingest", "search") else "bench")
     try:
         settings = load_settings(args.env_file, ROOT, host_checkpoints=args.mode != "kubernetes")
+        if args.mode == "kubernetes" and args.command in ("ingest", "search"):
+            raise UserError(f"{args.command} runs in the local and docker modes only; Kubernetes is not "
+                            "supported yet.")
         if args.mode == "kubernetes":
             from scripts.stacks.kubernetes import run_command
 
@@ -300,6 +314,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "soak":
             return soak(stack, settings, args)
+        if args.command in ("ingest", "search"):
+            from scripts.ingest.commands import stack_command
+
+            return stack_command(args.command, args, stack)
         if args.command == "bench":
             bench(stack, settings, args)
             return 0

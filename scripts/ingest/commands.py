@@ -1,0 +1,67 @@
+"""`python -m scripts.stack ingest PATH... --out DIR [--ocr auto|always|never]` and
+`python -m scripts.stack search "QUERY" [--top-k 5] [--out DIR]`, on the stack's Triton
+(`stack.grpc_url`; local and compose modes)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from converters.errors import UserError
+from scripts.console import log
+from scripts.ingest.models import FINGERPRINT_MODELS, stack_fingerprint
+
+
+def check_arguments(command: str, paths: list[Path], query: str | None, top_k: int) -> None:
+    """The command line's own errors, before any server is asked."""
+    if command == "ingest" and not paths:
+        raise UserError("ingest needs at least one PDF, image or folder: python -m scripts.stack ingest PATH... --out DIR")
+    if command == "search":
+        if not query or not query.strip():
+            raise UserError('search needs a query: python -m scripts.stack search "QUERY" [--top-k 5]')
+        if top_k < 1:
+            raise UserError(f"--top-k must be at least 1, got {top_k}.")
+
+
+def run_ingest(paths: list[Path], out: Path, grpc_url: str, folders: dict[str, Path], ocr: str = "auto",
+               progress: bool = True) -> int:
+    """Ingest, print the rates and the summary; 1 when any input failed, else 0."""
+    from scripts.ingest.pipeline import ingest
+
+    check_arguments("ingest", paths, None, 1)
+    report = ingest(paths, out, grpc_url, stack_fingerprint(folders), ocr=ocr, progress=progress)
+    for line in report.lines():
+        log(line)
+    log(f"store: {out} (LanceDB table chunks, {report.chunks} rows written this run); Parquet: {report.parquet}")
+    return 1 if report.failures else 0
+
+
+def format_hits(hits: list[dict]) -> list[str]:
+    lines = []
+    for rank, hit in enumerate(hits, 1):
+        box = ", ".join(f"{v:.3f}" for v in hit["box"])
+        text = " ".join(hit["text"].split())
+        lines.append(f"{rank}. {1 - hit['_distance']:.3f}  {hit['document']}  page {hit['page']}  {hit['element']}  "
+                     f"[{box}]\n   {text[:200]}")
+    return lines
+
+
+def run_search(query: str | None, out: Path, grpc_url: str, top_k: int) -> int:
+    from scripts.ingest.pipeline import search
+
+    check_arguments("search", [], query, top_k)
+    hits = search(query, out, grpc_url, top_k)
+    if not hits:
+        log(f"the store in {out} holds no chunks")
+    for line in format_hits(hits):
+        print(line)
+    return 0
+
+
+def stack_command(command: str, args, stack) -> int:
+    """What scripts/stack.py calls for `ingest` and `search` with the stack of the chosen mode."""
+    paths = [Path(p) for p in ([args.target] if args.target else []) + list(args.paths)]
+    check_arguments(command, paths, args.target, args.top_k)
+    if not stack.server_running():
+        raise UserError("Triton is not running; run `python -m scripts.stack up` first.")
+    if command == "ingest":
+        return run_ingest(paths, args.out, stack.grpc_url, stack.model_folders(list(FINGERPRINT_MODELS)), args.ocr)
+    return run_search(args.target, args.out, stack.grpc_url, args.top_k)

@@ -1,0 +1,198 @@
+"""The ingest pipeline: pages rasterised on a thread pool while earlier pages are on the models;
+one thread pool per model stage, so that requests are in flight to every model at once.
+
+Per page: raster -> page elements (yolox_page_elements) and, where the page needs it, OCR (eclair)
+at the same time -> caption_selection for each table/chart -> chunks. Per document: the chunks'
+embeddings (e5_small_v2_text, passage, in batches of the model's max batch, all batches at once),
+then its rows are written in one step, only once the whole document succeeded.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from scripts.ingest.chunks import caption_candidates, ocr_lines, page_chunks
+from scripts.ingest.models import Models
+from scripts.ingest.sources import Document, InputError, Page, find_inputs, sha256
+from scripts.ingest.store import Store
+from triton_models.eclair.pages import pad_page
+
+OCR_MODES = ("auto", "always", "never")
+
+
+class Stage:
+    """A thread pool plus its busy time: the union of the intervals with a call in flight."""
+
+    def __init__(self, name: str, workers: int):
+        self.name, self.pool = name, ThreadPoolExecutor(workers, thread_name_prefix=f"ingest-{name}")
+        self.items, self.busy_s = 0, 0.0
+        self._lock, self._active, self._since = threading.Lock(), 0, 0.0
+
+    def submit(self, fn, *args, items: int = 1) -> Future:
+        def run():
+            with self._lock:
+                if self._active == 0:
+                    self._since = time.monotonic()
+                self._active += 1
+            try:
+                return fn(*args)
+            finally:
+                with self._lock:
+                    self._active -= 1
+                    self.items += items
+                    if self._active == 0:
+                        self.busy_s += time.monotonic() - self._since
+        return self.pool.submit(run)
+
+    def rate(self) -> float:
+        return self.items / self.busy_s if self.busy_s > 0 else 0.0
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass
+class Report:
+    documents: int = 0
+    ingested: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    pages: int = 0
+    chunks: int = 0
+    seconds: float = 0.0
+    stages: dict[str, tuple[int, float]] = field(default_factory=dict)  # name -> (items, busy s)
+    parquet: Path | None = None
+
+    @property
+    def pages_per_s(self) -> float:
+        return self.pages / self.seconds if self.seconds > 0 else 0.0
+
+    def lines(self) -> list[str]:
+        out = [f"{len(self.ingested)} ingested, {len(self.skipped)} skipped (already stored with the same sha256 and "
+               f"stack fingerprint), {len(self.failures)} failed; {self.pages} pages, {self.chunks} chunks in "
+               f"{self.seconds:.1f} s: {self.pages_per_s:.2f} pages/s end to end"]
+        for name, (items, busy) in self.stages.items():
+            unit = "chunks" if name == "embed" else "pages" if name in ("raster", "elements", "ocr") else "items"
+            rate = f"{items / busy:.2f} {unit}/s of busy time" if busy > 0 else "idle"
+            out.append(f"  {name:<9} {items:>5} {unit:<6} busy {busy:6.1f} s: {rate}")
+        if self.failures:
+            out.append("failed:")
+            out.extend(f"  {failure}" for failure in self.failures)
+        return out
+
+
+def ingest(paths: list[Path], out: Path, grpc_url: str, fingerprint: str, ocr: str = "auto",
+           progress: bool = True) -> Report:
+    """Ingest `paths` into the store in `out`; every bad input is a failure in the report, and the
+    other documents go on."""
+    from tqdm import tqdm
+
+    if ocr not in OCR_MODES:
+        raise ValueError(f"ocr must be one of {OCR_MODES}, got {ocr!r}")
+    report = Report()
+    files, report.failures = find_inputs([Path(p) for p in paths])
+    report.documents = len(files)
+    store = Store(out)
+    done = store.ingested()
+    models = Models(grpc_url)
+    stages = {"raster": Stage("raster", 2), "elements": Stage("elements", 4), "ocr": Stage("ocr", 4),
+              "captions": Stage("captions", 4), "embed": Stage("embed", 4)}
+    pages_pool = ThreadPoolExecutor(8, thread_name_prefix="ingest-page")
+    docs_pool = ThreadPoolExecutor(2, thread_name_prefix="ingest-doc")
+    started = time.monotonic()
+    bar = tqdm(total=0, unit="page", desc="ingest", disable=not progress, dynamic_ncols=True)
+    bar_lock = threading.Lock()
+
+    def process_page(doc: Document, index: int):
+        page: Page = stages["raster"].submit(doc.page, index).result()
+        height, width = page.pixels.shape[:2]
+        elements = stages["elements"].submit(models.page_elements, page.pixels)
+        needs_ocr = ocr == "always" or (ocr == "auto" and not page.has_text_layer)
+        lines = list(page.lines)
+        if needs_ocr:
+            canvas, scale = pad_page(page.pixels)
+            text = stages["ocr"].submit(models.ocr, canvas).result()
+            lines = ([] if ocr == "always" else lines) + ocr_lines(text, scale, (height, width))
+        found = elements.result()
+        captions = {i: stages["captions"].submit(models.caption, caption_candidates(lines, box))
+                    for i, (label, box, _) in enumerate(found) if label in ("table", "chart")}
+        chunks = page_chunks(page.number, lines, found, {i: f.result() for i, f in captions.items()})
+        with bar_lock:
+            bar.update(1)
+            bar.set_postfix_str(f"{bar.n / max(time.monotonic() - started, 1e-9):.2f} pages/s")
+        return chunks
+
+    def process_document(doc: Document, digest: str, page_futures: list[Future]) -> list[dict]:
+        try:
+            chunks = [chunk for f in page_futures for chunk in f.result()]
+            batch = models.embed_batch
+            parts = [stages["embed"].submit(models.embed, [c.text for c in chunks[i:i + batch]],
+                                            items=len(chunks[i:i + batch])) for i in range(0, len(chunks), batch)]
+            vectors = np.concatenate([p.result() for p in parts]) if parts else np.zeros((0, 384), np.float32)
+        finally:
+            wait(page_futures)  # a failed page fails the document; its other pages finish before close
+            doc.close()
+        return [{"document": str(doc.path), "sha256": digest, "page": c.page, "chunk": n, "element": c.element,
+                 "box": [float(v) for v in c.box], "text": c.text, "embedding": vector.tolist(),
+                 "fingerprint": fingerprint} for n, (c, vector) in enumerate(zip(chunks, vectors))]
+
+    pending = []  # (path, pages, future of rows)
+    try:
+        for path in files:
+            try:
+                digest = sha256(path)
+                if (digest, fingerprint) in done:
+                    report.skipped.append(str(path))
+                    continue
+                doc = Document(path)
+            except InputError as exc:
+                report.failures.append(str(exc))
+                continue
+            except OSError as exc:
+                report.failures.append(f"{path}: cannot be read ({exc.strerror or exc}).")
+                continue
+            with bar_lock:
+                bar.total += len(doc)
+                bar.refresh()
+            futures = [pages_pool.submit(process_page, doc, i) for i in range(len(doc))]
+            pending.append((path, len(doc), docs_pool.submit(process_document, doc, digest, futures)))
+        for path, pages, future in pending:
+            try:
+                rows = future.result()
+            except InputError as exc:
+                report.failures.append(str(exc))
+                continue
+            except Exception as exc:  # a model call failed: the document is not written
+                report.failures.append(f"{path}: failed on the models ({type(exc).__name__}: {exc}).")
+                continue
+            store.replace_document(str(path), rows)
+            report.ingested.append(str(path))
+            report.pages += pages
+            report.chunks += len(rows)
+    finally:
+        bar.close()
+        pages_pool.shutdown(wait=True, cancel_futures=True)
+        docs_pool.shutdown(wait=True, cancel_futures=True)
+        for stage in stages.values():
+            stage.shutdown()
+        models.close()
+    report.seconds = time.monotonic() - started
+    report.stages = {name: (stage.items, stage.busy_s) for name, stage in stages.items()}
+    report.parquet = store.export_parquet()
+    return report
+
+
+def search(query: str, out: Path, grpc_url: str, top_k: int = 5) -> list[dict]:
+    """The `top_k` chunks nearest to the query's E5 embedding (input_type query), by cosine."""
+    store = Store(out, create=False)
+    models = Models(grpc_url)
+    try:
+        vector = models.embed([query], "query")[0]
+    finally:
+        models.close()
+    return store.search(vector, top_k)

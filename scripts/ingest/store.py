@@ -1,0 +1,75 @@
+"""The chunk store: LanceDB, embedded (a folder, no server), table `chunks`, one row per chunk;
+`export_parquet` writes the same rows to `chunks.parquet`. Milvus is the scale-out (not here)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from converters.errors import UserError
+
+TABLE = "chunks"
+DIM = 384
+
+
+def schema():
+    import pyarrow as pa
+
+    return pa.schema([
+        ("document", pa.string()), ("sha256", pa.string()), ("page", pa.int32()), ("chunk", pa.int32()),
+        ("element", pa.string()), ("box", pa.list_(pa.float32(), 4)), ("text", pa.string()),
+        ("embedding", pa.list_(pa.float32(), DIM)), ("fingerprint", pa.string()),
+    ])
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+class Store:
+    def __init__(self, folder: Path, create: bool = True):
+        import lancedb
+
+        self.folder = Path(folder)
+        if not create and not (self.folder / f"{TABLE}.lance").exists():
+            raise UserError(f"no chunk store in {self.folder}; run `python -m scripts.stack ingest PATH... "
+                            f"--out {self.folder}` first.")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.db = lancedb.connect(str(self.folder))
+        if TABLE in self.db.list_tables().tables:
+            self.table = self.db.open_table(TABLE)
+        else:
+            self.table = self.db.create_table(TABLE, schema=schema())
+
+    def ingested(self) -> set[tuple[str, str]]:
+        """(sha256, fingerprint) of every document already stored."""
+        columns = self.table.to_arrow().select(["sha256", "fingerprint"]).to_pydict()
+        return set(zip(columns["sha256"], columns["fingerprint"]))
+
+    def replace_document(self, document: str, rows: list[dict]) -> None:
+        """A document's rows, all at once; its older rows (another sha256 or fingerprint) go."""
+        import pyarrow as pa
+
+        self.table.delete(f"document = {_quote(document)}")
+        if rows:
+            self.table.add(pa.Table.from_pylist(rows, schema=schema()))
+
+    def count(self) -> int:
+        return self.table.count_rows()
+
+    def rows(self):
+        return self.table.to_arrow()
+
+    def export_parquet(self, path: Path | None = None) -> Path:
+        import pyarrow.parquet as pq
+
+        path = path or self.folder / "chunks.parquet"
+        pq.write_table(self.table.to_arrow(), path)
+        return path
+
+    def search(self, vector: np.ndarray, top_k: int) -> list[dict]:
+        """The `top_k` nearest chunks by cosine distance, nearest first (`_distance` = 1 - cosine)."""
+        if self.count() == 0:
+            return []
+        return (self.table.search(np.asarray(vector, np.float32)).distance_type("cosine").limit(top_k)
+                .select(["document", "page", "element", "box", "text"]).to_list())
