@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet "$(TORCH)"
-	$(VENV)/bin/pip install --quiet -e ".[local,demo,test,bench]"
+	$(VENV)/bin/pip install --quiet -e ".[local,demo,test,bench,ingest]"
 	# torchvision for nv-ingest's YOLOX client in the tests only, kept off the environment's path
 	# (beside the CPU torch its import fails, which would break transformers): tests/torchvision_nms.py
 	$(VENV)/bin/pip install --quiet --no-deps --upgrade --target $(VENV)/client-torchvision "torchvision==0.28.*"

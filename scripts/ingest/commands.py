@@ -56,10 +56,20 @@ def run_search(query: str | None, out: Path, grpc_url: str, top_k: int) -> int:
     return 0
 
 
+def check_installed() -> None:
+    """The ingest extra's packages (not in the images: they are a client's)."""
+    import importlib.util
+
+    missing = [name for name in ("pypdfium2", "lancedb", "pyarrow") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UserError(f"ingest and search need {', '.join(missing)}: pip install -e '.[ingest]' (make setup does).")
+
+
 def stack_command(command: str, args, stack) -> int:
     """What scripts/stack.py calls for `ingest` and `search` with the stack of the chosen mode."""
     paths = [Path(p) for p in ([args.target] if args.target else []) + list(args.paths)]
     check_arguments(command, paths, args.target, args.top_k)
+    check_installed()
     if not stack.server_running():
         raise UserError("Triton is not running; run `python -m scripts.stack up` first.")
     if command == "ingest":

@@ -33,7 +33,7 @@ def overlay(tmp_path_factory):
     publish_repository(checkpoint, engines, result, generator="pytorch", device="cpu")
     main_repo = root / "main_repo"
     assert build_main(["eclair", "--repo", str(main_repo), "--work-dir", str(root / "work"),
-                       "--checkpoint", str(checkpoint), "--max-batch-size", "2"]) == 0
+                       "--checkpoint", str(checkpoint), "--max-batch-size", "2", "--option", "max_new_tokens=64"]) == 0
     yield engines / REPOSITORY, main_repo, model_dir
     shutil.rmtree(engines)
 

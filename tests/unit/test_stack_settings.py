@@ -94,3 +94,14 @@ def test_yolox_batch_size_is_a_power_of_two(tmp_path, batch, ok):
 def test_the_embeddings_endpoint_runs_where_e5_is_served(tmp_path):
     assert load_settings(None, tmp_path).serves_embeddings
     assert not load_settings(None, tmp_path, {"MODELS": "yolox,eclair"}).serves_embeddings
+
+
+def test_ingest_without_its_packages_is_one_sentence(monkeypatch):
+    import importlib.util
+
+    from scripts.ingest.commands import check_installed
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "lancedb" else real(name, *a))
+    with pytest.raises(UserError, match=r"ingest and search need lancedb: pip install -e '\.\[ingest\]'"):
+        check_installed()
