@@ -1,0 +1,10 @@
+"""Host memory of a running local stack's Triton and every process below it (model stubs, any
+compile workers), after load: `python3 -m benchmarks.host_memory_after_load STATE_DIR`."""
+import sys
+from pathlib import Path
+
+from converters.runners.compiled_runner import process_tree
+
+pid = int((Path(sys.argv[1]) / "triton.pid").read_text())
+tree = process_tree(pid)
+print(f"tritonserver (pid {pid}) and {len(tree) - 1} processes below it: {sum(tree.values()) / 2**20:,.0f} MB resident")
