@@ -3,7 +3,8 @@ compile workers), after load: `python3 -m benchmarks.host_memory_after_load STAT
 import sys
 from pathlib import Path
 
-from converters.runners.compiled_runner import process_tree
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "converters" / "runners"))  # as published: beside model_support
+from compiled_runner import process_tree  # noqa: E402
 
 pid = int((Path(sys.argv[1]) / "triton.pid").read_text())
 tree = process_tree(pid)
