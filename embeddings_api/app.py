@@ -114,10 +114,21 @@ class TritonEmbedder:
             self._client = grpc_aio.InferenceServerClient(self.settings.triton_url)
         return self._client
 
+    async def reset(self) -> None:
+        """Drop the channel after a failed call: one opened before Triton was reachable (a pod that
+        started before Triton's) was seen to fail every later call; a new one works."""
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                await client.close()
+            except Exception:  # already broken: nothing to close cleanly
+                pass
+
     async def ready(self) -> bool:
         try:
             return bool(await self.client().is_model_ready(self.settings.triton_model, client_timeout=5))
-        except Exception:  # not reachable: not ready
+        except Exception:  # not reachable: not ready, and the next call opens a new channel
+            await self.reset()
             return False
 
     async def max_batch(self) -> int:
@@ -142,10 +153,21 @@ class TritonEmbedder:
 
     async def embed(self, request: EmbeddingRequest) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Embeddings [N, D], tokens used per text [N] and whether each text was truncated [N]."""
-        size = await self.max_batch()
-        chunks = [request.texts[i:i + size] for i in range(0, len(request.texts), size)]
-        answers = await asyncio.gather(*(self._infer(chunk, request.input_type) for chunk in chunks))
+        try:
+            size = await self.max_batch()
+            chunks = [request.texts[i:i + size] for i in range(0, len(request.texts), size)]
+            answers = await asyncio.gather(*(self._infer(chunk, request.input_type) for chunk in chunks))
+        except Exception as exc:
+            if not _refused_request(exc):  # Triton's own "bad request" leaves the channel good
+                await self.reset()
+            raise
         return tuple(np.concatenate([a[i] for a in answers]) for i in range(3))
+
+
+def _refused_request(exc: Exception) -> bool:
+    from tritonclient.utils import InferenceServerException
+
+    return isinstance(exc, InferenceServerException) and "INVALID_ARG" in str(exc.status() or "")
 
 
 def triton_error(exc: Exception) -> ApiError:

@@ -215,3 +215,77 @@ def test_yolox_and_yolox_uint8_are_one_core_in_two_dtypes(suite):
     as_uint8 = infer(client, "yolox_uint8", {"input": tensor[None]}, ["output"])["output"]
     assert as_float.shape == (1, 21504, 8)
     np.testing.assert_allclose(as_float, as_uint8, rtol=1e-5, atol=1e-4)
+
+
+def test_an_endpoint_started_before_triton_becomes_ready_once_triton_answers(served_suite):
+    """As a pod that starts before Triton's does: the endpoint's first calls fail; once Triton is
+    reachable (here a relay to the suite's Triton opens on the port it was given) it is ready and
+    answers, without a restart."""
+    import socket
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from scripts.embeddings_service import is_ready
+    from scripts.local_triton import free_port
+    from tests.helpers import REPO_ROOT
+
+    server, _, _ = served_suite
+    port, triton_port = free_port(), free_port()
+    process = subprocess.Popen([sys.executable, "-m", "embeddings_api", "--triton-url", f"127.0.0.1:{triton_port}",
+                                "--port", str(port)], cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    listener = socket.socket()
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not is_ready(f"127.0.0.1:{port}"):
+            status, _ = post_json(f"http://127.0.0.1:{port}/v1/embeddings", {"model": MODEL_ID, "input": "a"}) \
+                if _listening(port) else (None, None)
+            if status == 503:
+                break
+            time.sleep(0.2)
+        assert not is_ready(f"127.0.0.1:{port}")
+        target = server.grpc_url.split(":")
+        listener.bind(("127.0.0.1", triton_port))
+        listener.listen()
+        threading.Thread(target=_relay, args=(listener, (target[0], int(target[1]))), daemon=True).start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not is_ready(f"127.0.0.1:{port}"):
+            time.sleep(0.5)
+        assert is_ready(f"127.0.0.1:{port}")
+        status, answer = post_json(f"http://127.0.0.1:{port}/v1/embeddings", {"model": MODEL_ID, "input": "a"})
+        assert status == 200 and len(answer["data"][0]["embedding"]) == 384
+    finally:
+        process.terminate()
+        process.wait(10)
+        listener.close()
+
+
+def _listening(port: int) -> bool:
+    from scripts.local_triton import port_in_use
+
+    return port_in_use(port)
+
+
+def _relay(listener, target) -> None:
+    """A TCP relay: each connection to `listener` is piped both ways to `target`."""
+    import socket
+    import threading
+
+    def pipe(source, sink):
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            sink.close()
+
+    while True:
+        try:
+            client, _ = listener.accept()
+        except OSError:
+            return
+        upstream = socket.create_connection(target)
+        threading.Thread(target=pipe, args=(client, upstream), daemon=True).start()
+        threading.Thread(target=pipe, args=(upstream, client), daemon=True).start()
