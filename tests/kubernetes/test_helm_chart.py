@@ -74,7 +74,7 @@ def test_chart_lints_and_renders_every_optional_part():
     job = next(o for o in objects if o["kind"] == "Job")
     env = {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["MAX_BATCH_SIZE"] == "16" and env["SERVE_BACKEND"] == "tensorrt_plan" and env["DEVICE"] == "cuda"
-    assert job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": 1}
+    assert job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": "1"}
     deployment = next(o for o in objects if o["kind"] == "Deployment")
     wait = deployment["spec"]["template"]["spec"]["initContainers"][0]["command"][2]
     assert job["metadata"]["name"] in wait  # Triton waits for exactly this Job's receipt
@@ -206,12 +206,12 @@ def test_the_gpu_resource_is_a_value_and_gpu_device_cpu_rehearses_gpu_scheduling
     _tools_or_skip()
     objects = _render("--set", "gpu.enabled=true", "--set", f"gpu.resource={FAKE_GPU}", "--set", "gpu.device=cpu")
     triton = _named(objects, "Deployment", "t-triton")
-    assert triton["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"] == {FAKE_GPU: 1}
+    assert triton["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"] == {FAKE_GPU: "1"}
     assert triton["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}  # GPUs are full
     for job in (o for o in objects if o["kind"] == "Job"):
         container = job["spec"]["template"]["spec"]["containers"][0]
         env = {e["name"]: e["value"] for e in container["env"]}
-        assert container["resources"]["limits"] == {FAKE_GPU: 1}
+        assert container["resources"]["limits"] == {FAKE_GPU: "1"}
         assert env["DEVICE"] == "cpu" and env["SERVE_BACKEND"] == "python_onnx"
     refused = subprocess.run(["helm", "template", "t", str(CHART), "--set", "gpu.device=rocm"], capture_output=True,
                              text=True)
