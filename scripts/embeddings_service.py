@@ -96,12 +96,9 @@ class LocalEmbeddingsService:
         return f"127.0.0.1:{self.port}"
 
     def running_pid(self) -> int | None:
-        from scripts.local_triton import running
+        from scripts.local_triton import recorded_pid
 
-        if not self.pid_file.is_file():
-            return None
-        pid = int(self.pid_file.read_text())
-        return pid if running(pid) else None
+        return recorded_pid(self.pid_file)
 
     def start(self) -> int:
         self.stop()

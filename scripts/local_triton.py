@@ -260,6 +260,14 @@ def stop_process(pid: int, timeout: float = 30.0) -> bool:
     return True
 
 
+def recorded_pid(pid_file: Path) -> int | None:
+    """The process id a detached process of the stack recorded in `pid_file`, if it still runs."""
+    if not Path(pid_file).is_file():
+        return None
+    pid = int(Path(pid_file).read_text())
+    return pid if running(pid) else None
+
+
 def running(pid: int) -> bool:
     """Alive, ours and not a zombie: a server exited but not yet reaped by the process that started
     it (a benchmark holding it as a child) has stopped, and another user's process that took a

@@ -112,12 +112,9 @@ class LocalStack(Stack):
         return 30 if self.settings["LOCAL_DEVICE"] == "cuda" else 10
 
     def running_pid(self) -> int | None:
-        if not self.pid_file.is_file():
-            return None
-        from scripts.local_triton import running
+        from scripts.local_triton import recorded_pid
 
-        pid = int(self.pid_file.read_text())
-        return pid if running(pid) else None
+        return recorded_pid(self.pid_file)
 
     def start_server(self) -> None:
         from scripts.local_triton import LocalTriton, Ports, orphaned_shm_regions
