@@ -11,7 +11,7 @@ from converters.engine_targets import parse_gpu_types
 from converters.errors import UserError
 from converters.io_config import parse_io_config
 from converters.conversion_settings import ConversionSettings, parse_int_list, parse_size
-from converters.serve_backends import SERVE_BACKENDS
+from converters.serve_backends import CORE_SERVE_BACKENDS
 from converters.triton_config import InstancePlan
 
 
@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = p.add_argument_group("serving")
     serve.add_argument("--triton-inputs", default=None, help="comma list of the inputs the Triton config lists (default: the graph's)")
-    serve.add_argument("--serve-backend", choices=("auto",) + tuple(SERVE_BACKENDS), default="auto",
+    serve.add_argument("--serve-backend", choices=("auto",) + CORE_SERVE_BACKENDS, default="auto",
                        help="auto: the engine where TensorRT is installed, else the python_onnx runner; "
                             "python_compiled: torch.compile with CUDA graphs per bucket (GPU hosts without TensorRT)")
     serve.add_argument("--pad-sequence", action="store_true",

@@ -10,7 +10,8 @@ from tritonclient.grpc import model_config_pb2 as pb
 from converters.batching import BatchPlan
 from converters.errors import UserError
 from converters.io_config import IOConfig, TensorSpec
-from converters.serve_backends import serve_backend
+from converters.serve_backends import SERVE_BACKENDS, serve_backend
+
 
 @dataclass(frozen=True)
 class InstancePlan:
@@ -79,6 +80,27 @@ def build_config(cfg: TritonModelConfig) -> pb.ModelConfig:
         config.parameters[key].string_value = value
     for capability, file in cfg.cc_model_filenames.items():
         config.cc_model_filenames[capability] = file
+    return config
+
+
+def companion_config(name: str, inputs: list[dict], outputs: list[dict], max_batch_size: int, *,
+                     queue_delay_us: int, parameters: dict[str, str] | None = None, dynamic_batching: bool = True,
+                     instance_count: int = 1, kind: str = "KIND_CPU", gpus: tuple[int, ...] = ()) -> pb.ModelConfig:
+    """A companion's config (serve backend `python`: its own model.py), written through Triton's schema."""
+    config = pb.ModelConfig(name=name, backend=SERVE_BACKENDS["python"].backend, max_batch_size=max_batch_size)
+    for spec in inputs:
+        config.input.append(pb.ModelInput(name=spec["name"], data_type=pb.DataType.Value(spec["data_type"]),
+                                          dims=spec["dims"], optional=spec["optional"]))
+    for spec in outputs:
+        config.output.append(pb.ModelOutput(name=spec["name"], data_type=pb.DataType.Value(spec["data_type"]), dims=spec["dims"]))
+    if dynamic_batching and max_batch_size > 0:
+        config.dynamic_batching.max_queue_delay_microseconds = queue_delay_us
+    group = pb.ModelInstanceGroup(count=instance_count, kind=pb.ModelInstanceGroup.Kind.Value(kind))
+    if kind == "KIND_GPU":
+        group.gpus.extend(gpus)
+    config.instance_group.append(group)
+    for key, value in (parameters or {}).items():
+        config.parameters[key].string_value = value
     return config
 
 

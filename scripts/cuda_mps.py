@@ -2,7 +2,7 @@
 
 Each python-backend instance is its own process with its own CUDA context, and a GPU time-slices
 between contexts. Under an MPS control daemon the instances share one context and their kernels
-overlap. Measured on one H100 (docs/gpu_compiled/mps.md), four instances each:
+overlap. Measured on one H100 (docs/results/h100/compiled/mps.md), four instances each:
 - E5 at batch 256: 37.2k seq/s time-sliced, 42.6k under MPS; the CUDA graph replayed alone runs
   40.9k. Small kernels leave room that another process's kernels fill.
 - YOLOX-L at batch 16: 423 pages/s time-sliced, 355 under MPS (raw 432). Large convolutions

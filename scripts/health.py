@@ -1,12 +1,12 @@
-"""Health means "answers correctly": wait until Triton has every model ready (or says why it
-could not load one), then send each its golden inputs. Shared by every stack."""
+"""Readiness: wait until Triton has every model ready, or say why it could not load one. Shared by
+every stack; `scripts/verify.py` then sends each model its golden inputs (health means "answers
+correctly"). This module imports nothing of verify's: the arrow goes one way."""
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
 from converters.errors import UserError
-from scripts.report import ModelRow
 
 CALL_TIMEOUT_S = 10.0  # health and index calls: a server that does not answer in 10 s is not healthy
 
@@ -47,29 +47,3 @@ def wait_until_ready(grpc_url: str, names: list[str], timeout: float, alive=lamb
     missing = [n for n in names if n not in ready_at]
     raise UserError(f"Triton did not make {', '.join(missing)} ready within {timeout:.0f} s; run `python -m scripts.stack logs` "
                     "to see why.")
-
-
-def verify_all(grpc_url: str, folders: dict[str, Path], load_times: dict[str, float] | None = None) -> tuple[list[ModelRow], bool]:
-    import tritonclient.grpc as grpc
-
-    from scripts.verify import verify_model
-
-    client = grpc.InferenceServerClient(grpc_url)
-    rows, all_ok = [], True
-    for name, folder in folders.items():
-        row = ModelRow.from_folder(folder)
-        try:
-            row.ready = "yes" if client.is_model_ready(name, client_timeout=CALL_TIMEOUT_S) else "no"
-        except Exception:
-            row.ready = "no"
-        if row.ready == "yes":
-            result = verify_model(client, folder)
-            row.verified = "yes" if result.ok else f"NO: {result.detail}"
-            all_ok &= result.ok
-        else:
-            all_ok = False
-        if load_times and name in load_times:
-            row.load_s = f"{load_times[name]:.1f}"
-        rows.append(row)
-    client.close()
-    return rows, all_ok

@@ -75,7 +75,7 @@ def _link_libpython(folder: Path) -> None:
 
     Python's whole LIBDIR (often /usr/lib/<arch>) on LD_LIBRARY_PATH would put every system library
     ahead of those PyTorch finds through RUNPATH: on a GPU host with a system cuDNN, the stub's
-    PyTorch chose slower attention kernels than in any other process (docs/gpu_bench/attention_kernels.txt)."""
+    PyTorch chose slower attention kernels than in any other process (docs/results/h100/bench/attention_kernels.txt)."""
     name = sysconfig.get_config_var("INSTSONAME") or sysconfig.get_config_var("LDLIBRARY") or ""
     source = Path(sysconfig.get_config_var("LIBDIR") or "") / name
     folder.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ containers with the docker SDK; `--mode local` runs the same steps without Docke
 subprocesses into a local repository, Triton from the nvidia-pytriton wheel, on CPU).
 `--mode kubernetes` installs the Helm chart in deploy/helm/doc-triton (scripts/stacks/kubernetes.py).
 `--mode auto` (default) picks docker on a host with Docker and an NVIDIA GPU, else local.
-The stacks live in `scripts/stacks/`, health and verification in `scripts/health.py`, the
+The stacks live in `scripts/stacks/`, readiness in `scripts/health.py`, verification in `scripts/verify.py`, the
 bench in `scripts/bench/`; this module holds the commands and the command line.
 """
 from __future__ import annotations
@@ -20,7 +20,8 @@ from pathlib import Path
 
 from converters.errors import UserError
 from scripts.console import log
-from scripts.health import verify_all, wait_until_ready
+from scripts.health import wait_until_ready
+from scripts.verify import verify_all
 from scripts.report import table
 from scripts.stack_settings import StackSettings, load_settings
 from scripts.stacks.base import Stack

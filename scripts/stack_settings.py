@@ -15,6 +15,8 @@ from pathlib import Path
 from dotenv import dotenv_values
 
 from converters.errors import UserError
+from converters.serve_backends import LOCAL_SERVE_BACKENDS
+from triton_models.builder_contract import DEVICES, builder_settings
 from triton_models.registry import MODELS, get
 
 
@@ -59,13 +61,13 @@ KEYS: tuple[Key, ...] = (
     Key("ECLAIR_CHECKPOINT_NAME", "overlay_checkpoint", "", "TensorRT-LLM overlay: checkpoint folder name inside ECLAIR_CHECKPOINT_DIR"),
     Key("ECLAIR_MODEL_DIR", "relative_dir", "./third_party/eclair_triton/models", "TensorRT-LLM overlay: where its engines go (relative to the repository root)"),
     Key("ECLAIR_HTTP_PORT", "port", "8010", "TensorRT-LLM overlay: HTTP port of triton-eclair"),
-    Key("LOCAL_SERVE_BACKEND", "choice:python_onnx|python_torch|python_compiled", "python_onnx",
+    Key("LOCAL_SERVE_BACKEND", "choice:" + "|".join(LOCAL_SERVE_BACKENDS), "python_onnx",
         "--local: ONNX Runtime runners, TorchScript on PyTorch, or torch.compile with CUDA graphs "
         "(python_compiled; with LOCAL_DEVICE=cuda: fp16 on a GPU)"),
     Key("LOCAL_DEVICE", "choice:cpu|cuda", "cpu", "--local: where the models run"),
     Key("LOCAL_CUDA_MPS", "choice:off|on", "off",
         "--local on CUDA: run Triton under the stack's own CUDA MPS daemon, so the model processes share each GPU "
-        "instead of time-slicing it (E5 at batch 256: +15%; YOLOX-L at batch 16: -16%; README)"),
+        "instead of time-slicing it (E5 at batch 256: +15%; YOLOX-L at batch 16: -16%; docs/compiled-path.md)"),
     Key("LOCAL_MODEL_PYTHONPATH", "str", "",
         "--local: folders put first on the python-backend models' path (the wheel's stub needs NumPy 1)"),
     Key("LOCAL_REPOSITORY", "path", "build/model_repository", "--local: the model repository folder"),
@@ -219,13 +221,29 @@ def chart_settings_text() -> str:
     for key in KEYS:
         if key.chart:
             lines += [f"  # {key.help}", f"  {key.name}: {json.dumps(key.default)}"]
-    lines.append("models:")
+    lines.append("models:  # each builder's settings and serve backend: the one builder contract")
     for spec in MODELS:
         lines += [f"  - key: {spec.key}", f"    job: {spec.compose_service}",
                   f"    tritonNames: {json.dumps(list(spec.triton_names))}",
-                  f"    batchSizeKey: {spec.batch_size_key}", f"    checkpointKey: {spec.checkpoint_key}",
-                  # GPU nodes: a converted core becomes a TensorRT engine; ECLAIR keeps its PyTorch runtime
-                  f"    gpuServeBackend: {'tensorrt_plan' if spec.core_io else 'python_onnx'}"]
+                  f"    builderSettings: {json.dumps(builder_settings(spec))}",
+                  f"    serveBackend: {json.dumps({device: spec.serve_backend_on(device) for device in DEVICES})}"]
+    return "\n".join(lines) + "\n"
+
+
+def configuration_markdown() -> str:
+    """`docs/configuration.md`: every `.env` key, generated from KEYS (a test keeps them equal)."""
+    lines = ["# Configuration: every `.env` key", "",
+             "Generated from `scripts/stack_settings.py` (`KEYS`) by `python -m scripts.stack_settings docs`; a test",
+             "keeps this page, `.env.example` and the chart's `settings.yaml` equal to the code. Copy `.env.example`",
+             "to `.env` and change what you need: `python -m scripts.stack` validates every key at once before",
+             "anything starts, and names each bad key. Keys marked *chart* are also settings of the Helm chart",
+             "(`settings:` in your values). Why some defaults are what they are: [architecture.md](architecture.md).", "",
+             "| key | default | chart | meaning |", "| --- | --- | --- | --- |"]
+    for key in KEYS:
+        choices = key.kind.split(":", 1)[1].replace("|", ", ") if key.kind.startswith("choice:") else ""
+        meaning = key.help.replace("|", "\\|") + (f" (one of: {choices})" if choices else "")
+        default = f"`{key.default}`" if key.default else "(empty)"
+        lines.append(f"| `{key.name}` | {default} | {'chart' if key.chart else ''} | {meaning} |")
     return "\n".join(lines) + "\n"
 
 
@@ -236,7 +254,9 @@ def chart_values(settings: StackSettings) -> dict[str, dict[str, str]]:
 
 if __name__ == "__main__":
     # `python -m scripts.stack_settings > .env.example` regenerates the documented example;
-    # `python -m scripts.stack_settings chart > deploy/helm/doc-triton/settings.yaml` the chart's settings.
+    # `python -m scripts.stack_settings chart > deploy/helm/doc-triton/settings.yaml` the chart's settings;
+    # `python -m scripts.stack_settings docs > docs/configuration.md` the reference of every key.
     import sys
 
-    print(chart_settings_text() if sys.argv[1:] == ["chart"] else env_example_text(), end="")
+    texts = {"chart": chart_settings_text, "docs": configuration_markdown}
+    print(texts.get(sys.argv[1] if sys.argv[1:] else "", env_example_text)(), end="")

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from converters.model_folder import GOLDEN_FILE, Golden, read_model_config, wire_type
+from scripts.health import CALL_TIMEOUT_S, wait_until_ready
+from scripts.report import ModelRow
 
 REQUEST_TIMEOUT_S = 60.0  # a first ECLAIR page on CPU takes seconds; nothing legitimate takes a minute
 
@@ -98,6 +100,30 @@ def verify_model(client, model_dir: Path, timeout_s: float = REQUEST_TIMEOUT_S) 
     return request.check(response)
 
 
+def verify_all(grpc_url: str, folders: dict[str, Path], load_times: dict[str, float] | None = None) -> tuple[list[ModelRow], bool]:
+    import tritonclient.grpc as grpc
+
+    client = grpc.InferenceServerClient(grpc_url)
+    rows, all_ok = [], True
+    for name, folder in folders.items():
+        row = ModelRow.from_folder(folder)
+        try:
+            row.ready = "yes" if client.is_model_ready(name, client_timeout=CALL_TIMEOUT_S) else "no"
+        except Exception:
+            row.ready = "no"
+        if row.ready == "yes":
+            result = verify_model(client, folder)
+            row.verified = "yes" if result.ok else f"NO: {result.detail}"
+            all_ok &= result.ok
+        else:
+            all_ok = False
+        if load_times and name in load_times:
+            row.load_s = f"{load_times[name]:.1f}"
+        rows.append(row)
+    client.close()
+    return rows, all_ok
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m scripts.verify --url HOST:PORT --repository DIR --models a,b [--embeddings-url HOST:PORT]`:
     wait until Triton has every model ready, send each its golden inputs, print the table; exit 1
@@ -108,7 +134,6 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     from converters.errors import UserError
-    from scripts.health import verify_all, wait_until_ready
     from scripts.report import table
 
     parser = argparse.ArgumentParser(prog="python -m scripts.verify", description=main.__doc__)

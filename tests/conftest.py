@@ -8,6 +8,16 @@ import torch
 
 from tests.helpers import SMALL_DEBERTA_SCRIPT
 
+# A test's tier is its folder: `-m "not triton"` skips every test that starts a Triton, and so on.
+TIER_MARKERS = {"integration": "triton", "docker": "docker", "kubernetes": "kubernetes", "tensorrt": "tensorrt"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        tier = Path(str(item.fspath)).parent.name
+        if tier in TIER_MARKERS:
+            item.add_marker(getattr(pytest.mark, TIER_MARKERS[tier]))
+
 
 @dataclass(frozen=True)
 class Checkpoint:

@@ -14,7 +14,7 @@ from converters.engine_targets import parse_gpu_types
 from converters.errors import UserError
 from converters.model_folder import MANIFEST_FILE
 from converters.conversion_settings import parse_int_list
-from converters.serve_backends import SERVE_BACKENDS
+from converters.serve_backends import CORE_SERVE_BACKENDS
 from triton_models.common import BuildOptions
 from triton_models.registry import MODELS, get
 
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", type=Path, default=Path("build/work"), help="ONNX, engines, demo checkpoints")
     p.add_argument("--max-batch-size", type=int, help="default: the registry's batch size for the model")
     p.add_argument("--precision", choices=("fp16", "fp32"), default="fp16")
-    p.add_argument("--serve-backend", choices=("auto",) + tuple(SERVE_BACKENDS), default="auto")
+    p.add_argument("--serve-backend", choices=("auto",) + CORE_SERVE_BACKENDS, default="auto")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--instance-count", type=int, default=1)
     p.add_argument("--gpus", default=None, help="comma list of GPU ids for the instance group")

@@ -12,7 +12,7 @@ from converters.manifest import file_sha256, fingerprint, gpu_identity, tool_ver
 from converters.model_folder import Golden, Manifest, current_manifest, publish
 from converters.runners import MODEL_SUPPORT, MODEL_SUPPORT_FILE
 from converters.conversion_settings import ConversionSettings
-from converters.triton_config import InstancePlan, config_text
+from converters.triton_config import InstancePlan, companion_config, config_text
 
 
 @dataclass(frozen=True)
@@ -97,24 +97,9 @@ def tensor(name: str, dtype: str, dims: list[int], optional: bool = False) -> di
 
 
 def python_model_config(name: str, inputs: list[dict], outputs: list[dict], max_batch_size: int,
-                        parameters: dict[str, str] | None = None, dynamic_batching: bool = True,
-                        instance_count: int = 1, kind: str = "KIND_CPU", gpus: tuple[int, ...] = ()) -> pb.ModelConfig:
-    """A python-backend companion's config, written through Triton's schema."""
-    config = pb.ModelConfig(name=name, backend="python", max_batch_size=max_batch_size)
-    for spec in inputs:
-        config.input.append(pb.ModelInput(name=spec["name"], data_type=pb.DataType.Value(spec["data_type"]),
-                                          dims=spec["dims"], optional=spec["optional"]))
-    for spec in outputs:
-        config.output.append(pb.ModelOutput(name=spec["name"], data_type=pb.DataType.Value(spec["data_type"]), dims=spec["dims"]))
-    if dynamic_batching and max_batch_size > 0:
-        config.dynamic_batching.max_queue_delay_microseconds = COMPANION_QUEUE_DELAY_US
-    group = pb.ModelInstanceGroup(count=instance_count, kind=pb.ModelInstanceGroup.Kind.Value(kind))
-    if kind == "KIND_GPU":
-        group.gpus.extend(gpus)
-    config.instance_group.append(group)
-    for key, value in (parameters or {}).items():
-        config.parameters[key].string_value = value
-    return config
+                        **options) -> pb.ModelConfig:
+    """A companion's config, through converters/triton_config.py, with the companions' queue delay."""
+    return companion_config(name, inputs, outputs, max_batch_size, queue_delay_us=COMPANION_QUEUE_DELAY_US, **options)
 
 
 def core_fingerprint(core) -> str:

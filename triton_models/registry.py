@@ -27,6 +27,12 @@ class ModelSpec:
     core_io: dict | None = None  # the core's IO config (`--model-io-config`); None: no converted core
     pad_sequence: bool = False  # zeros on the core's -1 axes change no answer (`--pad-sequence`)
     channel_order: str | None = None  # image models: what the checkpoint was trained on (RGB | BGR)
+    # how its builder serves it on a GPU host (compose's GPU profile, the chart on GPU nodes); CPU: python_onnx
+    gpu_serve_backend: str = "tensorrt_plan"
+
+    def serve_backend_on(self, device: str) -> str:
+        """The serve backend its builder uses on `device` where the user did not choose one."""
+        return self.gpu_serve_backend if device == "cuda" else "python_onnx"
 
     @property
     def core_io_json(self) -> str:
@@ -74,8 +80,10 @@ MODELS: tuple[ModelSpec, ...] = (
               core_io={
                   "inputs": [{"name": "input", "dtype": "float32", "shape": [3, 1024, 1024], "range": [0, 256]}],
                   "outputs": [{"name": "output", "dtype": "float32", "shape": [21504, 8]}]}),
+    # ECLAIR keeps its PyTorch runtime on GPUs too (the TensorRT-LLM overlay replaces its builder)
     ModelSpec("eclair", ("eclair",), "ECLAIR", 16, "build-eclair",
-              "ECLAIR VisionEncoderDecoder folder under CHECKPOINTS_DIR (empty: demo)", batch_help=" (16 was tuned for an A100)"),
+              "ECLAIR VisionEncoderDecoder folder under CHECKPOINTS_DIR (empty: demo)",
+              batch_help=" (pages decoded at once: the graph decoder's slots)", gpu_serve_backend="python_onnx"),
     ModelSpec("e5_small_v2", ("e5_small_v2", "e5_small_v2_text"), "E5", 64, "build-e5",
               "e5-small-v2 Hugging Face folder under CHECKPOINTS_DIR (empty: demo)", max_length=512, core_io={
                   "inputs": [{"name": "input_ids", "dtype": "int64", "shape": [-1], "max_shape": [512], "range": [1000, 2000]},

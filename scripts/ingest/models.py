@@ -1,4 +1,4 @@
-"""The served models as the ingest pipeline calls them, over Triton's gRPC (README "The models")."""
+"""The served models as the ingest pipeline calls them, over Triton's gRPC (docs/models.md)."""
 from __future__ import annotations
 
 import hashlib

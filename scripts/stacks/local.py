@@ -84,18 +84,15 @@ class LocalStack(Stack):
             log(f"      {key}: {'up to date, skipped' if skipped else 'built'} in {time.monotonic() - started:.1f} s")
 
     def _builder_command(self, key: str) -> tuple[list[str], Path | None]:
-        spec = get(key)
-        command = [sys.executable, "-m", "triton_models.build", key, "--repo", str(self.repo),
-                   "--work-dir", str(self.work), "--max-batch-size", self.settings[spec.batch_size_key],
-                   "--precision", self.settings["PRECISION"], "--serve-backend", self.settings["LOCAL_SERVE_BACKEND"],
-                   "--device", self.settings["LOCAL_DEVICE"],
-                   "--instance-count", self.settings["INSTANCE_COUNT"]]
-        if self.settings["LOCAL_DEVICE"] == "cuda":  # instances on every GPU of TRITON_GPU_IDS
-            command += ["--gpus", self.settings["TRITON_GPU_IDS"]]
-        checkpoint = self.settings.checkpoint(key)
-        if checkpoint is not None:
-            command += ["--checkpoint", str(checkpoint)]
-        return command, checkpoint
+        from triton_models.builder_contract import builder_arguments, builder_environment
+
+        device = self.settings["LOCAL_DEVICE"]
+        environment = builder_environment(  # instances on every GPU of TRITON_GPU_IDS where on CUDA
+            get(key), self.settings.__getitem__, device, serve_backend=self.settings["LOCAL_SERVE_BACKEND"],
+            gpus=self.settings["TRITON_GPU_IDS"] if device == "cuda" else "")
+        arguments = builder_arguments(key, environment, repo=self.repo, work_dir=self.work,
+                                      checkpoints_dir=self.settings.path("CHECKPOINTS_DIR"))
+        return [sys.executable, "-m", "triton_models.build", *arguments], self.settings.checkpoint(key)
 
     def _gpu_rows(self) -> str | None:
         """The host's GPUs, for the build stamp, where builds run on them."""

@@ -16,7 +16,6 @@ import yaml
 from scripts.stack_settings import load_settings
 from tests.helpers import REPO_ROOT
 
-pytestmark = pytest.mark.docker
 OVERLAY = "third_party/eclair_triton/docker-compose.yaml"
 
 

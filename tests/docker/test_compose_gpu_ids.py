@@ -15,7 +15,6 @@ from scripts.stacks.compose import gpu_ids_override
 from tests.helpers import REPO_ROOT
 from triton_models.registry import MODELS
 
-pytestmark = pytest.mark.docker
 
 
 def _compose_config(tmp_path, overrides: dict[str, str], with_override: bool, builder_ids: str | None = None) -> dict:

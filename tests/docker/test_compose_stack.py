@@ -13,7 +13,6 @@ import pytest
 
 from tests.helpers import REPO_ROOT
 
-pytestmark = pytest.mark.docker
 
 
 def _docker():

@@ -14,7 +14,6 @@ from converters.triton_config import read_config
 from scripts.verify import verify_model
 from tests.helpers import REPO_ROOT, infer, wait_models_ready
 
-pytestmark = pytest.mark.triton
 
 
 @pytest.fixture(scope="module")

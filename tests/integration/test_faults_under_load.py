@@ -19,7 +19,6 @@ from scripts.soak import memory_mb
 from scripts.verify import GoldenRequest
 from tests.helpers import REPO_ROOT
 
-pytestmark = pytest.mark.triton
 
 
 @pytest.fixture(scope="module")

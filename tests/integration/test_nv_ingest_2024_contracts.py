@@ -12,7 +12,6 @@ import tritonclient.grpc as grpcclient
 
 from tests.helpers import infer
 
-pytestmark = pytest.mark.triton
 
 
 def _pages(count: int) -> np.ndarray:

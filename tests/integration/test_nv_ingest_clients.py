@@ -22,7 +22,6 @@ import pytest
 from scripts.embeddings_service import MODEL_ID, post_json
 from tests.helpers import infer
 
-pytestmark = pytest.mark.triton
 
 
 def _pages() -> list[np.ndarray]:

@@ -20,7 +20,6 @@ import pytest
 
 from tests.helpers import REPO_ROOT
 
-pytestmark = pytest.mark.kubernetes
 
 CHART = REPO_ROOT / "deploy" / "helm" / "doc-triton"
 IMAGES = {"builder": "doc-triton-builder:local", "triton": "doc-triton-triton:local",
@@ -307,7 +306,7 @@ def test_up_builds_in_jobs_gates_on_them_and_verifies_through_the_service(releas
 
 def test_each_replica_answers_the_golden_inputs(release):
     namespace, _, root = release
-    from scripts.health import verify_all
+    from scripts.verify import verify_all
 
     pods = _triton_pods(namespace)
     assert len(pods) == 2
@@ -319,7 +318,7 @@ def test_each_replica_answers_the_golden_inputs(release):
 
 def test_a_deleted_replica_costs_no_answer_and_comes_back(release):
     namespace, _, root = release
-    from scripts.health import verify_all
+    from scripts.verify import verify_all
 
     service = kube_json(namespace, "service", "dt-triton")["spec"]["clusterIP"]
     before = _triton_pods(namespace)
@@ -342,7 +341,7 @@ def test_a_deleted_replica_costs_no_answer_and_comes_back(release):
 
 def test_a_failed_build_or_a_missing_image_is_named_at_once_and_the_serving_replicas_keep_serving(release):
     namespace, stack, root = release
-    from scripts.health import verify_all
+    from scripts.verify import verify_all
 
     failed = stack("up", E5_CHECKPOINT="no-such-folder")
     assert failed.returncode == 1

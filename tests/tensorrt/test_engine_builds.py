@@ -19,7 +19,6 @@ from converters.tensorrt_backend import installed_tensorrt
 from triton_models.common import BuildOptions
 from triton_models.registry import get
 
-pytestmark = pytest.mark.tensorrt
 
 CORE_MODELS = ("caption_classification", "yolox", "e5_small_v2")
 MAX_BATCH = 4

@@ -1,6 +1,6 @@
 """The local mode's CUDA MPS daemon: when it runs, and the code around the control binary. The
 binary comes with the NVIDIA driver and no GPU is here, so a stand-in script plays it (start
-with -d, write the pid file, end on "quit"); the GPU machine ran the real one (README)."""
+with -d, write the pid file, end on "quit"); the GPU machine ran the real one (docs/compiled-path.md)."""
 import os
 import socket
 import subprocess

@@ -19,7 +19,7 @@ def test_chart_settings_file_is_generated_from_the_keys_and_registry():
     assert chart["settings"] == {k.name: k.default for k in KEYS if k.chart}
     assert [m["key"] for m in chart["models"]] == [spec.key for spec in MODELS]
     for entry, spec in zip(chart["models"], MODELS):
-        assert entry["batchSizeKey"] in chart["settings"] and entry["checkpointKey"] in chart["settings"]
+        assert set(entry["builderSettings"].values()) <= set(chart["settings"])  # every builder setting is a chart key
         assert entry["job"] == spec.compose_service and entry["tritonNames"] == list(spec.triton_names)
 
 
@@ -54,11 +54,12 @@ def test_the_helm_test_verification_adds_the_embeddings_endpoints_row(tmp_path, 
     endpoint is installed; its row joins the models' and a wrong answer fails the whole check."""
     import scripts.embeddings_service as endpoint
     import scripts.health as health
+    import scripts.verify as verify
     from scripts.report import ModelRow
     from scripts.verify import main as verify_main
 
     monkeypatch.setattr(health, "wait_until_ready", lambda url, names, timeout: None)
-    monkeypatch.setattr(health, "verify_all", lambda url, folders: ([ModelRow(n, ready="yes", verified="yes")
+    monkeypatch.setattr(verify, "verify_all", lambda url, folders: ([ModelRow(n, ready="yes", verified="yes")
                                                                      for n in folders], True))
     monkeypatch.setattr(endpoint, "wait_ready", lambda url, timeout_s: None)
     seen = []

@@ -26,15 +26,6 @@ def test_triton_names_are_unique():
     assert len(names) == len(set(names))
 
 
-@pytest.mark.parametrize("spec", MODELS, ids=lambda s: s.key)
-def test_compose_services_take_the_registry_keys_and_defaults(spec):
-    """docker-compose.yaml's per-model values are the registry's: its key names and defaults."""
-    service = yaml.safe_load((REPO_ROOT / "docker-compose.yaml").read_text())["services"][spec.compose_service]
-    assert service["command"] == [spec.key]
-    assert service["environment"]["MAX_BATCH_SIZE"] == f"${{{spec.batch_size_key}:-{spec.default_batch_size}}}"
-    assert service["environment"]["CHECKPOINT"] == f"${{{spec.checkpoint_key}:-}}"
-
-
 def test_stack_settings_derive_every_model_key_from_the_registry():
     from scripts.stack_settings import KEYS, env_example_text
 

@@ -105,3 +105,11 @@ def test_ingest_without_its_packages_is_one_sentence(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "lancedb" else real(name, *a))
     with pytest.raises(UserError, match=r"ingest and search need lancedb: pip install -e '\.\[ingest\]'"):
         check_installed()
+
+
+def test_the_configuration_reference_is_generated_from_the_keys():
+    from scripts.stack_settings import configuration_markdown
+
+    assert (REPO_ROOT / "docs" / "configuration.md").read_text() == configuration_markdown(), \
+        "run `python -m scripts.stack_settings docs > docs/configuration.md`"
+    assert all(f"| `{key.name}` |" in configuration_markdown() for key in KEYS)

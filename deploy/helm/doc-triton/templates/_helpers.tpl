@@ -54,10 +54,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $builds := list -}}
 {{- range $models -}}
 {{- if has .key $wanted -}}
-{{- $env := dict "PRECISION" $settings.PRECISION "INSTANCE_COUNT" $settings.INSTANCE_COUNT
-      "MAX_BATCH_SIZE" (index $settings .batchSizeKey) "CHECKPOINT" (index $settings .checkpointKey)
-      "SERVE_BACKEND" (ternary .gpuServeBackend "python_onnx" (eq $cuda "true"))
-      "DEVICE" (ternary "cuda" "cpu" (eq $cuda "true")) -}}
+{{- /* the one builder contract (triton_models/builder_contract.py), as settings.yaml carries it */ -}}
+{{- $device := ternary "cuda" "cpu" (eq $cuda "true") -}}
+{{- $env := dict "SERVE_BACKEND" (index .serveBackend $device) "DEVICE" $device -}}
+{{- range $variable, $key := .builderSettings -}}{{- $_ := set $env $variable (index $settings $key) -}}{{- end -}}
 {{- /* everything in the Job's spec: a Job is immutable, so any change must make a new one */ -}}
 {{- $hash := dict "image" $.Values.images "env" $env "model" .key "builds" $.Values.builds "gpu" $.Values.gpu
       "checkpoints" $.Values.checkpoints "placement" (include "doc-triton.placement" $) | toJson | sha256sum | trunc 8 -}}

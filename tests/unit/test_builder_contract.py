@@ -1,0 +1,76 @@
+"""One builder contract (triton_models/builder_contract.py): the local stack, the builder image's
+entrypoint, both compose files and the chart's settings all give a builder what it derives."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from scripts.stack_settings import KEYS, load_settings
+from tests.helpers import REPO_ROOT
+from triton_models.build import build_parser
+from triton_models.builder_contract import builder_arguments, builder_environment, main
+from triton_models.registry import MODELS, get
+
+DEFAULTS = {key.name: key.default for key in KEYS}
+
+
+def _compose_setting(key: str) -> str:
+    return f"${{{key}:-{DEFAULTS[key]}}}"
+
+
+def _services(name: str) -> dict:
+    return yaml.safe_load((REPO_ROOT / name).read_text())["services"]
+
+
+@pytest.mark.parametrize("spec", MODELS, ids=lambda s: s.key)
+def test_compose_builders_are_given_what_the_contract_derives(spec):
+    base = _services("docker-compose.yaml")[spec.compose_service]
+    assert base["command"] == [spec.key]
+    expected = builder_environment(spec, _compose_setting, "cpu")
+    assert base["environment"] == expected, f"docker-compose.yaml {spec.compose_service}: environment should be {expected}"
+    gpu = {**base["environment"], **_services("docker-compose.gpu.yaml")[spec.compose_service]["environment"]}
+    expected = builder_environment(spec, _compose_setting, "cuda")
+    assert gpu == expected, f"docker-compose.gpu.yaml {spec.compose_service}: environment should add {expected}"
+
+
+def test_the_local_stack_builds_with_the_contracts_arguments(tmp_path):
+    from scripts.stacks.local import LocalStack
+
+    (tmp_path / "ckpt").mkdir()
+    env = tmp_path / ".env"
+    env.write_text("E5_BATCH_SIZE=32\nE5_CHECKPOINT=ckpt\nCHECKPOINTS_DIR=.\nLOCAL_DEVICE=cuda\nTRITON_GPU_IDS=0,1\n"
+                   "LOCAL_SERVE_BACKEND=python_compiled\n")
+    stack = LocalStack(load_settings(env, tmp_path))
+    command, checkpoint = stack._builder_command("e5_small_v2")
+    assert checkpoint == tmp_path / "ckpt"
+    args = build_parser().parse_args(command[3:])  # what triton_models.build receives
+    assert (args.model, args.max_batch_size, args.serve_backend, args.device, args.gpus, args.checkpoint) == (
+        "e5_small_v2", 32, "python_compiled", "cuda", "0,1", tmp_path / "ckpt")
+
+
+def test_the_builder_images_entrypoint_reads_the_contracts_environment(tmp_path, monkeypatch, capsys):
+    import triton_models.build as build
+
+    seen = []
+    monkeypatch.setattr(build, "main", lambda argv: seen.append(argv) or 0)
+    environment = builder_environment(get("yolox"), lambda key: {"YOLOX_BATCH_SIZE": "16", "YOLOX_CHECKPOINT": "y.pth"}
+                                      .get(key, DEFAULTS[key]), "cuda")
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert main(["yolox", "--repo", "/models", "--work-dir", "/work", "--checkpoints-dir", "/checkpoints"]) == 0
+    args = build_parser().parse_args(seen[0])
+    assert (args.max_batch_size, args.serve_backend, args.device, str(args.checkpoint)) == (
+        16, "tensorrt_plan", "cuda", "/checkpoints/y.pth")
+    assert seen[0] == builder_arguments("yolox", environment, repo="/models", work_dir="/work",
+                                        checkpoints_dir="/checkpoints")
+    monkeypatch.delenv("MAX_BATCH_SIZE")
+    monkeypatch.delenv("DEVICE")
+    assert main(["yolox", "--repo", "/m", "--work-dir", "/w", "--checkpoints-dir", "/c"]) == 1
+    assert "the builder of yolox was not given MAX_BATCH_SIZE, DEVICE" in capsys.readouterr().err
+
+
+def test_eclair_keeps_its_pytorch_runtime_on_gpus_and_cores_become_engines():
+    assert {spec.key: spec.serve_backend_on("cuda") for spec in MODELS} == {
+        "caption_classification": "tensorrt_plan", "yolox": "tensorrt_plan", "eclair": "python_onnx",
+        "e5_small_v2": "tensorrt_plan"}
+    assert all(spec.serve_backend_on("cpu") == "python_onnx" for spec in MODELS)
