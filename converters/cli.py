@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--memory-pool-limit", default=str(1 << 30),
                        help="TensorRT workspace in bytes; '1 << 32' and '4GiB' forms accepted (default 1 << 30)")
     build.add_argument("--use-fp16", action="store_true", help="fp16 engine; LayerNorm/Softmax-class ops stay fp32")
+    build.add_argument("--use-fp8", action="store_true",
+                       help="python_compiled only: e4m3 weights and activations in the compiled program, on GPUs of "
+                            "compute capability 8.9+ (Ada, Hopper); refused elsewhere; an accuracy gate against fp32 "
+                            "decides whether it is published")
     build.add_argument("--use-int8", action="store_true", help="int8 engine; needs --calibration-data/--calibration-cache or Q/DQ nodes")
     build.add_argument("--calibration-data", type=Path, help=".npz with one array per input (batch first) for int8 calibration")
     build.add_argument("--calibration-cache", type=Path, help="int8 calibration cache to read (and write)")
@@ -95,7 +99,8 @@ def settings_from_args(args: argparse.Namespace) -> ConversionSettings:
         generate_onnx=args.generate_onnx, generate_trt=args.generate_trt,
         generate_triton_config=args.generate_triton_config, overwrite=args.overwrite, force=args.force,
         dynamic_batching=args.dynamic_batching, max_queue_delay_us=args.max_queue_delay,
-        memory_pool_limit=parse_size(args.memory_pool_limit), use_fp16=args.use_fp16, use_int8=args.use_int8,
+        memory_pool_limit=parse_size(args.memory_pool_limit), use_fp16=args.use_fp16 or args.use_fp8,
+        use_int8=args.use_int8, use_fp8=args.use_fp8,
         calibration_data=args.calibration_data, calibration_cache=args.calibration_cache,
         serve_backend=args.serve_backend, instances=InstancePlan(args.instance_count, args.instance_kind, gpus),
         warmup=args.warmup, opset=args.opset, accept_check_failure=args.accept_check_failure, demo=args.demo,

@@ -63,6 +63,7 @@ class ConversionSettings:
     memory_pool_limit: int = 1 << 30
     use_fp16: bool = False
     use_int8: bool = False
+    use_fp8: bool = False  # python_compiled on FP8 tensor cores (converters/fp8.py); implies fp16 elsewhere
     calibration_data: Path | None = None
     calibration_cache: Path | None = None
     serve_backend: str = "auto"
@@ -79,6 +80,8 @@ class ConversionSettings:
             raise UserError(f"--model-name '{self.model_name}' may hold only letters, digits, '_', '-' and '.'.")
         if not (self.generate_onnx or self.generate_trt or self.generate_triton_config):
             raise UserError("nothing to do: pass --generate-onnx, --generate-trt and/or --generate-triton-config.")
+        if self.use_fp8 and self.use_int8:
+            raise UserError("--use-fp8 and --use-int8 exclude each other: choose one.")
         if self.calibration_data is not None and not self.calibration_data.is_file():
             raise UserError(f"--calibration-data {self.calibration_data} does not exist.")
 
@@ -90,6 +93,7 @@ class ConversionSettings:
             "sequence_length": self.plan.sequence_length, "preferred_batch_sizes": list(self.plan.preferred_batch_sizes),
             "dynamic_batching": self.dynamic_batching, "max_queue_delay_us": self.max_queue_delay_us,
             "memory_pool_limit": self.memory_pool_limit, "use_fp16": self.use_fp16, "use_int8": self.use_int8,
+            "use_fp8": self.use_fp8,
             "instances": [self.instances.count, self.instances.kind, list(self.instances.gpus)],
             "warmup": self.warmup, "opset": self.opset, "device": self.device, "generate_trt": self.generate_trt,
             "pad_sequence": self.pad_sequence, "gpu_types": list(self.gpu_types),

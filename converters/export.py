@@ -57,8 +57,12 @@ def run_as_served(model: torch.nn.Module, io: IOConfig, feeds: dict[str, np.ndar
     caption, a set of boxes) come from here: in fp16 a near-tie can flip, not just move a value."""
     target = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
     model = model.to(target)
-    if target == "cuda" and precision == "fp16":
+    if target == "cuda" and precision in ("fp16", "fp8"):
         model = model.half()
+        if precision == "fp8":
+            from converters.fp8 import quantise_linear_layers
+
+            quantise_linear_layers(model)
         feeds = {k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in feeds.items()}
     return run_torch(model, io, feeds, target)
 

@@ -91,6 +91,7 @@ class Manifest:
     settings: dict | None = None
     profile: dict | None = None  # input -> [min, opt, max] shapes
     engine: dict | None = None  # the TensorRT build, where one was made (tensorrt_backend.EngineBuild)
+    accuracy: dict | None = None  # measured against fp32 where a gate decided the publish (fp8: converters/fp8.py)
 
     def to_text(self) -> str:
         data = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}

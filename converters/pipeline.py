@@ -2,6 +2,7 @@
 small method with a plain result on `ConversionResult`."""
 from __future__ import annotations
 
+import copy
 import logging
 import tempfile
 import time
@@ -17,6 +18,8 @@ from converters.compiled_step import export_program, sequence_buckets, warm_and_
 from converters.engine_step import BuiltEngine, build_and_check_engines
 from converters.engine_targets import EngineTarget, cc_model_filenames, engine_targets
 from converters.errors import UserError
+from converters.fp8 import check_fp8_device, measure_accuracy, quantise_linear_layers
+from converters.fp8 import gate as fp8_gate
 from converters.loading import build_model
 from converters.manifest import (engine_compatibility, file_sha256, fingerprint, gpu_identity, text_sha256,
                                  tool_versions, visible_gpus)
@@ -42,6 +45,7 @@ class ConversionResult:
     onnx_check: CheckResult | None = None
     engine_builds: list[EngineBuild] = field(default_factory=list)  # one per GPU type built in this run
     engine_check: CheckResult | None = None
+    accuracy: dict | None = None  # what an accuracy gate measured (fp8), recorded in the manifest
     timings: dict[str, float] = field(default_factory=dict)
     messages: list[str] = field(default_factory=list)
 
@@ -135,6 +139,11 @@ class _Conversion:
         self.triton_inputs: tuple[str, ...] = ()
         self.sample: dict = {}
         self.engines: list[BuiltEngine] = []  # one per target, built or kept
+        if settings.use_fp8:  # refused before any work, in one sentence
+            if self.backend.name != "python_compiled":
+                raise UserError(f"--use-fp8 is for --serve-backend python_compiled (FP8 in the compiled PyTorch "
+                                f"program), not {self.backend.name}; TensorRT engines take --use-fp16 or --use-int8.")
+            check_fp8_device(settings.device)
 
     def is_current(self) -> bool:
         """Skip check: published from exactly these inputs and settings."""
@@ -200,12 +209,14 @@ class _Conversion:
         if backend.artifact == "engine":  # one file per GPU type; config.pbtxt maps each type to its file
             files.update({f"1/{built.target.model_file}": built.engine for built in self.engines})
             self.result.precision = engine_precision
-        elif backend.artifact in ("exported", "torchscript"):  # PyTorch serves fp16 on a GPU only
-            self.result.precision = "fp16" if s.use_fp16 and s.device == "cuda" else "fp32"
-        half = self.result.precision == "fp16"
+        elif backend.artifact in ("exported", "torchscript"):  # PyTorch serves fp16 (or fp8) on a GPU only
+            self.result.precision = "fp8" if s.use_fp8 else "fp16" if s.use_fp16 and s.device == "cuda" else "fp32"
+        half = self.result.precision in ("fp16", "fp8")
         if backend.artifact == "exported":
+            if s.use_fp8:
+                self.fp8_gate()
             files[model_file] = export_program(self.model, s.io, s.plan, self.triton_inputs, self.sample, s.device,
-                                               half, scratch / model_file)
+                                               half, scratch / model_file, fp8=s.use_fp8)
         elif backend.artifact == "torchscript":
             # A trace records the device of the tensors it creates (position ids, YOLOX's grids): the
             # first GPU the instances drive gets `model.pt`, each further one its own `model.cuda<N>.pt`.
@@ -219,6 +230,19 @@ class _Conversion:
         if backend.runner is not None:
             files["1/model.py"], files[MODEL_SUPPORT_FILE] = backend.runner, MODEL_SUPPORT
         return files
+
+    def fp8_gate(self) -> None:
+        """fp32, fp16 and fp8 on the golden batch and 64 random rows; outside a bound, nothing is published."""
+        s = self.settings
+        quantised = copy.deepcopy(self.model).to(s.device).half().eval()
+        quantise_linear_layers(quantised)
+        rows = min(8, s.plan.max_batch_size)
+        batches = [export_step.make_sample(s.io, s.plan, batch=min(GOLDEN_BATCH, s.plan.max_batch_size), seed=1)]
+        batches += [export_step.make_sample(s.io, s.plan, batch=rows, seed=100 + i) for i in range(-(-64 // rows))]
+        accuracy = measure_accuracy(self.model, quantised, batches, self.triton_inputs, s.io.output_names, s.device)
+        self.result.say("fp8 against fp32 (fp16 beside it):\n" + "\n".join(a.report() for a in accuracy))
+        self.result.accuracy = {"fp8": [a.as_manifest() for a in accuracy]}
+        fp8_gate(s.model_name, accuracy)
 
     def publish(self, files: dict[str, Path | bytes | str]) -> None:
         s, backend, precision = self.settings, self.backend, self.result.precision
@@ -249,7 +273,7 @@ class _Conversion:
             source_paths={"checkpoint": str(s.ckpt_path), "script": str(s.model_script_path)},
             settings=s.manifest_settings(),
             profile={name: [list(shape) for shape in shapes] for name, shapes in profiles.items()},
-            engine=engine)
+            engine=engine, accuracy=self.result.accuracy)
         if self.model_dir.exists() and not s.overwrite and Manifest.read(self.model_dir) is not None:
             self.result.say(f"replacing {self.model_dir}: its manifest says it was built from other inputs or settings.")
         self.result.model_dir = publish(s.triton_repo, s.model_name, config_text(config), manifest, golden, files)

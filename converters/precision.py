@@ -32,7 +32,7 @@ _FLOAT_TYPES = ("FLOAT", "HALF", "BF16")
 _ONNX_LAYER = re.compile(r"\[ONNX Layer: ([^\]]*)\]")
 
 # (absolute, relative) tolerance of ONNX Runtime / engine output vs PyTorch fp32, per precision.
-TOLERANCES = {"fp32": (1e-4, 1e-3), "fp16": (2e-2, 2e-2), "int8": (1e-1, 1e-1)}
+TOLERANCES = {"fp32": (1e-4, 1e-3), "fp16": (2e-2, 2e-2), "int8": (1e-1, 1e-1), "fp8": (1e-1, 1e-1)}
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,9 @@ KEYS: tuple[Key, ...] = (
     Key("TRITON_GPU_IDS", "gpu_ids", "0", "GPUs the Triton service reserves (comma list)"),
     Key("BUILDER_GPU_ID", "gpu_ids", "0", "GPU the builders build on"),
     Key("TRITON_SHM_SIZE", "str", "2gb", "shared memory of the Triton container (python backend tensors)"),
-    Key("PRECISION", "choice:fp16|fp32", "fp16", "engine precision", chart=True),
+    Key("PRECISION", "choice:fp16|fp32|fp8", "fp16",
+        "engine precision; fp8: DeBERTa and E5 on FP8 tensor cores in the compiled path (LOCAL_SERVE_BACKEND="
+        "python_compiled, LOCAL_DEVICE=cuda, compute capability 8.9+), the other models in fp16", chart=True),
     Key("INSTANCE_COUNT", "int", "1", "model instances per GPU (or on CPU)", chart=True),
     Key("MODELS", "models", ",".join(m.key for m in MODELS), "which models to build and serve (comma list)", chart=True),
     *(Key(spec.batch_size_key, "int", str(spec.default_batch_size), f"max batch of {spec.core}{spec.batch_help}",
@@ -187,6 +189,9 @@ def load_settings(env_file: Path | None = Path(".env"), root: Path = Path("."), 
         # nv-ingest's YOLOX client sends batches in powers of two up to the model's max batch
         problems.append(f"{get('yolox').batch_size_key}={yolox_batch} must be a power of two (nv-ingest's YOLOX "
                         "client batches pages in powers of two); use 8 or 16")
+    if values["PRECISION"] == "fp8" and (values["LOCAL_SERVE_BACKEND"], values["LOCAL_DEVICE"]) != ("python_compiled", "cuda"):
+        problems.append("PRECISION=fp8 runs only in the compiled path on a GPU: set LOCAL_SERVE_BACKEND=python_compiled "
+                        "and LOCAL_DEVICE=cuda (local mode), or use PRECISION=fp16")
     if values["ECLAIR_RUNTIME"] == "tensorrt_llm" and "eclair" in values["MODELS"].split(","):
         needs = [name for name in ("TRTLLM_BASE_IMAGE", "ECLAIR_CHECKPOINT_NAME") if not values[name]]
         if needs:

@@ -26,7 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repo", type=Path, default=Path("build/model_repository"), help="Triton model repository")
     p.add_argument("--work-dir", type=Path, default=Path("build/work"), help="ONNX, engines, demo checkpoints")
     p.add_argument("--max-batch-size", type=int, help="default: the registry's batch size for the model")
-    p.add_argument("--precision", choices=("fp16", "fp32"), default="fp16")
+    p.add_argument("--precision", choices=("fp16", "fp32", "fp8"), default="fp16",
+                   help="fp8: the transformer cores with --serve-backend python_compiled on GPUs of compute capability "
+                        "8.9+ (the rest build in fp16)")
     p.add_argument("--serve-backend", choices=("auto",) + CORE_SERVE_BACKENDS, default="auto")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--instance-count", type=int, default=1)

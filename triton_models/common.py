@@ -22,7 +22,7 @@ class BuildOptions:
     repo: Path
     work_dir: Path
     max_batch_size: int
-    precision: str = "fp16"  # fp16 | fp32: the engine's; the python_onnx runner computes in fp32
+    precision: str = "fp16"  # fp16 | fp32 | fp8: the engine's (fp8: python_compiled, else fp16); python_onnx computes in fp32
     serve_backend: str = "auto"
     device: str = "cpu"
     instance_count: int = 1
@@ -35,10 +35,12 @@ class BuildOptions:
 
 def conversion_settings(options: BuildOptions, *, name: str, io_json: str, script: Path, class_name: str,
                         sequence_length: int, opt_batch: int | None = None, ckpt_path: Path | None = None,
-                        triton_inputs: tuple[str, ...] | None = None, pad_sequence: bool = False) -> ConversionSettings:
+                        triton_inputs: tuple[str, ...] | None = None, pad_sequence: bool = False,
+                        fp8_capable: bool = False) -> ConversionSettings:
     """The converter's settings for a model core, derived from the build options. An engine is
     built only where it may be served (`auto`, `tensorrt_plan`): a python_onnx or python_torch
-    build has no use for one."""
+    build has no use for one. `fp8_capable`: a transformer core whose linear layers may go to FP8
+    where `--precision fp8` asks; the other cores (YOLOX's convolutions) build in fp16 then."""
     work = options.work_dir / name
     return ConversionSettings(
         ckpt_path=ckpt_path or options.checkpoint, model_script_path=script, model_class_name=class_name, model_name=name,
@@ -46,7 +48,8 @@ def conversion_settings(options: BuildOptions, *, name: str, io_json: str, scrip
         onnx_path=work / "model.onnx", engine_path=work / "model.plan", triton_repo=options.repo, triton_inputs=triton_inputs,
         device=options.device, generate_onnx=True, generate_trt=options.serve_backend in ("auto", "tensorrt_plan"),
         generate_triton_config=True, overwrite=True,
-        force=options.force, dynamic_batching=True, max_queue_delay_us=CORE_QUEUE_DELAY_US, use_fp16=options.precision == "fp16",
+        force=options.force, dynamic_batching=True, max_queue_delay_us=CORE_QUEUE_DELAY_US, use_fp16=options.precision in ("fp16", "fp8"),
+        use_fp8=options.precision == "fp8" and fp8_capable,
         serve_backend=options.serve_backend,
         instances=InstancePlan(options.instance_count, "auto", options.gpus), demo=options.demo, pad_sequence=pad_sequence,
         gpu_types=options.gpu_types)

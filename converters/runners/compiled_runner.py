@@ -203,7 +203,7 @@ class Runner:
         self.mode = mode or ("graphs" if gpu else "compiled")
         if self.mode not in MODES or (self.mode == "graphs" and not gpu):
             raise ValueError(f"mode {self.mode} is not one of {', '.join(MODES)} or needs a GPU")
-        self.half = params.get("precision", "fp32") == "fp16"
+        self.half = params.get("precision", "fp32") in ("fp16", "fp8")  # fp8: linear layers only, fp16 around them
         self.cache_dir = use_cache(folder, cache_writable) if self.mode != "eager" else None
         program = torch.export.load(os.path.join(folder, PROGRAM_FILE))
         module = without_device_asserts(move_to_device_pass(program, str(self.device)).module())

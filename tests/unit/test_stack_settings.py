@@ -28,13 +28,13 @@ def test_defaults_without_env_file(tmp_path):
 
 def test_every_problem_is_listed_at_once(tmp_path):
     env = tmp_path / ".env"
-    env.write_text("E5_BATCH_SIZE=lots\nTRITON_HTTP_PORT=99999\nMODELS=e5_small_v2,bert\nPRECISION=fp8\n"
+    env.write_text("E5_BATCH_SIZE=lots\nTRITON_HTTP_PORT=99999\nMODELS=e5_small_v2,bert\nPRECISION=fp4\n"
                    "YOLOX_CHECKPOINT=nope.pth\nTRITON_GPU=1\nTRITON_GPU_IDS=0;1\nTRITON_GRPC_PORT=8000\n")
     with pytest.raises(UserError) as info:
         load_settings(env, tmp_path)
     message = str(info.value)
     for fragment in ("E5_BATCH_SIZE='lots' is not a whole number", "TRITON_HTTP_PORT=99999 is not a port",
-                     "names unknown models ['bert']", "PRECISION='fp8' must be one of fp16, fp32",
+                     "names unknown models ['bert']", "PRECISION='fp4' must be one of fp16, fp32, fp8",
                      "YOLOX_CHECKPOINT=nope.pth does not exist", "unknown key TRITON_GPU",
                      "TRITON_GPU_IDS='0;1' must be GPU ids"):
         assert fragment in message

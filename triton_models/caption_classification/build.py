@@ -123,7 +123,8 @@ def build(options: BuildOptions) -> list[Path]:
 
     settings = conversion_settings(options, name=CORE, io_json=IO_CONFIG, script=HERE / "model_script.py",
                                    class_name="DebertaLargeModel", sequence_length=MAX_LENGTH,
-                                   ckpt_path=folder / "weights", triton_inputs=("input_ids", "input_mask"))
+                                   ckpt_path=folder / "weights", triton_inputs=("input_ids", "input_mask"),
+                                   fp8_capable=True)
     core = convert(settings, load_model=lambda: load_model(folder, folds))
     precision = core.precision
 

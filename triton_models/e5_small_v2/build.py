@@ -58,7 +58,8 @@ def build(options: BuildOptions) -> list[Path]:
     folder = Path(options.checkpoint)
     _check_folder(folder)
     settings = conversion_settings(options, name=CORE, io_json=get("e5_small_v2").core_io_json, script=HERE / "model_script.py",
-                                   class_name="E5Embedder", sequence_length=128, pad_sequence=get("e5_small_v2").pad_sequence)
+                                   class_name="E5Embedder", sequence_length=128, pad_sequence=get("e5_small_v2").pad_sequence,
+                                   fp8_capable=True)
     core = convert(settings, load_model=lambda: E5Embedder.from_folder(folder))
     precision = core.precision
 

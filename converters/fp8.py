@@ -1,0 +1,179 @@
+"""FP8 (e4m3) for the `python_compiled` program: weights quantised once at build time with one
+scale per output row, activations quantised per row (per token) as they are produced. The
+product is `torch._scaled_mm` (cuBLASLt's FP8 tensor-core GEMM); `torch.compile` fuses each
+activation's amax, scale and cast into the kernel that produces it, which is what makes FP8
+pay (quantising with separate kernels ran the same GEMMs at half the fp16 speed).
+
+Only `nn.Linear` layers are quantised, and not all: embeddings, norms, softmax and the rest of
+the graph stay in fp16 as in the fp16 path, and so do heads (the classifier, the pooler: few
+FLOPs, most of the answer) and layers whose sizes FP8 GEMMs cannot take (multiples of 16).
+Ada and Hopper (compute capability 8.9 and newer) have FP8 tensor cores; elsewhere FP8 is refused.
+
+The accuracy gate runs the fp32 model, the fp16 model and the fp8 model on the same inputs
+(the golden batch and 64 random rows) and refuses to publish when a bound fails:
+- vector outputs (embeddings): cosine to fp32 at least `MIN_COSINE` for every row;
+- scalar outputs (logits): max abs error at most `ERROR_FACTOR` x the fp16 path's own, and the
+  row with the top score in each batch the same as fp32's wherever fp32's margin is clear of
+  the fp16 error (a near-tie that fp16 itself cannot decide is not FP8's fault).
+"""
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from converters.errors import UserError
+
+E4M3_MAX = float(torch.finfo(torch.float8_e4m3fn).max)  # 448
+MIN_CAPABILITY = (8, 9)
+MIN_COSINE = 0.999
+ERROR_FACTOR = 16.0  # fp8 keeps 3 mantissa bits to fp16's 10; a dot product's error averages over its terms
+VECTOR_MIN_WIDTH = 8  # outputs at least this wide are vectors (cosine); narrower ones are scores
+KEPT_LAYERS = re.compile(r"(^|\.)(classifier|pooler|head|lm_head|score|qa_outputs)(\.|$)")
+
+
+class Fp8Linear(torch.nn.Module):
+    """`nn.Linear` with e4m3 weights (one scale per output row) and per-row dynamic activations."""
+
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()
+        weight = linear.weight.detach().float()
+        scale = weight.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / E4M3_MAX
+        # both stored as bytes: `.half()` on the module (export, runners) must not cast the FP8 weight
+        # or its fp32 scales, which `_scaled_mm` requires
+        quantised = (weight / scale).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+        self.register_buffer("weight_bytes", quantised.view(torch.uint8))
+        self.register_buffer("scale_bytes", scale.reshape(1, -1).contiguous().view(torch.uint8))  # [1, 4 x out]
+        self.bias = None if linear.bias is None else torch.nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    @property
+    def weight_scale(self) -> torch.Tensor:
+        return self.scale_bytes.view(torch.float32)  # [1, out]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features)
+        scale = rows.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / E4M3_MAX
+        quantised = (rows.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+        weight = self.weight_bytes.view(torch.float8_e4m3fn)
+        # row-wise scales take a bf16 product (cuBLASLt); the cast back fuses into the next op
+        out = torch._scaled_mm(quantised, weight.t(), scale_a=scale, scale_b=self.weight_scale,
+                               out_dtype=torch.bfloat16).to(x.dtype)
+        if self.bias is not None:
+            out = out + self.bias.to(x.dtype)
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+
+def quantisable(name: str, module: torch.nn.Module) -> bool:
+    return (isinstance(module, torch.nn.Linear) and not KEPT_LAYERS.search(name)
+            and module.in_features % 16 == 0 and module.out_features % 16 == 0)
+
+
+def quantise_linear_layers(model: torch.nn.Module) -> list[str]:
+    """Replace the quantisable `nn.Linear` layers in place; returns their names."""
+    names = [name for name, module in model.named_modules() if quantisable(name, module)]
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, Fp8Linear(getattr(parent, child)))
+    return names
+
+
+def check_fp8_device(device: str) -> None:
+    """FP8 tensor cores or a one-sentence refusal that names the GPU and the precision to use."""
+    if device != "cuda" or not torch.cuda.is_available():
+        raise UserError("--use-fp8 runs on NVIDIA GPUs of compute capability 8.9 or newer (Ada, Hopper, "
+                        "Blackwell); on CPU use fp32 (leave out --use-fp16/--use-fp8).")
+    capability = torch.cuda.get_device_capability()
+    if capability < MIN_CAPABILITY:
+        raise UserError(f"--use-fp8 needs FP8 tensor cores (compute capability 8.9 or newer); "
+                        f"{torch.cuda.get_device_name()} is {capability[0]}.{capability[1]}: use --use-fp16.")
+
+
+@dataclass(frozen=True)
+class Fp8Accuracy:
+    """What the gate measured against fp32, for the manifest and the build log."""
+    rows: int
+    quantised_layers: int
+    output: str
+    kind: str  # "vector" | "score"
+    fp16_max_abs_error: float
+    fp8_max_abs_error: float
+    bound: float  # scores: ERROR_FACTOR x fp16's error; vectors: MIN_COSINE
+    fp8_min_cosine: float | None
+    fp16_min_cosine: float | None
+    top_row_changed: int  # batches whose top-scoring row differs from fp32's beyond fp16's own error
+
+    @property
+    def ok(self) -> bool:
+        if self.kind == "vector":
+            return self.fp8_min_cosine is not None and self.fp8_min_cosine >= MIN_COSINE
+        return self.fp8_max_abs_error <= self.bound and self.top_row_changed == 0
+
+    def report(self) -> str:
+        if self.kind == "vector":
+            return (f"{self.output}: min cosine to fp32 over {self.rows} rows: fp8 {self.fp8_min_cosine:.5f}, fp16 "
+                    f"{self.fp16_min_cosine:.5f} (bound {MIN_COSINE}); max abs error fp8 {self.fp8_max_abs_error:.3g}, "
+                    f"fp16 {self.fp16_max_abs_error:.3g}")
+        return (f"{self.output}: max abs error to fp32 over {self.rows} rows: fp8 {self.fp8_max_abs_error:.3g}, fp16 "
+                f"{self.fp16_max_abs_error:.3g} (bound {self.bound:.3g} = {ERROR_FACTOR:g} x fp16); top row changed in "
+                f"{self.top_row_changed} batch(es)")
+
+    def as_manifest(self) -> dict:
+        return asdict(self)
+
+
+def _run(model: torch.nn.Module, feeds: dict[str, np.ndarray], inputs: tuple[str, ...], device: str,
+         dtype: torch.dtype) -> list[np.ndarray]:
+    args = [torch.from_numpy(feeds[name]).to(device) for name in inputs]
+    args = [a.to(dtype) if a.is_floating_point() else a for a in args]
+    with torch.inference_mode():
+        result = model(*args)
+    values = result if isinstance(result, (tuple, list)) else [result]
+    return [v.float().cpu().numpy().reshape(v.shape[0], -1) for v in values]
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+
+
+def measure_accuracy(model: torch.nn.Module, quantised: torch.nn.Module, batches: list[dict[str, np.ndarray]],
+                     inputs: tuple[str, ...], output_names: tuple[str, ...], device: str) -> list[Fp8Accuracy]:
+    """fp32 (`model`), fp16 (a half copy) and fp8 (`quantised`, already in fp16) on the same batches."""
+    half = copy.deepcopy(model).to(device).half().eval()
+    reference_model = model.to(device).float().eval()
+    runs = {"fp32": [], "fp16": [], "fp8": []}
+    for feeds in batches:
+        runs["fp32"].append(_run(reference_model, feeds, inputs, device, torch.float32))
+        runs["fp16"].append(_run(half, feeds, inputs, device, torch.float16))
+        runs["fp8"].append(_run(quantised, feeds, inputs, device, torch.float16))
+    layers = sum(isinstance(m, Fp8Linear) for m in quantised.modules())
+    results = []
+    for index, name in enumerate(output_names):
+        per_batch = {path: [batch[index] for batch in outputs] for path, outputs in runs.items()}
+        ref, fp16, fp8 = (np.concatenate(per_batch[path]) for path in ("fp32", "fp16", "fp8"))
+        error16, error8 = float(np.abs(fp16 - ref).max()), float(np.abs(fp8 - ref).max())
+        if ref.shape[1] >= VECTOR_MIN_WIDTH:
+            results.append(Fp8Accuracy(len(ref), layers, name, "vector", error16, error8, MIN_COSINE,
+                                       float(_cosines(fp8, ref).min()), float(_cosines(fp16, ref).min()), 0))
+            continue
+        changed = 0
+        for r, q in zip(per_batch["fp32"], per_batch["fp8"]):
+            scores = r[:, 0]
+            if len(scores) > 1:
+                top, second = np.sort(scores)[-2:][::-1]
+                changed += int(top - second > 2 * error16 and np.argmax(q[:, 0]) != np.argmax(scores))
+        results.append(Fp8Accuracy(len(ref), layers, name, "score", error16, error8,
+                                   ERROR_FACTOR * max(error16, 1e-3), None, None, changed))
+    return results
+
+
+def gate(model_name: str, accuracy: list[Fp8Accuracy]) -> None:
+    """Refuse to publish when a bound fails, naming the output, what was measured and the fix."""
+    failed = [a for a in accuracy if not a.ok]
+    if failed:
+        raise UserError(f"{model_name} in fp8 is outside its accuracy bounds, so nothing was published: "
+                        + "; ".join(a.report() for a in failed) + ". Serve it in fp16 (PRECISION=fp16 / --use-fp16).")

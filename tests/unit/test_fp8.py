@@ -1,0 +1,121 @@
+"""FP8 for the compiled path (converters/fp8.py) on CPU: which layers are quantised, that the
+quantised model keeps its FP8 weights through dtype casts, the refusals off FP8 GPUs, and the
+accuracy gate, which publishes a sound quantisation and refuses a deliberately broken one."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from converters.errors import UserError
+from converters.fp8 import (ERROR_FACTOR, Fp8Linear, check_fp8_device, gate, measure_accuracy,
+                            quantise_linear_layers)
+
+
+class Scorer(torch.nn.Module):
+    """A small transformer-shaped scorer: a block of linear layers, a norm and a 1-wide head."""
+
+    def __init__(self, width=64, vector=False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = torch.nn.Embedding(100, width)
+        self.up, self.down = torch.nn.Linear(width, 4 * width), torch.nn.Linear(4 * width, width)
+        self.norm = torch.nn.LayerNorm(width)
+        self.odd = torch.nn.Linear(width, 24)  # 24 is not a multiple of 16: FP8 GEMMs cannot take it
+        self.head = torch.nn.Linear(24, 16 if vector else 1)
+
+    def forward(self, ids):
+        x = self.embed(ids)
+        x = self.norm(x + self.down(torch.nn.functional.gelu(self.up(x))))
+        return self.head(self.odd(x).mean(1))
+
+
+def _batches(rows=8, count=8):
+    generator = np.random.default_rng(0)
+    return [{"ids": generator.integers(0, 100, (rows, 12)).astype(np.int64)} for _ in range(count)]
+
+
+def test_only_the_quantisable_linear_layers_go_to_fp8_and_stay_fp8_through_casts():
+    model = Scorer().half()
+    assert quantise_linear_layers(model) == ["up", "down"]  # not the head, not 24 wide, not the embedding or norm
+    assert isinstance(model.up, Fp8Linear) and isinstance(model.head, torch.nn.Linear)
+    model.half().float().half()  # what export and runners do to a module
+    assert model.up.weight_bytes.dtype == torch.uint8 and model.up.weight_scale.dtype == torch.float32
+    weight = Scorer().up.weight.detach()
+    restored = model.up.weight_bytes.view(torch.float8_e4m3fn).float() * model.up.weight_scale.reshape(-1, 1)
+    assert torch.allclose(restored, weight, rtol=0.07, atol=1e-6)  # e4m3: 3 mantissa bits, one scale per row
+
+
+def test_fp8_is_refused_off_fp8_tensor_cores_in_one_sentence(monkeypatch):
+    with pytest.raises(UserError, match="on CPU use fp32"):
+        check_fp8_device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA A100-SXM4-80GB")
+    with pytest.raises(UserError) as refused:
+        check_fp8_device("cuda")
+    assert str(refused.value) == ("--use-fp8 needs FP8 tensor cores (compute capability 8.9 or newer); "
+                                  "NVIDIA A100-SXM4-80GB is 8.0: use --use-fp16.")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    check_fp8_device("cuda")  # Hopper
+
+
+@pytest.mark.parametrize("vector", [False, True], ids=["scores", "vectors"])
+def test_the_gate_publishes_a_sound_quantisation_and_refuses_a_broken_one(vector):
+    model = Scorer(vector=vector).eval()
+    quantised = copy.deepcopy(model).half()
+    quantise_linear_layers(quantised)
+    accuracy = measure_accuracy(model, quantised, _batches(), ("ids",), ("out",), "cpu")
+    (measured,) = accuracy
+    assert measured.rows == 64 and measured.quantised_layers == 2
+    assert measured.kind == ("vector" if vector else "score")
+    assert measured.fp8_max_abs_error > measured.fp16_max_abs_error > 0
+    if not vector:
+        assert measured.bound == pytest.approx(ERROR_FACTOR * max(measured.fp16_max_abs_error, 1e-3))
+    gate("scorer", accuracy)  # within bounds: no error
+    assert measured.as_manifest()["fp8_max_abs_error"] == measured.fp8_max_abs_error
+
+    broken = copy.deepcopy(quantised)
+    broken.down.weight_scale.mul_(4)  # a deliberately broken quantisation: the wrong scale (a view of its bytes)
+    accuracy = measure_accuracy(model, broken, _batches(), ("ids",), ("out",), "cpu")
+    with pytest.raises(UserError) as refused:
+        gate("scorer", accuracy)
+    message = str(refused.value)
+    assert message.startswith("scorer in fp8 is outside its accuracy bounds, so nothing was published: out: ")
+    assert message.endswith("Serve it in fp16 (PRECISION=fp16 / --use-fp16).")
+    assert ("min cosine" if vector else "max abs error") in message
+
+
+def test_the_converter_refuses_fp8_outside_the_compiled_path(small_deberta, tmp_path, capsys):
+    from converters.cli import main
+    from tests.helpers import seed_command
+
+    command = seed_command(small_deberta.ckpt, small_deberta.script, tmp_path / "work", tmp_path / "repo")
+    args = [a for a in command if a != "--generate-trt"] + ["--use-fp8"]
+    assert main(args + ["--serve-backend", "python_onnx"]) == 1
+    assert "--use-fp8 is for --serve-backend python_compiled" in capsys.readouterr().err
+    assert main(args + ["--serve-backend", "python_compiled"]) == 1  # on CPU
+    assert "on CPU use fp32" in capsys.readouterr().err
+    assert not (tmp_path / "repo").exists() and not (tmp_path / "work").exists()  # refused before any work
+
+
+def test_precision_fp8_reaches_the_transformer_cores_only_and_needs_the_compiled_gpu_path(tmp_path):
+    from scripts.stack_settings import load_settings
+    from triton_models.common import BuildOptions, conversion_settings
+    from triton_models.registry import get
+
+    options = BuildOptions(checkpoint=tmp_path, repo=tmp_path, work_dir=tmp_path, max_batch_size=8, precision="fp8",
+                           serve_backend="python_compiled", device="cuda")
+    io = get("e5_small_v2").core_io_json
+    common = dict(name="core", io_json=io, script=tmp_path / "s.py", class_name="C", sequence_length=128)
+    e5 = conversion_settings(options, **common, fp8_capable=True)
+    yolox_like = conversion_settings(options, **common)
+    assert (e5.use_fp8, e5.use_fp16) == (True, True) and (yolox_like.use_fp8, yolox_like.use_fp16) == (False, True)
+    env = tmp_path / ".env"
+    env.write_text("PRECISION=fp8\n")
+    with pytest.raises(UserError, match="PRECISION=fp8 runs only in the compiled path on a GPU"):
+        load_settings(env, tmp_path)
+    env.write_text("PRECISION=fp8\nLOCAL_SERVE_BACKEND=python_compiled\nLOCAL_DEVICE=cuda\n")
+    assert load_settings(env, tmp_path)["PRECISION"] == "fp8"
