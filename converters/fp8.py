@@ -47,7 +47,7 @@ class Fp8Linear(torch.nn.Module):
         quantised = (weight / scale).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
         self.register_buffer("weight_bytes", quantised.view(torch.uint8))
         self.register_buffer("scale_bytes", scale.reshape(1, -1).contiguous().view(torch.uint8))  # [1, 4 x out]
-        self.bias = None if linear.bias is None else torch.nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
         self.in_features, self.out_features = linear.in_features, linear.out_features
 
     @property
