@@ -280,8 +280,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(args.env_file, ROOT, host_checkpoints=args.mode != "kubernetes")
         if args.mode == "kubernetes" and args.command in ("ingest", "search"):
-            raise UserError(f"{args.command} runs in the local and docker modes only; Kubernetes is not "
-                            "supported yet.")
+            from scripts.ingest.commands import cluster_command
+            from scripts.stacks.kubernetes import KubernetesStack
+
+            return cluster_command(args.command, args, KubernetesStack(settings))
         if args.mode == "kubernetes":
             from scripts.stacks.kubernetes import run_command
 

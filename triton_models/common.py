@@ -100,9 +100,10 @@ def tensor(name: str, dtype: str, dims: list[int], optional: bool = False) -> di
 
 
 def python_model_config(name: str, inputs: list[dict], outputs: list[dict], max_batch_size: int,
-                        **options) -> pb.ModelConfig:
+                        parameters: dict[str, str] | None = None, **options) -> pb.ModelConfig:
     """A companion's config, through converters/triton_config.py, with the companions' queue delay."""
-    return companion_config(name, inputs, outputs, max_batch_size, queue_delay_us=COMPANION_QUEUE_DELAY_US, **options)
+    return companion_config(name, inputs, outputs, max_batch_size, queue_delay_us=COMPANION_QUEUE_DELAY_US,
+                            parameters=parameters, **options)
 
 
 def core_fingerprint(core) -> str:

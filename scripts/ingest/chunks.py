@@ -24,6 +24,7 @@ class Chunk:
     element: str  # text | table | chart | title
     box: tuple[float, float, float, float]
     text: str
+    source: str = "text_layer"  # where the text came from: the PDF's text layer, or "ocr" (ECLAIR)
 
 
 def ocr_lines(text: str, scale: float, page_hw: tuple[int, int]) -> list[Line]:

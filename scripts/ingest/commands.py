@@ -1,6 +1,7 @@
 """`python -m scripts.stack ingest PATH... --out DIR [--ocr auto|always|never]` and
-`python -m scripts.stack search "QUERY" [--top-k 5] [--out DIR]`, on the stack's Triton
-(`stack.grpc_url`; local and compose modes)."""
+`python -m scripts.stack search "QUERY" [--top-k 5] [--out DIR]`, on the stack's Triton: its
+`grpc_url` in the local and compose modes; on Kubernetes, the Triton Service through a
+`kubectl port-forward` for the length of the command (`cluster_command`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,13 +22,13 @@ def check_arguments(command: str, paths: list[Path], query: str | None, top_k: i
             raise UserError(f"--top-k must be at least 1, got {top_k}.")
 
 
-def run_ingest(paths: list[Path], out: Path, grpc_url: str, folders: dict[str, Path], ocr: str = "auto",
+def run_ingest(paths: list[Path], out: Path, grpc_url: str, fingerprint: str, ocr: str = "auto",
                progress: bool = True) -> int:
     """Ingest, print the rates and the summary; 1 when any input failed, else 0."""
     from scripts.ingest.pipeline import ingest
 
     check_arguments("ingest", paths, None, 1)
-    report = ingest(paths, out, grpc_url, stack_fingerprint(folders), ocr=ocr, progress=progress)
+    report = ingest(paths, out, grpc_url, fingerprint, ocr=ocr, progress=progress)
     for line in report.lines():
         log(line)
     log(f"store: {out} (LanceDB table chunks, {report.chunks} rows written this run); Parquet: {report.parquet}")
@@ -73,5 +74,19 @@ def stack_command(command: str, args, stack) -> int:
     if not stack.server_running():
         raise UserError("Triton is not running; run `python -m scripts.stack up` first.")
     if command == "ingest":
-        return run_ingest(paths, args.out, stack.grpc_url, stack.model_folders(list(FINGERPRINT_MODELS)), args.ocr)
+        fingerprint = stack_fingerprint(stack.model_folders(list(FINGERPRINT_MODELS)))
+        return run_ingest(paths, args.out, stack.grpc_url, fingerprint, args.ocr)
     return run_search(args.target, args.out, stack.grpc_url, args.top_k)
+
+
+def cluster_command(command: str, args, cluster) -> int:
+    """`ingest` and `search` with `--mode kubernetes`: the chart's Triton Service, forwarded here.
+    The fingerprint is the current builder Jobs' (each Job's name carries a hash of all it is given)."""
+    paths = [Path(p) for p in ([args.target] if args.target else []) + list(args.paths)]
+    check_arguments(command, paths, args.target, args.top_k)
+    check_installed()
+    fingerprint = cluster.build_fingerprint() if command == "ingest" else ""
+    with cluster.forwarded("triton", 8001) as url:
+        if command == "ingest":
+            return run_ingest(paths, args.out, url, fingerprint, args.ocr)
+        return run_search(args.target, args.out, url, args.top_k)

@@ -48,8 +48,12 @@ class Models:
         if missing:
             raise UserError(f"Triton at {url} does not serve {', '.join(missing)} (not ready); "
                             "run `python -m scripts.stack up` first.")
-        config = self.client.get_model_config(EMBED, as_json=True)["config"]
-        self.embed_batch = max(1, int(config.get("max_batch_size", 1)))
+        self.embed_batch = self.max_batch(EMBED)
+
+    def max_batch(self, model: str) -> int:
+        """The served model's max batch (for ECLAIR, its decoder slots)."""
+        config = self.client.get_model_config(model, as_json=True)["config"]
+        return max(1, int(config.get("max_batch_size", 1)))
 
     def close(self) -> None:
         self.client.close()

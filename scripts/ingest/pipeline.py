@@ -1,10 +1,12 @@
 """The ingest pipeline: pages rasterised on a thread pool while earlier pages are on the models;
 one thread pool per model stage, so that requests are in flight to every model at once.
 
-Per page: raster -> page elements (yolox_page_elements) and, where the page needs it, OCR (eclair)
-at the same time -> caption_selection for each table/chart -> chunks. Per document: the chunks'
-embeddings (e5_small_v2_text, passage, in batches of the model's max batch, all batches at once),
-then its rows are written in one step, only once the whole document succeeded.
+Per page: raster (worker processes, scripts/ingest/raster.py) -> page elements (yolox_page_elements)
+and, where the page needs it, OCR (eclair) at the same time -> caption_selection for each
+table/chart -> chunks. Per document: the chunks' embeddings (e5_small_v2_text, passage, in batches
+of the model's max batch, all batches at once), then its rows are written in one step, only once
+the whole document succeeded. Each model stage keeps twice its model's max batch in flight (for
+ECLAIR, its decoder slots), so Triton always has a full batch to form and the next one waiting.
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from scripts.ingest.chunks import caption_candidates, ocr_lines, page_chunks
-from scripts.ingest.models import Models
+from scripts.ingest.models import CAPTIONS, OCR, PAGE_ELEMENTS, Models
+from scripts.ingest.raster import Rasteriser
 from scripts.ingest.sources import Document, InputError, Page, find_inputs, sha256
 from scripts.ingest.store import Store
 from triton_models.eclair.pages import pad_page
@@ -100,16 +103,20 @@ def ingest(paths: list[Path], out: Path, grpc_url: str, fingerprint: str, ocr: s
     store = Store(out)
     done = store.ingested()
     models = Models(grpc_url)
-    stages = {"raster": Stage("raster", 2), "elements": Stage("elements", 4), "ocr": Stage("ocr", 4),
-              "captions": Stage("captions", 4), "embed": Stage("embed", 4)}
-    pages_pool = ThreadPoolExecutor(8, thread_name_prefix="ingest-page")
+    rasteriser = Rasteriser()
+    in_flight = {name: 2 * models.max_batch(model) for name, model in
+                 (("elements", PAGE_ELEMENTS), ("ocr", OCR), ("captions", CAPTIONS))}
+    stages = {"raster": Stage("raster", rasteriser.workers), **{n: Stage(n, k) for n, k in in_flight.items()},
+              "embed": Stage("embed", 4)}
+    pages_pool = ThreadPoolExecutor(in_flight["elements"] + in_flight["ocr"] + rasteriser.workers,
+                                    thread_name_prefix="ingest-page")
     docs_pool = ThreadPoolExecutor(2, thread_name_prefix="ingest-doc")
     started = time.monotonic()
     bar = tqdm(total=0, unit="page", desc="ingest", disable=not progress, dynamic_ncols=True)
     bar_lock = threading.Lock()
 
-    def process_page(doc: Document, index: int):
-        page: Page = stages["raster"].submit(doc.page, index).result()
+    def process_page(path: Path, index: int):
+        page: Page = stages["raster"].submit(rasteriser.page, path, index).result()
         height, width = page.pixels.shape[:2]
         elements = stages["elements"].submit(models.page_elements, page.pixels)
         needs_ocr = ocr == "always" or (ocr == "auto" and not page.has_text_layer)
@@ -122,12 +129,15 @@ def ingest(paths: list[Path], out: Path, grpc_url: str, fingerprint: str, ocr: s
         captions = {i: stages["captions"].submit(models.caption, caption_candidates(lines, box))
                     for i, (label, box, _) in enumerate(found) if label in ("table", "chart")}
         chunks = page_chunks(page.number, lines, found, {i: f.result() for i, f in captions.items()})
+        if needs_ocr:  # the page's text is ECLAIR's (auto: the page has no text layer)
+            for chunk in chunks:
+                chunk.source = "ocr"
         with bar_lock:
             bar.update(1)
             bar.set_postfix_str(f"{bar.n / max(time.monotonic() - started, 1e-9):.2f} pages/s")
         return chunks
 
-    def process_document(doc: Document, digest: str, page_futures: list[Future]) -> list[dict]:
+    def process_document(path: Path, digest: str, page_futures: list[Future]) -> list[dict]:
         try:
             chunks = [chunk for f in page_futures for chunk in f.result()]
             batch = models.embed_batch
@@ -135,11 +145,10 @@ def ingest(paths: list[Path], out: Path, grpc_url: str, fingerprint: str, ocr: s
                                             items=len(chunks[i:i + batch])) for i in range(0, len(chunks), batch)]
             vectors = np.concatenate([p.result() for p in parts]) if parts else np.zeros((0, 384), np.float32)
         finally:
-            wait(page_futures)  # a failed page fails the document; its other pages finish before close
-            doc.close()
-        return [{"document": str(doc.path), "sha256": digest, "page": c.page, "chunk": n, "element": c.element,
+            wait(page_futures)  # a failed page fails the document; its other pages finish first
+        return [{"document": str(path), "sha256": digest, "page": c.page, "chunk": n, "element": c.element,
                  "box": [float(v) for v in c.box], "text": c.text, "embedding": vector.tolist(),
-                 "fingerprint": fingerprint} for n, (c, vector) in enumerate(zip(chunks, vectors))]
+                 "fingerprint": fingerprint, "source": c.source} for n, (c, vector) in enumerate(zip(chunks, vectors))]
 
     pending = []  # (path, pages, future of rows)
     try:
@@ -149,7 +158,9 @@ def ingest(paths: list[Path], out: Path, grpc_url: str, fingerprint: str, ocr: s
                 if (digest, fingerprint) in done:
                     report.skipped.append(str(path))
                     continue
-                doc = Document(path)
+                doc = Document(path)  # opened here to count and check it; the workers render its pages
+                pages = len(doc)
+                doc.close()
             except InputError as exc:
                 report.failures.append(str(exc))
                 continue
@@ -157,10 +168,10 @@ def ingest(paths: list[Path], out: Path, grpc_url: str, fingerprint: str, ocr: s
                 report.failures.append(f"{path}: cannot be read ({exc.strerror or exc}).")
                 continue
             with bar_lock:
-                bar.total += len(doc)
+                bar.total += pages
                 bar.refresh()
-            futures = [pages_pool.submit(process_page, doc, i) for i in range(len(doc))]
-            pending.append((path, len(doc), docs_pool.submit(process_document, doc, digest, futures)))
+            futures = [pages_pool.submit(process_page, path, i) for i in range(pages)]
+            pending.append((path, pages, docs_pool.submit(process_document, path, digest, futures)))
         for path, pages, future in pending:
             try:
                 rows = future.result()
@@ -180,6 +191,7 @@ def ingest(paths: list[Path], out: Path, grpc_url: str, fingerprint: str, ocr: s
         docs_pool.shutdown(wait=True, cancel_futures=True)
         for stage in stages.values():
             stage.shutdown()
+        rasteriser.close()
         models.close()
     report.seconds = time.monotonic() - started
     report.stages = {name: (stage.items, stage.busy_s) for name, stage in stages.items()}

@@ -19,6 +19,7 @@ def schema():
         ("document", pa.string()), ("sha256", pa.string()), ("page", pa.int32()), ("chunk", pa.int32()),
         ("element", pa.string()), ("box", pa.list_(pa.float32(), 4)), ("text", pa.string()),
         ("embedding", pa.list_(pa.float32(), DIM)), ("fingerprint", pa.string()),
+        ("source", pa.string()),  # text_layer | ocr
     ])
 
 
@@ -38,6 +39,9 @@ class Store:
         self.db = lancedb.connect(str(self.folder))
         if TABLE in self.db.list_tables().tables:
             self.table = self.db.open_table(TABLE)
+            if set(self.table.schema.names) != set(schema().names):
+                raise UserError(f"the chunk store in {self.folder} has other columns than this version writes "
+                                f"({', '.join(self.table.schema.names)}); ingest into a new --out folder.")
         else:
             self.table = self.db.create_table(TABLE, schema=schema())
 

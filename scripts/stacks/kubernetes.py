@@ -16,11 +16,15 @@ release's objects and verifies; `logs` reads a builder's, Triton's or the embedd
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import queue
 import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -270,6 +274,44 @@ class KubernetesStack:
         log("verified: every model answered its golden inputs through the Service (helm test)"
             + ("; the embeddings endpoint too" if "/v1/embeddings" in table else ""))
         return 0
+
+    def build_fingerprint(self) -> str:
+        """sha256 over the current builder Jobs' names: each carries a hash of everything its Job is
+        given (image, settings, checkpoint; the chart's doc-triton.builds), so equal names, equal builds."""
+        jobs = [j["metadata"]["name"] for j in self.get("jobs", "-l", self.selector)["items"]
+                if j["status"].get("succeeded") and not j["metadata"].get("deletionTimestamp")]
+        if not jobs:
+            raise UserError(f"release {self.release} has no completed build in namespace {self.namespace}; "
+                            "run `python -m scripts.stack up --mode kubernetes` first.")
+        return hashlib.sha256("\n".join(sorted(jobs)).encode()).hexdigest()
+
+    @contextlib.contextmanager
+    def forwarded(self, component: str, port: int, timeout_s: float = 30.0):
+        """A local address of the `component` Service's `port` while the block runs (`kubectl
+        port-forward`, which picks one ready pod behind the Service)."""
+        service = f"service/{self.release}-{component}"
+        process = subprocess.Popen([_tool("kubectl"), "port-forward", service, f":{port}", "--namespace",
+                                    self.namespace], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        lines: queue.Queue = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
+        try:
+            try:
+                line = lines.get(timeout=timeout_s)  # "Forwarding from 127.0.0.1:40123 -> 8001"
+            except queue.Empty:
+                line = ""
+            found = re.search(r"127\.0\.0\.1:(\d+)", line)
+            if not found:
+                process.kill()
+                detail = (process.stderr.read() or line or "no answer").strip().splitlines()
+                raise UserError(f"`kubectl port-forward {service}` failed: {detail[-1] if detail else 'no output'}; "
+                                "`python -m scripts.stack status --mode kubernetes` shows the release.")
+            yield f"127.0.0.1:{found.group(1)}"
+        finally:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
 
     def status(self) -> int:
         listing = self.kubectl("get", "jobs,deployments,pods,services,pvc", "-l", self.selector, check=False)

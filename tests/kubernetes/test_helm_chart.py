@@ -24,7 +24,7 @@ from tests.helpers import REPO_ROOT
 CHART = REPO_ROOT / "deploy" / "helm" / "doc-triton"
 IMAGES = {"builder": "doc-triton-builder:local", "triton": "doc-triton-triton:local",
           "embeddings": "doc-triton-embeddings:local"}
-MODELS = "caption_classification,e5_small_v2"
+MODELS = "caption_classification,yolox,eclair,e5_small_v2"  # all four: `ingest` calls each
 FAKE_GPU = "doc-triton.test/gpu"
 # the CI cluster is one node: a ReadWriteOnce claim (its hostpath provisioner) serves every pod
 ONE_NODE = "persistence:\n  size: 2Gi\n  accessModes: [ReadWriteOnce]\n  singleNode: true\n"
@@ -233,13 +233,15 @@ def images():
 
 
 def _stack_runner(root, namespace: str, release: str, values):
-    def stack(command: str, **settings: str) -> subprocess.CompletedProcess:
+    def stack(command: str, target: str | None = None, **settings: str) -> subprocess.CompletedProcess:
         env_file = root / ".env"
         settings = {"HELM_RELEASE": release, "KUBE_NAMESPACE": namespace, "HELM_VALUES": str(values), "MODELS": MODELS,
                     "READY_TIMEOUT_S": "600", **settings}
         env_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
-        return subprocess.run([sys.executable, "-m", "scripts.stack", command, "--mode", "kubernetes",
-                               "--env-file", str(env_file)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=2400)
+        return subprocess.run([sys.executable, "-m", "scripts.stack", command, *([target] if target else []),
+                               *stack.extra_args, "--mode", "kubernetes", "--env-file", str(env_file)],
+                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=2400)
+    stack.extra_args = []
     return stack
 
 
@@ -301,7 +303,31 @@ def test_up_builds_in_jobs_gates_on_them_and_verifies_through_the_service(releas
     assert status == 200 and len(answer["data"]) == 1 and len(answer["data"][0]["embedding"]) == 384, answer
     with capsys.disabled():  # a figure for the record, not a timed assertion
         print(f"\n[figure] kubernetes: install to verified {time.monotonic() - started:.1f} s "
-              f"(2 builder Jobs, 2 Triton replicas, CPU)")
+              f"({len(MODELS.split(','))} builder Jobs, 2 Triton replicas, CPU)")
+
+
+def test_ingest_and_search_go_through_the_service(release):
+    """`ingest` and `search --mode kubernetes`: the Triton Service forwarded for the command; the
+    second run skips the document (the fingerprint is the current builder Jobs')."""
+    from benchmarks.ingest_pdf import PageSpec, write_pdf
+
+    namespace, stack, root = release
+    sentences = ["The ferry to the island leaves at dawn.", "Copper wire prices doubled over the winter."]
+    pdf = write_pdf(root / "cluster.pdf", [PageSpec("text", [sentences[0]]), PageSpec("text", [sentences[1]]),
+                                           PageSpec("scan")])
+    stack.extra_args = ["--out", str(root / "store")]
+    try:
+        first = stack("ingest", target=str(pdf))
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert "1 ingested, 0 skipped" in first.stdout and "3 pages" in first.stdout, first.stdout + first.stderr
+        again = stack("ingest", target=str(pdf))
+        assert again.returncode == 0 and "0 ingested, 1 skipped" in again.stdout, again.stdout + again.stderr
+        found = stack("search", target=sentences[1])
+        assert found.returncode == 0, found.stderr
+        assert found.stdout.startswith("1. ") and "cluster.pdf  page 2" in found.stdout.splitlines()[0], found.stdout
+    finally:
+        stack.extra_args = []
+    assert not subprocess.run(["pgrep", "-f", "kubectl port-forward service/dt-triton"], capture_output=True).stdout
 
 
 def test_each_replica_answers_the_golden_inputs(release):

@@ -1,0 +1,67 @@
+"""Each ingest stage alone against the served models, with the pipeline's own client calls and
+in-flight counts, on the pages of a document already ingested; then the bound each puts on the
+document's pages/s (a stage's items/s over its items per page), and end to end against the
+slowest stage.
+
+    python -m benchmarks.ingest_stage_rates GRPC_URL PDF STORE_DIR END_TO_END_PAGES_PER_S
+"""
+from __future__ import annotations
+
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from scripts.ingest.chunks import caption_candidates
+from scripts.ingest.models import CAPTIONS, OCR, PAGE_ELEMENTS, Models
+from scripts.ingest.sources import Document
+from scripts.ingest.store import Store
+from triton_models.eclair.pages import pad_page
+
+
+def timed(workers: int, fn, items: list) -> float:
+    """items/s of `fn` over `items` with `workers` calls in flight (after one warm-up call)."""
+    if not items:
+        return float("inf")
+    fn(items[0])
+    started = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(fn, items))
+    return len(items) / (time.perf_counter() - started)
+
+
+def main(url: str, pdf: Path, store_dir: Path, end_to_end: float) -> None:
+    models = Models(url)
+    doc = Document(pdf)
+    pages = [doc.page(i) for i in range(len(doc))]
+    doc.close()
+    rows = [r for r in Store(store_dir, create=False).rows().to_pylist() if r["document"] == str(pdf)]
+    scanned = [pad_page(p.pixels)[0] for p in pages if not p.has_text_layer]
+    elements = [r for r in rows if r["element"] in ("table", "chart")]
+    candidates = [caption_candidates(pages[r["page"] - 1].lines, tuple(r["box"])) or [r["text"][:80]] for r in elements]
+    texts = [r["text"] for r in rows]
+    batch = models.embed_batch
+    stages = [  # name, items/s alone, items per document page, unit
+        ("elements", timed(2 * models.max_batch(PAGE_ELEMENTS), models.page_elements, [p.pixels for p in pages]),
+         1.0, "pages"),
+        ("ocr", timed(2 * models.max_batch(OCR), models.ocr, scanned), len(scanned) / len(pages), "scanned pages"),
+        ("captions", timed(2 * models.max_batch(CAPTIONS), models.caption, candidates), len(candidates) / len(pages),
+         "calls"),
+        ("embed", batch * timed(4, models.embed, [texts[i:i + batch] for i in range(0, len(texts), batch)])
+         if texts else float("inf"), len(texts) / len(pages), "chunks"),
+    ]
+    models.close()
+    print(f"{pdf.name}: {len(pages)} pages ({len(scanned)} scanned), {len(rows)} chunks, {len(candidates)} caption calls")
+    print("| stage | alone, items/s | items per page | bound, pages/s |")
+    print("| --- | --- | --- | --- |")
+    bounds = {}
+    for name, rate, per_page, unit in stages:
+        bounds[name] = rate / per_page if per_page else float("inf")
+        print(f"| {name} | {rate:,.1f} {unit}/s | {per_page:.2f} | {bounds[name]:,.1f} |")
+    slowest = min(bounds, key=bounds.get)
+    print(f"end to end {end_to_end:.2f} pages/s = {end_to_end / bounds[slowest]:.2f} of the slowest stage alone "
+          f"({slowest}, {bounds[slowest]:.2f} pages/s)")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), float(sys.argv[4]))
