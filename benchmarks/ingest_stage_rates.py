@@ -13,7 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from scripts.ingest.chunks import caption_candidates
-from scripts.ingest.models import CAPTIONS, OCR, PAGE_ELEMENTS, Models
+from scripts.ingest.models import Models
+from scripts.ingest.pipeline import stage_in_flight
 from scripts.ingest.sources import Document
 from scripts.ingest.store import Store
 from triton_models.eclair.pages import pad_page
@@ -40,13 +41,11 @@ def main(url: str, pdf: Path, store_dir: Path, end_to_end: float) -> None:
     elements = [r for r in rows if r["element"] in ("table", "chart")]
     candidates = [caption_candidates(pages[r["page"] - 1].lines, tuple(r["box"])) or [r["text"][:80]] for r in elements]
     texts = [r["text"] for r in rows]
-    batch = models.embed_batch
+    batch, in_flight = models.embed_batch, stage_in_flight(models)
     stages = [  # name, items/s alone, items per document page, unit
-        ("elements", timed(2 * models.max_batch(PAGE_ELEMENTS), models.page_elements, [p.pixels for p in pages]),
-         1.0, "pages"),
-        ("ocr", timed(2 * models.max_batch(OCR), models.ocr, scanned), len(scanned) / len(pages), "scanned pages"),
-        ("captions", timed(2 * models.max_batch(CAPTIONS), models.caption, candidates), len(candidates) / len(pages),
-         "calls"),
+        ("elements", timed(in_flight["elements"], models.page_elements, [p.pixels for p in pages]), 1.0, "pages"),
+        ("ocr", timed(in_flight["ocr"], models.ocr, scanned), len(scanned) / len(pages), "scanned pages"),
+        ("captions", timed(in_flight["captions"], models.caption, candidates), len(candidates) / len(pages), "calls"),
         ("embed", batch * timed(4, models.embed, [texts[i:i + batch] for i in range(0, len(texts), batch)])
          if texts else float("inf"), len(texts) / len(pages), "chunks"),
     ]

@@ -10,6 +10,7 @@ import numpy as np
 from converters.errors import UserError
 
 PAGE_ELEMENTS, OCR, CAPTIONS, EMBED = "yolox_page_elements", "eclair", "caption_selection", "e5_small_v2_text"
+CAPTION_CORE = "deberta_large"  # what caption_selection calls, in batches of rows
 # The served models whose manifests make the stack fingerprint (wrappers and the cores they call).
 FINGERPRINT_MODELS = (PAGE_ELEMENTS, "yolox_uint8", OCR, CAPTIONS, "deberta_large", EMBED, "e5_small_v2")
 

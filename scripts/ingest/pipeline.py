@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from scripts.ingest.chunks import caption_candidates, ocr_lines, page_chunks
-from scripts.ingest.models import CAPTIONS, OCR, PAGE_ELEMENTS, Models
+from scripts.ingest.chunks import CAPTION_CANDIDATES, caption_candidates, ocr_lines, page_chunks
+from scripts.ingest.models import CAPTION_CORE, OCR, PAGE_ELEMENTS, Models
 from scripts.ingest.raster import Rasteriser
 from scripts.ingest.sources import Document, InputError, Page, find_inputs, sha256
 from scripts.ingest.store import Store
@@ -89,6 +89,14 @@ class Report:
         return out
 
 
+def stage_in_flight(models: Models) -> dict[str, int]:
+    """Calls in flight per model stage: twice what the model batches at once. caption_selection does
+    not batch requests itself (each is one element's candidates); its core, deberta_large, batches
+    rows, so enough elements are in flight to fill two of its batches."""
+    return {"elements": 2 * models.max_batch(PAGE_ELEMENTS), "ocr": 2 * models.max_batch(OCR),
+            "captions": max(2, 2 * models.max_batch(CAPTION_CORE) // CAPTION_CANDIDATES)}
+
+
 def ingest(paths: list[Path], out: Path, grpc_url: str, fingerprint: str, ocr: str = "auto",
            progress: bool = True) -> Report:
     """Ingest `paths` into the store in `out`; every bad input is a failure in the report, and the
@@ -104,8 +112,7 @@ def ingest(paths: list[Path], out: Path, grpc_url: str, fingerprint: str, ocr: s
     done = store.ingested()
     models = Models(grpc_url)
     rasteriser = Rasteriser()
-    in_flight = {name: 2 * models.max_batch(model) for name, model in
-                 (("elements", PAGE_ELEMENTS), ("ocr", OCR), ("captions", CAPTIONS))}
+    in_flight = stage_in_flight(models)
     stages = {"raster": Stage("raster", rasteriser.workers), **{n: Stage(n, k) for n, k in in_flight.items()},
               "embed": Stage("embed", 4)}
     pages_pool = ThreadPoolExecutor(in_flight["elements"] + in_flight["ocr"] + rasteriser.workers,

@@ -95,3 +95,18 @@ def test_layers_are_pinned_by_their_onnx_node_and_only_with_float_outputs():
 def test_a_layer_without_parser_metadata_is_matched_by_its_exact_name():
     layers = [LayerFacts(0, "/attn/Exp", "UNARY", "", ("FLOAT",)), LayerFacts(1, "/attn/Exp_2", "UNARY", "", ("FLOAT",))]
     assert select_fp32_layers(layers, frozenset({"/attn/Exp"})) == (0,)
+
+
+def test_the_absolute_tolerance_scales_with_the_outputs_range():
+    """A box centre in pixels near 0 moved by 1.4 px in fp16 (YOLOX's decoded output, up to 1024)
+    is within fp16's tolerance; the same move on a logit is not, and neither is a wrong box."""
+    import numpy as np
+
+    from converters.check import compare
+    from converters.precision import TOLERANCES
+
+    boxes = np.array([[0.5, 40.0, 1000.0, 12.0]])
+    assert compare({"output": boxes}, {"output": boxes + [1.4, 0, 0, 0]}, TOLERANCES["fp16"]).ok
+    assert not compare({"output": boxes}, {"output": boxes + [60.0, 0, 0, 0]}, TOLERANCES["fp16"]).ok
+    logits = np.array([[0.5, -0.2]])
+    assert not compare({"output": logits}, {"output": logits + [1.4, 0]}, TOLERANCES["fp16"]).ok

@@ -190,11 +190,12 @@ class YOLOXHead(nn.Module):
 
     def decode_outputs(self, outputs, hw):
         grids, strides = [], []
+        device = outputs.device  # on the outputs' device: a GPU build exports and traces there
         for (hsize, wsize), stride in zip(hw, self.strides):
-            yv, xv = torch.meshgrid(torch.arange(hsize), torch.arange(wsize), indexing="ij")
+            yv, xv = torch.meshgrid(torch.arange(hsize, device=device), torch.arange(wsize, device=device), indexing="ij")
             grid = torch.stack((xv, yv), 2).view(1, -1, 2)
             grids.append(grid)
-            strides.append(torch.full((*grid.shape[:2], 1), stride))
+            strides.append(torch.full((*grid.shape[:2], 1), stride, device=device))
         grids = torch.cat(grids, dim=1).type(outputs.dtype)
         strides = torch.cat(strides, dim=1).type(outputs.dtype)
         return torch.cat([(outputs[..., 0:2] + grids) * strides, torch.exp(outputs[..., 2:4]) * strides, outputs[..., 4:]], dim=-1)

@@ -110,13 +110,14 @@ def make_demo_checkpoint(folder: Path) -> Path:
     return checkpoint
 
 
-def demo_yolox(obj_logit: float = -8.0) -> torch.nn.Module:
+def demo_yolox(obj_logit: float = -8.0, depth: float = 0.33, width: float = 0.25) -> torch.nn.Module:
     """Random weights, yet a demo with a few boxes: PyTorch's default init shrinks the activations
     through YOLOX's depth until every anchor scores the same (all 21,504 or none pass a threshold),
     so the convolutions take He init, and each head's last layer is scaled so that on the demo page
-    its logits have spread 2 (objectness centred at `obj_logit`: about 20 boxes score 0.1)."""
+    its logits have spread 2 (objectness centred at `obj_logit`: about 20 boxes score 0.1). Any
+    YOLOX size (`depth`, `width`; the GPU benchmark's YOLOX-L is 1.0, 1.0)."""
     torch.manual_seed(0)
-    model = build_yolox(0.33, 0.25, len(LABELS)).eval()
+    model = build_yolox(depth, width, len(LABELS)).eval()
     with torch.no_grad():
         for conv in (m for m in model.modules() if isinstance(m, torch.nn.Conv2d)):
             conv.weight.normal_(0.0, (2.0 / conv.weight[0].numel()) ** 0.5)
