@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from converters.errors import UserError
+
 from scripts.ingest.chunks import CAPTION_CANDIDATES, caption_candidates, ocr_lines, page_chunks
 from scripts.ingest.models import CAPTION_CORE, OCR, PAGE_ELEMENTS, Models
 from scripts.ingest.raster import Rasteriser
@@ -158,6 +160,7 @@ def ingest(paths: list[Path], out: Path, grpc_url: str, fingerprint: str, ocr: s
                  "fingerprint": fingerprint, "source": c.source} for n, (c, vector) in enumerate(zip(chunks, vectors))]
 
     pending = []  # (path, pages, future of rows)
+    gone = None  # the error of a server that stopped answering: the run stops there
     try:
         for path in files:
             try:
@@ -186,6 +189,9 @@ def ingest(paths: list[Path], out: Path, grpc_url: str, fingerprint: str, ocr: s
                 report.failures.append(str(exc))
                 continue
             except Exception as exc:  # a model call failed: the document is not written
+                if server_gone(exc):
+                    gone = exc
+                    break
                 report.failures.append(f"{path}: failed on the models ({type(exc).__name__}: {exc}).")
                 continue
             store.replace_document(str(path), rows)
@@ -203,7 +209,18 @@ def ingest(paths: list[Path], out: Path, grpc_url: str, fingerprint: str, ocr: s
     report.seconds = time.monotonic() - started
     report.stages = {name: (stage.items, stage.busy_s) for name, stage in stages.items()}
     report.parquet = store.export_parquet()
+    if gone is not None:
+        raise UserError(f"Triton at {grpc_url} stopped answering during the run ({gone}); the {len(report.ingested)} "
+                        f"document(s) stored before it stay stored (and in {report.parquet.name}); bring the stack "
+                        "back up and run ingest again: stored documents are skipped.")
     return report
+
+
+def server_gone(exc: Exception) -> bool:
+    """A call that failed because nothing answers at the address (gRPC UNAVAILABLE), not because of
+    its input: the other documents would fail the same way."""
+    status = getattr(exc, "status", None)
+    return "UNAVAILABLE" in str(status() if callable(status) else status or "")
 
 
 def search(query: str, out: Path, grpc_url: str, top_k: int = 5) -> list[dict]:

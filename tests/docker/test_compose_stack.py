@@ -77,6 +77,20 @@ def test_cold_up_then_warm_up_skips_every_build(stack, capsys):
               f"(cold/warm {cold.seconds / warm.seconds:.2f})")
 
 
+def test_ingest_and_search_through_the_compose_stack(stack, tmp_path):
+    from benchmarks.ingest_pdf import PageSpec, write_pdf
+
+    _, run, _, _ = stack
+    pdf = write_pdf(tmp_path / "compose.pdf", [PageSpec("text", ["The tram line to the harbour opened in May."]),
+                                               PageSpec("text", ["Glass beads were traded along the river."])])
+    store = str(tmp_path / "store")
+    ingested = run("ingest", str(pdf), "--out", store)
+    assert ingested.returncode == 0 and "1 ingested, 0 skipped" in ingested.stdout, ingested.stdout + ingested.stderr
+    found = run("search", "Glass beads traded along the river", "--out", store)
+    assert found.returncode == 0, found.stderr
+    assert "compose.pdf  page 2" in found.stdout.splitlines()[0], found.stdout
+
+
 def test_triton_killed_is_reported_and_up_recovers(stack):
     client, run, project, _ = stack
     triton = client.containers.list(filters={"label": [f"com.docker.compose.project={project}",

@@ -133,6 +133,33 @@ def test_search_ranks_the_chunk_of_page_3_first(served_suite, ingested, capsys):
     assert printed.startswith("1. ") and "report.pdf  page 3" in printed
 
 
+def test_a_server_gone_mid_run_stops_it_and_keeps_what_was_stored(served_suite, tmp_path, monkeypatch):
+    """The server stops answering (gRPC UNAVAILABLE, as tritonclient raises it) while the second
+    document is embedded: the run stops with one sentence, the first document stays stored."""
+    from tritonclient.utils import InferenceServerException
+
+    from benchmarks.ingest_pdf import PageSpec, write_pdf
+    from converters.errors import UserError
+    from scripts.ingest.models import Models, folders_in, stack_fingerprint
+    from scripts.ingest.pipeline import ingest
+
+    server, repo, _ = served_suite
+    first = write_pdf(tmp_path / "a_first.pdf", [PageSpec("text", ["Otters hold hands while they sleep."])])
+    second = write_pdf(tmp_path / "b_second.pdf", [PageSpec("text", ["The bridge closes for repairs at night."])])
+    embed = Models.embed
+
+    def embed_or_gone(self, texts, input_type="passage"):
+        if any("bridge" in text for text in texts):
+            raise InferenceServerException("failed to connect to all addresses", status="StatusCode.UNAVAILABLE")
+        return embed(self, texts, input_type)
+
+    monkeypatch.setattr(Models, "embed", embed_or_gone)
+    with pytest.raises(UserError, match=r"stopped answering during the run .* the 1 document\(s\) stored before it "
+                                        r"stay stored"):
+        ingest([first, second], tmp_path / "store", server.grpc_url, stack_fingerprint(folders_in(repo)), progress=False)
+    assert {row["document"] for row in _rows(tmp_path / "store")} == {str(first)}
+
+
 def test_absurd_page_size_is_named(tmp_path):
     import pypdfium2 as pdfium
 
