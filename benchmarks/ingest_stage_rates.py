@@ -1,7 +1,9 @@
 """Each ingest stage alone against the served models, with the pipeline's own client calls and
 in-flight counts, on the pages of a document already ingested; then the bound each puts on the
 document's pages/s (a stage's items/s over its items per page), and end to end against the
-slowest stage.
+slowest stage. Caption calls are the pipeline's: one per table or chart that a page-elements pass
+finds, with the text-layer lines near its box as candidates (a scanned page has no text layer
+here, so its elements' calls are the empty ones the pipeline makes where OCR finds no lines).
 
     python -m benchmarks.ingest_stage_rates GRPC_URL PDF STORE_DIR END_TO_END_PAGES_PER_S
 """
@@ -38,8 +40,9 @@ def main(url: str, pdf: Path, store_dir: Path, end_to_end: float) -> None:
     doc.close()
     rows = [r for r in Store(store_dir, create=False).rows().to_pylist() if r["document"] == str(pdf)]
     scanned = [pad_page(p.pixels)[0] for p in pages if not p.has_text_layer]
-    elements = [r for r in rows if r["element"] in ("table", "chart")]
-    candidates = [caption_candidates(pages[r["page"] - 1].lines, tuple(r["box"])) or [r["text"][:80]] for r in elements]
+    found = [models.page_elements(p.pixels) for p in pages]
+    candidates = [caption_candidates(page.lines, box) for page, elements in zip(pages, found)
+                  for label, box, _ in elements if label in ("table", "chart")]
     texts = [r["text"] for r in rows]
     batch, in_flight = models.embed_batch, stage_in_flight(models)
     stages = [  # name, items/s alone, items per document page, unit

@@ -93,7 +93,7 @@ class ConversionSettings:
             "sequence_length": self.plan.sequence_length, "preferred_batch_sizes": list(self.plan.preferred_batch_sizes),
             "dynamic_batching": self.dynamic_batching, "max_queue_delay_us": self.max_queue_delay_us,
             "memory_pool_limit": self.memory_pool_limit, "use_fp16": self.use_fp16, "use_int8": self.use_int8,
-            "use_fp8": self.use_fp8,
+            **({"use_fp8": True} if self.use_fp8 else {}),  # absent when off: no rebuild of what was built before
             "instances": [self.instances.count, self.instances.kind, list(self.instances.gpus)],
             "warmup": self.warmup, "opset": self.opset, "device": self.device, "generate_trt": self.generate_trt,
             "pad_sequence": self.pad_sequence, "gpu_types": list(self.gpu_types),

@@ -91,6 +91,20 @@ def check_fp8_device(device: str) -> None:
     if capability < MIN_CAPABILITY:
         raise UserError(f"--use-fp8 needs FP8 tensor cores (compute capability 8.9 or newer); "
                         f"{torch.cuda.get_device_name()} is {capability[0]}.{capability[1]}: use --use-fp16.")
+    problem = rowwise_gemm_problem()
+    if problem:
+        raise UserError(f"--use-fp8: torch {torch.__version__} has no row-wise FP8 GEMM for "
+                        f"{torch.cuda.get_device_name()} ({problem}); upgrade torch or use --use-fp16.")
+
+
+def rowwise_gemm_problem() -> str | None:
+    """None where a row-wise FP8 GEMM runs on this GPU, else its error's first line (Ada GPUs need
+    torch 2.7 or newer for it)."""
+    try:
+        Fp8Linear(torch.nn.Linear(16, 16).cuda())(torch.ones(16, 16, device="cuda", dtype=torch.float16))
+    except RuntimeError as exc:
+        return str(exc).splitlines()[0][:120]
+    return None
 
 
 @dataclass(frozen=True)

@@ -279,6 +279,10 @@ def main(argv: list[str] | None = None) -> int:
         args.out = ROOT / "build" / ("ingest" if args.command in ("ingest", "search") else "bench")
     try:
         settings = load_settings(args.env_file, ROOT, host_checkpoints=args.mode != "kubernetes")
+        mode = "kubernetes" if args.mode == "kubernetes" else choose_mode(args.mode)
+        if settings["PRECISION"] == "fp8" and mode != "local":
+            raise UserError(f"PRECISION=fp8 runs in the local mode's compiled path only; --mode {mode} builds TensorRT "
+                            "engines or ONNX Runtime runners: use PRECISION=fp16 there, or --mode local.")
         if args.mode == "kubernetes" and args.command in ("ingest", "search"):
             from scripts.ingest.commands import cluster_command
             from scripts.stacks.kubernetes import KubernetesStack
@@ -288,7 +292,6 @@ def main(argv: list[str] | None = None) -> int:
             from scripts.stacks.kubernetes import run_command
 
             return run_command(args.command, args.target, settings)
-        mode = choose_mode(args.mode)
         stack = make_stack(mode, settings)
         if args.command == "up":
             return up(stack, settings)

@@ -48,7 +48,7 @@ KEYS: tuple[Key, ...] = (
     Key("BUILDER_GPU_ID", "gpu_ids", "0", "GPU the builders build on"),
     Key("TRITON_SHM_SIZE", "str", "2gb", "shared memory of the Triton container (python backend tensors)"),
     Key("PRECISION", "choice:fp16|fp32|fp8", "fp16",
-        "engine precision; fp8: DeBERTa and E5 on FP8 tensor cores in the compiled path (LOCAL_SERVE_BACKEND="
+        "engine precision; fp8: DeBERTa-large on FP8 tensor cores in the compiled path (LOCAL_SERVE_BACKEND="
         "python_compiled, LOCAL_DEVICE=cuda, compute capability 8.9+), the other models in fp16", chart=True),
     Key("INSTANCE_COUNT", "int", "1", "model instances per GPU (or on CPU)", chart=True),
     Key("MODELS", "models", ",".join(m.key for m in MODELS), "which models to build and serve (comma list)", chart=True),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.check import allowed_error
+from converters.check import allowed_error, column_range
 from converters.model_folder import GOLDEN_FILE, Golden, read_model_config, wire_type
 from scripts.health import CALL_TIMEOUT_S, wait_until_ready
 from scripts.report import ModelRow
@@ -85,9 +85,10 @@ class GoldenRequest:
             diff = np.abs(actual.astype(np.float64) - expected)
             worst = max(worst, float(diff.max()) if diff.size else 0.0)
             if not np.all(diff <= allowed_error(expected, self.golden.tolerance)):
-                scale = max(1.0, float(np.abs(expected).max()))
+                column = int(np.unravel_index(np.argmax(diff), diff.shape)[-1]) if diff.ndim else 0
+                scale = float(np.ravel(column_range(expected))[column] if np.ndim(column_range(expected)) else 1.0)
                 return Verification(self.name, False, f"output '{output}' max abs error {float(diff.max()):.3g} over "
-                                                      f"atol={atol * scale:g} (atol {atol:g} x its range {scale:g})")
+                                                      f"atol={atol * scale:g} (atol {atol:g} x its column's range {scale:g})")
         return Verification(self.name, True, f"max abs error {worst:.3g}")
 
 

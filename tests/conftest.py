@@ -14,7 +14,7 @@ TIER_MARKERS = {"integration": "triton", "docker": "docker", "kubernetes": "kube
 
 def pytest_collection_modifyitems(items):
     for item in items:
-        tier = Path(str(item.fspath)).parent.name
+        tier = Path(item.path).parent.name
         if tier in TIER_MARKERS:
             item.add_marker(getattr(pytest.mark, TIER_MARKERS[tier]))
 

@@ -113,8 +113,12 @@ def ingest(paths: list[Path], out: Path, grpc_url: str, fingerprint: str, ocr: s
     store = Store(out)
     done = store.ingested()
     models = Models(grpc_url)
-    rasteriser = Rasteriser()
-    in_flight = stage_in_flight(models)
+    try:
+        in_flight = stage_in_flight(models)
+    except Exception:
+        models.close()
+        raise
+    rasteriser = Rasteriser()  # its worker processes start with the first page
     stages = {"raster": Stage("raster", rasteriser.workers), **{n: Stage(n, k) for n, k in in_flight.items()},
               "embed": Stage("embed", 4)}
     pages_pool = ThreadPoolExecutor(in_flight["elements"] + in_flight["ocr"] + rasteriser.workers,

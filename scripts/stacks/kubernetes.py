@@ -290,10 +290,17 @@ class KubernetesStack:
         """A local address of the `component` Service's `port` while the block runs (`kubectl
         port-forward`, which picks one ready pod behind the Service)."""
         service = f"service/{self.release}-{component}"
+        errors = tempfile.TemporaryFile("w+")  # a file, not a pipe: nobody reads it while the forward runs
         process = subprocess.Popen([_tool("kubectl"), "port-forward", service, f":{port}", "--namespace",
-                                    self.namespace], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                    self.namespace], stdout=subprocess.PIPE, stderr=errors, text=True)
         lines: queue.Queue = queue.Queue()
-        threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
+
+        def read() -> None:
+            for output in process.stdout:
+                lines.put(output)
+            lines.put("")  # kubectl ended
+
+        threading.Thread(target=read, daemon=True).start()
         try:
             try:
                 line = lines.get(timeout=timeout_s)  # "Forwarding from 127.0.0.1:40123 -> 8001"
@@ -302,7 +309,9 @@ class KubernetesStack:
             found = re.search(r"127\.0\.0\.1:(\d+)", line)
             if not found:
                 process.kill()
-                detail = (process.stderr.read() or line or "no answer").strip().splitlines()
+                process.wait(10)
+                errors.seek(0)
+                detail = (errors.read() or line or "no answer").strip().splitlines()
                 raise UserError(f"`kubectl port-forward {service}` failed: {detail[-1] if detail else 'no output'}; "
                                 "`python -m scripts.stack status --mode kubernetes` shows the release.")
             yield f"127.0.0.1:{found.group(1)}"
@@ -312,6 +321,7 @@ class KubernetesStack:
                 process.wait(10)
             except subprocess.TimeoutExpired:
                 process.kill()
+            errors.close()
 
     def status(self) -> int:
         listing = self.kubectl("get", "jobs,deployments,pods,services,pvc", "-l", self.selector, check=False)

@@ -150,7 +150,8 @@ def test_the_embeddings_endpoint_is_left_out_when_disabled_or_without_e5(setting
 
 
 @pytest.mark.parametrize("setting, named", [("settings.E5_BATCH=8", "settings.E5_BATCH is not a setting"),
-                                             ("settings.MODELS=e5\\,yolox", 'unknown model "e5"')])
+                                             ("settings.MODELS=e5\\,yolox", 'unknown model "e5"'),
+                                             ("settings.PRECISION=fp8", "fp8 runs only in the local stack's compiled path")])
 def test_a_bad_value_stops_the_install_in_one_sentence(setting, named):
     _tools_or_skip()
     result = subprocess.run(["helm", "template", "t", str(CHART), "--set", setting], capture_output=True, text=True)

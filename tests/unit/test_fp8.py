@@ -58,8 +58,16 @@ def test_fp8_is_refused_off_fp8_tensor_cores_in_one_sentence(monkeypatch):
         check_fp8_device("cuda")
     assert str(refused.value) == ("--use-fp8 needs FP8 tensor cores (compute capability 8.9 or newer); "
                                   "NVIDIA A100-SXM4-80GB is 8.0: use --use-fp16.")
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
-    check_fp8_device("cuda")  # Hopper
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 9))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA L4")
+    import converters.fp8 as fp8
+
+    monkeypatch.setattr(fp8, "rowwise_gemm_problem", lambda: "f8f8bf16_rowwise is sm_90 specific")  # an older torch
+    with pytest.raises(UserError, match=r"has no row-wise FP8 GEMM for NVIDIA L4 \(f8f8bf16_rowwise is sm_90 "
+                                        r"specific\); upgrade torch or use --use-fp16\.$"):
+        check_fp8_device("cuda")
+    monkeypatch.setattr(fp8, "rowwise_gemm_problem", lambda: None)
+    check_fp8_device("cuda")  # Ada with a torch that has the GEMM
 
 
 @pytest.mark.parametrize("vector", [False, True], ids=["scores", "vectors"])
@@ -119,3 +127,25 @@ def test_precision_fp8_reaches_the_transformer_cores_only_and_needs_the_compiled
         load_settings(env, tmp_path)
     env.write_text("PRECISION=fp8\nLOCAL_SERVE_BACKEND=python_compiled\nLOCAL_DEVICE=cuda\n")
     assert load_settings(env, tmp_path)["PRECISION"] == "fp8"
+
+
+def test_e5_with_its_real_weights_misses_the_cosine_bound_in_fp8_so_it_stays_fp16(tmp_path):
+    """Why E5 is not fp8_capable: its gate, on the real MiniLM weights, refuses per-row FP8."""
+    from converters.batching import BatchPlan
+    from converters.export import make_sample
+    from converters.io_config import parse_io_config
+    from triton_models.e5_small_v2.build import make_demo_checkpoint
+    from triton_models.e5_small_v2.model_script import E5Embedder
+    from triton_models.registry import get
+
+    model = E5Embedder.from_folder(make_demo_checkpoint(tmp_path)).eval()
+    io = parse_io_config(get("e5_small_v2").core_io_json)
+    plan = BatchPlan.create(64, (None, 128), None)
+    quantised = copy.deepcopy(model).half()
+    assert len(quantise_linear_layers(quantised)) == 36  # 6 layers x (q, k, v, attention out, FFN up, FFN down)
+    batches = [make_sample(io, plan, batch=8, seed=100 + i) for i in range(8)]
+    (measured,) = measure_accuracy(model, quantised, batches, ("input_ids", "attention_mask"), ("embedding",), "cpu")
+    assert measured.kind == "vector" and measured.fp16_min_cosine > 0.9999
+    assert measured.fp8_min_cosine < 0.999
+    with pytest.raises(UserError, match="embedding: min cosine to fp32 over 64 rows"):
+        gate("e5_small_v2", [measured])

@@ -58,7 +58,7 @@ def test_the_helm_test_verification_adds_the_embeddings_endpoints_row(tmp_path, 
     from scripts.report import ModelRow
     from scripts.verify import main as verify_main
 
-    monkeypatch.setattr(health, "wait_until_ready", lambda url, names, timeout: None)
+    monkeypatch.setattr(verify, "wait_until_ready", lambda url, names, timeout: None)
     monkeypatch.setattr(verify, "verify_all", lambda url, folders: ([ModelRow(n, ready="yes", verified="yes")
                                                                      for n in folders], True))
     monkeypatch.setattr(endpoint, "wait_ready", lambda url, timeout_s: None)

@@ -105,8 +105,11 @@ def test_the_absolute_tolerance_scales_with_the_outputs_range():
     from converters.check import compare
     from converters.precision import TOLERANCES
 
-    boxes = np.array([[0.5, 40.0, 1000.0, 12.0]])
+    boxes = np.array([[0.5, 40.0, 1000.0, 12.0], [1000.0, 600.0, 20.0, 8.0]])  # cx, cy, w, h over a page
     assert compare({"output": boxes}, {"output": boxes + [1.4, 0, 0, 0]}, TOLERANCES["fp16"]).ok
     assert not compare({"output": boxes}, {"output": boxes + [60.0, 0, 0, 0]}, TOLERANCES["fp16"]).ok
     logits = np.array([[0.5, -0.2]])
     assert not compare({"output": logits}, {"output": logits + [1.4, 0]}, TOLERANCES["fp16"]).ok
+    rows = np.array([[0.5, 40.0, 1000.0, 12.0, 0.9, 0.1], [600.0, 300.0, 20.0, 8.0, 0.2, 0.7]])  # boxes, then scores
+    assert compare({"output": rows}, {"output": rows + [1.4, 0, 0, 0, 0, 0]}, TOLERANCES["fp16"]).ok
+    assert not compare({"output": rows}, {"output": rows + [0, 0, 0, 0, 0.5, 0]}, TOLERANCES["fp16"]).ok  # a score

@@ -58,8 +58,9 @@ def build(options: BuildOptions) -> list[Path]:
     folder = Path(options.checkpoint)
     _check_folder(folder)
     settings = conversion_settings(options, name=CORE, io_json=get("e5_small_v2").core_io_json, script=HERE / "model_script.py",
-                                   class_name="E5Embedder", sequence_length=128, pad_sequence=get("e5_small_v2").pad_sequence,
-                                   fp8_capable=True)
+                                   class_name="E5Embedder", sequence_length=128, pad_sequence=get("e5_small_v2").pad_sequence)
+    # not fp8_capable: per-row FP8 kept a cosine of 0.993 to fp32 on the real MiniLM weights, under the
+    # 0.999 its gate asks (tests/unit/test_fp8.py), and its GEMMs are small; PRECISION=fp8 builds it in fp16
     core = convert(settings, load_model=lambda: E5Embedder.from_folder(folder))
     precision = core.precision
 

@@ -50,6 +50,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if not (has (toString .Values.gpu.device) (list "cuda" "cpu")) -}}
 {{- fail (printf "values: gpu.device %q is not a device of this chart; choose cuda or cpu" (toString .Values.gpu.device)) -}}
 {{- end -}}
+{{- if eq $settings.PRECISION "fp8" -}}
+{{- fail "values: settings.PRECISION fp8 runs only in the local stack's compiled path; the chart builds TensorRT engines (GPU) or ONNX Runtime runners (CPU), so use fp16 or fp32" -}}
+{{- end -}}
 {{- $cuda := include "doc-triton.cuda" . -}}
 {{- $builds := list -}}
 {{- range $models -}}
