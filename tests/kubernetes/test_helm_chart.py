@@ -25,6 +25,7 @@ CHART = REPO_ROOT / "deploy" / "helm" / "doc-triton"
 IMAGES = {"builder": "doc-triton-builder:local", "triton": "doc-triton-triton:local",
           "embeddings": "doc-triton-embeddings:local"}
 MODELS = "caption_classification,yolox,eclair,e5_small_v2"  # all four: `ingest` calls each
+GPU_MODELS = "caption_classification,e5_small_v2"  # the GPU-scheduling release: two builders queue for one GPU
 FAKE_GPU = "doc-triton.test/gpu"
 # the CI cluster is one node: a ReadWriteOnce claim (its hostpath provisioner) serves every pod
 ONE_NODE = "persistence:\n  size: 2Gi\n  accessModes: [ReadWriteOnce]\n  singleNode: true\n"
@@ -233,10 +234,10 @@ def images():
     assert load.returncode == 0, load.stderr
 
 
-def _stack_runner(root, namespace: str, release: str, values):
+def _stack_runner(root, namespace: str, release: str, values, models: str = MODELS):
     def stack(command: str, target: str | None = None, **settings: str) -> subprocess.CompletedProcess:
         env_file = root / ".env"
-        settings = {"HELM_RELEASE": release, "KUBE_NAMESPACE": namespace, "HELM_VALUES": str(values), "MODELS": MODELS,
+        settings = {"HELM_RELEASE": release, "KUBE_NAMESPACE": namespace, "HELM_VALUES": str(values), "MODELS": models,
                     "READY_TIMEOUT_S": "600", **settings}
         env_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
         return subprocess.run([sys.executable, "-m", "scripts.stack", command, *([target] if target else []),
@@ -454,7 +455,7 @@ def gpu_release(images, fake_gpu, tmp_path_factory):
                           f"triton:\n  replicas: {replicas}\n  shmSize: 256Mi\nembeddings:\n  enabled: false\n" + ONE_NODE)
 
     write(1)
-    stack = _stack_runner(root, namespace, "dg", values)
+    stack = _stack_runner(root, namespace, "dg", values, models=GPU_MODELS)
     yield namespace, stack, write
     stack("clean")
     subprocess.run(["kubectl", "delete", "namespace", namespace, "--wait=false"], capture_output=True)
