@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.check import allowed_error, column_range
+from converters.check import compare
 from converters.model_folder import GOLDEN_FILE, Golden, read_model_config, wire_type
 from scripts.health import CALL_TIMEOUT_S, wait_until_ready
 from scripts.report import ModelRow
@@ -66,7 +66,6 @@ class GoldenRequest:
 
     def check(self, response) -> Verification:
         """The answer against the golden outputs, within the tolerance of the served precision."""
-        atol = self.golden.tolerance[0]
         worst = 0.0
         for output, expected in self.golden.outputs.items():
             try:
@@ -81,14 +80,12 @@ class GoldenRequest:
                         x.encode() if isinstance(x, str) else bytes(x) for x in expected.ravel()]:
                     return Verification(self.name, False, f"output '{output}' differs from the golden text")
                 continue
-            expected = expected.astype(np.float64)
-            diff = np.abs(actual.astype(np.float64) - expected)
-            worst = max(worst, float(diff.max()) if diff.size else 0.0)
-            if not np.all(diff <= allowed_error(expected, self.golden.tolerance)):
-                column = int(np.unravel_index(np.argmax(diff), diff.shape)[-1]) if diff.ndim else 0
-                scale = float(np.ravel(column_range(expected))[column] if np.ndim(column_range(expected)) else 1.0)
-                return Verification(self.name, False, f"output '{output}' max abs error {float(diff.max()):.3g} over "
-                                                      f"atol={atol * scale:g} (atol {atol:g} x its column's range {scale:g})")
+            (error,) = compare({output: expected}, {output: actual}, self.golden.tolerance).errors
+            worst = max(worst, error.max_abs)
+            if not error.ok:
+                atol, rtol = self.golden.tolerance
+                return Verification(self.name, False, f"output '{output}' max abs error {error.max_abs:.3g} over its "
+                                                      f"tolerance (atol {atol:g} x its column's range, rtol {rtol:g})")
         return Verification(self.name, True, f"max abs error {worst:.3g}")
 
 
