@@ -38,7 +38,9 @@ def test_bench_report_plots_and_tune(local_stack, tmp_path):  # noqa: F811
     for point in served:  # Triton's own timings of the same window: parts of a whole, within the client's
         assert 0 < point["server_compute_ms"] and 0 <= point["server_queue_ms"]
         assert point["server_queue_ms"] + point["server_compute_ms"] <= point["server_ms"] * 1.001
-        assert point["server_ms"] <= point["p99_ms"]
+        # Triton's "success" time ends when it releases the response, which may follow the client's
+        # receipt by a fraction of a millisecond (0.1 ms over p99 seen with 2 requests on 2 busy cores)
+        assert point["server_ms"] <= point["p99_ms"] + 1.0
     assert all(p["server_ms"] is None for p in raw)
     for row in report["summary"]:
         best = max((p for p in served if p["batch"] == row["batch"]), key=lambda p: p["items_per_s"])
