@@ -164,7 +164,8 @@ def main() -> None:
                           torch.float16, encoder_graph_batch=args.encoder_graph_batch)
     print(f"SlotDecoder: {decoder.slots} slots x {args.new_tokens} tokens, {decoder.encoder_tokens} encoder tokens, "
           f"KV cache {decoder.kv_cache_bytes / 2**30:.2f} GiB, buckets {decoder.buckets}, encoder graphs "
-          f"{sorted(decoder.encoder_graphs) or 'none'}, built and captured in {time.perf_counter() - start:.1f} s, "
+          f"{sorted(decoder.encoder_graphs) or 'none'}, decode-attention kernels "
+          f"{'on' if decoder.kernels else 'off'}, built and captured in {time.perf_counter() - start:.1f} s, "
           f"reserving {((torch.cuda.memory_reserved(device) if reserved else 0) - reserved) / 2**30:.2f} GiB")
 
     pixels = torch.randn(max(batches + [args.pages]), 3, 1280, 1024, device=device, dtype=torch.float16)

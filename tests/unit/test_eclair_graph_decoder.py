@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from triton_models.eclair.graph_decoder import (GraphGenerator, SlotDecoder, bucket_for, bucket_sizes, cache_bytes,
+from triton_models.eclair.graph_decoder import (SlotDecoder, bucket_for, bucket_sizes, cache_bytes,
                                                 check_cache_fits, greedy_rules)
-from triton_models.eclair.runtime import IMAGENET_MEAN, IMAGENET_STD, TokenIds, make_generator
+from triton_models.eclair.runtime import IMAGENET_MEAN, IMAGENET_STD, GraphGenerator, TokenIds, make_generator
 
 MAX_NEW = 40
 PAGES = 10

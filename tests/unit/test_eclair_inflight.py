@@ -89,13 +89,13 @@ def test_a_failing_step_fails_the_requests_in_flight_and_the_next_one_is_served(
     graph, reference = runtimes
     batcher = _batcher(graph)
     answered = []
-    real_step = batcher.decoder.step
-    batcher.decoder.step = lambda active: (_ for _ in ()).throw(RuntimeError("CUDA error: an illegal memory access"))
+    real_launch = batcher.decoder.launch
+    batcher.decoder.launch = lambda active: (_ for _ in ()).throw(RuntimeError("CUDA error: an illegal memory access"))
     try:
         batcher.submit(Job(_pages(1, 6), lambda texts, error: answered.append(error)))
         batcher.iterate()
     finally:
-        batcher.decoder.step = real_step
+        batcher.decoder.launch = real_launch
     assert answered == ["ECLAIR failed: CUDA error: an illegal memory access"]
     assert all(slot is None for slot in batcher.slots) and not batcher.jobs
     page = _pages(1, 7)

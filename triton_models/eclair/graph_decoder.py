@@ -11,16 +11,14 @@ cross-attention over its page, FFN; final layer_norm, lm_head), then the logits 
 Hugging Face's greedy `generate` builds from the checkpoint's generation_config (forced BOS/EOS,
 min length, suppressed tokens; others are refused), argmax, and eos/pad bookkeeping on the device.
 
-`GraphGenerator` is a drop-in for `runtime.TorchGenerator` (kind "graph" in `make_generator`): a
-static batch through `SlotDecoder`, rows as `generate` returns them (start token first, eos where
-a row stopped, rows that stopped early padded with pad to the longest row of the call).
+`runtime.GraphGenerator` drives it as a drop-in for `runtime.TorchGenerator`, and `inflight.py` as
+the served model's in-flight batcher.
 """
 from __future__ import annotations
 
 import contextlib
 import importlib
 import logging
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -133,6 +131,7 @@ class SlotDecoder:
             check_cache_fits(self._kv_bytes, torch.cuda.mem_get_info(self.device)[0], slots, max_new_tokens)
         with torch.inference_mode():
             self._allocate(layers, ids)
+            self._fuse_for_gpu()
             self.graphs, self.encoder_graphs = {}, {}
             if self.use_graphs:
                 self._capture(encoder_graph_batch)
@@ -154,6 +153,11 @@ class SlotDecoder:
         self.done = torch.ones(self.slots, dtype=torch.bool, **on)
         self.limit = torch.full((self.slots,), self.max_new_tokens, dtype=torch.long, **on)
         self.out = torch.full((self.slots,), ids.pad, dtype=torch.long, **on)
+        self.status = torch.zeros(self.slots, 2, dtype=torch.long, **on)  # per slot: new token, finished
+        pinned = self.device.type == "cuda"  # two host copies: one read while the next step runs
+        self._host_status = [torch.zeros(self.slots, 2, dtype=torch.long, pin_memory=pinned) for _ in range(2)]
+        self._copied = [torch.cuda.Event() for _ in range(2)] if pinned else []
+        self._turn = 0
         self.rows = torch.arange(self.slots, **on)
         self.key_pos = torch.arange(self.max_new_tokens, **on)
         vocab = self.lm_head.weight.shape[0]
@@ -164,6 +168,21 @@ class SlotDecoder:
         self.eos_row = forced(self.rules["forced_eos"]) if self.rules["forced_eos"] else None
         self.suppress = torch.isin(self.vocab, torch.tensor(self.rules["suppress"], **on)) \
             if self.rules["suppress"] else None
+
+    def _fuse_for_gpu(self) -> None:
+        """On a GPU with Triton: each layer's q/k/v projections as one matrix, and attention through the
+        split-K decode kernels (decode_attention.py), which also write the step's K/V into the cache."""
+        self.kernels = _decode_attention_module() if self.device.type == "cuda" else None
+        self.fused = []
+        if self.kernels is None or not self.kernels.available(self.device):
+            self.kernels = None
+            return
+        self.programs = 4 * torch.cuda.get_device_properties(self.device).multi_processor_count
+        self.counters = torch.zeros(self.slots * self.heads, device=self.device, dtype=torch.int32)
+        for layer in self.core.layers:
+            projections = (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj)
+            biases = [p.bias if p.bias is not None else torch.zeros_like(p.weight[:, 0]) for p in projections]
+            self.fused.append((torch.cat([p.weight for p in projections]), torch.cat(biases)))
 
     def set_ids(self, ids) -> None:
         """Change the start/pad/eos ids (device values: no recapture)."""
@@ -233,16 +252,34 @@ class SlotDecoder:
             state[dst] = state[src]
 
     @torch.inference_mode()
-    def step(self, active: int) -> torch.Tensor:
-        """One greedy step for slots [0, bucket(active)); the new token of each slot in [0, active) on
-        the host (pad for a slot already finished)."""
+    def launch(self, active: int) -> tuple[int, int]:
+        """Queue one greedy step for slots [0, bucket(active)) and the copy of its tokens and finished
+        flags to the host, without waiting: the caller reads the previous step (`collect`) while this
+        one runs. Returns what `collect` takes."""
         size = bucket_for(active, self.buckets)
         if self.graphs:
             self.graphs[size].replay()
         else:
             with attention_kernels(self.device):
                 self._step(size)
-        return _host(self.out[:active])
+        turn, self._turn = self._turn, self._turn ^ 1
+        self._host_status[turn][:active].copy_(self.status[:active], non_blocking=bool(self._copied))
+        if self._copied:
+            self._copied[turn].record()
+        return turn, active
+
+    def collect(self, launched: tuple[int, int]) -> tuple[list[int], list[bool]]:
+        """A launched step's new token of each slot in [0, active) (pad for a slot already finished)
+        and whether the slot is finished, once the step is done."""
+        turn, active = launched
+        if self._copied:
+            self._copied[turn].synchronize()
+        rows = self._host_status[turn][:active].tolist()
+        return [token for token, _ in rows], [bool(done) for _, done in rows]
+
+    def step(self, active: int) -> torch.Tensor:
+        """One step, waited for: the new token of each slot in [0, active) on the host."""
+        return torch.tensor(self.collect(self.launch(active))[0])
 
     @torch.inference_mode()
     def finished(self, active: int) -> torch.Tensor:
@@ -256,19 +293,29 @@ class SlotDecoder:
         x = x + F.embedding(pos[:, None] + self.offset, core.embed_positions.weight)
         if getattr(core, "layernorm_embedding", None) is not None:
             x = core.layernorm_embedding(x)
-        mask = (self.key_pos[None, :] <= pos[:, None]).view(b, 1, 1, -1)  # the slot's own past and itself
+        attend = self.kernels.decode_attention if self.kernels else None
+        mask = None if attend else (self.key_pos[None, :] <= pos[:, None]).view(b, 1, 1, -1)  # own past and itself
         for i, layer in enumerate(core.layers):
             attn, h = layer.self_attn, layer.self_attn_layer_norm(x)
-            q = attn.q_proj(h).view(b, 1, heads, hd).transpose(1, 2)
             keys, values = self.self_k[i, :b], self.self_v[i, :b]
-            keys[rows, :, pos] = attn.k_proj(h).view(b, heads, hd)
-            values[rows, :, pos] = attn.v_proj(h).view(b, heads, hd)
-            o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=attn.scaling)
-            x = x + attn.out_proj(o.transpose(1, 2).reshape(b, 1, -1))
+            if attend:  # one projection; the kernel writes k, v at pos and attends to [0, pos]
+                q, k, v = F.linear(h[:, 0], *self.fused[i]).view(b, 3, heads, hd).unbind(1)
+                o = attend(q, keys, values, attn.scaling, self.programs, pos, 1, k, v, self.counters)
+            else:
+                q = attn.q_proj(h).view(b, 1, heads, hd).transpose(1, 2)
+                keys[rows, :, pos] = attn.k_proj(h).view(b, heads, hd)
+                values[rows, :, pos] = attn.v_proj(h).view(b, heads, hd)
+                o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=attn.scaling).transpose(1, 2)
+            x = x + attn.out_proj(o.reshape(b, 1, -1))
             cross, h = layer.encoder_attn, layer.encoder_attn_layer_norm(x)
-            q = cross.q_proj(h).view(b, 1, heads, hd).transpose(1, 2)
-            o = F.scaled_dot_product_attention(q, self.cross_k[i, :b], self.cross_v[i, :b], scale=cross.scaling)
-            x = x + cross.out_proj(o.transpose(1, 2).reshape(b, 1, -1))
+            q = cross.q_proj(h)
+            if attend:
+                o = attend(q.view(b, heads, hd), self.cross_k[i, :b], self.cross_v[i, :b], cross.scaling, self.programs,
+                           counters=self.counters)
+            else:
+                o = F.scaled_dot_product_attention(q.view(b, 1, heads, hd).transpose(1, 2), self.cross_k[i, :b],
+                                                   self.cross_v[i, :b], scale=cross.scaling).transpose(1, 2)
+            x = x + cross.out_proj(o.reshape(b, 1, -1))
             x = x + layer.fc2(layer.activation_fn(layer.fc1(layer.final_layer_norm(x))))
         if getattr(core, "layer_norm", None) is not None:
             x = core.layer_norm(x)
@@ -281,6 +328,8 @@ class SlotDecoder:
         self.out[:b].copy_(token)
         self.cur[:b].copy_(token)
         self.done[:b].copy_(finished)
+        self.status[:b, 0].copy_(token)
+        self.status[:b, 1].copy_(finished)
 
     def _process(self, scores: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """HF's processors in HF's order; HF's cur_len (input_ids length) is pos + 1 here."""
@@ -341,64 +390,13 @@ class SlotDecoder:
             self.encoder_graphs = {}
 
 
+def _decode_attention_module():
+    """decode_attention.py, published beside this file as eclair_decode_attention.py."""
+    return importlib.import_module("eclair_decode_attention" if __name__ == "eclair_graph_decoder"
+                                   else "triton_models.eclair.decode_attention")
+
+
 def _host(tensor: torch.Tensor) -> torch.Tensor:
     """A plain (non-inference) host copy."""
     with torch.inference_mode(False):
         return tensor.to("cpu", copy=True)
-
-
-class GraphGenerator:
-    """Drop-in for `runtime.TorchGenerator`: the checkpoint's weights through `SlotDecoder`, a static
-    batch of up to `slots` pages at a time. Rows as HF `generate` returns them: start token first,
-    then the new tokens up to and including eos; rows that stopped early padded with pad to the
-    longest row of the call (max_new_tokens + 1 at most)."""
-
-    def __init__(self, folder: Path, device: str, dtype: torch.dtype, slots: int = 16, max_new_tokens: int = 256,
-                 use_graphs: bool | None = None, encoder_graph_batch: int = 0):
-        from transformers import VisionEncoderDecoderModel
-
-        runtime = importlib.import_module("eclair_runtime" if __name__ == "eclair_graph_decoder"
-                                          else "triton_models.eclair.runtime")
-        self.device, self.dtype, self.slots, self.use_graphs = device, dtype, slots, use_graphs
-        self.encoder_graph_batch = encoder_graph_batch
-        self.model = VisionEncoderDecoderModel.from_pretrained(str(folder), local_files_only=True, dtype=dtype)
-        self.model = self.model.to(device).eval()
-        _, ids = runtime.checkpoint_settings(Path(folder))
-        self.decoder = self._decoder(max_new_tokens, ids)
-
-    def _decoder(self, max_new_tokens: int, ids) -> SlotDecoder:
-        return SlotDecoder(self.model, self.slots, max_new_tokens, ids, self.device, self.dtype, self.use_graphs,
-                           self.encoder_graph_batch)
-
-    def reserve(self, max_new_tokens: int, ids) -> SlotDecoder:
-        """The decoder, reallocated (and recaptured) for exactly `max_new_tokens` if loaded for another
-        limit, with these ids: what a scheduler calls once with the runtime's limit and ids."""
-        if max_new_tokens != self.decoder.max_new_tokens:
-            self.decoder = None
-            if str(self.device).startswith("cuda"):
-                torch.cuda.empty_cache()
-            self.decoder = self._decoder(max_new_tokens, ids)
-        self.decoder.set_ids(ids)
-        return self.decoder
-
-    def generate(self, pixels: torch.Tensor, max_new_tokens: int, ids) -> list[list[int]]:
-        if max_new_tokens > self.decoder.max_new_tokens:  # a longer limit than loaded: reallocate once
-            log.warning("ECLAIR graph decoder: reallocating for %d new tokens", max_new_tokens)
-            self.reserve(max_new_tokens, ids)
-        decoder = self.decoder
-        decoder.set_ids(ids)
-        rows: list[list[int]] = []
-        for chunk in pixels.split(self.slots):
-            count = len(chunk)
-            decoder.admit(list(range(count)), decoder.encode(chunk), limit=max_new_tokens)
-            part = [[ids.start] for _ in range(count)]
-            live = set(range(count))
-            while live:
-                tokens = decoder.step(count).tolist()
-                for slot in list(live):
-                    part[slot].append(tokens[slot])
-                    if tokens[slot] == ids.eos or len(part[slot]) > max_new_tokens:
-                        live.discard(slot)
-            rows += part
-        width = max(len(row) for row in rows)
-        return [row + [ids.pad] * (width - len(row)) for row in rows]

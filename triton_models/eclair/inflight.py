@@ -4,9 +4,11 @@ Pages from every request share the slots. Each scheduler iteration:
   1. drops what was cancelled (its slots are free at once);
   2. admits waiting pages into the free slots, lowest first (one encoder pass for those pages,
      then their cross-attention K/V);
-  3. runs one decoder step over the occupied slots (one CUDA graph replay on a GPU);
-  4. hands back each page that reached EOS or the token limit, and answers a request as soon as
-     its own pages are all done, in their order.
+  3. launches one decoder step over the occupied slots (one CUDA graph replay on a GPU);
+  4. reads the previous step's tokens while that one runs, hands back each page that reached EOS
+     or the token limit, and answers a request as soon as its own pages are all done, in order.
+A finished page's slot therefore runs one extra (ignored) step before a waiting page takes it;
+in exchange the GPU never idles while Python reads tokens and admits pages.
 So a short page never waits for a long one, and a finished page's slot takes a waiting page at
 the next step, as TensorRT-LLM's in-flight batcher does. Triton's python backend answers through
 each request's response sender from this thread (eclair_model.py); the scheduler itself knows
@@ -55,6 +57,7 @@ class InflightBatcher:
         self.jobs: list[Job] = []  # admitted or waiting, in arrival order
         self.incoming: queue.Queue[Job] = queue.Queue()
         self._stop = threading.Event()
+        self.pending: tuple | None = None  # the launched step not yet read, and the slots it ran
         self._thread: threading.Thread | None = None
 
     # --- called from Triton's execute() ------------------------------------------------------
@@ -80,7 +83,7 @@ class InflightBatcher:
                 continue
 
     def _take_incoming(self, block: bool) -> None:
-        idle = not self.jobs
+        idle = not self.jobs and self.pending is None
         try:
             job = self.incoming.get(block=block and idle, timeout=0.5 if block and idle else None)
         except queue.Empty:
@@ -97,14 +100,17 @@ class InflightBatcher:
         """One scheduler iteration; False when there was nothing to do."""
         self._take_incoming(block)
         self._drop_cancelled()
-        if not self.jobs:
+        if not self.jobs and self.pending is None:
             return False
         try:
             self._admit()
             active = self._active()
-            if active:
-                self._step(active)
+            launched = (self.decoder.launch(active), list(self.slots[:active])) if active else None
+            if self.pending is not None:  # read step k while step k + 1 runs: the GPU never waits on Python
+                self._collect(*self.pending)
+            self.pending = launched
         except Exception as exc:  # a failed step fails what is in flight, never the thread
+            self.pending = None
             self._fail_all(f"ECLAIR failed: {exc}")
         return True
 
@@ -139,12 +145,12 @@ class InflightBatcher:
         for slot, job, page in chosen:
             self.slots[slot] = Slot(job, page, [self.start_token])
 
-    def _step(self, active: int) -> None:
-        tokens = self.decoder.step(active).tolist()
-        finished = self.decoder.finished(active).tolist()
-        for index in range(active):
-            slot = self.slots[index]
-            if slot is None:
+    def _collect(self, launched, ran: list[Slot | None]) -> None:
+        """A step's tokens for the pages it ran; a page finished, cancelled or replaced since it was
+        launched is skipped (its slot decoded pad)."""
+        tokens, finished = self.decoder.collect(launched)
+        for index, slot in enumerate(ran):
+            if slot is None or slot is not self.slots[index]:
                 continue
             slot.tokens.append(int(tokens[index]))
             if finished[index]:

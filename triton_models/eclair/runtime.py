@@ -3,8 +3,9 @@
 Everything but the token generation is shared by both serving paths: reading the checkpoint's
 settings, pre-processing (resize, normalise), the generation limits and token ids, and turning
 tokens into text. The generator is the one swappable part:
-  - `GraphGenerator` (`graph_decoder.py`, the served default): the checkpoint's decoder with a
-    static KV cache, one CUDA graph per batch bucket on a GPU, token-identical to `generate`;
+  - `GraphGenerator` (the served default): the checkpoint's decoder through `graph_decoder.py`'s
+    SlotDecoder, with a static KV cache, one CUDA graph per batch bucket on a GPU, token-identical
+    to `generate`;
   - `TorchGenerator`: the Hugging Face model's greedy `generate` (CPU fp32, or CUDA fp16): the
     reference, and the raw baseline `bench` compares against;
   - `TrtllmGenerator` (`trtllm_runtime.py`, the only module that calls TensorRT-LLM): the vision
@@ -18,12 +19,14 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+log = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 GENERATORS = ("pytorch", "tensorrt_llm", "graph")
@@ -79,6 +82,67 @@ class TorchGenerator:
         return tokens.tolist()
 
 
+class GraphGenerator:
+    """Drop-in for `runtime.TorchGenerator`: the checkpoint's weights through `SlotDecoder`, a static
+    batch of up to `slots` pages at a time. Rows as HF `generate` returns them: start token first,
+    then the new tokens up to and including eos; rows that stopped early padded with pad to the
+    longest row of the call (max_new_tokens + 1 at most)."""
+
+    def __init__(self, folder: Path, device: str, dtype: torch.dtype, slots: int = 16, max_new_tokens: int = 256,
+                 use_graphs: bool | None = None, encoder_graph_batch: int = 0):
+        from transformers import VisionEncoderDecoderModel
+
+        self.device, self.dtype, self.slots, self.use_graphs = device, dtype, slots, use_graphs
+        self.encoder_graph_batch = encoder_graph_batch
+        self.model = VisionEncoderDecoderModel.from_pretrained(str(folder), local_files_only=True, dtype=dtype)
+        self.model = self.model.to(device).eval()
+        _, ids = checkpoint_settings(Path(folder))
+        self.decoder = self._decoder(max_new_tokens, ids)
+
+    def _decoder(self, max_new_tokens: int, ids):
+        return graph_decoder_module().SlotDecoder(self.model, self.slots, max_new_tokens, ids, self.device, self.dtype, self.use_graphs,
+                           self.encoder_graph_batch)
+
+    def reserve(self, max_new_tokens: int, ids):
+        """The decoder, reallocated (and recaptured) for exactly `max_new_tokens` if loaded for another
+        limit, with these ids: what a scheduler calls once with the runtime's limit and ids."""
+        if max_new_tokens != self.decoder.max_new_tokens:
+            self.decoder = None
+            if str(self.device).startswith("cuda"):
+                torch.cuda.empty_cache()
+            self.decoder = self._decoder(max_new_tokens, ids)
+        self.decoder.set_ids(ids)
+        return self.decoder
+
+    def generate(self, pixels: torch.Tensor, max_new_tokens: int, ids) -> list[list[int]]:
+        if max_new_tokens > self.decoder.max_new_tokens:  # a longer limit than loaded: reallocate once
+            log.warning("ECLAIR graph decoder: reallocating for %d new tokens", max_new_tokens)
+            self.reserve(max_new_tokens, ids)
+        decoder = self.decoder
+        decoder.set_ids(ids)
+        rows: list[list[int]] = []
+        for chunk in pixels.split(self.slots):
+            count = len(chunk)
+            decoder.admit(list(range(count)), decoder.encode(chunk), limit=max_new_tokens)
+            part = [[ids.start] for _ in range(count)]
+            live = set(range(count))
+            while live:
+                tokens = decoder.step(count).tolist()
+                for slot in list(live):
+                    part[slot].append(tokens[slot])
+                    if tokens[slot] == ids.eos or len(part[slot]) > max_new_tokens:
+                        live.discard(slot)
+            rows += part
+        width = max(len(row) for row in rows)
+        return [row + [ids.pad] * (width - len(row)) for row in rows]
+
+
+def graph_decoder_module():
+    """graph_decoder.py, published beside this file as eclair_graph_decoder.py."""
+    return importlib.import_module("eclair_graph_decoder" if __name__ == "eclair_runtime"
+                                   else "triton_models.eclair.graph_decoder")
+
+
 def make_generator(kind: str, folder: Path, device: str, dtype: torch.dtype, engine_dir: Path | None = None,
                    slots: int = 16, max_new_tokens: int = 256):
     if kind == "pytorch":
@@ -89,13 +153,10 @@ def make_generator(kind: str, folder: Path, device: str, dtype: torch.dtype, eng
                                        else "triton_models.eclair.trtllm_runtime")
         return seam.TrtllmGenerator(Path(engine_dir), device)
     if kind == "graph":
-        # graph_decoder.py, published beside this file as eclair_graph_decoder.py
-        seam = importlib.import_module("eclair_graph_decoder" if __name__ == "eclair_runtime"
-                                       else "triton_models.eclair.graph_decoder")
         # The encoder captured for 1..4 pages on a GPU: in-flight batching admits a few pages at a
         # time, and a captured Swin-B pass of one page took 9.9 ms against 26.6 eager (H200).
         encoder_graphs = min(4, slots) if str(device).startswith("cuda") else 0
-        return seam.GraphGenerator(folder, device, dtype, slots=slots, max_new_tokens=max_new_tokens,
+        return GraphGenerator(folder, device, dtype, slots=slots, max_new_tokens=max_new_tokens,
                                    encoder_graph_batch=encoder_graphs)
     raise ValueError(f"ECLAIR generator '{kind}' is not one of {', '.join(GENERATORS)}")
 

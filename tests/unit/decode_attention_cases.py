@@ -1,0 +1,77 @@
+"""Cases for the decode-attention kernels (triton_models/eclair/decode_attention.py) in Triton's
+interpreter on the CPU, against PyTorch's attention. Run by tests/unit/test_eclair_decode_attention.py
+in a process started with TRITON_INTERPRET=1 (the interpreter is chosen when Triton is first
+imported); not collected on its own (no test_ prefix)."""
+import math
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from triton_models.eclair import decode_attention as da
+
+if os.environ.get("TRITON_INTERPRET") != "1":
+    raise RuntimeError("run these cases with TRITON_INTERPRET=1, as tests/unit/test_eclair_decode_attention.py does")
+
+
+@pytest.fixture()
+def interpreted():
+    return da.decode_attention
+
+
+def reference(q, k, v, scale, lengths=None):
+    mask = None if lengths is None else (torch.arange(k.shape[2])[None, :] < lengths[:, None]).view(len(q), 1, 1, -1)
+    return F.scaled_dot_product_attention(q[:, :, None], k, v, attn_mask=mask, scale=scale)[:, :, 0]
+
+
+# one range per (page, head); two; BLOCK-sized ranges; three ranges and an empty fourth (a power of two)
+@pytest.mark.parametrize("programs, keys", [(1, 200), (7, 200), (64, 200), (18, 300)])
+def test_cross_attention_equals_pytorch(interpreted, programs, keys):
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 2, 16), torch.randn(3, 2, keys, 16), torch.randn(3, 2, keys, 16)
+    counters = torch.zeros(6, dtype=torch.int32)
+    out = interpreted(q, k, v, 0.25, programs, counters=counters)
+    assert torch.equal(counters, torch.zeros(6, dtype=torch.int32))  # left ready for the next call
+    assert torch.equal(interpreted(q, k, v, 0.25, programs, counters=counters), out)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    torch.testing.assert_close(out, reference(q, k, v, 0.25), rtol=1e-5, atol=1e-5)
+
+
+def test_self_attention_reads_only_each_pages_positions_and_writes_the_new_key(interpreted):
+    torch.manual_seed(1)
+    pages, heads, keys, dim = 4, 2, 150, 16
+    k, v = torch.randn(pages, heads, keys, dim), torch.randn(pages, heads, keys, dim)
+    pos = torch.tensor([0, 63, 64, 149])  # first position, both sides of a BLOCK edge, the cache's end
+    k[torch.arange(pages), :, pos] = float("nan")  # stale at the new position: must not be read
+    v[torch.arange(pages), :, pos] = float("nan")
+    for page, p in enumerate(pos.tolist()):  # past the page's position: never read
+        k[page, :, p + 1:] = float("inf")
+        v[page, :, p + 1:] = float("inf")
+    q, new_k, new_v = torch.randn(pages, heads, dim), torch.randn(pages, heads, dim), torch.randn(pages, heads, dim)
+    out = interpreted(q, k, v, 1 / math.sqrt(dim), 16, lengths=pos, length_add=1, new_k=new_k, new_v=new_v)
+    for page, p in enumerate(pos.tolist()):
+        assert torch.equal(k[page, :, p], new_k[page]) and torch.equal(v[page, :, p], new_v[page])
+    want = reference(q, k.nan_to_num(posinf=0.0), v.nan_to_num(posinf=0.0), 1 / math.sqrt(dim), pos + 1)
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+
+
+def test_strided_inputs_as_the_fused_projection_gives_them(interpreted):
+    torch.manual_seed(2)
+    qkv = torch.randn(2, 3 * 4 * 16)  # [pages, 3 x heads x dim], as one fused q/k/v projection returns
+    q, new_k, new_v = (part.view(2, 4, 16) for part in qkv.split(64, dim=1))
+    k, v = torch.randn(2, 4, 70, 16), torch.randn(2, 4, 70, 16)
+    pos = torch.tensor([5, 69])
+    out = interpreted(q, k, v, 0.5, 8, lengths=pos, length_add=1, new_k=new_k, new_v=new_v)
+    torch.testing.assert_close(out, reference(q, k, v, 0.5, pos + 1), rtol=1e-5, atol=1e-5)
+
+
+def test_bad_arguments_are_named(interpreted):
+    q, k = torch.randn(1, 2, 12), torch.randn(1, 2, 8, 12)
+    with pytest.raises(ValueError, match="power of two"):
+        interpreted(q, k, k, 1.0, 4)
+    q, k = torch.randn(1, 2, 16), torch.randn(1, 2, 8, 16)
+    with pytest.raises(ValueError, match="new_k and new_v"):
+        interpreted(q, k, k, 1.0, 4, new_k=q)
+    with pytest.raises(ValueError, match="counters must be int32 with at least 2"):
+        interpreted(q, k, k, 1.0, 4, counters=torch.zeros(1, dtype=torch.int32))

@@ -1,0 +1,38 @@
+"""The split-K decode-attention kernels of ECLAIR's GPU decoder step
+(triton_models/eclair/decode_attention.py): their cases (tests/unit/decode_attention_cases.py) run
+in Triton's interpreter on the CPU, in a process of their own, since the interpreter is chosen when
+Triton is first imported."""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from triton_models.eclair import decode_attention as da
+
+CASES = Path(__file__).with_name("decode_attention_cases.py")
+
+
+def test_kernels_match_pytorch_attention_in_the_interpreter():
+    pytest.importorskip("triton", reason="Triton is in the test extra; `make test` installs it")
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(CASES)],
+                         env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=600,
+                         cwd=Path(__file__).parents[2])
+    summary = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else run.stderr
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    passed = int(re.search(r"(\d+) passed", summary).group(1))
+    assert passed == 7 and "skipped" not in summary, summary
+
+
+def test_split_count_fills_the_card_with_at_least_one_block_per_range():
+    assert da.split_count(rows=16, keys=1280, programs=528) == 20  # one page: ranges of BLOCK keys
+    assert da.split_count(rows=1024, keys=1280, programs=528) == 1  # 64 pages x 16 heads fill it already
+    assert da.split_count(rows=256, keys=1280, programs=528) == 3
+
+
+def test_only_cuda_devices_use_the_kernels():
+    import torch
+
+    assert not da.available(torch.device("cpu"))

@@ -1,0 +1,152 @@
+"""Attention of one new token per (page, head) over a cache, for ECLAIR's decoder step on a GPU.
+
+A decoding step has one query row per page and head. PyTorch's flash kernel pads that row to a
+128-row tile and walks the keys in one thread block per (page, head): on an H200 it read the 64 x
+1,280 cross-attention keys of a 64-page step at 0.44 of HBM bandwidth, and the memory-efficient
+kernel (the self-attention, with its mask) did worse. This is the split-K ("flash-decoding")
+layout instead: each (page, head) is cut into `splits` key ranges, one program per range keeps a
+running max, sum and weighted sum of V in fp32, and the last range of a (page, head) to finish
+combines them (an atomic count per row: one launch, not two). Keys past a
+page's length are never read, so the self-attention reads only the positions decoded so far.
+
+For the self-attention, `new_k`/`new_v` (the step's own key and value) are used for the page's last
+position and written into the cache by the program whose range holds it: the cache write and the
+attention are one launch. Triton kernels; the module imports Triton only when called, and on a CPU
+they run in Triton's interpreter (TRITON_INTERPRET=1), which the tests use.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+BLOCK = 64  # keys per loop iteration
+triton = tl = None  # imported by _kernels(): module globals, as Triton's interpreter patches them there
+
+
+def available(device: torch.device) -> bool:
+    """Whether these kernels can run on `device` (a CUDA device with Triton installed)."""
+    if device.type != "cuda":
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def split_count(rows: int, keys: int, programs: int) -> int:
+    """Key ranges per (page, head): enough programs to fill the card (`programs`, e.g. 4 per SM),
+    at least BLOCK keys per range."""
+    return max(1, min(math.ceil(keys / BLOCK), math.ceil(programs / max(rows, 1))))
+
+
+@functools.lru_cache(maxsize=None)
+def _kernels():
+    global triton, tl
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def attend(q_ptr, k_ptr, v_ptr, new_k_ptr, new_v_ptr, len_ptr, m_ptr, l_ptr, acc_ptr, count_ptr, out_ptr,
+               heads, keys, scale, chunk, len_add,
+               sq_b, sq_h, sk_b, sk_h, sk_t, sv_b, sv_h, sv_t, sn_b, sn_h, snv_b, snv_h,
+               D: tl.constexpr, BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, HAS_LEN: tl.constexpr,
+               HAS_NEW: tl.constexpr):
+        row, split = tl.program_id(0), tl.program_id(1)
+        splits = tl.num_programs(1)
+        b, h = row // heads, row % heads
+        d = tl.arange(0, D)
+        q = tl.load(q_ptr + b * sq_b + h * sq_h + d).to(tl.float32) * scale
+        length = keys
+        if HAS_LEN:
+            length = tl.minimum(tl.load(len_ptr + b).to(tl.int32) + len_add, keys)
+        start = split * chunk
+        end = tl.minimum(start + chunk, length)
+        k_row, v_row = k_ptr + b * sk_b + h * sk_h, v_ptr + b * sv_b + h * sv_h
+        last = length - 1
+        if HAS_NEW:
+            new_k = tl.load(new_k_ptr + b * sn_b + h * sn_h + d)
+            new_v = tl.load(new_v_ptr + b * snv_b + h * snv_h + d)
+            mine = (last >= start) & (last < start + chunk)  # this range holds the new position: write it
+            tl.store(k_row + last * sk_t + d, new_k, mask=(d < D) & mine)
+            tl.store(v_row + last * sv_t + d, new_v, mask=(d < D) & mine)
+        m_run, l_run = float("-inf"), 0.0
+        acc = tl.zeros([D], dtype=tl.float32)
+        for n0 in range(start, end, BLOCK_N):
+            n = n0 + tl.arange(0, BLOCK_N)
+            valid = n < end
+            cached = valid
+            if HAS_NEW:
+                cached = valid & (n != last)  # the new position comes from new_k/new_v, not the cache
+            k = tl.load(k_row + n[:, None] * sk_t + d[None, :], mask=cached[:, None], other=0.0)
+            v = tl.load(v_row + n[:, None] * sv_t + d[None, :], mask=cached[:, None], other=0.0)
+            if HAS_NEW:
+                k = tl.where((n == last)[:, None], new_k[None, :], k)
+                v = tl.where((n == last)[:, None], new_v[None, :], v)
+            score = tl.where(valid, tl.sum(k.to(tl.float32) * q[None, :], 1), float("-inf"))
+            m_new = tl.maximum(m_run, tl.max(score, 0))
+            p = tl.exp(score - m_new)
+            alpha = tl.exp(m_run - m_new)
+            l_run = l_run * alpha + tl.sum(p, 0)
+            acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), 0)
+            m_run = m_new
+        if SPLITS == 1:
+            tl.store(out_ptr + row * D + d, (acc / l_run).to(out_ptr.dtype.element_ty))
+        else:  # publish this range; the row's last range to finish combines them (no second launch)
+            at = row * SPLITS + split
+            tl.store(m_ptr + at, m_run)
+            tl.store(l_ptr + at, l_run)
+            tl.store(acc_ptr + at * D + d, acc)
+            if tl.atomic_add(count_ptr + row, 1) == SPLITS - 1:  # acq_rel: the other ranges' stores are visible
+                s = tl.arange(0, SPLITS)
+                m = tl.load(m_ptr + row * SPLITS + s, cache_modifier=".cg")
+                l_sum = tl.load(l_ptr + row * SPLITS + s, cache_modifier=".cg")
+                parts = tl.load(acc_ptr + (row * SPLITS + s)[:, None] * D + d[None, :], cache_modifier=".cg")
+                weight = tl.exp(m - tl.max(m, 0))  # an empty range has m = -inf: weight 0
+                out = tl.sum(parts * weight[:, None], 0) / tl.sum(l_sum * weight, 0)
+                tl.store(out_ptr + row * D + d, out.to(out_ptr.dtype.element_ty))
+                tl.store(count_ptr + row, 0)  # ready for the next launch (a CUDA graph replays this one)
+
+    return attend
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, programs: int,
+                     lengths: torch.Tensor | None = None, length_add: int = 0,
+                     new_k: torch.Tensor | None = None, new_v: torch.Tensor | None = None,
+                     counters: torch.Tensor | None = None) -> torch.Tensor:
+    """q [B, H, D]; k, v [B, H, T, D] (last dim contiguous). Page b attends to keys [0, lengths[b] +
+    length_add) (all T without `lengths`). With new_k/new_v [B, H, D], the key and value at the
+    page's last position are theirs, and they are written there into k and v. `counters`: int32
+    zeros, at least B x H, left zero after each call (a decoder keeps one for all its calls; None
+    allocates one). Returns [B, H, D] in q's dtype. Fixed shapes, no host sync: capturable in a CUDA
+    graph."""
+    attend = _kernels()
+    pages, heads, dim = q.shape
+    keys = k.shape[2]
+    if (new_k is None) != (new_v is None) or (new_k is not None and lengths is None):
+        raise ValueError("decode_attention: new_k and new_v come together, with lengths")
+    if any(t.stride(-1) != 1 for t in (q, k, v)) or dim & (dim - 1):
+        raise ValueError("decode_attention: the head dimension must be contiguous and a power of two")
+    rows = pages * heads
+    splits = split_count(rows, keys, programs)
+    chunk = BLOCK * math.ceil(keys / splits / BLOCK)
+    splits = 1 << (math.ceil(keys / chunk) - 1).bit_length()  # a power of two; ranges past the keys are empty
+    if counters is None:
+        counters = torch.zeros(rows, device=q.device, dtype=torch.int32)
+    elif counters.numel() < rows or counters.dtype != torch.int32:
+        raise ValueError(f"decode_attention: counters must be int32 with at least {rows} elements")
+    m = torch.empty(rows * splits, device=q.device, dtype=torch.float32)
+    l_sum = torch.empty_like(m)
+    acc = torch.empty(rows * splits, dim, device=q.device, dtype=torch.float32)
+    out = torch.empty(pages, heads, dim, device=q.device, dtype=q.dtype)
+    has_new = new_k is not None
+    nk, nv = (new_k, new_v) if has_new else (q, q)
+    attend[(rows, splits)](
+        q, k, v, nk, nv, lengths if lengths is not None else q, m, l_sum, acc, counters, out,
+        heads, keys, scale, chunk, length_add,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
+        nk.stride(0), nk.stride(1), nv.stride(0), nv.stride(1),
+        D=dim, BLOCK_N=BLOCK, SPLITS=splits, HAS_LEN=lengths is not None, HAS_NEW=has_new, num_warps=4)
+    return out
