@@ -75,3 +75,7 @@ def test_bad_arguments_are_named(interpreted):
         interpreted(q, k, k, 1.0, 4, new_k=q)
     with pytest.raises(ValueError, match="counters must be int32 with at least 2"):
         interpreted(q, k, k, 1.0, 4, counters=torch.zeros(1, dtype=torch.int32))
+
+
+def test_the_load_time_check_passes_the_kernels():
+    assert da.problem(torch.device("cpu"), torch.float32, heads=4, head_dim=16, programs=16) is None

@@ -23,7 +23,7 @@ def test_kernels_match_pytorch_attention_in_the_interpreter():
     summary = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else run.stderr
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     passed = int(re.search(r"(\d+) passed", summary).group(1))
-    assert passed == 7 and "skipped" not in summary, summary
+    assert passed == 8 and "skipped" not in summary, summary
 
 
 def test_split_count_fills_the_card_with_at_least_one_block_per_range():
@@ -36,3 +36,18 @@ def test_only_cuda_devices_use_the_kernels():
     import torch
 
     assert not da.available(torch.device("cpu"))
+
+
+def test_a_kernel_that_fails_or_disagrees_is_named_for_the_fallback():
+    import torch
+
+    def broken(q, k, v, scale, programs):
+        raise RuntimeError("PTX .version 8.7 does not support .target sm_120")
+
+    def wrong(q, k, v, scale, programs):
+        return torch.zeros_like(q)
+
+    cpu = torch.device("cpu")
+    assert da.problem(cpu, torch.float32, 4, 16, 16, attend=broken) == \
+        "RuntimeError: PTX .version 8.7 does not support .target sm_120"
+    assert da.problem(cpu, torch.float32, 4, 16, 16, attend=wrong).startswith("max abs error")

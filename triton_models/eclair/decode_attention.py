@@ -20,6 +20,7 @@ import functools
 import math
 
 import torch
+import torch.nn.functional as F
 
 BLOCK = 64  # keys per loop iteration
 triton = tl = None  # imported by _kernels(): module globals, as Triton's interpreter patches them there
@@ -99,6 +100,7 @@ def _kernels():
             tl.store(m_ptr + at, m_run)
             tl.store(l_ptr + at, l_run)
             tl.store(acc_ptr + at * D + d, acc)
+            tl.debug_barrier()  # every thread's stores above happen before the release below
             if tl.atomic_add(count_ptr + row, 1) == SPLITS - 1:  # acq_rel: the other ranges' stores are visible
                 s = tl.arange(0, SPLITS)
                 m = tl.load(m_ptr + row * SPLITS + s, cache_modifier=".cg")
@@ -150,3 +152,21 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
         nk.stride(0), nk.stride(1), nv.stride(0), nv.stride(1),
         D=dim, BLOCK_N=BLOCK, SPLITS=splits, HAS_LEN=lengths is not None, HAS_NEW=has_new, num_warps=4)
     return out
+
+
+def problem(device: torch.device, dtype: torch.dtype, heads: int, head_dim: int, programs: int,
+            attend=None) -> str | None:
+    """Why these kernels cannot serve here (they fail to compile or run, or disagree with PyTorch's
+    attention on a small problem), or None. Checked once at load, so a GPU or a Triton they do not
+    work on falls back to PyTorch's attention instead of failing the model."""
+    attend = attend or decode_attention
+    try:
+        gen = torch.Generator(device=device).manual_seed(0)
+        q, k, v = (torch.randn(shape, device=device, generator=gen).to(dtype)
+                   for shape in ((2, heads, head_dim), (2, heads, 192, head_dim), (2, heads, 192, head_dim)))
+        got = attend(q, k, v, head_dim ** -0.5, programs)
+        want = F.scaled_dot_product_attention(q[:, :, None].float(), k.float(), v.float(), scale=head_dim ** -0.5)
+        error = (got.float() - want[:, :, 0]).abs().max().item()
+    except Exception as exc:  # noqa: BLE001 - any failure means: use PyTorch's attention
+        return f"{type(exc).__name__}: {exc}"
+    return None if error <= 1e-2 else f"max abs error {error:.3g} against PyTorch's attention"

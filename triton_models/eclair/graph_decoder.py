@@ -179,6 +179,11 @@ class SlotDecoder:
             return
         self.programs = 4 * torch.cuda.get_device_properties(self.device).multi_processor_count
         self.counters = torch.zeros(self.slots * self.heads, device=self.device, dtype=torch.int32)
+        problem = self.kernels.problem(self.device, self.dtype, self.heads, self.head_dim, self.programs)
+        if problem:
+            log.warning("ECLAIR decoder: PyTorch attention instead of the decode-attention kernels (%s)", problem)
+            self.kernels = None
+            return
         for layer in self.core.layers:
             projections = (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj)
             biases = [p.bias if p.bias is not None else torch.zeros_like(p.weight[:, 0]) for p in projections]
