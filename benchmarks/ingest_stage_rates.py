@@ -45,11 +45,15 @@ def main(url: str, pdf: Path, store_dir: Path, end_to_end: float) -> None:
                   for label, box, _ in elements if label in ("table", "chart")]
     texts = [r["text"] for r in rows]
     batch, in_flight = models.embed_batch, stage_in_flight(models)
+    by_page: dict[int, list[str]] = {}  # the pipeline embeds each page's chunks, at most `batch` a call
+    for row in rows:
+        by_page.setdefault(row["page"], []).append(row["text"])
+    embed_calls = [page[i:i + batch] for page in by_page.values() for i in range(0, len(page), batch)]
     stages = [  # name, items/s alone, items per document page, unit
         ("elements", timed(in_flight["elements"], models.page_elements, [p.pixels for p in pages]), 1.0, "pages"),
         ("ocr", timed(in_flight["ocr"], models.ocr, scanned), len(scanned) / len(pages), "scanned pages"),
         ("captions", timed(in_flight["captions"], models.caption, candidates), len(candidates) / len(pages), "calls"),
-        ("embed", batch * timed(4, models.embed, [texts[i:i + batch] for i in range(0, len(texts), batch)])
+        ("embed", len(texts) / len(embed_calls) * timed(in_flight["embed"], models.embed, embed_calls)
          if texts else float("inf"), len(texts) / len(pages), "chunks"),
     ]
     models.close()

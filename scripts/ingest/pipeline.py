@@ -3,10 +3,12 @@ one thread pool per model stage, so that requests are in flight to every model a
 
 Per page: raster (worker processes, scripts/ingest/raster.py) -> page elements (yolox_page_elements)
 and, where the page needs it, OCR (eclair) at the same time -> caption_selection for each
-table/chart -> chunks. Per document: the chunks' embeddings (e5_small_v2_text, passage, in batches
-of the model's max batch, all batches at once), then its rows are written in one step, only once
-the whole document succeeded. Each model stage keeps twice its model's max batch in flight (for
-ECLAIR, its decoder slots), so Triton always has a full batch to form and the next one waiting.
+table/chart -> chunks -> their embeddings (e5_small_v2_text, passage, at most the model's max batch
+a call). Per document: its rows are written in one step, only once the whole document succeeded.
+Each model stage keeps twice its model's max batch in flight (for ECLAIR, its decoder slots), so
+Triton always has a full batch to form and the next one waiting. Embedding page by page, rather
+than a document's chunks once all its pages are done, keeps the last stage from running alone at
+the end of a run; the raster workers start while the store and the models are being opened.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from scripts.ingest.store import Store
 from triton_models.eclair.pages import pad_page
 
 OCR_MODES = ("auto", "always", "never")
+EMBED_IN_FLIGHT = 8  # a page's chunks per call (a few): enough calls for the server to batch them
 
 
 class Stage:
@@ -96,7 +99,8 @@ def stage_in_flight(models: Models) -> dict[str, int]:
     not batch requests itself (each is one element's candidates); its core, deberta_large, batches
     rows, so enough elements are in flight to fill two of its batches."""
     return {"elements": 2 * models.max_batch(PAGE_ELEMENTS), "ocr": 2 * models.max_batch(OCR),
-            "captions": max(2, 2 * models.max_batch(CAPTION_CORE) // CAPTION_CANDIDATES)}
+            "captions": max(2, 2 * models.max_batch(CAPTION_CORE) // CAPTION_CANDIDATES),
+            "embed": EMBED_IN_FLIGHT}
 
 
 def ingest(paths: list[Path], out: Path, grpc_url: str, fingerprint: str, ocr: str = "auto",
@@ -107,24 +111,20 @@ def ingest(paths: list[Path], out: Path, grpc_url: str, fingerprint: str, ocr: s
 
     if ocr not in OCR_MODES:
         raise ValueError(f"ocr must be one of {OCR_MODES}, got {ocr!r}")
-    report = Report()
-    files, report.failures = find_inputs([Path(p) for p in paths])
-    report.documents = len(files)
-    store = Store(out)
-    done = store.ingested()
-    models = Models(grpc_url)
-    try:
-        in_flight = stage_in_flight(models)
-    except Exception:
-        models.close()
-        raise
-    rasteriser = Rasteriser()  # its worker processes start with the first page
-    stages = {"raster": Stage("raster", rasteriser.workers), **{n: Stage(n, k) for n, k in in_flight.items()},
-              "embed": Stage("embed", 4)}
-    pages_pool = ThreadPoolExecutor(in_flight["elements"] + in_flight["ocr"] + rasteriser.workers,
-                                    thread_name_prefix="ingest-page")
-    docs_pool = ThreadPoolExecutor(2, thread_name_prefix="ingest-doc")
     started = time.monotonic()
+    report = Report()
+    rasteriser = Rasteriser().warm()  # worker processes start while the rest is opened
+    try:
+        files, report.failures = find_inputs([Path(p) for p in paths])
+        report.documents = len(files)
+        store = Store(out)
+        done = store.ingested()
+        models = Models(grpc_url)
+    except BaseException:
+        rasteriser.close()
+        raise
+    stages: dict[str, Stage] = {}
+    pools: list[ThreadPoolExecutor] = []  # shut down before the stages, which they call
     bar = tqdm(total=0, unit="page", desc="ingest", disable=not progress, dynamic_ncols=True)
     bar_lock = threading.Lock()
 
@@ -145,27 +145,34 @@ def ingest(paths: list[Path], out: Path, grpc_url: str, fingerprint: str, ocr: s
         if needs_ocr:  # the page's text is ECLAIR's (auto: the page has no text layer)
             for chunk in chunks:
                 chunk.source = "ocr"
+        batch = models.embed_batch
+        parts = [stages["embed"].submit(models.embed, [c.text for c in chunks[i:i + batch]],
+                                        items=len(chunks[i:i + batch])) for i in range(0, len(chunks), batch)]
+        vectors = np.concatenate([p.result() for p in parts]) if parts else np.zeros((0, 384), np.float32)
         with bar_lock:
             bar.update(1)
             bar.set_postfix_str(f"{bar.n / max(time.monotonic() - started, 1e-9):.2f} pages/s")
-        return chunks
+        return chunks, vectors
 
     def process_document(path: Path, digest: str, page_futures: list[Future]) -> list[dict]:
         try:
-            chunks = [chunk for f in page_futures for chunk in f.result()]
-            batch = models.embed_batch
-            parts = [stages["embed"].submit(models.embed, [c.text for c in chunks[i:i + batch]],
-                                            items=len(chunks[i:i + batch])) for i in range(0, len(chunks), batch)]
-            vectors = np.concatenate([p.result() for p in parts]) if parts else np.zeros((0, 384), np.float32)
+            pages = [f.result() for f in page_futures]
         finally:
             wait(page_futures)  # a failed page fails the document; its other pages finish first
+        rows = [(c, vector) for chunks, vectors in pages for c, vector in zip(chunks, vectors)]
         return [{"document": str(path), "sha256": digest, "page": c.page, "chunk": n, "element": c.element,
                  "box": [float(v) for v in c.box], "text": c.text, "embedding": vector.tolist(),
-                 "fingerprint": fingerprint, "source": c.source} for n, (c, vector) in enumerate(zip(chunks, vectors))]
+                 "fingerprint": fingerprint, "source": c.source} for n, (c, vector) in enumerate(rows)]
 
     pending = []  # (path, pages, future of rows)
     gone = None  # the error of a server that stopped answering: the run stops there
     try:
+        in_flight = stage_in_flight(models)
+        stages.update({"raster": Stage("raster", rasteriser.workers), **{n: Stage(n, k) for n, k in in_flight.items()}})
+        pages_pool = ThreadPoolExecutor(in_flight["elements"] + in_flight["ocr"] + rasteriser.workers,
+                                        thread_name_prefix="ingest-page")
+        docs_pool = ThreadPoolExecutor(2, thread_name_prefix="ingest-doc")
+        pools += [pages_pool, docs_pool]
         for path in files:
             try:
                 digest = sha256(path)
@@ -203,13 +210,15 @@ def ingest(paths: list[Path], out: Path, grpc_url: str, fingerprint: str, ocr: s
             report.pages += pages
             report.chunks += len(rows)
     finally:
-        bar.close()
-        pages_pool.shutdown(wait=True, cancel_futures=True)
-        docs_pool.shutdown(wait=True, cancel_futures=True)
-        for stage in stages.values():
-            stage.shutdown()
-        rasteriser.close()
-        models.close()
+        try:
+            bar.close()
+            for pool in pools:
+                pool.shutdown(wait=True, cancel_futures=True)
+            for stage in stages.values():
+                stage.shutdown()
+        finally:  # the worker processes and the gRPC channel, whatever happened above
+            rasteriser.close()
+            models.close()
     report.seconds = time.monotonic() - started
     report.stages = {name: (stage.items, stage.busy_s) for name, stage in stages.items()}
     report.parquet = store.export_parquet()

@@ -24,6 +24,8 @@ def _render(path: Path, index: int) -> Page:
     return doc.page(index)
 
 
+def _ready() -> int:
+    return os.getpid()
 
 
 def raster_workers() -> int:
@@ -35,6 +37,12 @@ class Rasteriser:
     def __init__(self, workers: int | None = None):
         self.workers = workers or raster_workers()
         self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+
+    def warm(self) -> "Rasteriser":
+        """Start every worker process now (each imports PDFium once), without waiting for them."""
+        for _ in range(self.workers):
+            self.pool.submit(_ready)
+        return self
 
     def page(self, path: Path, index: int) -> Page:
         return self.pool.submit(_render, path, index).result()

@@ -41,10 +41,10 @@ def test_only_cuda_devices_use_the_kernels():
 def test_a_kernel_that_fails_or_disagrees_is_named_for_the_fallback():
     import torch
 
-    def broken(q, k, v, scale, programs):
+    def broken(q, k, v, scale, programs, *self_attention):
         raise RuntimeError("PTX .version 8.7 does not support .target sm_120")
 
-    def wrong(q, k, v, scale, programs):
+    def wrong(q, k, v, scale, programs, *self_attention):
         return torch.zeros_like(q)
 
     cpu = torch.device("cpu")

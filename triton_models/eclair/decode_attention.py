@@ -129,8 +129,10 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
     keys = k.shape[2]
     if (new_k is None) != (new_v is None) or (new_k is not None and lengths is None):
         raise ValueError("decode_attention: new_k and new_v come together, with lengths")
-    if any(t.stride(-1) != 1 for t in (q, k, v)) or dim & (dim - 1):
+    if any(t is not None and t.stride(-1) != 1 for t in (q, k, v, new_k, new_v)) or dim & (dim - 1):
         raise ValueError("decode_attention: the head dimension must be contiguous and a power of two")
+    if new_k is not None and not (new_k.dtype == new_v.dtype == k.dtype == v.dtype):
+        raise ValueError("decode_attention: new_k and new_v must have the cache's dtype")
     rows = pages * heads
     splits = split_count(rows, keys, programs)
     chunk = BLOCK * math.ceil(keys / splits / BLOCK)
@@ -164,9 +166,16 @@ def problem(device: torch.device, dtype: torch.dtype, heads: int, head_dim: int,
         gen = torch.Generator(device=device).manual_seed(0)
         q, k, v = (torch.randn(shape, device=device, generator=gen).to(dtype)
                    for shape in ((2, heads, head_dim), (2, heads, 192, head_dim), (2, heads, 192, head_dim)))
-        got = attend(q, k, v, head_dim ** -0.5, programs)
-        want = F.scaled_dot_product_attention(q[:, :, None].float(), k.float(), v.float(), scale=head_dim ** -0.5)
-        error = (got.float() - want[:, :, 0]).abs().max().item()
+        scale, lengths = head_dim ** -0.5, torch.tensor([63, 150], device=device)
+        cross = attend(q, k, v, scale, programs)  # the cross-attention form, then the self-attention one
+        want = F.scaled_dot_product_attention(q[:, :, None].float(), k.float(), v.float(), scale=scale)
+        error = (cross.float() - want[:, :, 0]).abs().max().item()
+        new_k, new_v = k[:, :, 0].clone(), v[:, :, 0].clone()
+        own = attend(q, k.clone(), v.clone(), scale, programs, lengths, 1, new_k, new_v)
+        k[torch.arange(2), :, lengths], v[torch.arange(2), :, lengths] = new_k, new_v
+        mask = (torch.arange(192, device=device)[None, :] <= lengths[:, None]).view(2, 1, 1, -1)
+        want = F.scaled_dot_product_attention(q[:, :, None].float(), k.float(), v.float(), attn_mask=mask, scale=scale)
+        error = max(error, (own.float() - want[:, :, 0]).abs().max().item())
     except Exception as exc:  # noqa: BLE001 - any failure means: use PyTorch's attention
         return f"{type(exc).__name__}: {exc}"
     return None if error <= 1e-2 else f"max abs error {error:.3g} against PyTorch's attention"

@@ -17,6 +17,7 @@ the served model's in-flight batcher.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import logging
 
@@ -88,6 +89,16 @@ def attention_kernels(device: torch.device):
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
+def _on_own_device(method):
+    """Run with the decoder's GPU as the current device: Triton kernels, CUDA graphs and events follow
+    the current device, not the tensors' (an instance on cuda:1, or the scheduler's own thread)."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext():
+            return method(self, *args, **kwargs)
+    return run
+
+
 class SlotDecoder:
     """mBART decoder of a VisionEncoderDecoder, greedy, with a static self-attention KV cache of
     `slots` x `max_new_tokens` positions allocated once, cross-attention K/V per slot computed once
@@ -121,7 +132,7 @@ class SlotDecoder:
         self.rules = greedy_rules(model.generation_config)
         size = model.config.encoder.image_size
         self.image_hw = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.cuda.device(self.device) if cuda else contextlib.nullcontext():
             probe = self._encode_eager(torch.zeros(1, 3, *self.image_hw, device=self.device, dtype=dtype))
         self.encoder_tokens = probe.shape[1]
         layers = len(self.core.layers)
@@ -129,7 +140,7 @@ class SlotDecoder:
                                      torch.empty(0, dtype=dtype).element_size())
         if cuda:  # before anything is allocated or captured
             check_cache_fits(self._kv_bytes, torch.cuda.mem_get_info(self.device)[0], slots, max_new_tokens)
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.cuda.device(self.device) if cuda else contextlib.nullcontext():
             self._allocate(layers, ids)
             self._fuse_for_gpu()
             self.graphs, self.encoder_graphs = {}, {}
@@ -201,6 +212,7 @@ class SlotDecoder:
         states = self.model.encoder(pixel_values=pixels, return_dict=True).last_hidden_state
         return self.model.enc_to_dec_proj(states) if self.project else states
 
+    @_on_own_device
     @torch.inference_mode()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """[B,3,H,W] -> encoder states [B, T, d_model] (after enc_to_dec_proj where the model has one)."""
@@ -217,6 +229,7 @@ class SlotDecoder:
             return torch.cat(parts)
 
     # -- the slots --------------------------------------------------------------------------------
+    @_on_own_device
     @torch.inference_mode()
     def admit(self, slots: list[int], encoder_states: torch.Tensor, limit: int | None = None) -> None:
         """Put pages into these slots: cross K/V of every layer from their encoder states, position 0,
@@ -256,6 +269,7 @@ class SlotDecoder:
         for state in (self.pos, self.cur, self.done, self.limit, self.out):
             state[dst] = state[src]
 
+    @_on_own_device
     @torch.inference_mode()
     def launch(self, active: int) -> tuple[int, int]:
         """Queue one greedy step for slots [0, bucket(active)) and the copy of its tokens and finished
