@@ -243,7 +243,8 @@ class SlotDecoder:
         limit = self.max_new_tokens if limit is None else limit
         if not 1 <= limit <= self.max_new_tokens:
             raise ValueError(f"admit: limit must be 1..{self.max_new_tokens}, got {limit}")
-        index = torch.tensor(slots, dtype=torch.long, device=self.device)
+        index = torch.tensor(slots, dtype=torch.long)  # pinned and not waited for: a step may be running
+        index = index.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else index
         states = encoder_states.to(self.device, self.dtype)
         for i, layer in enumerate(self.core.layers):
             cross = layer.encoder_attn

@@ -137,11 +137,15 @@ class InflightBatcher:
                 chosen.append((free[len(chosen)], job, job.waiting.pop(0)))
         if not chosen:
             return
+        chosen.sort(key=lambda entry: -1 if entry[1].limit is None else entry[1].limit)  # a slice per limit
         pixels = self.runtime.pixel_values(np.stack([job.pages[page] for _, job, page in chosen]))
         states = self.decoder.encode(pixels)
-        for limit in {job.limit for _, job, _ in chosen}:  # one admit per token limit
-            rows = [i for i, (_, job, _) in enumerate(chosen) if job.limit == limit]
-            self.decoder.admit([chosen[i][0] for i in rows], states[rows], limit)
+        start = 0
+        while start < len(chosen):  # one admit per token limit (a slice: no index copied to the GPU)
+            limit = chosen[start][1].limit
+            end = next((i for i in range(start, len(chosen)) if chosen[i][1].limit != limit), len(chosen))
+            self.decoder.admit([slot for slot, _, _ in chosen[start:end]], states[start:end], limit)
+            start = end
         for slot, job, page in chosen:
             self.slots[slot] = Slot(job, page, [self.start_token])
 

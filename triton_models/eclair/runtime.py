@@ -197,12 +197,19 @@ class EclairRuntime:
 
     def pixel_values(self, images: np.ndarray) -> torch.Tensor:
         """uint8 [B, H, W, 3] -> normalised [B, 3, h, w] at the encoder's size."""
-        pixels = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2).float() / 255.0
+        pixels = self._on_device(torch.from_numpy(np.ascontiguousarray(images))).permute(0, 3, 1, 2).float() / 255.0
         if tuple(pixels.shape[-2:]) != self.input_hw:
             pixels = torch.nn.functional.interpolate(pixels, size=self.input_hw, mode="bicubic", align_corners=False)
-        mean = torch.as_tensor(self.mean, device=self.device).view(1, 3, 1, 1)
-        std = torch.as_tensor(self.std, device=self.device).view(1, 3, 1, 1)
+        mean = self._on_device(torch.as_tensor(self.mean)).view(1, 3, 1, 1)
+        std = self._on_device(torch.as_tensor(self.std)).view(1, 3, 1, 1)
         return ((pixels - mean) / std).to(self.dtype)
+
+    def _on_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """To a GPU through pinned memory without waiting on the stream: the in-flight batcher admits
+        pages while the decoder's step runs (a copy from pageable memory would wait for it)."""
+        if str(self.device).startswith("cuda"):
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor.to(self.device)
 
     def texts(self, rows: list[list[int]]) -> list[str]:
         """Token ids -> text. Coordinate and class tokens may be special tokens: keep them, drop
