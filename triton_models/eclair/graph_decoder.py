@@ -1,18 +1,12 @@
 """ECLAIR's mBART decoder on the checkpoint's own weights, with a static KV cache and CUDA graphs.
 
 `SlotDecoder` keeps `slots` pages in flight: a self-attention KV cache of `slots` x `max_new_tokens`
-positions allocated once, cross-attention K/V computed once per page at `admit`, and per-slot
-positions, current tokens and finished flags as device tensors, so one step is a fixed sequence of
-kernels whatever the mix of positions. On CUDA that step is captured as one CUDA graph per batch
-bucket (1, 2, 4, ... up to `slots`) at load; on CPU the same code runs eagerly. Each step is
-MBartForCausalLM's math (scaled token embedding + learned positions with mBART's offset 2,
-layernorm_embedding, pre-LN layers: causal self-attention over the slot's own positions,
-cross-attention over its page, FFN; final layer_norm, lm_head), then the logits processors that
-Hugging Face's greedy `generate` builds from the checkpoint's generation_config (forced BOS/EOS,
-min length, suppressed tokens; others are refused), argmax, and eos/pad bookkeeping on the device.
-
-`runtime.GraphGenerator` drives it as a drop-in for `runtime.TorchGenerator`, and `inflight.py` as
-the served model's in-flight batcher.
+allocated once, cross-attention K/V computed once per page at `admit`, and per-slot positions,
+tokens and finished flags on the device, so a step is a fixed sequence of kernels: on CUDA one
+CUDA graph per batch bucket (1, 2, 4, ... `slots`), captured at load; on CPU the same code, eager.
+A step is MBartForCausalLM's math, then the processors of HF's greedy `generate` for the
+checkpoint's generation_config (others are refused), argmax, and eos/pad bookkeeping on the device.
+`runtime.GraphGenerator` drives it in place of `generate`; `inflight.py` as the in-flight batcher.
 """
 from __future__ import annotations
 
