@@ -70,9 +70,11 @@ def _kernels():
         if HAS_NEW:
             new_k = tl.load(new_k_ptr + b * sn_b + h * sn_h + d)
             new_v = tl.load(new_v_ptr + b * snv_b + h * snv_h + d)
-            mine = (last >= start) & (last < start + chunk)  # this range holds the new position: write it
-            tl.store(k_row + last * sk_t + d, new_k, mask=(d < D) & mine)
-            tl.store(v_row + last * sv_t + d, new_v, mask=(d < D) & mine)
+            # this range holds the new position: write it (the mask a block, as Triton 3.9's interpreter wants)
+            last_d = tl.zeros([D], dtype=tl.int32) + last
+            mine = (last_d >= start) & (last_d < start + chunk)
+            tl.store(k_row + last * sk_t + d, new_k, mask=mine)
+            tl.store(v_row + last * sv_t + d, new_v, mask=mine)
         m_run, l_run = float("-inf"), 0.0
         acc = tl.zeros([D], dtype=tl.float32)
         for n0 in range(start, end, BLOCK_N):
