@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -109,7 +110,10 @@ def test_dynamic_batching_merges_concurrent_requests(small_deberta, tmp_path, tr
     mask.set_data_from_numpy(np.ones((1, 128), np.float32))
     pending = [client.async_infer("deberta_large", [ids, mask]) for _ in range(32)]
     assert all(p.get_result().as_numpy("output").shape == (1, 1) for p in pending)
-    stats = client.get_inference_statistics("deberta_large")["model_stats"][0]
+    deadline = time.monotonic() + 30  # Triton counts a request a moment after its response is sent
+    while (stats := client.get_inference_statistics("deberta_large")["model_stats"][0])["inference_count"] < 32:
+        assert time.monotonic() < deadline, f"Triton counted {stats['inference_count']} of 32 requests"
+        time.sleep(0.1)
     assert stats["inference_count"] == 32
     assert stats["execution_count"] < 32  # requests were merged into batches
 
