@@ -2,7 +2,9 @@
 step), the step replayed as a CUDA graph, and the same step compiled by torch.compile (inductor) then
 captured, at a few batches, on the real-size random-weight ECLAIR of benchmarks.eclair_decoder_probe.
 
-    python3 benchmarks/eclair_step_profile.py [--batches 1,16,64] [--new-tokens 128] [--compile] [--programs-per-sm 2,4,8]
+    python3 benchmarks/eclair_step_profile.py [--batches 1,16,64] [--new-tokens 128] [--compile]
+
+The attention kernel's tilings and programs per SM: benchmarks/eclair_attention_sweep.py.
 """
 from __future__ import annotations
 
@@ -49,7 +51,6 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--top", type=int, default=14)
-    parser.add_argument("--programs-per-sm", default="", help="also time the step at these decode-attention programs per SM")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     model = build(SimpleNamespace(vocab=50000, layers=10, seed=0, gain=2.0, device="cuda"))
@@ -62,12 +63,6 @@ def main() -> None:
         for b in batches:
             eager = captured(lambda: decoder._step(b))
             line = f"batch {b}: graph {ms_per_replay(eager):.3f} ms/step"
-            if decoder.kernels and args.programs_per_sm:
-                default, sms = decoder.programs, torch.cuda.get_device_properties(0).multi_processor_count
-                for per_sm in (int(p) for p in args.programs_per_sm.split(",")):
-                    decoder.programs = per_sm * sms
-                    print(f"batch {b}: {per_sm} programs/SM: {ms_per_replay(captured(lambda: decoder._step(b))):.3f} ms/step")
-                decoder.programs = default
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof, \
                     attention_kernels(torch.device("cuda")):
                 for _ in range(10):

@@ -79,3 +79,57 @@ def test_bad_arguments_are_named(interpreted):
 
 def test_the_load_time_check_passes_the_kernels():
     assert da.problem(torch.device("cpu"), torch.float32, heads=4, head_dim=16, programs=16) is None
+
+
+@pytest.mark.parametrize("launch", [da.Launch(block=32, warps=2, stages=1), da.Launch(block=128, warps=8, stages=4)])
+def test_other_tilings_give_the_same_attention(interpreted, launch):
+    torch.manual_seed(3)
+    q, k, v = torch.randn(2, 2, 16), torch.randn(2, 2, 300, 16), torch.randn(2, 2, 300, 16)
+    torch.testing.assert_close(interpreted(q, k, v, 0.25, 8, launch=launch), reference(q, k, v, 0.25),
+                               rtol=1e-5, atol=1e-5)
+    lengths = torch.tensor([7, 250])
+    torch.testing.assert_close(interpreted(q, k, v, 0.25, 8, lengths=lengths, launch=launch),
+                               reference(q, k, v, 0.25, lengths), rtol=1e-5, atol=1e-5)
+
+
+def test_add_layer_norm_is_the_residual_then_the_norm():
+    torch.manual_seed(4)
+    norm = torch.nn.LayerNorm(48, eps=1e-5)  # not a power of two: a masked tail
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    x, y = torch.randn(3, 1, 48) * 4 + 1, torch.randn(3, 1, 48)
+    total, normed = da.add_layer_norm(x, y, norm)
+    assert torch.equal(total, x + y)
+    torch.testing.assert_close(normed, norm(x + y), rtol=1e-5, atol=1e-5)
+    for wrong in (y[:2], torch.randn(3, 1, 96)[..., ::2]):
+        with pytest.raises(ValueError, match="add_layer_norm"):
+            da.add_layer_norm(x, wrong, norm)
+    with pytest.raises(ValueError, match="normalised over"):
+        da.add_layer_norm(x, y, torch.nn.LayerNorm(48, elementwise_affine=False))
+
+
+def test_the_decoders_gpu_step_gives_the_cpu_steps_tokens(tmp_path):
+    """SlotDecoder's step through these kernels (fused q/k/v, split-K attention writing the cache,
+    fused residual and norm) on the demo checkpoint, three pages of differing lengths, against the
+    same decoder's PyTorch step: the same tokens at every step."""
+    from transformers import VisionEncoderDecoderModel
+
+    from triton_models.eclair.build import make_demo_checkpoint
+    from triton_models.eclair.graph_decoder import SlotDecoder
+    from triton_models.eclair.runtime import TokenIds
+
+    folder = make_demo_checkpoint(tmp_path)
+    model = VisionEncoderDecoderModel.from_pretrained(str(folder), local_files_only=True).eval()
+    model.config.encoder.image_size = [320, 320]  # 100 encoder tokens, not 1,280: the interpreter is slow
+    ids = TokenIds(model.config.decoder_start_token_id, model.config.pad_token_id, model.config.decoder.vocab_size - 1)
+    plain, fused = (SlotDecoder(model, 3, 16, ids, "cpu", torch.float32) for _ in range(2))
+    assert fused.use_kernels(da, sms=4) and fused.kernels is da and not plain.kernels
+    states = torch.randn(3, plain.encoder_tokens, plain.d_model, generator=torch.Generator().manual_seed(5))
+    rows = []
+    for decoder in (plain, fused):
+        decoder.admit([0, 1, 2], states, limit=16)
+        decoder.admit([2], states[2:], limit=7)  # a shorter page
+        rows.append([decoder.step(3).tolist() for _ in range(16)])
+    assert rows[0] == rows[1]
+    assert len({tuple(step) for step in rows[0]}) > 3  # the pages do decode (not a constant row)

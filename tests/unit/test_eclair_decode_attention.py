@@ -23,13 +23,19 @@ def test_kernels_match_pytorch_attention_in_the_interpreter():
     summary = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else run.stderr
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     passed = int(re.search(r"(\d+) passed", summary).group(1))
-    assert passed == 8 and "skipped" not in summary, summary
+    assert passed == 12 and "skipped" not in summary, summary
 
 
 def test_split_count_fills_the_card_with_at_least_one_block_per_range():
     assert da.split_count(rows=16, keys=1280, programs=528) == 20  # one page: ranges of BLOCK keys
     assert da.split_count(rows=1024, keys=1280, programs=528) == 1  # 64 pages x 16 heads fill it already
     assert da.split_count(rows=256, keys=1280, programs=528) == 3
+
+
+def test_each_form_and_size_gets_its_measured_tiling():
+    assert da.launch_for(rows=1024, self_attention=True) == da.Launch(64, 4, 2, per_sm=8)
+    assert da.launch_for(rows=256, self_attention=False) == da.Launch(128, 4, 2, per_sm=2)  # 16 pages
+    assert da.launch_for(rows=1024, self_attention=False) == da.LAUNCH  # 64 pages
 
 
 def test_only_cuda_devices_use_the_kernels():

@@ -1,4 +1,5 @@
-"""Attention of one new token per (page, head) over a cache, for ECLAIR's decoder step on a GPU.
+"""Triton kernels for ECLAIR's decoder step on a GPU: attention of one new token per (page, head)
+over a cache, and the residual add fused with the layer norm after it.
 
 A decoding step has one query row per page and head. PyTorch's flash kernel pads that row to a
 128-row tile and walks the keys in one thread block per (page, head): on an H200 it read the 64 x
@@ -11,19 +12,42 @@ page's length are never read, so the self-attention reads only the positions dec
 
 For the self-attention, `new_k`/`new_v` (the step's own key and value) are used for the page's last
 position and written into the cache by the program whose range holds it: the cache write and the
-attention are one launch. Triton kernels; the module imports Triton only when called, and on a CPU
-they run in Triton's interpreter (TRITON_INTERPRET=1), which the tests use.
+attention are one launch. `add_layer_norm` makes a step's 30 residual adds and 31 layer norms 31
+launches. The module imports Triton only when called, and on a CPU the kernels run in Triton's
+interpreter (TRITON_INTERPRET=1), which the tests use.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
 import torch
 import torch.nn.functional as F
 
-BLOCK = 64  # keys per loop iteration
-triton = tl = None  # imported by _kernels(): module globals, as Triton's interpreter patches them there
+BLOCK = 64  # key ranges are whole multiples of this
+
+
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    """The attention kernel's tiling: keys per loop iteration, warps per program, software-pipeline
+    stages, and programs per SM to aim for (split_count cuts rows into ranges to reach it)."""
+    block: int = 64
+    warps: int = 4
+    stages: int = 3
+    per_sm: int = 4
+
+
+LAUNCH = Launch()
+
+
+def launch_for(rows: int, self_attention: bool) -> Launch:
+    """The tiling measured fastest on an H200 (benchmarks/eclair_attention_sweep.py, 16 heads of 64):
+    the self-attention over a half-full cache in 8 programs per SM; the cross-attention over 1,280
+    keys in 128-key blocks at 2 programs per SM up to 512 rows (32 pages), in 64-key blocks beyond."""
+    if self_attention:
+        return Launch(block=64, warps=4, stages=2, per_sm=8)
+    return Launch(block=128, warps=4, stages=2, per_sm=2) if rows <= 512 else LAUNCH
 
 
 def available(device: torch.device) -> bool:
@@ -113,20 +137,50 @@ def _kernels():
                 tl.store(out_ptr + row * D + d, out.to(out_ptr.dtype.element_ty))
                 tl.store(count_ptr + row, 0)  # ready for the next launch (a CUDA graph replays this one)
 
-    return attend
+    @triton.jit
+    def add_norm(x_ptr, y_ptr, w_ptr, b_ptr, sum_ptr, out_ptr, width, eps, BLOCK_D: tl.constexpr):
+        row = tl.program_id(0)
+        d = tl.arange(0, BLOCK_D)
+        inside = d < width
+        at = row * width + d
+        total = tl.load(x_ptr + at, mask=inside, other=0.0) + tl.load(y_ptr + at, mask=inside, other=0.0)
+        tl.store(sum_ptr + at, total, mask=inside)  # the residual, rounded to its dtype as PyTorch's add does
+        f = total.to(tl.float32)
+        centred = tl.where(inside, f - tl.sum(f, 0) / width, 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, 0) / width + eps)
+        w = tl.load(w_ptr + d, mask=inside, other=0.0).to(tl.float32)
+        b = tl.load(b_ptr + d, mask=inside, other=0.0).to(tl.float32)
+        tl.store(out_ptr + at, (centred * rstd * w + b).to(out_ptr.dtype.element_ty), mask=inside)
+
+    return attend, add_norm
+
+
+def add_layer_norm(x: torch.Tensor, y: torch.Tensor, norm: torch.nn.LayerNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x + y, norm(x + y)) in one launch, for a decoder step's residual add and the layer norm after
+    it; x and y contiguous, of one shape, the last dimension the norm's."""
+    add_norm = _kernels()[1]
+    width = x.shape[-1]
+    if (x.shape != y.shape or not (x.is_contiguous() and y.is_contiguous()) or norm.normalized_shape != (width,)
+            or norm.weight is None or norm.bias is None):
+        raise ValueError(f"add_layer_norm: x {tuple(x.shape)} and y {tuple(y.shape)} must be contiguous, of one "
+                         f"shape, normalised over {tuple(norm.normalized_shape)} with a weight and a bias")
+    total, out = torch.empty_like(x), torch.empty_like(x)
+    add_norm[(x.numel() // width,)](x, y, norm.weight, norm.bias, total, out, width, norm.eps,
+                                    BLOCK_D=triton.next_power_of_2(width), num_warps=4)
+    return total, out
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, programs: int,
                      lengths: torch.Tensor | None = None, length_add: int = 0,
                      new_k: torch.Tensor | None = None, new_v: torch.Tensor | None = None,
-                     counters: torch.Tensor | None = None) -> torch.Tensor:
+                     counters: torch.Tensor | None = None, launch: Launch | None = None) -> torch.Tensor:
     """q [B, H, D]; k, v [B, H, T, D] (last dim contiguous). Page b attends to keys [0, lengths[b] +
     length_add) (all T without `lengths`). With new_k/new_v [B, H, D], the key and value at the
     page's last position are theirs, and they are written there into k and v. `counters`: int32
     zeros, at least B x H, left zero after each call (a decoder keeps one for all its calls; None
-    allocates one). Returns [B, H, D] in q's dtype. Fixed shapes, no host sync: capturable in a CUDA
+    allocates one); `launch` the kernel's tiling (default LAUNCH). Returns [B, H, D] in q's dtype. Fixed shapes, no host sync: capturable in a CUDA
     graph."""
-    attend = _kernels()
+    attend, launch = _kernels()[0], launch or LAUNCH
     pages, heads, dim = q.shape
     keys = k.shape[2]
     if (new_k is None) != (new_v is None) or (new_k is not None and lengths is None):
@@ -154,7 +208,8 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
         heads, keys, scale, chunk, length_add,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         nk.stride(0), nk.stride(1), nv.stride(0), nv.stride(1),
-        D=dim, BLOCK_N=BLOCK, SPLITS=splits, HAS_LEN=lengths is not None, HAS_NEW=has_new, num_warps=4)
+        D=dim, BLOCK_N=launch.block, SPLITS=splits, HAS_LEN=lengths is not None, HAS_NEW=has_new,
+        num_warps=launch.warps, num_stages=launch.stages)
     return out
 
 

@@ -175,24 +175,31 @@ class SlotDecoder:
             if self.rules["suppress"] else None
 
     def _fuse_for_gpu(self) -> None:
-        """On a GPU with Triton: each layer's q/k/v projections as one matrix, and attention through the
-        split-K decode kernels (decode_attention.py), which also write the step's K/V into the cache."""
-        self.kernels = _decode_attention_module() if self.device.type == "cuda" else None
-        self.fused = []
-        if self.kernels is None or not self.kernels.available(self.device):
-            self.kernels = None
-            return
-        self.programs = 4 * torch.cuda.get_device_properties(self.device).multi_processor_count
-        self.counters = torch.zeros(self.slots * self.heads, device=self.device, dtype=torch.int32)
-        problem = self.kernels.problem(self.device, self.dtype, self.heads, self.head_dim, self.programs)
+        """On a GPU with Triton, the step runs through the decode kernels (decode_attention.py)."""
+        self.kernels, self.fused = None, []
+        if self.device.type == "cuda":
+            module = _decode_attention_module()
+            if module.available(self.device):
+                self.use_kernels(module, torch.cuda.get_device_properties(self.device).multi_processor_count)
+
+    @torch.inference_mode()
+    def use_kernels(self, module, sms: int) -> bool:
+        """Run the step through `module`'s kernels, on a device of `sms` multiprocessors:
+        each layer's q/k/v projections as one matrix, split-K attention that also writes the step's K/V
+        into the cache, and each residual add fused with the layer norm after it. Kernels whose
+        load-time check fails are not used (a warning): PyTorch's attention stays."""
+        problem = module.problem(self.device, self.dtype, self.heads, self.head_dim, 4 * sms)
         if problem:
             log.warning("ECLAIR decoder: PyTorch attention instead of the decode-attention kernels (%s)", problem)
-            self.kernels = None
-            return
+            return False
+        self.kernels, self.sms = module, sms
+        self.counters = torch.zeros(self.slots * self.heads, device=self.device, dtype=torch.int32)
+        self.fused = []
         for layer in self.core.layers:
             projections = (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj)
             biases = [p.bias if p.bias is not None else torch.zeros_like(p.weight[:, 0]) for p in projections]
             self.fused.append((torch.cat([p.weight for p in projections]), torch.cat(biases)))
+        return True
 
     def set_ids(self, ids) -> None:
         """Change the start/pad/eos ids (device values: no recapture)."""
@@ -307,32 +314,33 @@ class SlotDecoder:
         x = x + F.embedding(pos[:, None] + self.offset, core.embed_positions.weight)
         if getattr(core, "layernorm_embedding", None) is not None:
             x = core.layernorm_embedding(x)
-        attend = self.kernels.decode_attention if self.kernels else None
+        attend = self._attention(b) if self.kernels else None
         mask = None if attend else (self.key_pos[None, :] <= pos[:, None]).view(b, 1, 1, -1)  # own past and itself
-        for i, layer in enumerate(core.layers):
-            attn, h = layer.self_attn, layer.self_attn_layer_norm(x)
+        layers = core.layers
+        h = layers[0].self_attn_layer_norm(x)
+        for i, layer in enumerate(layers):
+            attn = layer.self_attn
             keys, values = self.self_k[i, :b], self.self_v[i, :b]
             if attend:  # one projection; the kernel writes k, v at pos and attends to [0, pos]
                 q, k, v = F.linear(h[:, 0], *self.fused[i]).view(b, 3, heads, hd).unbind(1)
-                o = attend(q, keys, values, attn.scaling, self.programs, pos, 1, k, v, self.counters)
+                o = attend(q, keys, values, attn.scaling, pos, 1, k, v, self_attention=True)
             else:
                 q = attn.q_proj(h).view(b, 1, heads, hd).transpose(1, 2)
                 keys[rows, :, pos] = attn.k_proj(h).view(b, heads, hd)
                 values[rows, :, pos] = attn.v_proj(h).view(b, heads, hd)
                 o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=attn.scaling).transpose(1, 2)
-            x = x + attn.out_proj(o.reshape(b, 1, -1))
-            cross, h = layer.encoder_attn, layer.encoder_attn_layer_norm(x)
+            x, h = self._add_norm(x, attn.out_proj(o.reshape(b, 1, -1)), layer.encoder_attn_layer_norm)
+            cross = layer.encoder_attn
             q = cross.q_proj(h)
             if attend:
-                o = attend(q.view(b, heads, hd), self.cross_k[i, :b], self.cross_v[i, :b], cross.scaling, self.programs,
-                           counters=self.counters)
+                o = attend(q.view(b, heads, hd), self.cross_k[i, :b], self.cross_v[i, :b], cross.scaling)
             else:
                 o = F.scaled_dot_product_attention(q.view(b, 1, heads, hd).transpose(1, 2), self.cross_k[i, :b],
                                                    self.cross_v[i, :b], scale=cross.scaling).transpose(1, 2)
-            x = x + cross.out_proj(o.reshape(b, 1, -1))
-            x = x + layer.fc2(layer.activation_fn(layer.fc1(layer.final_layer_norm(x))))
-        if getattr(core, "layer_norm", None) is not None:
-            x = core.layer_norm(x)
+            x, h = self._add_norm(x, cross.out_proj(o.reshape(b, 1, -1)), layer.final_layer_norm)
+            following = layers[i + 1].self_attn_layer_norm if i + 1 < len(layers) else getattr(core, "layer_norm", None)
+            x, h = self._add_norm(x, layer.fc2(layer.activation_fn(layer.fc1(h))), following)
+        x = x if h is None else h  # the decoder's final layer norm, where it has one
         scores = self._process(self.lm_head(x)[:, 0].float(), pos)
         pad, eos = self.token_ids[1], self.token_ids[2]
         token = torch.where(done, pad, scores.argmax(-1))
@@ -344,6 +352,23 @@ class SlotDecoder:
         self.done[:b].copy_(finished)
         self.status[:b, 0].copy_(token)
         self.status[:b, 1].copy_(finished)
+
+    def _attention(self, b: int):
+        """decode_attention for a b-page step, with each form's tiling (decode_attention.launch_for)."""
+        def attend(q, k, v, scale, *lengths_and_new, self_attention=False):
+            launch = self.kernels.launch_for(b * self.heads, self_attention)
+            return self.kernels.decode_attention(q, k, v, scale, launch.per_sm * self.sms, *lengths_and_new,
+                                                 counters=self.counters, launch=launch)
+        return attend
+
+    def _add_norm(self, x: torch.Tensor, y: torch.Tensor, norm) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The residual x + y and the layer norm after it (None without one): one kernel on a GPU."""
+        if norm is None:
+            return x + y, None
+        if self.kernels:
+            return self.kernels.add_layer_norm(x, y, norm)
+        total = x + y
+        return total, norm(total)
 
     def _process(self, scores: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """HF's processors in HF's order; HF's cur_len (input_ids length) is pos + 1 here."""
