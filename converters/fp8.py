@@ -72,9 +72,11 @@ def quantisable(name: str, module: torch.nn.Module) -> bool:
             and module.in_features % 16 == 0 and module.out_features % 16 == 0)
 
 
-def quantise_linear_layers(model: torch.nn.Module) -> list[str]:
-    """Replace the quantisable `nn.Linear` layers in place; returns their names."""
-    names = [name for name, module in model.named_modules() if quantisable(name, module)]
+def quantise_linear_layers(model: torch.nn.Module, only: re.Pattern | None = None) -> list[str]:
+    """Replace the quantisable `nn.Linear` layers (those whose names `only` matches, where given) in
+    place; returns their names."""
+    names = [name for name, module in model.named_modules()
+             if quantisable(name, module) and (only is None or only.search(name))]
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
