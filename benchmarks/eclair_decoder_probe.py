@@ -7,7 +7,8 @@ matrices re-drawn at std gain/sqrt(fan_in), gain 2, and its embeddings at std 1 
 on the page), then prints
 
   - tokens/s of decoding only (encoder outputs given, eos never reached, 128 new tokens) at batch
-    1/16/64: HF `generate` vs `SlotDecoder` (admit + steps, each step's tokens read on the host);
+    1/16/64: HF `generate` vs `SlotDecoder` (admit + steps, each step's tokens read on the host while
+    the next step runs, as the served model does);
   - the HBM floor per step: the bytes a step must read (decoder weights, self K/V up to the
     position, cross K/V of the batch) / --hbm (default 4.8e12 B/s, H200), and the fraction reached;
   - fp16 (and with --fp32, fp32) agreement of token rows between `generate(pixels)` and SlotDecoder
@@ -29,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from triton_models.eclair.graph_decoder import SlotDecoder, attention_kernels  # noqa: E402
-from triton_models.eclair.runtime import TokenIds  # noqa: E402
+from triton_models.eclair.runtime import TokenIds, steps_ahead  # noqa: E402
 
 START, PAD, EOS = 0, 1, 2
 
@@ -77,8 +78,7 @@ def slot_decode(decoder: SlotDecoder, states, steps: int | None = None) -> list[
     count = len(states)
     decoder.admit(list(range(count)), states)
     rows, live = [[START] for _ in range(count)], set(range(count))
-    for _ in range(steps or decoder.max_new_tokens):
-        tokens = decoder.step(count).tolist()
+    for _, tokens in zip(range(steps or decoder.max_new_tokens), steps_ahead(decoder, count)):
         for slot in list(live):
             rows[slot].append(tokens[slot])
             if tokens[slot] == decoder.ids.eos:

@@ -126,15 +126,27 @@ class GraphGenerator:
             decoder.admit(list(range(count)), decoder.encode(chunk), limit=max_new_tokens)
             part = [[ids.start] for _ in range(count)]
             live = set(range(count))
-            while live:
-                tokens = decoder.step(count).tolist()
+            for tokens in steps_ahead(decoder, count):
                 for slot in list(live):
                     part[slot].append(tokens[slot])
                     if tokens[slot] == ids.eos or len(part[slot]) > max_new_tokens:
                         live.discard(slot)
+                if not live:
+                    break
             rows += part
         width = max(len(row) for row in rows)
         return [row + [ids.pad] * (width - len(row)) for row in rows]
+
+
+def steps_ahead(decoder, active: int):
+    """Each step's new tokens of slots [0, active), read on the host while the next step already runs
+    (the GPU is never idle waiting for the host). Stopping leaves one step in flight: it advances only
+    pages not yet finished, and the next admit replaces them."""
+    pending = decoder.launch(active)
+    while True:
+        following = decoder.launch(active)
+        yield decoder.collect(pending)[0]
+        pending = following
 
 
 def graph_decoder_module():
