@@ -11,13 +11,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.graph_timing import capture, seconds_per_replay  # noqa: E402
 from triton_models.eclair import decode_attention as da  # noqa: E402
 
 LAYERS, HEADS, DIM, ENCODER_TOKENS, CACHE = 10, 16, 64, 1280, 512  # ECLAIR's decoder, 512 new tokens
@@ -25,23 +25,8 @@ LAYERS, HEADS, DIM, ENCODER_TOKENS, CACHE = 10, 16, 64, 1280, 512  # ECLAIR's de
 
 def replay_us(calls, count: int = 50) -> float:
     """Microseconds per call of `calls` (a list of thunks) captured as one graph."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for call in calls:
-            call()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for call in calls:
-            call()
-    graph.replay()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(count):
-        graph.replay()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / count / len(calls) * 1e6
+    graph = capture(lambda: [call() for call in calls], warmups=1)
+    return seconds_per_replay(graph, count) / len(calls) * 1e6
 
 
 def main() -> None:
@@ -50,8 +35,7 @@ def main() -> None:
     parser.add_argument("--hbm-tbps", type=float, default=4.8, help="the card's HBM bandwidth (H200: 4.8)")
     args = parser.parse_args()
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    grid = [da.Launch(block, warps, stages) for block, warps, stages in
-            itertools.product((32, 64, 128), (4, 8), (1, 2, 3))]
+    grid = [da.Launch(*tiling) for tiling in itertools.product((32, 64, 128), (4, 8), (1, 2, 3), (2, 4, 8))]
     print(f"{torch.cuda.get_device_name(0)}, {sms} SMs; q [B, {HEADS}, {DIM}] fp16; cross K/V [B, {HEADS}, "
           f"{ENCODER_TOKENS}, {DIM}]; self K/V [B, {HEADS}, {CACHE}, {DIM}] at position {CACHE // 2}; "
           f"{LAYERS} layers per graph")
@@ -66,21 +50,21 @@ def main() -> None:
             read = 2 * b * HEADS * (keys if form == "cross" else CACHE // 2 + 1) * DIM * 2
             extra = (lengths, 1, new, new) if form == "self" else ()
             results = []
-            for launch, per_sm in itertools.product(grid, (2, 4, 8)):
-                calls = [lambda i=i: da.decode_attention(q, k[i], v[i], 0.125, per_sm * sms, *extra,
+            for launch in grid:
+                calls = [lambda i=i: da.decode_attention(q, k[i], v[i], 0.125, launch.per_sm * sms, *extra,
                                                          counters=counters, launch=launch) for i in range(LAYERS)]
                 try:
-                    results.append((replay_us(calls), launch, per_sm))
+                    results.append((replay_us(calls), launch))
                 except Exception as error:  # noqa: BLE001 - a tiling that does not compile is reported, not fatal
-                    print(f"batch {b} {form}: {launch} {per_sm}/SM failed: {type(error).__name__}")
+                    print(f"batch {b} {form}: {launch} failed: {type(error).__name__}")
             results.sort(key=lambda r: r[0])
-            default = next(r for r in results if r[1] == da.LAUNCH and r[2] == 4)
+            default = next(r for r in results if r[1] == da.LAUNCH)
 
             def line(r, label):
                 fraction = read / (r[0] * 1e-6) / (args.hbm_tbps * 1e12)
                 return (f"batch {b} {form} {label}: {r[0]:.1f} us/call, {read / 2**20:.1f} MiB read, "
                         f"{fraction:.2f} of HBM; block {r[1].block}, {r[1].warps} warps, {r[1].stages} stages, "
-                        f"{r[2]} programs/SM")
+                        f"{r[1].per_sm} programs/SM")
             print(line(default, "default"))
             for rank, r in enumerate(results[:5]):
                 print(line(r, f"best #{rank + 1}"))

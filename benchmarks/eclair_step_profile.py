@@ -19,30 +19,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.eclair_decoder_probe import EOS, PAD, START, build  # noqa: E402
+from benchmarks.graph_timing import capture, seconds_per_replay  # noqa: E402
 from triton_models.eclair.graph_decoder import SlotDecoder, attention_kernels  # noqa: E402
 from triton_models.eclair.runtime import TokenIds  # noqa: E402
 
 
 def captured(fn):
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side), attention_kernels(torch.device("cuda")):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with attention_kernels(torch.device("cuda")), torch.cuda.graph(graph):
-        fn()
-    return graph
+    return capture(fn, context=lambda: attention_kernels(torch.device("cuda")))
 
 
 def ms_per_replay(graph, count: int = 200) -> float:
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(count):
-        graph.replay()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / count * 1e3
+    return seconds_per_replay(graph, count) * 1e3
 
 
 def main() -> None:

@@ -13,13 +13,13 @@ import argparse
 import copy
 import re
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.graph_timing import capture, seconds_per_replay  # noqa: E402
 from converters.fp8 import ERROR_FACTOR, quantise_linear_layers  # noqa: E402
 from triton_models.caption_classification.model_script import DebertaLargeModel  # noqa: E402
 
@@ -43,22 +43,8 @@ def changed(reference, other, fp16_error, rows=8):
 def graphed_items_per_s(model, ids, mask, count=30):
     compiled = torch.compile(model)
     with torch.inference_mode():
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                compiled(ids, mask)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            compiled(ids, mask)
-        graph.replay()
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(count):
-            graph.replay()
-        torch.cuda.synchronize()
-    return count * len(ids) / (time.perf_counter() - start)
+        graph = capture(lambda: compiled(ids, mask))
+        return len(ids) / seconds_per_replay(graph, count)
 
 
 def main() -> None:
