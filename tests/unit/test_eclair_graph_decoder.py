@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from triton_models.eclair.graph_decoder import (SlotDecoder, bucket_for, bucket_sizes, cache_bytes,
-                                                check_cache_fits, greedy_rules)
+                                                check_cache_fits)
+from triton_models.eclair.greedy_rules import greedy_rules
 from triton_models.eclair.runtime import IMAGENET_MEAN, IMAGENET_STD, GraphGenerator, TokenIds, make_generator
 
 MAX_NEW = 40

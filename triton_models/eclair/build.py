@@ -143,6 +143,7 @@ def publish_eclair(repo: Path, folder: Path, max_batch_size: int, parameters: di
     sources = {"checkpoint": file_sha256(folder), "model_py": file_sha256(HERE / "eclair_model.py"),
                "runtime": file_sha256(HERE / "runtime.py"), "graph_decoder": file_sha256(HERE / "graph_decoder.py"),
                "decode_attention": file_sha256(HERE / "decode_attention.py"),
+               "greedy_rules": file_sha256(HERE / "greedy_rules.py"),
                "inflight": file_sha256(HERE / "inflight.py")}
     if generator == "tensorrt_llm":  # the engines themselves, not the repository published beside them
         from triton_models.eclair.trtllm_runtime import DECODER_FOLDER, VISUAL_ENGINE
@@ -164,6 +165,7 @@ def publish_eclair(repo: Path, folder: Path, max_batch_size: int, parameters: di
     files: dict[str, Path | bytes | str] = {"1/eclair_runtime.py": HERE / "runtime.py",
                                             "1/eclair_graph_decoder.py": HERE / "graph_decoder.py",
                                             "1/eclair_decode_attention.py": HERE / "decode_attention.py",
+                                            "1/eclair_greedy_rules.py": HERE / "greedy_rules.py",
                                             "1/eclair_inflight.py": HERE / "inflight.py"}
     if generator == "tensorrt_llm":
         files["1/eclair_trtllm_runtime.py"] = HERE / "trtllm_runtime.py"

@@ -5,7 +5,8 @@ allocated once, cross-attention K/V computed once per page at `admit`, and per-s
 tokens and finished flags on the device, so a step is a fixed sequence of kernels: on CUDA one
 CUDA graph per batch bucket (1, 2, 4, ... `slots`), captured at load; on CPU the same code, eager.
 A step is MBartForCausalLM's math, then the processors of HF's greedy `generate` for the
-checkpoint's generation_config (others are refused), argmax, and eos/pad bookkeeping on the device.
+checkpoint's generation_config (greedy_rules.py; others are refused), argmax, and eos/pad
+bookkeeping on the device.
 `runtime.GraphGenerator` drives it in place of `generate`; `inflight.py` as the in-flight batcher.
 """
 from __future__ import annotations
@@ -51,27 +52,6 @@ def check_cache_fits(needed: int, free: int, slots: int, max_new_tokens: int) ->
         raise ValueError(f"ECLAIR's decoder KV cache for {slots} slots x {max_new_tokens} new tokens needs "
                          f"{needed / 2**30:.2f} GiB but only {free / 2**30:.2f} GiB of GPU memory is free; "
                          "lower the slots or max_new_tokens.")
-
-
-_REFUSED = ("guidance_scale", "sequence_bias", "repetition_penalty", "no_repeat_ngram_size", "bad_words_ids",
-            "exponential_decay_length_penalty", "begin_suppress_tokens", "forced_decoder_ids")
-
-
-def greedy_rules(config) -> dict:
-    """The logits processors of HF greedy `generate` for this generation_config, for those this decoder
-    reproduces; a setting it does not reproduce is refused rather than silently ignored."""
-    for name in _REFUSED:
-        value = getattr(config, name, None)
-        if value not in (None, 1, 1.0, 0, [], {}):
-            raise ValueError(f"ECLAIR's graph decoder does not reproduce generation_config.{name}={value!r}; "
-                             "use the pytorch generator for this checkpoint.")
-    ids = lambda v: None if v is None else ([int(v)] if isinstance(v, int) else [int(t) for t in v])  # noqa: E731
-    return {"min_length": int(getattr(config, "min_length", None) or 0),
-            "min_new_tokens": int(getattr(config, "min_new_tokens", None) or 0),
-            "forced_bos": getattr(config, "forced_bos_token_id", None),
-            "forced_eos": ids(getattr(config, "forced_eos_token_id", None)),
-            "suppress": ids(getattr(config, "suppress_tokens", None)),
-            "remove_invalid": getattr(config, "remove_invalid_values", None) is True}
 
 
 def attention_kernels(device: torch.device):
@@ -123,7 +103,7 @@ class SlotDecoder:
         self.slots, self.max_new_tokens, self.buckets = slots, max_new_tokens, bucket_sizes(slots)
         self.project = (model.encoder.config.hidden_size != model.decoder.config.hidden_size
                         and getattr(model.decoder.config, "cross_attention_hidden_size", None) is None)
-        self.rules = greedy_rules(model.generation_config)
+        self.rules = _sibling("greedy_rules").greedy_rules(model.generation_config)
         size = model.config.encoder.image_size
         self.image_hw = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
         with torch.inference_mode(), torch.cuda.device(self.device) if cuda else contextlib.nullcontext():
@@ -165,20 +145,14 @@ class SlotDecoder:
         self._turn = 0
         self.rows = torch.arange(self.slots, **on)
         self.key_pos = torch.arange(self.max_new_tokens, **on)
-        vocab = self.lm_head.weight.shape[0]
-        self.vocab = torch.arange(vocab, **on)
-        forced = lambda tokens: torch.full((vocab,), float("-inf"), **on).index_fill_(  # noqa: E731
-            0, torch.tensor(tokens, **on), 0.0)
-        self.bos_row = forced([self.rules["forced_bos"]]) if self.rules["forced_bos"] is not None else None
-        self.eos_row = forced(self.rules["forced_eos"]) if self.rules["forced_eos"] else None
-        self.suppress = torch.isin(self.vocab, torch.tensor(self.rules["suppress"], **on)) \
-            if self.rules["suppress"] else None
+        self.processors = _sibling("greedy_rules").GreedyProcessors(self.rules, self.lm_head.weight.shape[0],
+                                                                     self.device)
 
     def _fuse_for_gpu(self) -> None:
         """On a GPU with Triton, the step runs through the decode kernels (decode_attention.py)."""
         self.kernels, self.fused = None, []
         if self.device.type == "cuda":
-            module = _decode_attention_module()
+            module = _sibling("decode_attention")
             if module.available(self.device):
                 self.use_kernels(module, torch.cuda.get_device_properties(self.device).multi_processor_count)
 
@@ -341,7 +315,7 @@ class SlotDecoder:
             following = layers[i + 1].self_attn_layer_norm if i + 1 < len(layers) else getattr(core, "layer_norm", None)
             x, h = self._add_norm(x, layer.fc2(layer.activation_fn(layer.fc1(h))), following)
         x = x if h is None else h  # the decoder's final layer norm, where it has one
-        scores = self._process(self.lm_head(x)[:, 0].float(), pos)
+        scores = self.processors(self.lm_head(x)[:, 0].float(), pos, self.limit[:b], self.token_ids[2])
         pad, eos = self.token_ids[1], self.token_ids[2]
         token = torch.where(done, pad, scores.argmax(-1))
         generated = pos + 1
@@ -369,23 +343,6 @@ class SlotDecoder:
             return self.kernels.add_layer_norm(x, y, norm)
         total = x + y
         return total, norm(total)
-
-    def _process(self, scores: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """HF's processors in HF's order; HF's cur_len (input_ids length) is pos + 1 here."""
-        rules, eos = self.rules, self.token_ids[2]
-        if rules["min_length"] or rules["min_new_tokens"]:  # no eos before min_length / min_new_tokens
-            no_eos = (pos + 1 < rules["min_length"]) | (pos < rules["min_new_tokens"])
-            scores = torch.where(no_eos[:, None] & (self.vocab == eos)[None], float("-inf"), scores)
-        if self.bos_row is not None:
-            scores = torch.where((pos == 0)[:, None], self.bos_row[None], scores)
-        if self.eos_row is not None:
-            scores = torch.where((pos + 1 == self.limit[:len(pos)])[:, None], self.eos_row[None], scores)
-        if rules["remove_invalid"]:
-            info = torch.finfo(scores.dtype)
-            scores = torch.nan_to_num(scores, nan=0.0, posinf=info.max, neginf=info.min)
-        if self.suppress is not None:
-            scores = torch.where(self.suppress[None], float("-inf"), scores)
-        return scores
 
     # -- CUDA graphs ------------------------------------------------------------------------------
     def _capture(self, encoder_graph_batch: int) -> None:
@@ -429,10 +386,10 @@ class SlotDecoder:
             self.encoder_graphs = {}
 
 
-def _decode_attention_module():
-    """decode_attention.py, published beside this file as eclair_decode_attention.py."""
-    return importlib.import_module("eclair_decode_attention" if __name__ == "eclair_graph_decoder"
-                                   else "triton_models.eclair.decode_attention")
+def _sibling(name: str):
+    """A module of this folder, published beside this file as eclair_<name>.py."""
+    return importlib.import_module(f"eclair_{name}" if __name__ == "eclair_graph_decoder"
+                                   else f"triton_models.eclair.{name}")
 
 
 def _host(tensor: torch.Tensor) -> torch.Tensor:
