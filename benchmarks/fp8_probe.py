@@ -62,7 +62,7 @@ def main() -> None:
     want, fp16 = logits(reference, batches), logits(half, batches)
     fp16_error = float((fp16 - want).abs().max())
     bound = ERROR_FACTOR * max(fp16_error, 1e-3)
-    print(f"{torch.cuda.get_device_name()}: random-weight DeBERTa-large caption model, {len(want)} rows of 64 tokens; "
+    print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}: random-weight DeBERTa-large caption model, {len(want)} rows of 64 tokens; "
           f"fp16 max abs error to fp32 {fp16_error:.3g} (gate bound {bound:.3g}); logits range "
           f"{float(want.min()):.3g}..{float(want.max()):.3g}")
     within = []

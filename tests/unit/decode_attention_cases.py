@@ -78,7 +78,7 @@ def test_bad_arguments_are_named(interpreted):
 
 
 def test_the_load_time_check_passes_the_kernels():
-    assert da.problem(torch.device("cpu"), torch.float32, heads=4, head_dim=16, programs=16) is None
+    assert da.problem(torch.device("cpu"), torch.float32, heads=4, head_dim=16, sms=4) is None
 
 
 @pytest.mark.parametrize("launch", [da.Launch(block=32, warps=2, stages=1), da.Launch(block=128, warps=8, stages=4)])

@@ -46,14 +46,30 @@ def test_only_cuda_devices_use_the_kernels():
 
 def test_a_kernel_that_fails_or_disagrees_is_named_for_the_fallback():
     import torch
+    import torch.nn.functional as F
 
-    def broken(q, k, v, scale, programs, *self_attention):
+    def broken(q, k, v, scale, programs, *self_attention, **launch):
         raise RuntimeError("PTX .version 8.7 does not support .target sm_120")
 
-    def wrong(q, k, v, scale, programs, *self_attention):
+    def wrong(q, k, v, scale, programs, *self_attention, **launch):
         return torch.zeros_like(q)
 
+    def right(q, k, v, scale, programs, lengths=None, length_add=0, new_k=None, new_v=None, **launch):
+        mask = None
+        if lengths is not None:
+            k[torch.arange(len(q)), :, lengths], v[torch.arange(len(q)), :, lengths] = new_k, new_v
+            mask = (torch.arange(k.shape[2])[None, :] <= lengths[:, None]).view(len(q), 1, 1, -1)
+        return F.scaled_dot_product_attention(q[:, :, None], k, v, attn_mask=mask, scale=scale)[:, :, 0]
+
+    def add_norm(x, y, norm):
+        return x + y, norm(x + y)
+
+    def add_no_norm(x, y, norm):
+        return x + y, x + y
+
     cpu = torch.device("cpu")
-    assert da.problem(cpu, torch.float32, 4, 16, 16, attend=broken) == \
+    assert da.problem(cpu, torch.float32, 4, 16, 4, attend=right, add_norm=add_norm) is None
+    assert da.problem(cpu, torch.float32, 4, 16, 4, attend=broken, add_norm=add_norm) == \
         "RuntimeError: PTX .version 8.7 does not support .target sm_120"
-    assert da.problem(cpu, torch.float32, 4, 16, 16, attend=wrong).startswith("max abs error")
+    assert da.problem(cpu, torch.float32, 4, 16, 4, attend=wrong, add_norm=add_norm).startswith("max abs error")
+    assert da.problem(cpu, torch.float32, 4, 16, 4, attend=right, add_norm=add_no_norm).startswith("max abs error")

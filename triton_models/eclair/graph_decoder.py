@@ -161,10 +161,10 @@ class SlotDecoder:
         """Run the step through `module`'s kernels, on a device of `sms` multiprocessors:
         each layer's q/k/v projections as one matrix, split-K attention that also writes the step's K/V
         into the cache, and each residual add fused with the layer norm after it. Kernels whose
-        load-time check fails are not used (a warning): PyTorch's attention stays."""
-        problem = module.problem(self.device, self.dtype, self.heads, self.head_dim, 4 * sms)
+        load-time check fails are not used (a warning): the PyTorch step stays."""
+        problem = module.problem(self.device, self.dtype, self.heads, self.head_dim, sms)
         if problem:
-            log.warning("ECLAIR decoder: PyTorch attention instead of the decode-attention kernels (%s)", problem)
+            log.warning("ECLAIR decoder: PyTorch's attention and layer norms instead of the decode kernels (%s)", problem)
             return False
         self.kernels, self.sms = module, sms
         self.counters = torch.zeros(self.slots * self.heads, device=self.device, dtype=torch.int32)
