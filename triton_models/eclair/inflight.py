@@ -16,6 +16,7 @@ nothing of Triton, so it runs and is tested without it.
 """
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 from dataclasses import dataclass, field
@@ -141,11 +142,10 @@ class InflightBatcher:
         pixels = self.runtime.pixel_values(np.stack([job.pages[page] for _, job, page in chosen]))
         states = self.decoder.encode(pixels)
         start = 0
-        while start < len(chosen):  # one admit per token limit (a slice: no index copied to the GPU)
-            limit = chosen[start][1].limit
-            end = next((i for i in range(start, len(chosen)) if chosen[i][1].limit != limit), len(chosen))
-            self.decoder.admit([slot for slot, _, _ in chosen[start:end]], states[start:end], limit)
-            start = end
+        for limit, group in itertools.groupby(chosen, key=lambda entry: entry[1].limit):
+            slots = [slot for slot, _, _ in group]  # one admit per token limit, over a slice of the states
+            self.decoder.admit(slots, states[start:start + len(slots)], limit)
+            start += len(slots)
         for slot, job, page in chosen:
             self.slots[slot] = Slot(job, page, [self.start_token])
 
