@@ -71,6 +71,7 @@ def test_more_pages_than_slots_wait_for_a_free_slot_and_keep_their_order(runtime
 def test_a_cancelled_request_frees_its_slots_and_the_others_go_on(runtimes):
     graph, reference = runtimes
     batcher = _batcher(graph)
+    batcher.cancel_check_s = 0  # every iteration asks
     cancelled, answered = [False], []
     batcher.submit(Job(_pages(3, 4), lambda texts, error: answered.append(("gone", texts)), lambda: cancelled[0]))
     kept = _pages(1, 5)
@@ -83,6 +84,21 @@ def test_a_cancelled_request_frees_its_slots_and_the_others_go_on(runtimes):
     assert [slot.job.limit for slot in batcher.slots if slot is not None] == [8]  # only the kept page decodes
     _run(batcher)
     assert answered == [("kept", reference(8)(kept))]
+
+
+def test_requests_are_asked_whether_cancelled_at_most_once_per_interval(runtimes):
+    """Triton's is_cancelled() is a round trip to the server: not one per request per step."""
+    graph, _ = runtimes
+    batcher = _batcher(graph)
+    batcher.cancel_check_s = 3600.0
+    asked = []
+    batcher.submit(Job(_pages(2, 7), lambda texts, error: None, lambda: asked.append(1) or False, limit=6))
+    for _ in range(4):
+        batcher.iterate()
+    assert len(asked) == 1
+    batcher.cancel_check_s = 0
+    batcher.iterate()
+    assert len(asked) == 2
 
 
 def test_a_failing_step_fails_the_requests_in_flight_and_the_next_one_is_served(runtimes):

@@ -1,7 +1,7 @@
 """In-flight batching of ECLAIR pages over the decoder's slots (graph_decoder.SlotDecoder).
 
 Pages from every request share the slots. Each scheduler iteration:
-  1. drops what was cancelled (its slots are free at once);
+  1. drops what was cancelled (its slots are free at once), looking at most every CANCEL_CHECK_S;
   2. admits waiting pages into the free slots, lowest first (one encoder pass for those pages,
      then their cross-attention K/V);
   3. launches one decoder step over the occupied slots (one CUDA graph replay on a GPU);
@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -41,6 +42,11 @@ class Job:
         self.waiting = list(range(len(self.pages)))
 
 
+# Triton's `is_cancelled()` is a round trip to the server process (python backend pb_cancel.cc),
+# one per request: asked of every request at every step it would cost more host time than a step.
+CANCEL_CHECK_S = 0.05
+
+
 @dataclass(eq=False)
 class Slot:
     job: Job
@@ -52,8 +58,9 @@ class InflightBatcher:
     """`runtime`: what turns pixels and tokens into model inputs and text (runtime.EclairRuntime's
     `pixel_values` and `texts`); `decoder`: a SlotDecoder with `slots` slots."""
 
-    def __init__(self, runtime, decoder, slots: int, start_token: int) -> None:
+    def __init__(self, runtime, decoder, slots: int, start_token: int, cancel_check_s: float = CANCEL_CHECK_S) -> None:
         self.runtime, self.decoder, self.start_token = runtime, decoder, start_token
+        self.cancel_check_s, self._cancel_checked = cancel_check_s, float("-inf")
         self.slots: list[Slot | None] = [None] * slots
         self.jobs: list[Job] = []  # admitted or waiting, in arrival order
         self.incoming: queue.Queue[Job] = queue.Queue()
@@ -120,6 +127,9 @@ class InflightBatcher:
         return occupied[-1] + 1 if occupied else 0
 
     def _drop_cancelled(self) -> None:
+        if time.monotonic() - self._cancel_checked < self.cancel_check_s:
+            return
+        self._cancel_checked = time.monotonic()
         for job in [j for j in self.jobs if j.is_cancelled()]:
             self._free(job)
             self.jobs.remove(job)
