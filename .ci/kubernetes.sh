@@ -120,6 +120,10 @@ cmd_load() {  # docker images -> the cluster's containerd, one at a time (ctr ca
 cmd_start() {
   mkdir -p "$logs"
   if ! ctr -a "$sock" version >/dev/null 2>&1; then
+    # A fresh image store each start: every run loads its images anew, and the old store (one
+    # copy of every image of every earlier run) once filled the CI disk mid-load.
+    grep -o " $home/containerd[^ ]*" /proc/mounts | sort -r | xargs -r -n1 umount 2>/dev/null || true
+    rm -rf "$home/containerd"
     containerd_config
     nohup containerd --config "$home/containerd.toml" >"$logs/containerd.log" 2>&1 &
     echo $! > "$home/containerd.pid"
