@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.graph_timing import capture, seconds_per_replay  # noqa: E402
-from converters.fp8 import ERROR_FACTOR, quantise_linear_layers  # noqa: E402
+from converters.fp8 import ERROR_FACTOR, quantise_linear_layers, top_changes  # noqa: E402
 from triton_models.caption_classification.model_script import DebertaLargeModel  # noqa: E402
 
 GROUPS = {"attention in_proj (q/k/v)": r"attention\.self\.in_proj", "attention out": r"attention\.output\.dense",
@@ -33,11 +33,9 @@ def logits(model, batches):
 
 
 def changed(reference, other, fp16_error, rows=8):
-    count = 0
-    for r, o in zip(reference.split(rows), other.split(rows)):
-        top, second = r.sort(descending=True).values[:2]
-        count += int(top - second > 2 * fp16_error and o.argmax() != r.argmax())
-    return count
+    """Top-row changes per batch of `rows`, by the build gate's rule."""
+    batches = lambda scores: [part.cpu().numpy() for part in scores.split(rows)]  # noqa: E731
+    return top_changes(batches(reference), batches(other), fp16_error)
 
 
 def graphed_items_per_s(model, ids, mask, count=30):

@@ -156,6 +156,18 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
 
 
+def top_changes(reference: list[np.ndarray], other: list[np.ndarray], fp16_error: float) -> int:
+    """Batches (score vectors, one per batch) whose chosen row differs from the fp32 reference's where
+    the reference's top two are further apart than twice the fp16 path's own error (closer, either
+    choice is within fp16's noise)."""
+    changed = 0
+    for ref, got in zip(reference, other):
+        if len(ref) > 1:
+            top, second = np.sort(ref)[-2:][::-1]
+            changed += int(top - second > 2 * fp16_error and np.argmax(got) != np.argmax(ref))
+    return changed
+
+
 def measure_accuracy(model: torch.nn.Module, quantised: torch.nn.Module, batches: list[dict[str, np.ndarray]],
                      inputs: tuple[str, ...], output_names: tuple[str, ...], device: str) -> list[Fp8Accuracy]:
     """fp32 (`model`), fp16 (a half copy) and fp8 (`quantised`, already in fp16) on the same batches."""
@@ -176,12 +188,7 @@ def measure_accuracy(model: torch.nn.Module, quantised: torch.nn.Module, batches
             results.append(Fp8Accuracy(len(ref), layers, name, "vector", error16, error8, MIN_COSINE,
                                        float(_cosines(fp8, ref).min()), float(_cosines(fp16, ref).min()), 0))
             continue
-        changed = 0
-        for r, q in zip(per_batch["fp32"], per_batch["fp8"]):
-            scores = r[:, 0]
-            if len(scores) > 1:
-                top, second = np.sort(scores)[-2:][::-1]
-                changed += int(top - second > 2 * error16 and np.argmax(q[:, 0]) != np.argmax(scores))
+        changed = top_changes([r[:, 0] for r in per_batch["fp32"]], [q[:, 0] for q in per_batch["fp8"]], error16)
         results.append(Fp8Accuracy(len(ref), layers, name, "score", error16, error8,
                                    ERROR_FACTOR * max(error16, 1e-3), None, None, changed))
     return results

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from converters.errors import UserError
-from converters.fp8 import (ERROR_FACTOR, Fp8Linear, check_fp8_device, gate, measure_accuracy,
+from converters.fp8 import (ERROR_FACTOR, Fp8Linear, check_fp8_device, gate, measure_accuracy, top_changes,
                             quantise_linear_layers)
 
 
@@ -46,6 +46,16 @@ def test_only_the_quantisable_linear_layers_go_to_fp8_and_stay_fp8_through_casts
     weight = Scorer().up.weight.detach()
     restored = model.up.weight_bytes.view(torch.float8_e4m3fn).float() * model.up.weight_scale.reshape(-1, 1)
     assert torch.allclose(restored, weight, rtol=0.07, atol=1e-6)  # e4m3: 3 mantissa bits, one scale per row
+
+
+def test_a_changed_choice_counts_only_where_the_reference_margin_is_clear_of_fp16_noise():
+    reference = [np.array([3.0, 1.0, 0.0]), np.array([1.0, 0.99, 0.0]), np.array([5.0])]
+    other = [np.array([0.0, 2.0, 0.0]), np.array([0.0, 2.0, 0.0]), np.array([0.0])]
+    # batch 1 flips with a margin of 2 (> 2 x 0.1): counted; batch 2's margin 0.01 is within noise;
+    # a one-row batch has no choice to change
+    assert top_changes(reference, other, fp16_error=0.1) == 1
+    assert top_changes(reference, reference, fp16_error=0.1) == 0
+    assert top_changes(reference, other, fp16_error=1.5) == 0
 
 
 def test_fp8_is_refused_off_fp8_tensor_cores_in_one_sentence(monkeypatch):

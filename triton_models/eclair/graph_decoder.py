@@ -103,7 +103,9 @@ class SlotDecoder:
         self.slots, self.max_new_tokens, self.buckets = slots, max_new_tokens, bucket_sizes(slots)
         self.project = (model.encoder.config.hidden_size != model.decoder.config.hidden_size
                         and getattr(model.decoder.config, "cross_attention_hidden_size", None) is None)
-        self.rules = _sibling("greedy_rules").greedy_rules(model.generation_config)
+        rules = _sibling("greedy_rules")  # refuses a generation_config it does not reproduce, before any allocation
+        self.processors = rules.GreedyProcessors(rules.greedy_rules(model.generation_config),
+                                                 self.lm_head.weight.shape[0], self.device)
         size = model.config.encoder.image_size
         self.image_hw = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
         with torch.inference_mode(), torch.cuda.device(self.device) if cuda else contextlib.nullcontext():
@@ -145,8 +147,6 @@ class SlotDecoder:
         self._turn = 0
         self.rows = torch.arange(self.slots, **on)
         self.key_pos = torch.arange(self.max_new_tokens, **on)
-        self.processors = _sibling("greedy_rules").GreedyProcessors(self.rules, self.lm_head.weight.shape[0],
-                                                                     self.device)
 
     def _fuse_for_gpu(self) -> None:
         """On a GPU with Triton, the step runs through the decode kernels (decode_attention.py)."""
