@@ -36,9 +36,10 @@ if "caption" in wanted:
 if "yolox" in wanted:
     yolox = args.out / "yolox"
     yolox.mkdir(parents=True, exist_ok=True)
-    # YOLOX-L, initialised as the demo is so that a page has about 20 boxes: a plain random YOLOX scores
-    # every one of its 21,504 anchors alike, and a page then costs 21,504 boxes' NMS and captions
-    torch.save({"model": demo_yolox(depth=1.0, width=1.0).state_dict()}, yolox / "best_ckpt.pth")
+    # YOLOX-L, initialised as the demo is so that a page has a few boxes (a plain random YOLOX scores
+    # every one of its 21,504 anchors alike, and a page then costs 21,504 boxes' NMS and captions),
+    # with unit activations: He init alone overflows fp16 at this depth, and the served model finds nothing
+    torch.save({"model": demo_yolox(depth=1.0, width=1.0, unit_activations=True).state_dict()}, yolox / "best_ckpt.pth")
 if "eclair" in wanted:
     make_small_eclair(args.out, tokenizer_folder=args.tokenizer)  # -> OUT/eclair_demo
 if "eclair_large" in wanted:

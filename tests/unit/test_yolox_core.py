@@ -9,7 +9,7 @@ from converters.errors import UserError
 from third_party.yolox import build_yolox
 from triton_models.registry import get
 from triton_models.yolox.build import YOLOXOnPages, channel_order, demo_page, demo_yolox, uint8_io_config
-from triton_models.yolox.page_processing import letterbox
+from triton_models.yolox.page_processing import letterbox, postprocess
 
 
 def _page() -> torch.Tensor:
@@ -52,6 +52,28 @@ def test_the_demo_finds_a_few_boxes_on_its_page():
     decoded = YOLOXOnPages(demo_yolox())(torch.from_numpy(letterbox(demo_page())[0][None]))[0].detach().numpy()
     scores = decoded[:, 4] * decoded[:, 5:].max(1)
     assert 5 <= int((scores >= 0.1).sum()) <= 200
+
+
+def _largest_activation(model: torch.nn.Module, page: torch.Tensor) -> float:
+    largest = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: largest.append(out.abs().max().item()))
+             for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        decoded = YOLOXOnPages(model)(page)[0].numpy()
+    for hook in hooks:
+        hook.remove()
+    return max(largest), decoded
+
+
+def test_unit_activations_keep_a_deeper_demo_within_fp16_and_its_boxes_few_of_the_anchors():
+    pixels, ratio = letterbox(demo_page())
+    page = torch.from_numpy(pixels[None])
+    he_only, _ = _largest_activation(demo_yolox(depth=0.67, width=0.25), page)
+    scaled, decoded = _largest_activation(demo_yolox(depth=0.67, width=0.25, unit_activations=True), page)
+    # He init grows with depth on the raw 0..255 page (YOLOX-L reaches 2.4e7: inf in fp16)
+    assert he_only > 1e3 and scaled < 100, (he_only, scaled)
+    boxes, _, _ = postprocess(decoded, ratio, demo_page().shape[:2])
+    assert 1 <= len(boxes) <= 500, len(boxes)  # of 21,504 anchors (the 3 levels of a 1024 page)
 
 
 def test_channel_order_comes_from_exp_json_else_the_registry(tmp_path):

@@ -110,23 +110,32 @@ def make_demo_checkpoint(folder: Path) -> Path:
     return checkpoint
 
 
-def demo_yolox(obj_logit: float = -8.0, depth: float = 0.33, width: float = 0.25) -> torch.nn.Module:
+def demo_yolox(obj_logit: float = -8.0, depth: float = 0.33, width: float = 0.25,
+               unit_activations: bool = False) -> torch.nn.Module:
     """Random weights, yet a demo with a few boxes: PyTorch's default init shrinks the activations
     through YOLOX's depth until every anchor scores the same (all 21,504 or none pass a threshold),
     so the convolutions take He init, and each head's last layer is scaled so that on the demo page
     its logits have spread 2 (objectness centred at `obj_logit`: about 20 boxes score 0.1). Any
-    YOLOX size (`depth`, `width`; the GPU benchmark's YOLOX-L is 1.0, 1.0)."""
+    YOLOX size (`depth`, `width`; the GPU benchmark's YOLOX-L is 1.0, 1.0).
+
+    He init keeps the demo's activations under 1.1e4 on the raw 0..255 page, within fp16; YOLOX-L's
+    depth takes them to 2.4e7, which is inf in fp16 (a served fp16 YOLOX-L then finds nothing).
+    `unit_activations` first scales every convolution before the head's outputs so that its output
+    on the demo page has std 1 (one pass, each layer seeing the ones before it already scaled)."""
     torch.manual_seed(0)
     model = build_yolox(depth, width, len(LABELS)).eval()
+    page = torch.from_numpy(letterbox(demo_page())[0][None]).float()
     with torch.no_grad():
         for conv in (m for m in model.modules() if isinstance(m, torch.nn.Conv2d)):
             conv.weight.normal_(0.0, (2.0 / conv.weight[0].numel()) ** 0.5)
+        if unit_activations:
+            _unit_scale(model, page)
         logits, hooks = {}, []
         for kind in ("obj", "cls", "reg"):
             for level, conv in enumerate(getattr(model.head, f"{kind}_preds")):
                 hooks.append(conv.register_forward_hook(
                     lambda _m, _i, out, key=(kind, level): logits.__setitem__(key, out.flatten(2)[0])))
-        model(torch.from_numpy(letterbox(demo_page())[0][None]).float())
+        model(page)
         for hook in hooks:
             hook.remove()
         for (kind, level), values in logits.items():
@@ -135,6 +144,25 @@ def demo_yolox(obj_logit: float = -8.0, depth: float = 0.33, width: float = 0.25
             conv.weight.mul_(scale[:, None, None, None])
             conv.bias.copy_(scale * (conv.bias - values.mean(1)) + (obj_logit if kind == "obj" else 0.0))
     return model
+
+
+def _unit_scale(model: torch.nn.Module, page: torch.Tensor) -> None:
+    """Divide each convolution's weights (the head's last layers excepted) by the std of its output
+    on `page`, in one forward pass whose hooks hand the scaled output on to the next layer."""
+    def scale(conv, _inputs, out):
+        std = out.std().clamp_min(1e-6)
+        conv.weight.div_(std)
+        if conv.bias is not None:
+            conv.bias.div_(std)
+        return out / std
+    last = {id(conv) for kind in ("obj", "cls", "reg") for conv in getattr(model.head, f"{kind}_preds")}
+    hooks = [m.register_forward_hook(scale) for m in model.modules()
+             if isinstance(m, torch.nn.Conv2d) and id(m) not in last]
+    try:
+        model(page)
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 def demo_page() -> np.ndarray:
