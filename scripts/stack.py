@@ -191,6 +191,7 @@ def bench_eclair(stack: Stack, args: argparse.Namespace) -> Path:
     for point in report["points"]:
         share = f", {point['of_hbm_floor']:.2f} of the floor" if point["of_hbm_floor"] else ""
         log(f"  {point['path']:<8} {point['tokens_per_s']:>10,.0f} tokens/s  {point['pages_per_s']:>8.2f} pages/s{share}")
+    log(f"  graph path's scheduler: {report['graph_scheduler_times']} (served: Triton's log, 'ECLAIR scheduler:')")
     log(f"report: {args.out / 'eclair.json'}")
     return args.out / "eclair.json"
 

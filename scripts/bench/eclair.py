@@ -106,8 +106,9 @@ def raw_generate(runtime, pages: np.ndarray, limits: list[int], slots: int) -> E
     return EclairPoint("generate", len(pages), tokens, time.monotonic() - started)
 
 
-def raw_graph(runtime, inflight, pages: np.ndarray, limits: list[int]) -> tuple[EclairPoint, list[int]]:
-    """In-flight batching in this process; returns the point and each page's new tokens."""
+def raw_graph(runtime, inflight, pages: np.ndarray, limits: list[int]) -> tuple[EclairPoint, list[int], str]:
+    """In-flight batching in this process; returns the point, each page's new tokens and where the
+    scheduler's time went (inflight.SchedulerTimes)."""
     decoder = runtime.generator.reserve(runtime.max_new_tokens, runtime.ids)
     batcher = inflight.InflightBatcher(runtime, decoder, decoder.slots, runtime.ids.start)
     errors: list[str] = []
@@ -122,7 +123,7 @@ def raw_graph(runtime, inflight, pages: np.ndarray, limits: list[int]) -> tuple[
     if errors:
         raise RuntimeError(errors[0])
     counts = [len(job.tokens[0]) - 1 for job in jobs]  # new tokens: the start token is not made
-    return EclairPoint("graph", len(pages), sum(counts), seconds), counts
+    return EclairPoint("graph", len(pages), sum(counts), seconds), counts, batcher.times.summary()
 
 
 def served(grpc_url: str, pages: np.ndarray, limits: list[int], counts: list[int], clients: int) -> EclairPoint:
@@ -173,7 +174,7 @@ def bench_eclair(grpc_url: str, model_dir: Path, count: int, lengths: tuple[int,
     pages = bench_pages(count)
     warm = pages[:min(slots, count)]
     raw_graph(graph, inflight, warm, [8] * len(warm))  # untimed: first kernels, allocator
-    graph_point, counts = raw_graph(graph, inflight, pages, limits)
+    graph_point, counts, scheduler = raw_graph(graph, inflight, pages, limits)
     points = [graph_point]
     decoder = graph.generator.decoder
     if with_generate:
@@ -186,7 +187,7 @@ def bench_eclair(grpc_url: str, model_dir: Path, count: int, lengths: tuple[int,
     report = {"device": device, "pages": count, "page_shape": list(pages.shape[1:]), "slots": slots,
               "lengths": {"low": min(limits), "high": max(limits), "mean": float(np.mean(limits)),
                           "how": "forced: each page's max_new_tokens drawn uniformly"},
-              "hbm_floor_tokens_per_s": floor,
+              "hbm_floor_tokens_per_s": floor, "graph_scheduler_times": scheduler,
               "points": [{**asdict(p), "tokens_per_s": p.tokens_per_s, "pages_per_s": p.pages_per_s,
                           "of_hbm_floor": p.tokens_per_s / floor if floor else None} for p in points]}
     out.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,8 @@ on CPU in fp32: a short request is answered before a long one sent with it, each
 flight and the scheduler goes on."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -118,3 +120,26 @@ def test_a_failing_step_fails_the_requests_in_flight_and_the_next_one_is_served(
     batcher.submit(Job(page, lambda texts, error: answered.append(texts), limit=4))
     _run(batcher)
     assert answered[-1] == reference(4)(page)
+
+
+def test_the_scheduler_accounts_for_its_time_and_the_serving_thread_reports_it(runtimes):
+    graph, _ = runtimes
+    batcher = _batcher(graph)
+    batcher.submit(Job(_pages(2, 5), lambda texts, error: None, limit=4))
+    _run(batcher)
+    times = batcher.times
+    assert times.steps >= 4  # 4 tokens a page, and the step launched past the last one
+    parts = times.gpu_wait_s + times.pixels_s + times.admit_s
+    assert times.pixels_s > 0 and times.admit_s > 0 and 0 < parts <= times.busy_s
+    assert times.summary().startswith(f"{times.steps} steps in ")
+
+    lines, answered = [], []
+    serving = InflightBatcher(graph, batcher.decoder, batcher.decoder.slots, graph.ids.start,
+                              report=lines.append, report_every_s=0.0).start()
+    serving.submit(Job(_pages(1, 6), lambda texts, error: answered.append(texts), limit=3))
+    for _ in range(600):
+        if answered and lines:
+            break
+        time.sleep(0.05)
+    serving.stop()
+    assert answered and lines and "ms per step" in lines[0], (answered, lines)

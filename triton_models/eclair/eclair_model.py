@@ -48,7 +48,9 @@ class TritonPythonModel:
             from eclair_inflight import InflightBatcher  # published beside this file
 
             decoder = self.runtime.generator.reserve(self.runtime.max_new_tokens, self.runtime.ids)
-            self.batcher = InflightBatcher(self.runtime, decoder, decoder.slots, self.runtime.ids.start).start()
+            # a line a minute while busy: where the scheduler's time went (GPU-bound or host-bound)
+            self.batcher = InflightBatcher(self.runtime, decoder, decoder.slots, self.runtime.ids.start,
+                                           report=lambda line: print(f"ECLAIR scheduler: {line}", flush=True)).start()
             print(f"ECLAIR: {decoder.slots} decoder slots x {self.runtime.max_new_tokens} tokens, KV cache "
                   f"{decoder.kv_cache_bytes / 2**20:.1f} MiB on {self.runtime.device}, in-flight batching", flush=True)
 

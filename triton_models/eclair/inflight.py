@@ -47,6 +47,28 @@ class Job:
 CANCEL_CHECK_S = 0.05
 
 
+@dataclass
+class SchedulerTimes:
+    """Where the scheduler thread's time went, to tell a host-bound server from a GPU-bound one: on a
+    GPU, `gpu_wait_s` is the time it sat waiting for a step it had launched (the GPU was the bound);
+    the rest of `busy_s` is host work, with pages turned into pixel values and their admission
+    (encoder and cross K/V queued, and any copy that waits on the GPU) counted apart."""
+    steps: int = 0
+    busy_s: float = 0.0  # iterations with work in flight
+    gpu_wait_s: float = 0.0  # reading a launched step's tokens (on a GPU: waiting for it)
+    pixels_s: float = 0.0  # runtime.pixel_values of the admitted pages
+    admit_s: float = 0.0  # decoder.encode and decoder.admit
+
+    def summary(self) -> str:
+        if not self.steps:
+            return "no steps"
+        per_step = lambda seconds: f"{seconds / self.steps * 1e3:.2f}"  # noqa: E731
+        other = self.busy_s - self.gpu_wait_s - self.pixels_s - self.admit_s
+        return (f"{self.steps} steps in {self.busy_s:.2f} s busy, ms per step: {per_step(self.gpu_wait_s)} waiting "
+                f"for the step, {per_step(self.pixels_s)} pixel values, {per_step(self.admit_s)} admission, "
+                f"{per_step(other)} other host work")
+
+
 @dataclass(eq=False)
 class Slot:
     job: Job
@@ -58,8 +80,10 @@ class InflightBatcher:
     """`runtime`: what turns pixels and tokens into model inputs and text (runtime.EclairRuntime's
     `pixel_values` and `texts`); `decoder`: a SlotDecoder with `slots` slots."""
 
-    def __init__(self, runtime, decoder, slots: int, start_token: int, cancel_check_s: float = CANCEL_CHECK_S) -> None:
+    def __init__(self, runtime, decoder, slots: int, start_token: int, cancel_check_s: float = CANCEL_CHECK_S,
+                 report: Callable[[str], None] | None = None, report_every_s: float = 60.0) -> None:
         self.runtime, self.decoder, self.start_token = runtime, decoder, start_token
+        self.report, self.report_every_s = report, report_every_s  # the serving thread's SchedulerTimes
         self.cancel_check_s, self._cancel_checked = cancel_check_s, float("-inf")
         self.slots: list[Slot | None] = [None] * slots
         self.jobs: list[Job] = []  # admitted or waiting, in arrival order
@@ -67,6 +91,7 @@ class InflightBatcher:
         self._stop = threading.Event()
         self.pending: tuple | None = None  # the launched step not yet read, and the slots it ran
         self._thread: threading.Thread | None = None
+        self.times = SchedulerTimes()
 
     # --- called from Triton's execute() ------------------------------------------------------
     def submit(self, job: Job) -> None:
@@ -85,10 +110,12 @@ class InflightBatcher:
 
     # --- the scheduler ------------------------------------------------------------------------
     def _serve(self) -> None:
+        reported = time.monotonic()
         while not self._stop.is_set():
-            busy = self.iterate(block=True)
-            if not busy:
-                continue
+            self.iterate(block=True)
+            if self.report and self.times.steps and time.monotonic() - reported >= self.report_every_s:
+                self.report(self.times.summary())
+                self.times, reported = SchedulerTimes(), time.monotonic()
 
     def _take_incoming(self, block: bool) -> None:
         idle = not self.jobs and self.pending is None
@@ -110,6 +137,7 @@ class InflightBatcher:
         self._drop_cancelled()
         if not self.jobs and self.pending is None:
             return False
+        started = time.perf_counter()
         try:
             self._admit()
             active = self._active()
@@ -117,9 +145,12 @@ class InflightBatcher:
             if self.pending is not None:  # read step k while step k + 1 runs: the GPU never waits on Python
                 self._collect(*self.pending)
             self.pending = launched
+            if launched is not None:
+                self.times.steps += 1
         except Exception as exc:  # a failed step fails what is in flight, never the thread
             self.pending = None
             self._fail_all(f"ECLAIR failed: {exc}")
+        self.times.busy_s += time.perf_counter() - started
         return True
 
     def _active(self) -> int:
@@ -149,20 +180,26 @@ class InflightBatcher:
         if not chosen:
             return
         chosen.sort(key=lambda entry: -1 if entry[1].limit is None else entry[1].limit)  # a slice per limit
+        started = time.perf_counter()
         pixels = self.runtime.pixel_values(np.stack([job.pages[page] for _, job, page in chosen]))
+        encoding = time.perf_counter()
         states = self.decoder.encode(pixels)
         start = 0
         for limit, group in itertools.groupby(chosen, key=lambda entry: entry[1].limit):
             slots = [slot for slot, _, _ in group]  # one admit per token limit, over a slice of the states
             self.decoder.admit(slots, states[start:start + len(slots)], limit)
             start += len(slots)
+        self.times.pixels_s += encoding - started
+        self.times.admit_s += time.perf_counter() - encoding
         for slot, job, page in chosen:
             self.slots[slot] = Slot(job, page, [self.start_token])
 
     def _collect(self, launched, ran: list[Slot | None]) -> None:
         """A step's tokens for the pages it ran; a page finished, cancelled or replaced since it was
         launched is skipped (its slot decoded pad)."""
+        started = time.perf_counter()
         tokens, finished = self.decoder.collect(launched)
+        self.times.gpu_wait_s += time.perf_counter() - started
         for index, slot in enumerate(ran):
             if slot is None or slot is not self.slots[index]:
                 continue
