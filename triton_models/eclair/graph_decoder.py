@@ -218,8 +218,7 @@ class SlotDecoder:
         limit = self.max_new_tokens if limit is None else limit
         if not 1 <= limit <= self.max_new_tokens:
             raise ValueError(f"admit: limit must be 1..{self.max_new_tokens}, got {limit}")
-        index = torch.tensor(slots, dtype=torch.long)  # pinned and not waited for: a step may be running
-        index = index.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else index
+        index = to_device(torch.tensor(slots, dtype=torch.long), self.device)  # a step may be running
         states = encoder_states.to(self.device, self.dtype)
         for i, layer in enumerate(self.core.layers):
             cross = layer.encoder_attn
@@ -384,6 +383,11 @@ class SlotDecoder:
         except Exception as error:  # noqa: BLE001 - an encoder that does not capture runs eagerly
             log.warning("ECLAIR encoder left eager: CUDA graph capture failed (%s)", error)
             self.encoder_graphs = {}
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """To a GPU through pinned memory, not waiting for the step in flight (a copy from pageable memory would)."""
+    return tensor.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else tensor.to(device)
 
 
 def _sibling(name: str):

@@ -217,11 +217,8 @@ class EclairRuntime:
         return ((pixels - mean) / std).to(self.dtype)
 
     def _on_device(self, tensor: torch.Tensor) -> torch.Tensor:
-        """To a GPU through pinned memory without waiting on the stream: the in-flight batcher admits
-        pages while the decoder's step runs (a copy from pageable memory would wait for it)."""
-        if str(self.device).startswith("cuda"):
-            return tensor.pin_memory().to(self.device, non_blocking=True)
-        return tensor.to(self.device)
+        """The in-flight batcher admits pages while the decoder's step runs: not waiting for it."""
+        return graph_decoder_module().to_device(tensor, torch.device(self.device))
 
     def texts(self, rows: list[list[int]]) -> list[str]:
         """Token ids -> text. Coordinate and class tokens may be special tokens: keep them, drop
