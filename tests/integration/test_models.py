@@ -276,4 +276,5 @@ def test_bench_eclair_measures_every_path_on_the_same_forced_lengths(served_suit
     assert served["tokens"] == graph["tokens"] and generate["tokens"] == graph["tokens"]  # token-identical paths
     assert all(p["pages"] == 5 and p["tokens_per_s"] > 0 and p["pages_per_s"] > 0 for p in report["points"])
     assert report["hbm_floor_tokens_per_s"] is None  # no GPU: no bandwidth to divide by
+    assert " steps in " in report["graph_scheduler_times"] and "waiting for the step" in report["graph_scheduler_times"]
     assert (tmp_path / "eclair.json").is_file()
