@@ -122,8 +122,12 @@ cmd_start() {
   if ! ctr -a "$sock" version >/dev/null 2>&1; then
     # A fresh image store each start: every run loads its images anew, and the old store (one
     # copy of every image of every earlier run) once filled the CI disk mid-load.
-    grep -o " $home/containerd[^ ]*" /proc/mounts | sort -r | xargs -r -n1 umount 2>/dev/null || true
-    rm -rf "$home/containerd" 2>/dev/null || true  # what a live leftover mount holds stays, unused
+    # (lazy unmounts always succeed; the old root moves aside first, so the new one starts empty)
+    grep -o " $home/containerd[^ ]*" /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+    if [ -d "$home/containerd" ]; then
+      mv "$home/containerd" "$home/containerd.old"
+      rm -rf "$home/containerd.old" 2>/dev/null || true
+    fi
     containerd_config
     nohup containerd --config "$home/containerd.toml" >"$logs/containerd.log" 2>&1 &
     echo $! > "$home/containerd.pid"

@@ -6,6 +6,7 @@ DonutSwin-B encoder at the contract's 1280x1024 page, 1,280 visual tokens of wid
 added tokens) with the given tokenizer.
 `python -m benchmarks.make_gpu_checkpoints --tokenizer DIR --out DIR` (DIR: a BERT tokenizer's files)."""
 import argparse
+import json
 import shutil
 from pathlib import Path
 
@@ -40,6 +41,7 @@ if "yolox" in wanted:
     # every one of its 21,504 anchors alike, and a page then costs 21,504 boxes' NMS and captions),
     # with unit activations: He init alone overflows fp16 at this depth, and the served model finds nothing
     torch.save({"model": demo_yolox(depth=1.0, width=1.0, unit_activations=True).state_dict()}, yolox / "best_ckpt.pth")
+    (yolox / "exp.json").write_text(json.dumps({"depth": 1.0, "width": 1.0, "init": "unit_activations"}))
 if "eclair" in wanted:
     make_small_eclair(args.out, tokenizer_folder=args.tokenizer)  # -> OUT/eclair_demo
 if "eclair_large" in wanted:

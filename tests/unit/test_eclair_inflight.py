@@ -129,7 +129,7 @@ def test_the_scheduler_accounts_for_its_time_and_the_serving_thread_reports_it(r
     _run(batcher)
     times = batcher.times
     assert times.steps >= 4  # 4 tokens a page, and the step launched past the last one
-    parts = times.gpu_wait_s + times.pixels_s + times.admit_s
+    parts = times.gpu_wait_s + times.pixels_s + times.admit_s + times.cancel_s
     assert times.pixels_s > 0 and times.admit_s > 0 and 0 < parts <= times.busy_s
     assert times.summary().startswith(f"{times.steps} steps in ")
 

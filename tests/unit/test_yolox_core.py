@@ -54,7 +54,7 @@ def test_the_demo_finds_a_few_boxes_on_its_page():
     assert 5 <= int((scores >= 0.1).sum()) <= 200
 
 
-def _largest_activation(model: torch.nn.Module, page: torch.Tensor) -> float:
+def _largest_activation(model: torch.nn.Module, page: torch.Tensor) -> tuple[float, np.ndarray]:
     largest = []
     hooks = [m.register_forward_hook(lambda _m, _i, out: largest.append(out.abs().max().item()))
              for m in model.modules() if isinstance(m, torch.nn.Conv2d)]

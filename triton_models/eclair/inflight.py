@@ -58,15 +58,16 @@ class SchedulerTimes:
     gpu_wait_s: float = 0.0  # reading a launched step's tokens (on a GPU: waiting for it)
     pixels_s: float = 0.0  # runtime.pixel_values of the admitted pages
     admit_s: float = 0.0  # decoder.encode and decoder.admit
+    cancel_s: float = 0.0  # asking Triton whether requests were cancelled
 
     def summary(self) -> str:
         if not self.steps:
             return "no steps"
         per_step = lambda seconds: f"{seconds / self.steps * 1e3:.2f}"  # noqa: E731
-        other = self.busy_s - self.gpu_wait_s - self.pixels_s - self.admit_s
+        other = self.busy_s - self.gpu_wait_s - self.pixels_s - self.admit_s - self.cancel_s
         return (f"{self.steps} steps in {self.busy_s:.2f} s busy, ms per step: {per_step(self.gpu_wait_s)} waiting "
                 f"for the step, {per_step(self.pixels_s)} pixel values, {per_step(self.admit_s)} admission, "
-                f"{per_step(other)} other host work")
+                f"{per_step(self.cancel_s)} cancellation checks, {per_step(other)} other host work")
 
 
 @dataclass(eq=False)
@@ -114,7 +115,10 @@ class InflightBatcher:
         while not self._stop.is_set():
             self.iterate(block=True)
             if self.report and self.times.steps and time.monotonic() - reported >= self.report_every_s:
-                self.report(self.times.summary())
+                try:
+                    self.report(self.times.summary())
+                except Exception:  # noqa: BLE001 - a report that cannot be written never stops the serving
+                    pass
                 self.times, reported = SchedulerTimes(), time.monotonic()
 
     def _take_incoming(self, block: bool) -> None:
@@ -134,10 +138,10 @@ class InflightBatcher:
     def iterate(self, block: bool = False) -> bool:
         """One scheduler iteration; False when there was nothing to do."""
         self._take_incoming(block)
+        started = time.perf_counter()
         self._drop_cancelled()
         if not self.jobs and self.pending is None:
             return False
-        started = time.perf_counter()
         try:
             self._admit()
             active = self._active()
@@ -160,10 +164,11 @@ class InflightBatcher:
     def _drop_cancelled(self) -> None:
         if time.monotonic() - self._cancel_checked < self.cancel_check_s:
             return
-        self._cancel_checked = time.monotonic()
+        self._cancel_checked = started = time.monotonic()
         for job in [j for j in self.jobs if j.is_cancelled()]:
             self._free(job)
             self.jobs.remove(job)
+        self.times.cancel_s += time.monotonic() - started
 
     def _free(self, job: Job) -> None:
         for index, slot in enumerate(self.slots):
