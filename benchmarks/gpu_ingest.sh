@@ -14,10 +14,14 @@ tokenizer=$1 out=$2 numpy1=${3:-}
 work=build/gpu_ingest
 mkdir -p "$out" "$work"
 export PYTHONUNBUFFERED=1 SERVE_BACKEND=${SERVE_BACKEND:-python_torch} ECLAIR_BATCH_SIZE=${ECLAIR_BATCH_SIZE:-64}
+python3 -m benchmarks.ingest_pdf "$work/mixed.pdf" --pages "${PAGES:-120}"
+python3 -m benchmarks.ingest_pdf "$work/text.pdf" --pages "${TEXT_PAGES:-120}" --kind text
+python3 -m benchmarks.ingest_pdf "$work/scan.pdf" --pages "${SCAN_PAGES:-32}" --kind scan
 [ -f "$work/checkpoints/eclair_large/config.json" ] || python3 -m benchmarks.make_gpu_checkpoints \
-    --tokenizer "$tokenizer" --out "$work/checkpoints" --models e5,caption,yolox,eclair_large
-# a YOLOX-L from before unit activations overflows fp16 and finds nothing: remake it
-grep -qs unit_activations "$work/checkpoints/yolox/exp.json" || python3 -m benchmarks.make_gpu_checkpoints \
+    --tokenizer "$tokenizer" --out "$work/checkpoints" --models e5,caption,eclair_large
+# YOLOX-L calibrated on mixed pages; one from before (unit activations, or He init
+# alone) finds nothing in fp16: remake it
+grep -qs calibrated_norms "$work/checkpoints/yolox/exp.json" || python3 -m benchmarks.make_gpu_checkpoints \
     --tokenizer "$tokenizer" --out "$work/checkpoints" --models yolox
 . benchmarks/gpu_env.sh
 write_gpu_env "$work/gpu.env" "$work" caption_classification,yolox,eclair,e5_small_v2 0 "$numpy1"
@@ -26,9 +30,6 @@ stack() { python3 -m scripts.stack "$@" --local --env-file "$work/gpu.env"; }
 trap 'stack down || true; cp "$work/local/triton.log" "$out/" 2>/dev/null || true' EXIT
 stack up > "$out/up.log" 2>&1 || echo "up did not verify every model; see up.log (the ingest runs on what is served)"
 grep -E "^\| |verified" "$out/up.log" | tail -12 || true
-python3 -m benchmarks.ingest_pdf "$work/mixed.pdf" --pages "${PAGES:-120}"
-python3 -m benchmarks.ingest_pdf "$work/text.pdf" --pages "${TEXT_PAGES:-120}" --kind text
-python3 -m benchmarks.ingest_pdf "$work/scan.pdf" --pages "${SCAN_PAGES:-32}" --kind scan
 for kind in mixed text scan; do
     rm -rf "$work/store_$kind"
     stack ingest "$work/$kind.pdf" --out "$work/store_$kind" 2> "$out/ingest_${kind}_progress.txt" \

@@ -56,6 +56,28 @@ def test_self_attention_reads_only_each_pages_positions_and_writes_the_new_key(i
     torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("programs", [1, 16])  # one range per (page, head), and split ranges combined
+def test_skipped_pages_read_and_write_nothing_and_give_zeros(interpreted, programs):
+    """A decoder's finished and free slots: the others' outputs unchanged, no cache write."""
+    torch.manual_seed(3)
+    pages, heads, keys, dim = 3, 2, 130, 16
+    q, k, v = torch.randn(pages, heads, dim), torch.randn(pages, heads, keys, dim), torch.randn(pages, heads, keys, dim)
+    skip = torch.tensor([False, True, False])
+    k[1], v[1] = float("nan"), float("nan")  # a skipped page's cache is never read
+    cross = interpreted(q, k, v, 0.25, programs, skip=skip)
+    assert torch.equal(cross[1], torch.zeros(heads, dim))
+    keep = [0, 2]
+    torch.testing.assert_close(cross[keep], reference(q[keep], k[keep], v[keep], 0.25), rtol=1e-5, atol=1e-5)
+    pos, new_k, new_v = torch.tensor([4, 90, 129]), torch.randn(pages, heads, dim), torch.randn(pages, heads, dim)
+    before = k[1].clone()
+    own = interpreted(q, k, v, 0.25, programs, lengths=pos, length_add=1, new_k=new_k, new_v=new_v, skip=skip)
+    assert torch.equal(own[1], torch.zeros(heads, dim)) and torch.equal(k[1].isnan(), before.isnan())
+    assert torch.equal(k[2, :, 129], new_k[2])
+    torch.testing.assert_close(own[keep], reference(q[keep], k[keep], v[keep], 0.25, pos[keep] + 1), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="skip must be bool"):
+        interpreted(q, k, v, 0.25, programs, skip=skip.long())
+
+
 def test_strided_inputs_as_the_fused_projection_gives_them(interpreted):
     torch.manual_seed(2)
     qkv = torch.randn(2, 3 * 4 * 16)  # [pages, 3 x heads x dim], as one fused q/k/v projection returns

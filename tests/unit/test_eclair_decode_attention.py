@@ -23,7 +23,7 @@ def test_kernels_match_pytorch_attention_in_the_interpreter():
     summary = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else run.stderr
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     passed = int(re.search(r"(\d+) passed", summary).group(1))
-    assert passed == 12 and "skipped" not in summary, summary
+    assert passed == 14 and "skipped" not in summary, summary
 
 
 def test_split_count_fills_the_card_with_at_least_one_block_per_range():
@@ -54,12 +54,16 @@ def test_a_kernel_that_fails_or_disagrees_is_named_for_the_fallback():
     def wrong(q, k, v, scale, programs, *self_attention, **launch):
         return torch.zeros_like(q)
 
-    def right(q, k, v, scale, programs, lengths=None, length_add=0, new_k=None, new_v=None, **launch):
+    def right(q, k, v, scale, programs, lengths=None, length_add=0, new_k=None, new_v=None, skip=None, **launch):
         mask = None
         if lengths is not None:
             k[torch.arange(len(q)), :, lengths], v[torch.arange(len(q)), :, lengths] = new_k, new_v
             mask = (torch.arange(k.shape[2])[None, :] <= lengths[:, None]).view(len(q), 1, 1, -1)
-        return F.scaled_dot_product_attention(q[:, :, None], k, v, attn_mask=mask, scale=scale)[:, :, 0]
+        out = F.scaled_dot_product_attention(q[:, :, None], k, v, attn_mask=mask, scale=scale)[:, :, 0]
+        return out if skip is None else out.masked_fill(skip[:, None, None], 0.0)
+
+    def no_skip(*args, skip=None, **kwargs):  # a kernel that reads a skipped page anyway
+        return right(*args, **kwargs)
 
     def add_norm(x, y, norm):
         return x + y, norm(x + y)
@@ -73,3 +77,4 @@ def test_a_kernel_that_fails_or_disagrees_is_named_for_the_fallback():
         "RuntimeError: PTX .version 8.7 does not support .target sm_120"
     assert da.problem(cpu, torch.float32, 4, 16, 4, attend=wrong, add_norm=add_norm).startswith("max abs error")
     assert da.problem(cpu, torch.float32, 4, 16, 4, attend=right, add_norm=add_no_norm).startswith("max abs error")
+    assert da.problem(cpu, torch.float32, 4, 16, 4, attend=no_skip, add_norm=add_norm).startswith("max abs error")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from triton_models.eclair.inflight import InflightBatcher, Job
+from triton_models.eclair.inflight import CANCEL_ASKS_PER_STEP, InflightBatcher, Job
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,8 @@ def test_a_cancelled_request_frees_its_slots_and_the_others_go_on(runtimes):
         batcher.iterate()
     assert sum(slot is not None for slot in batcher.slots) == 4
     cancelled[0] = True
-    batcher.iterate()
+    for _ in range(2):  # a round of asks: one request an iteration
+        batcher.iterate()
     assert [slot.job.limit for slot in batcher.slots if slot is not None] == [8]  # only the kept page decodes
     _run(batcher)
     assert answered == [("kept", reference(8)(kept))]
@@ -101,6 +102,22 @@ def test_requests_are_asked_whether_cancelled_at_most_once_per_interval(runtimes
     batcher.cancel_check_s = 0
     batcher.iterate()
     assert len(asked) == 2
+
+
+def test_a_round_of_cancellation_asks_is_spread_over_iterations(runtimes):
+    """Asking every request in one iteration would stall the GPU for that step: a few per iteration."""
+    graph, _ = runtimes
+    batcher = _batcher(graph)
+    batcher.cancel_check_s = 3600.0
+    asked = []
+    for index in range(5):
+        batcher.submit(Job(_pages(1, 10 + index), lambda texts, error: None,
+                           lambda index=index: asked.append(index) or False, limit=8))
+    per_iteration = []
+    for _ in range(8):
+        batcher.iterate()
+        per_iteration.append(len(asked) - sum(per_iteration))
+    assert max(per_iteration) == CANCEL_ASKS_PER_STEP and sorted(asked) == list(range(5)), per_iteration  # each once
 
 
 def test_a_failing_step_fails_the_requests_in_flight_and_the_next_one_is_served(runtimes):
@@ -135,11 +152,11 @@ def test_the_scheduler_accounts_for_its_time_and_the_serving_thread_reports_it(r
 
     lines, answered = [], []
     serving = InflightBatcher(graph, batcher.decoder, batcher.decoder.slots, graph.ids.start,
-                              report=lines.append, report_every_s=0.0).start()
+                              report=lines.append, report_every_s=3600.0, idle_report_s=0.0).start()
     serving.submit(Job(_pages(1, 6), lambda texts, error: answered.append(texts), limit=3))
     for _ in range(600):
         if answered and lines:
             break
         time.sleep(0.05)
     serving.stop()
-    assert answered and lines and "ms per step" in lines[0], (answered, lines)
+    assert answered and lines and "ms per step" in lines[0], (answered, lines)  # reported once idle, within the hour

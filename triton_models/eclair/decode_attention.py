@@ -75,11 +75,11 @@ def _kernels():
     import triton.language as tl
 
     @triton.jit
-    def attend(q_ptr, k_ptr, v_ptr, new_k_ptr, new_v_ptr, len_ptr, m_ptr, l_ptr, acc_ptr, count_ptr, out_ptr,
+    def attend(q_ptr, k_ptr, v_ptr, new_k_ptr, new_v_ptr, len_ptr, skip_ptr, m_ptr, l_ptr, acc_ptr, count_ptr, out_ptr,
                heads, keys, scale, chunk, len_add,
                sq_b, sq_h, sk_b, sk_h, sk_t, sv_b, sv_h, sv_t, sn_b, sn_h, snv_b, snv_h,
                D: tl.constexpr, BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, HAS_LEN: tl.constexpr,
-               HAS_NEW: tl.constexpr):
+               HAS_NEW: tl.constexpr, HAS_SKIP: tl.constexpr):
         row, split = tl.program_id(0), tl.program_id(1)
         splits = tl.num_programs(1)
         b, h = row // heads, row % heads
@@ -88,6 +88,8 @@ def _kernels():
         length = keys
         if HAS_LEN:
             length = tl.minimum(tl.load(len_ptr + b).to(tl.int32) + len_add, keys)
+        if HAS_SKIP:  # a finished or free slot of the bucket: read nothing, write nothing, output 0
+            length = tl.where(tl.load(skip_ptr + b) != 0, 0, length)
         start = split * chunk
         end = tl.minimum(start + chunk, length)
         k_row, v_row = k_ptr + b * sk_b + h * sk_h, v_ptr + b * sv_b + h * sv_h
@@ -121,7 +123,7 @@ def _kernels():
             acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), 0)
             m_run = m_new
         if SPLITS == 1:
-            tl.store(out_ptr + row * D + d, (acc / l_run).to(out_ptr.dtype.element_ty))
+            tl.store(out_ptr + row * D + d, (acc / tl.where(l_run > 0, l_run, 1.0)).to(out_ptr.dtype.element_ty))
         else:  # publish this range; the row's last range to finish combines them (no second launch)
             at = row * SPLITS + split
             tl.store(m_ptr + at, m_run)
@@ -133,8 +135,10 @@ def _kernels():
                 m = tl.load(m_ptr + row * SPLITS + s, cache_modifier=".cg")
                 l_sum = tl.load(l_ptr + row * SPLITS + s, cache_modifier=".cg")
                 parts = tl.load(acc_ptr + (row * SPLITS + s)[:, None] * D + d[None, :], cache_modifier=".cg")
-                weight = tl.exp(m - tl.max(m, 0))  # an empty range has m = -inf: weight 0
-                out = tl.sum(parts * weight[:, None], 0) / tl.sum(l_sum * weight, 0)
+                top = tl.max(m, 0)  # -inf only where every range is empty (a skipped row): output 0
+                weight = tl.exp(m - tl.where(top > float("-inf"), top, 0.0))  # an empty range: weight 0
+                total = tl.sum(l_sum * weight, 0)
+                out = tl.sum(parts * weight[:, None], 0) / tl.where(total > 0, total, 1.0)
                 tl.store(out_ptr + row * D + d, out.to(out_ptr.dtype.element_ty))
                 tl.store(count_ptr + row, 0)  # ready for the next launch (a CUDA graph replays this one)
 
@@ -174,9 +178,12 @@ def add_layer_norm(x: torch.Tensor, y: torch.Tensor, norm: torch.nn.LayerNorm) -
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, programs: int,
                      lengths: torch.Tensor | None = None, length_add: int = 0,
                      new_k: torch.Tensor | None = None, new_v: torch.Tensor | None = None,
-                     counters: torch.Tensor | None = None, launch: Launch | None = None) -> torch.Tensor:
+                     counters: torch.Tensor | None = None, launch: Launch | None = None,
+                     skip: torch.Tensor | None = None) -> torch.Tensor:
     """q [B, H, D]; k, v [B, H, T, D] (last dim contiguous). Page b attends to keys [0, lengths[b] +
-    length_add) (all T without `lengths`). With new_k/new_v [B, H, D], the key and value at the
+    length_add) (all T without `lengths`); where `skip[b]` (bool [B]) is set, page b reads and writes
+    nothing and its output is 0 (a decoder's finished and free slots: a bucket's idle rows cost no
+    cache bandwidth). With new_k/new_v [B, H, D], the key and value at the
     page's last position are theirs, and they are written there into k and v. `counters`: int32
     zeros, at least B x H, left zero after each call (a decoder keeps one for all its calls; None
     allocates one); `launch` the kernel's tiling (default LAUNCH). Returns [B, H, D] in q's dtype. Fixed shapes, no host sync: capturable in a CUDA
@@ -202,14 +209,18 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
     l_sum = torch.empty_like(m)
     acc = torch.empty(rows * splits, dim, device=q.device, dtype=torch.float32)
     out = torch.empty(pages, heads, dim, device=q.device, dtype=q.dtype)
+    if skip is not None and (skip.dtype != torch.bool or skip.shape != (pages,)):
+        raise ValueError(f"decode_attention: skip must be bool [{pages}], got {skip.dtype} {tuple(skip.shape)}")
     has_new = new_k is not None
     nk, nv = (new_k, new_v) if has_new else (q, q)
     attend[(rows, splits)](
-        q, k, v, nk, nv, lengths if lengths is not None else q, m, l_sum, acc, counters, out,
+        q, k, v, nk, nv, lengths if lengths is not None else q, skip.view(torch.uint8) if skip is not None else q,
+        m, l_sum, acc, counters, out,
         heads, keys, scale, chunk, length_add,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         nk.stride(0), nk.stride(1), nv.stride(0), nv.stride(1),
         D=dim, BLOCK_N=launch.block, SPLITS=splits, HAS_LEN=lengths is not None, HAS_NEW=has_new,
+        HAS_SKIP=skip is not None,
         num_warps=launch.warps, num_stages=launch.stages)
     return out
 
@@ -217,8 +228,8 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
 def problem(device: torch.device, dtype: torch.dtype, heads: int, head_dim: int, sms: int,
             attend=None, add_norm=None) -> str | None:
     """Why these kernels cannot serve here (one fails to compile or run, or disagrees with PyTorch
-    on a small problem), or None: both attention forms at every tiling `launch_for` picks, and the
-    fused residual + layer norm. Checked once at load, so a GPU or a Triton they do not work on
+    on a small problem), or None: both attention forms at every tiling `launch_for` picks (a skipped
+    page too), and the fused residual + layer norm. Checked once at load, so a GPU or a Triton they do not work on
     falls back to PyTorch's attention instead of failing the model."""
     attend, add_norm = attend or decode_attention, add_norm or add_layer_norm
     tilings = {(LAUNCH, False), (launch_for(1, False), False), (launch_for(1, True), True)}
@@ -233,7 +244,9 @@ def problem(device: torch.device, dtype: torch.dtype, heads: int, head_dim: int,
             if not self_attention:
                 cross = attend(q, k, v, scale, programs, launch=launch)
                 want = F.scaled_dot_product_attention(q[:, :, None].float(), k.float(), v.float(), scale=scale)
-                error = max(error, (cross.float() - want[:, :, 0]).abs().max().item())
+                skipped = attend(q, k, v, scale, programs, launch=launch, skip=torch.tensor([False, True], device=device))
+                error = max(error, (cross.float() - want[:, :, 0]).abs().max().item(),
+                            (skipped[0].float() - want[0, :, 0]).abs().max().item(), skipped[1].float().abs().max().item())
                 continue
             new_k, new_v, keys, values = k[:, :, 0].clone(), v[:, :, 0].clone(), k.clone(), v.clone()
             own = attend(q, keys, values, scale, programs, lengths, 1, new_k, new_v, launch=launch)

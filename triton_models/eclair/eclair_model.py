@@ -91,7 +91,8 @@ class TritonPythonModel:
                 response = model_support.error_response(pb_utils, error) if error else text_response(texts)
                 sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
-            self.batcher.submit(Job(pages, answer, sender.is_cancelled, limit))
+            # pinned here, on Triton's thread: the scheduler's thread only queues the copy to the GPU
+            self.batcher.submit(Job(self.runtime.staged(pages), answer, sender.is_cancelled, limit))
         return None
 
     def _execute_static(self, requests):

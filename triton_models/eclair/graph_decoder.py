@@ -296,7 +296,7 @@ class SlotDecoder:
             keys, values = self.self_k[i, :b], self.self_v[i, :b]
             if attend:  # one projection; the kernel writes k, v at pos and attends to [0, pos]
                 q, k, v = F.linear(h[:, 0], *self.fused[i]).view(b, 3, heads, hd).unbind(1)
-                o = attend(q, keys, values, attn.scaling, pos, 1, k, v, self_attention=True)
+                o = attend(q, keys, values, attn.scaling, pos, 1, k, v, self_attention=True, skip=done)
             else:
                 q = attn.q_proj(h).view(b, 1, heads, hd).transpose(1, 2)
                 keys[rows, :, pos] = attn.k_proj(h).view(b, heads, hd)
@@ -306,7 +306,7 @@ class SlotDecoder:
             cross = layer.encoder_attn
             q = cross.q_proj(h)
             if attend:
-                o = attend(q.view(b, heads, hd), self.cross_k[i, :b], self.cross_v[i, :b], cross.scaling)
+                o = attend(q.view(b, heads, hd), self.cross_k[i, :b], self.cross_v[i, :b], cross.scaling, skip=done)
             else:
                 o = F.scaled_dot_product_attention(q.view(b, 1, heads, hd).transpose(1, 2), self.cross_k[i, :b],
                                                    self.cross_v[i, :b], scale=cross.scaling).transpose(1, 2)
@@ -328,10 +328,10 @@ class SlotDecoder:
 
     def _attention(self, b: int):
         """decode_attention for a b-page step, with each form's tiling (decode_attention.launch_for)."""
-        def attend(q, k, v, scale, *lengths_and_new, self_attention=False):
+        def attend(q, k, v, scale, *lengths_and_new, self_attention=False, skip=None):
             launch = self.kernels.launch_for(b * self.heads, self_attention)
             return self.kernels.decode_attention(q, k, v, scale, launch.per_sm * self.sms, *lengths_and_new,
-                                                 counters=self.counters, launch=launch)
+                                                 counters=self.counters, launch=launch, skip=skip)
         return attend
 
     def _add_norm(self, x: torch.Tensor, y: torch.Tensor, norm) -> tuple[torch.Tensor, torch.Tensor | None]:

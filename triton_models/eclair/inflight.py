@@ -1,7 +1,8 @@
 """In-flight batching of ECLAIR pages over the decoder's slots (graph_decoder.SlotDecoder).
 
 Pages from every request share the slots. Each scheduler iteration:
-  1. drops what was cancelled (its slots are free at once), looking at most every CANCEL_CHECK_S;
+  1. drops what was cancelled (its slots are free at once), asking each request at most every
+     CANCEL_CHECK_S and at most CANCEL_ASKS_PER_STEP requests per iteration;
   2. admits waiting pages into the free slots, lowest first (one encoder pass for those pages,
      then their cross-attention K/V);
   3. launches one decoder step over the occupied slots (one CUDA graph replay on a GPU);
@@ -29,7 +30,7 @@ import numpy as np
 @dataclass(eq=False)  # compared by identity: a job is removed from the list it is in
 class Job:
     """One request: its pages, and how to answer it."""
-    pages: np.ndarray  # uint8 [B, H, W, 3]
+    pages: np.ndarray  # uint8 [B, H, W, 3]: an array, or a pinned tensor (runtime.staged)
     on_done: Callable[[list[str] | None, str | None], None]  # (texts, error)
     is_cancelled: Callable[[], bool] = lambda: False
     limit: int | None = None  # new tokens per page at most (the request's max_new_tokens); None: the model's
@@ -43,8 +44,14 @@ class Job:
 
 
 # Triton's `is_cancelled()` is a round trip to the server process (python backend pb_cancel.cc),
-# one per request: asked of every request at every step it would cost more host time than a step.
+# one per request: asked of every request at every step it would cost more host time than a step,
+# and asked of every request in one iteration it stalls the GPU for that step. So each request is
+# asked once per CANCEL_CHECK_S, a few requests per iteration (round robin), while the step runs.
 CANCEL_CHECK_S = 0.05
+CANCEL_ASKS_PER_STEP = 1
+# A report is written once a minute while busy, and when the scheduler goes idle if the last was
+# this long ago (a burst shorter than a minute is reported too).
+IDLE_REPORT_S = 10.0
 
 
 @dataclass
@@ -82,10 +89,12 @@ class InflightBatcher:
     `pixel_values` and `texts`); `decoder`: a SlotDecoder with `slots` slots."""
 
     def __init__(self, runtime, decoder, slots: int, start_token: int, cancel_check_s: float = CANCEL_CHECK_S,
-                 report: Callable[[str], None] | None = None, report_every_s: float = 60.0) -> None:
+                 report: Callable[[str], None] | None = None, report_every_s: float = 60.0,
+                 idle_report_s: float = IDLE_REPORT_S) -> None:
         self.runtime, self.decoder, self.start_token = runtime, decoder, start_token
-        self.report, self.report_every_s = report, report_every_s  # the serving thread's SchedulerTimes
+        self.report, self.report_every_s, self.idle_report_s = report, report_every_s, idle_report_s
         self.cancel_check_s, self._cancel_checked = cancel_check_s, float("-inf")
+        self._to_ask: list[Job] = []  # this round's requests not yet asked whether cancelled
         self.slots: list[Slot | None] = [None] * slots
         self.jobs: list[Job] = []  # admitted or waiting, in arrival order
         self.incoming: queue.Queue[Job] = queue.Queue()
@@ -113,8 +122,9 @@ class InflightBatcher:
     def _serve(self) -> None:
         reported = time.monotonic()
         while not self._stop.is_set():
-            self.iterate(block=True)
-            if self.report and self.times.steps and time.monotonic() - reported >= self.report_every_s:
+            busy = self.iterate(block=True)
+            due = self.report_every_s if busy else min(self.report_every_s, self.idle_report_s)
+            if self.report and self.times.steps and time.monotonic() - reported >= due:
                 try:
                     self.report(self.times.summary())
                 except Exception:  # noqa: BLE001 - a report that cannot be written never stops the serving
@@ -162,12 +172,16 @@ class InflightBatcher:
         return occupied[-1] + 1 if occupied else 0
 
     def _drop_cancelled(self) -> None:
-        if time.monotonic() - self._cancel_checked < self.cancel_check_s:
-            return
-        self._cancel_checked, started = time.monotonic(), time.perf_counter()
-        for job in [j for j in self.jobs if j.is_cancelled()]:
-            self._free(job)
-            self.jobs.remove(job)
+        if not self._to_ask:
+            if time.monotonic() - self._cancel_checked < self.cancel_check_s:
+                return
+            self._cancel_checked, self._to_ask = time.monotonic(), list(self.jobs)
+        started = time.perf_counter()
+        asking, self._to_ask = self._to_ask[:CANCEL_ASKS_PER_STEP], self._to_ask[CANCEL_ASKS_PER_STEP:]
+        for job in asking:
+            if job in self.jobs and job.is_cancelled():  # answered since the round began: not asked
+                self._free(job)
+                self.jobs.remove(job)
         self.times.cancel_s += time.perf_counter() - started  # one clock for every SchedulerTimes part
 
     def _free(self, job: Job) -> None:
@@ -186,7 +200,7 @@ class InflightBatcher:
             return
         chosen.sort(key=lambda entry: -1 if entry[1].limit is None else entry[1].limit)  # a slice per limit
         started = time.perf_counter()
-        pixels = self.runtime.pixel_values(np.stack([job.pages[page] for _, job, page in chosen]))
+        pixels = self.runtime.pixel_values([job.pages[page] for _, job, page in chosen])
         encoding = time.perf_counter()
         states = self.decoder.encode(pixels)
         start = 0

@@ -207,9 +207,22 @@ class EclairRuntime:
     def precision(self) -> str:
         return "fp16" if self.dtype == torch.float16 else "fp32"
 
-    def pixel_values(self, images: np.ndarray) -> torch.Tensor:
-        """uint8 [B, H, W, 3] -> normalised [B, 3, h, w] at the encoder's size."""
-        pixels = self._on_device(torch.from_numpy(np.ascontiguousarray(images))).permute(0, 3, 1, 2).float() / 255.0
+    def staged(self, pages: np.ndarray):
+        """A request's uint8 pages [B, H, W, 3], copied into pinned host memory on a GPU (on the
+        calling thread: Triton's, in the served model, not the scheduler's), ready for `pixel_values`
+        to move without a further host copy; unchanged on a CPU."""
+        if not str(self.device).startswith("cuda"):
+            return pages
+        return torch.from_numpy(np.ascontiguousarray(pages)).pin_memory()
+
+    def pixel_values(self, images) -> torch.Tensor:
+        """uint8 pages [B, H, W, 3] (an array, or a list of [H, W, 3] pages, `staged` or not) ->
+        normalised [B, 3, h, w] at the encoder's size."""
+        if isinstance(images, np.ndarray):
+            pages = self._on_device(torch.from_numpy(np.ascontiguousarray(images)))
+        else:  # each page to the device on its own: a staged page is copied once, straight from pinned memory
+            pages = torch.stack([self._on_device(torch.as_tensor(page)) for page in images])
+        pixels = pages.permute(0, 3, 1, 2).float() / 255.0
         if tuple(pixels.shape[-2:]) != self.input_hw:
             pixels = torch.nn.functional.interpolate(pixels, size=self.input_hw, mode="bicubic", align_corners=False)
         mean = self._on_device(torch.as_tensor(self.mean)).view(1, 3, 1, 1)

@@ -111,7 +111,7 @@ def make_demo_checkpoint(folder: Path) -> Path:
 
 
 def demo_yolox(obj_logit: float = -8.0, depth: float = 0.33, width: float = 0.25,
-               unit_activations: bool = False) -> torch.nn.Module:
+               calibration_pages: torch.Tensor | None = None) -> torch.nn.Module:
     """Random weights, yet a demo with a few boxes: PyTorch's default init shrinks the activations
     through YOLOX's depth until every anchor scores the same (all 21,504 or none pass a threshold),
     so the convolutions take He init, and each head's last layer is scaled so that on the demo page
@@ -119,23 +119,28 @@ def demo_yolox(obj_logit: float = -8.0, depth: float = 0.33, width: float = 0.25
     YOLOX size (`depth`, `width`; the GPU benchmark's YOLOX-L is 1.0, 1.0).
 
     He init keeps the demo's activations under 1.1e4 on the raw 0..255 page, within fp16; YOLOX-L's
-    depth takes them to 2.4e7, which is inf in fp16 (a served fp16 YOLOX-L then finds nothing).
-    `unit_activations` first scales every convolution before the head's outputs so that its output
-    on the demo page has std 1 (one pass, each layer seeing the ones before it already scaled)."""
+    depth takes them to 2.4e7, which is inf in fp16. Scaling each layer to unit std is not enough
+    for fp16 either: the features keep a common part much larger than what varies across the page,
+    fp16 rounds the variation away, and a served fp16 YOLOX-L found nothing where fp32 found boxes
+    (measured on an H200). `calibration_pages` (letterboxed pages [N, 3, 1024, 1024], 0..255, like
+    the pages it will see) sets every BatchNorm's statistics to its input's on those pages, as
+    training would, so each layer hands on centred unit-variance channels; the head is then scaled on
+    them instead of the demo page."""
     torch.manual_seed(0)
     model = build_yolox(depth, width, len(LABELS)).eval()
-    page = torch.from_numpy(letterbox(demo_page())[0][None]).float()
+    pages = calibration_pages if calibration_pages is not None else torch.from_numpy(letterbox(demo_page())[0][None])
+    pages = pages.float()
     with torch.no_grad():
         for conv in (m for m in model.modules() if isinstance(m, torch.nn.Conv2d)):
             conv.weight.normal_(0.0, (2.0 / conv.weight[0].numel()) ** 0.5)
-        if unit_activations:
-            _unit_scale(model, page)
+        if calibration_pages is not None:
+            _calibrate_norms(model, pages)
         logits, hooks = {}, []
         for kind in ("obj", "cls", "reg"):
             for level, conv in enumerate(getattr(model.head, f"{kind}_preds")):
                 hooks.append(conv.register_forward_hook(
-                    lambda _m, _i, out, key=(kind, level): logits.__setitem__(key, out.flatten(2)[0])))
-        model(page)
+                    lambda _m, _i, out, key=(kind, level): logits.__setitem__(key, out.transpose(0, 1).flatten(1))))
+        model(pages)
         for hook in hooks:
             hook.remove()
         for (kind, level), values in logits.items():
@@ -146,20 +151,18 @@ def demo_yolox(obj_logit: float = -8.0, depth: float = 0.33, width: float = 0.25
     return model
 
 
-def _unit_scale(model: torch.nn.Module, page: torch.Tensor) -> None:
-    """Divide each convolution's weights (the head's last layers excepted) by the std of its output
-    on `page`, in one forward pass whose hooks hand the scaled output on to the next layer."""
-    def scale(conv, _inputs, out):
-        std = out.std().clamp_min(1e-6)
-        conv.weight.div_(std)
-        if conv.bias is not None:
-            conv.bias.div_(std)
-        return out / std
-    last = {id(conv) for kind in ("obj", "cls", "reg") for conv in getattr(model.head, f"{kind}_preds")}
-    hooks = [m.register_forward_hook(scale) for m in model.modules()
-             if isinstance(m, torch.nn.Conv2d) and id(m) not in last]
+def _calibrate_norms(model: torch.nn.Module, pages: torch.Tensor) -> None:
+    """Each BatchNorm's running mean and variance := its input's, per channel, on `pages`, in one
+    forward pass (each layer sees the ones before it already calibrated). A channel's variance is
+    kept at least (1% of its mean)^2, so that fp16's rounding of the mean stays small against it."""
+    def calibrate(norm, inputs):
+        x = inputs[0]
+        mean, var = x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=False)
+        norm.running_mean.copy_(mean)
+        norm.running_var.copy_(torch.maximum(var, (0.01 * mean).square()))
+    hooks = [m.register_forward_pre_hook(calibrate) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     try:
-        model(page)
+        model(pages)
     finally:
         for hook in hooks:
             hook.remove()
