@@ -3,8 +3,9 @@ batching answers it as soon as its own page is done). Against a running stack:
 
     python3 -m benchmarks.eclair_latency_probe ENV_FILE [--long-pages 64] [--long-tokens 512] [--short-tokens 32]
 
-Prints p50 of 5 one-page requests (`--short-tokens` new tokens) alone, then of those answered while
-all `--long-pages` one-page requests of `--long-tokens` were still running, and the ratio.
+Prints p50 of 5 one-page requests (`--short-tokens` new tokens) alone, then of those sent while all
+`--long-pages` one-page requests of at most `--long-tokens` (a page may reach EOS sooner) were still
+running, and the ratio.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def main() -> None:
     parser.add_argument("--long-tokens", type=int, default=512)
     parser.add_argument("--short-tokens", type=int, default=32)
     parser.add_argument("--short-requests", type=int, default=5)
-    parser.add_argument("--wait-s", type=float, default=0.7, help="after sending the long pages, before the short ones")
+    parser.add_argument("--wait-s", type=float, default=0.3, help="after sending the long pages, before the short ones")
     args = parser.parse_args()
     settings = load_settings(args.env_file, Path("."))
     url = f"127.0.0.1:{settings['TRITON_GRPC_PORT']}"
@@ -47,19 +48,21 @@ def main() -> None:
     for thread in threads:
         thread.start()
     time.sleep(args.wait_s)  # the long pages admitted and decoding
-    busy = []  # (seconds, long pages still running when it was answered)
+    busy = []  # (seconds, long pages running when it was sent, and when it was answered)
     for _ in range(args.short_requests):
-        busy.append((call(url, pages[0], args.short_tokens), sum(t.is_alive() for t in threads)))
+        sent = sum(t.is_alive() for t in threads)
+        busy.append((call(url, pages[0], args.short_tokens), sent, sum(t.is_alive() for t in threads)))
     for thread in threads:
         thread.join()
-    during = [seconds for seconds, running in busy if running == args.long_pages]
+    during = [seconds for seconds, sent, _ in busy if sent == args.long_pages]
     line = (f"1 page, {args.short_tokens} new tokens, {settings['ECLAIR_BATCH_SIZE']} slots: p50 alone "
-            f"{statistics.median(alone) * 1000:.0f} ms; {len(during)} of {len(busy)} answered while all "
-            f"{args.long_pages} pages of {args.long_tokens} tokens were in flight")
+            f"{statistics.median(alone) * 1000:.0f} ms; {len(during)} of {len(busy)} sent while all "
+            f"{args.long_pages} pages of at most {args.long_tokens} tokens were in flight")
     if during:
         line += (f": p50 {statistics.median(during) * 1000:.0f} ms, ratio "
                  f"{statistics.median(during) / statistics.median(alone):.2f}")
-    print(line + f" (all: {[round(s * 1000) for s, _ in busy]} ms, long pages running {[r for _, r in busy]})")
+    print(line + f" (all: {[round(s * 1000) for s, _, _ in busy]} ms; long pages running when each was sent "
+                 f"{[sent for _, sent, _ in busy]}, when answered {[done for _, _, done in busy]})")
 
 
 if __name__ == "__main__":

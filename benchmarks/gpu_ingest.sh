@@ -19,9 +19,9 @@ python3 -m benchmarks.ingest_pdf "$work/text.pdf" --pages "${TEXT_PAGES:-120}" -
 python3 -m benchmarks.ingest_pdf "$work/scan.pdf" --pages "${SCAN_PAGES:-32}" --kind scan
 [ -f "$work/checkpoints/eclair_large/config.json" ] || python3 -m benchmarks.make_gpu_checkpoints \
     --tokenizer "$tokenizer" --out "$work/checkpoints" --models e5,caption,eclair_large
-# YOLOX-L calibrated on mixed pages; one from before (unit activations, or He init
+# YOLOX-L calibrated on mixed pages and noise; one from before (calibrated otherwise, or He init
 # alone) finds nothing in fp16: remake it
-grep -qs calibrated_norms "$work/checkpoints/yolox/exp.json" || python3 -m benchmarks.make_gpu_checkpoints \
+grep -qs norms_on_pages_and_noise "$work/checkpoints/yolox/exp.json" || python3 -m benchmarks.make_gpu_checkpoints \
     --tokenizer "$tokenizer" --out "$work/checkpoints" --models yolox
 . benchmarks/gpu_env.sh
 write_gpu_env "$work/gpu.env" "$work" caption_classification,yolox,eclair,e5_small_v2 0 "$numpy1"

@@ -10,7 +10,7 @@ batched output, and the python backend returns the shape the model hands it.
 With the `graph` generator, pages of every request share the decoder's slots
 (eclair_inflight.py): execute() only checks and queues a request and returns; the scheduler
 thread answers each request through its response sender as soon as its own pages are done. A
-request whose client has gone (cancelled, timed out) frees its slots within inflight.CANCEL_CHECK_S. A request
+request whose client has gone (cancelled, timed out) frees its slots within about inflight.CANCEL_CHECK_S. A request
 may carry the parameter `max_new_tokens` (at most the model's): its pages stop there. The other
 generators decode each execute()'s pages as one static batch. Runs on CUDA in fp16 where the
 instance or its `device` parameter names a GPU, else on CPU in fp32.
