@@ -69,8 +69,8 @@ def _found(model: torch.nn.Module, pages: torch.Tensor, ratio: float, fp16_round
 
 
 def test_calibrated_norms_keep_what_a_deeper_demo_finds_in_fp16():
-    """On an H200 a served fp16 YOLOX-L calibrated on the demo page alone found nothing where fp32
-    found boxes; with its norms calibrated on pages like the ones it sees, fp16 keeps them."""
+    """On an H200 an fp16 YOLOX-L scaled on the demo page alone found nothing where fp32 found
+    boxes; with its norms calibrated on pages like the ones it sees, fp16 keeps them."""
     pixels, ratio = letterbox(demo_page())
     shifted = np.roll(pixels, 96, axis=1)  # a second page: the same blocks further down
     pages = torch.from_numpy(np.stack([pixels, shifted]))

@@ -121,11 +121,13 @@ def demo_yolox(obj_logit: float = -8.0, depth: float = 0.33, width: float = 0.25
     He init keeps the demo's activations under 1.1e4 on the raw 0..255 page, within fp16; YOLOX-L's
     depth takes them to 2.4e7, which is inf in fp16. Scaling each layer to unit std is not enough
     for fp16 either: the features keep a common part much larger than what varies across the page,
-    fp16 rounds the variation away, and a served fp16 YOLOX-L found nothing where fp32 found boxes
-    (measured on an H200). `calibration_pages` (letterboxed pages [N, 3, 1024, 1024], 0..255, like
-    the pages it will see) sets every BatchNorm's statistics to its input's on those pages, as
-    training would, so each layer hands on centred unit-variance channels; the head is then scaled on
-    them instead of the demo page."""
+    fp16 rounds the variation away, and an fp16 YOLOX-L found nothing where fp32 found boxes
+    (measured on an H200, benchmarks/yolox_page_probe.py). `calibration_pages` (letterboxed pages
+    [N, 3, 1024, 1024], 0..255, like the pages it will see) sets every BatchNorm's statistics on
+    them: each channel centred (the common part gone), each layer scaled to unit variance as a
+    whole (per channel, near-constant channels were amplified until ONNX Runtime and PyTorch parted
+    ways on the builder's check); the head is then scaled on those pages instead of the demo page.
+    """
     torch.manual_seed(0)
     model = build_yolox(depth, width, len(LABELS)).eval()
     pages = calibration_pages if calibration_pages is not None else torch.from_numpy(letterbox(demo_page())[0][None])
@@ -152,14 +154,14 @@ def demo_yolox(obj_logit: float = -8.0, depth: float = 0.33, width: float = 0.25
 
 
 def _calibrate_norms(model: torch.nn.Module, pages: torch.Tensor) -> None:
-    """Each BatchNorm's running mean and variance := its input's, per channel, on `pages`, in one
-    forward pass (each layer sees the ones before it already calibrated). A channel's variance is
-    kept at least (1% of its mean)^2, so that fp16's rounding of the mean stays small against it."""
+    """Each BatchNorm's running mean := its input's per-channel mean on `pages`, and its running
+    variance := the variance of the whole centred input (one number for the layer), in one forward
+    pass (each layer sees the ones before it already calibrated)."""
     def calibrate(norm, inputs):
         x = inputs[0]
-        mean, var = x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=False)
+        mean = x.mean((0, 2, 3))
         norm.running_mean.copy_(mean)
-        norm.running_var.copy_(torch.maximum(var, (0.01 * mean).square()))
+        norm.running_var.fill_((x - mean[None, :, None, None]).square().mean())
     hooks = [m.register_forward_pre_hook(calibrate) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     try:
         model(pages)
