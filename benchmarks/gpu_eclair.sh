@@ -33,7 +33,7 @@ grep -E "ECLAIR:|verified|eclair " "$out/up.log" "$work/local/triton.log" || tru
 if [ "${BENCH:-1}" = 1 ]; then
     stack bench eclair --eclair-pages "${ECLAIR_PAGES:-64}" --eclair-lengths "${ECLAIR_LENGTHS:-32,512}" --out "$out" \
         | tee "$out/bench_eclair.txt"
-    sleep 2  # the served scheduler's report, written once it goes idle
+    sleep 11  # the served scheduler's report, written once it goes idle (inflight.IDLE_REPORT_S)
     grep "ECLAIR scheduler:" "$work/local/triton.log" | tail -2 | tee -a "$out/bench_eclair.txt" || true
 fi
 if [ "${LATENCY:-1}" = 1 ]; then

@@ -112,9 +112,11 @@ def raw_graph(runtime, inflight, pages: np.ndarray, limits: list[int]) -> tuple[
     decoder = runtime.generator.reserve(runtime.max_new_tokens, runtime.ids)
     batcher = inflight.InflightBatcher(runtime, decoder, decoder.slots, runtime.ids.start)
     errors: list[str] = []
-    started = time.monotonic()  # pages staged as the served model stages each request's (eclair_model.py)
+    # pages staged as the served model stages each request's (eclair_model.py, on Triton's thread:
+    # not in the scheduler's time), before the clock starts
     jobs = [inflight.Job(runtime.staged(page[None]), lambda texts, error: errors.append(error) if error else None,
                          limit=limit) for page, limit in zip(pages, limits)]
+    started = time.monotonic()
     for job in jobs:
         batcher.submit(job)
     while batcher.iterate():

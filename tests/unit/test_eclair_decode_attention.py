@@ -57,7 +57,8 @@ def test_a_kernel_that_fails_or_disagrees_is_named_for_the_fallback():
     def right(q, k, v, scale, programs, lengths=None, length_add=0, new_k=None, new_v=None, skip=None, **launch):
         mask = None
         if lengths is not None:
-            k[torch.arange(len(q)), :, lengths], v[torch.arange(len(q)), :, lengths] = new_k, new_v
+            rows = torch.arange(len(q)) if skip is None else torch.nonzero(~skip).flatten()  # a skipped page: no write
+            k[rows, :, lengths[rows]], v[rows, :, lengths[rows]] = new_k[rows], new_v[rows]
             mask = (torch.arange(k.shape[2])[None, :] <= lengths[:, None]).view(len(q), 1, 1, -1)
         out = F.scaled_dot_product_attention(q[:, :, None], k, v, attn_mask=mask, scale=scale)[:, :, 0]
         return out if skip is None else out.masked_fill(skip[:, None, None], 0.0)

@@ -120,6 +120,17 @@ def test_a_round_of_cancellation_asks_is_spread_over_iterations(runtimes):
     assert max(per_iteration) == CANCEL_ASKS_PER_STEP and sorted(asked) == list(range(5)), per_iteration  # each once
 
 
+def test_queued_pages_counts_what_is_submitted_and_not_admitted(runtimes):
+    """What the served model reads before pinning a request's pages (not behind a long queue)."""
+    graph, _ = runtimes
+    batcher = _batcher(graph)
+    batcher.submit(Job(_pages(3, 20), lambda texts, error: None, limit=4))
+    batcher.submit(Job(_pages(2, 21), lambda texts, error: None, limit=4))
+    assert batcher.queued_pages() == 5
+    batcher.iterate()
+    assert batcher.queued_pages() == 5 - batcher.decoder.slots
+
+
 def test_a_failing_step_fails_the_requests_in_flight_and_the_next_one_is_served(runtimes):
     graph, reference = runtimes
     batcher = _batcher(graph)

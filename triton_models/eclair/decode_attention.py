@@ -249,6 +249,10 @@ def problem(device: torch.device, dtype: torch.dtype, heads: int, head_dim: int,
                             (skipped[0].float() - want[0, :, 0]).abs().max().item(), skipped[1].float().abs().max().item())
                 continue
             new_k, new_v, keys, values = k[:, :, 0].clone(), v[:, :, 0].clone(), k.clone(), v.clone()
+            skipped_keys = k.clone()  # a skipped page's cache is not written
+            skipped = attend(q, skipped_keys, v.clone(), scale, programs, lengths, 1, new_k, new_v, launch=launch,
+                             skip=torch.tensor([True, True], device=device))
+            error = max(error, skipped.float().abs().max().item(), (skipped_keys.float() - k.float()).abs().max().item())
             own = attend(q, keys, values, scale, programs, lengths, 1, new_k, new_v, launch=launch)
             keys[torch.arange(2), :, lengths], values[torch.arange(2), :, lengths] = new_k, new_v
             mask = (torch.arange(192, device=device)[None, :] <= lengths[:, None]).view(2, 1, 1, -1)

@@ -10,7 +10,8 @@ batched output, and the python backend returns the shape the model hands it.
 With the `graph` generator, pages of every request share the decoder's slots
 (eclair_inflight.py): execute() only checks and queues a request and returns; the scheduler
 thread answers each request through its response sender as soon as its own pages are done. A
-request whose client has gone (cancelled, timed out) frees its slots within about inflight.CANCEL_CHECK_S. A request
+request whose client has gone (cancelled, timed out) frees its slots within about inflight.CANCEL_CHECK_S
+(plus a step per request held). A request
 may carry the parameter `max_new_tokens` (at most the model's): its pages stop there. The other
 generators decode each execute()'s pages as one static batch. Runs on CUDA in fp16 where the
 instance or its `device` parameter names a GPU, else on CPU in fp32.
@@ -83,7 +84,11 @@ class TritonPythonModel:
             sender = request.get_response_sender()
             try:
                 pages, limit = self._pages(request), self._limit(request)
-            except ValueError as exc:
+                # pinned here, on Triton's thread, so that the scheduler only queues the copy to the
+                # GPU; not behind a long queue (pinned memory stays pinned once allocated)
+                if self.batcher.queued_pages() < 2 * self.batcher.decoder.slots:
+                    pages = self.runtime.staged(pages)
+            except (ValueError, RuntimeError) as exc:
                 sender.send(model_support.error_response(pb_utils, exc), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
                 continue
 
@@ -91,8 +96,7 @@ class TritonPythonModel:
                 response = model_support.error_response(pb_utils, error) if error else text_response(texts)
                 sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
-            # pinned here, on Triton's thread: the scheduler's thread only queues the copy to the GPU
-            self.batcher.submit(Job(self.runtime.staged(pages), answer, sender.is_cancelled, limit))
+            self.batcher.submit(Job(pages, answer, sender.is_cancelled, limit))
         return None
 
     def _execute_static(self, requests):

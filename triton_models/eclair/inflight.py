@@ -109,6 +109,11 @@ class InflightBatcher:
     def submit(self, job: Job) -> None:
         self.incoming.put(job)
 
+    def queued_pages(self) -> int:
+        """Pages submitted and not yet admitted (read from Triton's thread: a snapshot)."""
+        return (sum(len(job.waiting) for job in list(self.jobs))
+                + sum(len(job.pages) for job in list(self.incoming.queue) if job is not None))
+
     def start(self) -> "InflightBatcher":
         self._thread = threading.Thread(target=self._serve, name="eclair-inflight", daemon=True)
         self._thread.start()
