@@ -60,13 +60,15 @@ def main() -> None:
         model = model.to(device, dtype)
         decoded, top = largest_activation(model, batch.to(device))
         decoded = decoded.float().cpu().numpy()
-        found = {label: 0 for label in LABELS}
+        found, per_page = {label: 0 for label in LABELS}, []
         for (_, ratio), page, rows in zip(boxed, rendered, decoded):
-            for label in postprocess(rows, ratio, page.pixels.shape[:2])[1]:
+            labels = postprocess(rows, ratio, page.pixels.shape[:2])[1]
+            per_page.append(len(labels))
+            for label in labels:
                 found[label] += 1
         finite = np.isfinite(decoded).all()
         print(f"{name}: largest activation {top:.3g}, outputs finite: {finite}, top objectness per page "
-              f"{[round(float(rows[:, 4].max()), 3) for rows in decoded]}, found {found}")
+              f"{[round(float(rows[:, 4].max()), 3) for rows in decoded]}, found {found}, per page {per_page}")
 
 
 if __name__ == "__main__":
