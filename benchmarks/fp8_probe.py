@@ -2,8 +2,13 @@
 (triton_models/caption_classification, fp16 beside fp32) with one group of linear layers at a time
 in FP8 (converters/fp8.py: row-wise weight scales, per-token activations), each group's logits
 error to fp32 over 66 rows and top-row changes per batch of 8, as the build's gate measures them;
-then fp16, all-FP8 and the groups within the gate's bound, each compiled (torch.compile) and
-replayed as a CUDA graph at [64, 128] tokens, in items/s and as a fraction of the fp16 dense limit.
+then each way of running the linear layers in FP8 beside fp16, compiled (torch.compile) and
+replayed as a CUDA graph at [64, 128] tokens: its error as above, items/s, the fraction of the fp16
+dense limit, and where a forward's kernel time goes (GEMMs, Triton's fused kernels, the rest; from
+torch.profiler on the compiled model). The ways: converters/fp8.py (row-wise weight scales, per-token
+activations), per-tensor with static activation scales calibrated on the error batches (one fused
+cast, fp16 out, fast accumulation), and torchao's float8 inference path (row-wise and per-tensor,
+where torchao imports).
 
     python3 benchmarks/fp8_probe.py [--batch 64] [--tokens 128] [--dense-tflops 989]
 """
@@ -20,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.graph_timing import capture, seconds_per_replay  # noqa: E402
-from converters.fp8 import ERROR_FACTOR, quantise_linear_layers, top_changes  # noqa: E402
+from converters.fp8 import E4M3_MAX, ERROR_FACTOR, quantisable, quantise_linear_layers, top_changes  # noqa: E402
 from triton_models.caption_classification.model_script import DebertaLargeModel  # noqa: E402
 
 GROUPS = {"attention in_proj (q/k/v)": r"attention\.self\.in_proj", "attention out": r"attention\.output\.dense",
@@ -42,7 +47,80 @@ def graphed_items_per_s(model, ids, mask, count=30):
     compiled = torch.compile(model)
     with torch.inference_mode():
         graph = capture(lambda: compiled(ids, mask))
-        return len(ids) / seconds_per_replay(graph, count)
+        return len(ids) / seconds_per_replay(graph, count), compiled
+
+
+KERNEL_KINDS = {"GEMM": re.compile(r"gemm|nvjet|cutlass|xmma|cublas|splitk|scaled_mm", re.I),
+                "Triton fused": re.compile(r"^triton_", re.I)}
+
+
+def kernel_split(compiled, ids, mask, forwards=5) -> str:
+    """Kernel time of one compiled forward, split by kind, with the largest kernels of the rest."""
+    from torch.autograd import DeviceType
+    with torch.inference_mode():
+        compiled(ids, mask)
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            for _ in range(forwards):
+                compiled(ids, mask)
+            torch.cuda.synchronize()
+    kinds, others = dict.fromkeys([*KERNEL_KINDS, "other"], 0.0), {}
+    for event in prof.key_averages():
+        if event.device_type != DeviceType.CUDA or event.self_device_time_total <= 0:
+            continue
+        ms = event.self_device_time_total / 1e3 / forwards
+        kind = next((k for k, pattern in KERNEL_KINDS.items() if pattern.search(event.key)), "other")
+        kinds[kind] += ms
+        if kind == "other":
+            others[event.key[:40]] = ms
+    top = sorted(others.items(), key=lambda item: -item[1])[:3]
+    return (f"kernels {sum(kinds.values()):.2f} ms a forward: " + ", ".join(f"{k} {v:.2f}" for k, v in kinds.items())
+            + " (largest other: " + ", ".join(f"{k} {v:.2f}" for k, v in top) + ")")
+
+
+class Fp8StaticLinear(torch.nn.Module):
+    """Per-tensor FP8: the weight's scale and the input's (calibrated, fixed), so the cast to e4m3 is
+    one elementwise op that fuses into the producer, and the GEMM writes fp16 with fast accumulation."""
+
+    def __init__(self, linear: torch.nn.Linear, input_amax: float):
+        super().__init__()
+        weight = linear.weight.detach().float()
+        self.register_buffer("weight_scale", (weight.abs().max().clamp(min=1e-12) / E4M3_MAX).reshape(()))
+        self.register_buffer("weight", (weight / self.weight_scale).to(torch.float8_e4m3fn))
+        self.register_buffer("input_scale", torch.tensor(max(input_amax, 1e-12) / E4M3_MAX, device=weight.device))
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
+
+    def forward(self, x):
+        rows = x.reshape(-1, x.shape[-1])
+        quantised = (rows / self.input_scale.to(rows.dtype)).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+        out = torch._scaled_mm(quantised, self.weight.t(), scale_a=self.input_scale, scale_b=self.weight_scale,
+                               bias=self.bias, out_dtype=x.dtype, use_fast_accum=True)
+        return out.reshape(*x.shape[:-1], -1)
+
+
+def quantise_static(model, batches) -> int:
+    """Every quantisable linear layer to Fp8StaticLinear, its input scale the amax seen on `batches`."""
+    names = [n for n, m in model.named_modules() if quantisable(n, m)]
+    amax = dict.fromkeys(names, 0.0)
+    hooks = [model.get_submodule(n).register_forward_pre_hook(
+        lambda _m, args, n=n: amax.__setitem__(n, max(amax[n], float(args[0].abs().max())))) for n in names]
+    logits(model, batches)
+    for hook in hooks:
+        hook.remove()
+    for name in names:
+        parent, _, child = name.rpartition(".")
+        owner = model.get_submodule(parent) if parent else model
+        setattr(owner, child, Fp8StaticLinear(getattr(owner, child), amax[name]))
+    return len(names)
+
+
+def quantise_torchao(model, granularity: str) -> int:
+    """torchao's float8 inference path (dynamic activations), on the layers converters/fp8.py takes."""
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, PerTensor, quantize_
+    chosen = [n for n, m in model.named_modules() if quantisable(n, m)]
+    config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow() if granularity == "row" else PerTensor())
+    quantize_(model, config, filter_fn=lambda module, name: name in chosen)
+    return len(chosen)
 
 
 def main() -> None:
@@ -77,19 +155,32 @@ def main() -> None:
     mask = torch.ones_like(ids)
     flops = 2 * sum(p.numel() for n, p in reference.named_parameters() if "embeddings" not in n) * ids.numel()
     limit = args.dense_tflops * 1e12 / flops * args.batch  # items/s
-    variants = {"fp16": None, "fp8 all": ".", **({"fp8 within the gate": "|".join(within)} if within else {})}
+    variants = {"fp16": lambda m: 0, "fp8 row-wise, converters/fp8.py": quantise_linear_layers,
+                **({"fp8 row-wise, the layers within the gate": lambda m: quantise_linear_layers(
+                    m, re.compile("|".join(within)))} if within else {}),
+                "fp8 per-tensor, static input scales": lambda m: quantise_static(m, batches),
+                "torchao fp8 row-wise": lambda m: quantise_torchao(m, "row"),
+                "torchao fp8 per-tensor": lambda m: quantise_torchao(m, "tensor")}
     fp16_rate = None
-    for label, pattern in variants.items():
+    for label, quantise in variants.items():
         model = copy.deepcopy(half)
-        if pattern:
-            quantise_linear_layers(model, re.compile(pattern))
-        rate = graphed_items_per_s(model, ids, mask)
+        try:
+            quantise(model)
+            got = logits(model, batches)
+            rate, compiled = graphed_items_per_s(model, ids, mask)
+            split = kernel_split(compiled, ids, mask)
+        except Exception as exc:  # a path this torch or GPU cannot run: say so and go on
+            print(f"{label}: not run: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+            continue
+        finally:
+            torch.compiler.reset()
         fp16_rate = fp16_rate or rate
+        error, flips = float((got - want).abs().max()), changed(want, got, fp16_error)
         print(f"{label}: {rate:,.0f} items/s at [{args.batch}, {args.tokens}] (compiled, CUDA graph), "
               f"{rate / fp16_rate:.2f} x fp16, {rate / limit:.2f} of the fp16 dense limit "
-              f"({limit:,.0f} items/s, linear-layer FLOPs only)")
+              f"({limit:,.0f} items/s, linear-layer FLOPs only); max abs error {error:.3g} "
+              f"({error / fp16_error:.0f} x fp16), top row changed in {flips} of {len(batches)} batches\n  {split}")
         del model
-        torch.compiler.reset()
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@
 #   benchmarks/gpu_ingest.sh TOKENIZER_DIR OUT_DIR [NUMPY1_DIR]
 #
 # Environment: SERVE_BACKEND (python_torch: no compile at build), PAGES (120), TEXT_PAGES (120),
-# SCAN_PAGES (32), ECLAIR_BATCH_SIZE (64), and gpu_env.sh's batch sizes.
+# SCAN_PAGES (32), KINDS (mixed text scan: the PDFs ingested), YOLOX (large: the YOLOX-L below;
+# demo: the CI's nano demo, which finds tables on text-layer pages, so captions get calls),
+# ECLAIR_BATCH_SIZE (64), and gpu_env.sh's batch sizes and LOCAL_CUDA_MPS.
 set -euo pipefail
 tokenizer=$1 out=$2 numpy1=${3:-}
 work=build/gpu_ingest
@@ -26,11 +28,12 @@ grep -qs norms_on_pages_and_noise "$work/checkpoints/yolox/exp.json" || python3 
 . benchmarks/gpu_env.sh
 write_gpu_env "$work/gpu.env" "$work" caption_classification,yolox,eclair,e5_small_v2 0 "$numpy1"
 echo "ECLAIR_CHECKPOINT=eclair_large" >> "$work/gpu.env"
+[ "${YOLOX:-large}" = demo ] && sed -i '/^YOLOX_CHECKPOINT=/d' "$work/gpu.env"
 stack() { python3 -m scripts.stack "$@" --local --env-file "$work/gpu.env"; }
 trap 'stack down || true; cp "$work/local/triton.log" "$out/" 2>/dev/null || true' EXIT
 stack up > "$out/up.log" 2>&1 || echo "up did not verify every model; see up.log (the ingest runs on what is served)"
 grep -E "^\| |verified" "$out/up.log" | tail -12 || true
-for kind in mixed text scan; do
+for kind in ${KINDS:-mixed text scan}; do
     rm -rf "$work/store_$kind"
     stack ingest "$work/$kind.pdf" --out "$work/store_$kind" 2> "$out/ingest_${kind}_progress.txt" \
         | tee "$out/ingest_$kind.txt"  # the report; the progress bar and any error on stderr

@@ -102,6 +102,47 @@ def test_caption_selection_with_only_blank_candidates_scores_nothing(suite):
     assert out["caption"][0] == b"" and out["score"][0] == 0.0
 
 
+def test_caption_selection_sends_concurrent_images_to_the_core_in_batches(served_suite, suite):
+    """Several caption_selection instances per core instance, so that the core calls of images sent
+    together meet in deberta_large's dynamic batcher; each answer is the one its image gets alone."""
+    import time
+
+    import tritonclient.http as http
+
+    from triton_models.caption_classification.build import SELECTION_INSTANCES_PER_CORE_INSTANCE
+
+    server, repo, _ = served_suite
+    client = suite[0]
+    selection, core = (read_config(repo / name / "config.pbtxt") for name in ("caption_selection", "deberta_large"))
+    assert selection.instance_group[0].count == SELECTION_INSTANCES_PER_CORE_INSTANCE * core.instance_group[0].count
+    images = [np.array([f"figure {i}: a chart of sales", f"source: survey {i}", "notes"], dtype=object)
+              for i in range(24)]
+    alone = [infer(client, "caption_selection", {"candidates": c}, ["caption", "score"]) for c in images]
+
+    def core_counts():
+        stats = client.get_inference_statistics("deberta_large")["model_stats"][0]
+        return stats["inference_count"], stats["execution_count"]
+    inferences, executions = core_counts()
+    together = http.InferenceServerClient(server.http_url, concurrency=len(images), network_timeout=120)
+    try:
+        pending = []
+        for candidates in images:
+            tensor = http.InferInput("candidates", [len(candidates)], "BYTES")
+            tensor.set_data_from_numpy(candidates)
+            pending.append(together.async_infer("caption_selection", [tensor]))
+        answers = [p.get_result() for p in pending]
+    finally:
+        together.close()
+    for answer, expected in zip(answers, alone):
+        assert answer.as_numpy("caption")[0] == expected["caption"][0]
+        assert answer.as_numpy("score")[0] == pytest.approx(expected["score"][0], abs=1e-5)
+    deadline = time.monotonic() + 30  # Triton counts a request a moment after its response is sent
+    while core_counts()[0] < inferences + 3 * len(images):  # 3 candidate rows an image
+        assert time.monotonic() < deadline, "Triton did not count every core row"
+        time.sleep(0.1)
+    assert core_counts()[1] - executions < len(images)  # some images' core calls ran as one batch
+
+
 # --- YOLOX page elements ----------------------------------------------------------------------
 
 def test_page_elements_from_png_bytes_and_pixels_agree_with_the_reference(suite):

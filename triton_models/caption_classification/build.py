@@ -32,6 +32,10 @@ from triton_models.registry import get
 HERE = Path(__file__).parent
 CORE, SELECTION = get("caption_classification").triton_names
 MAX_LENGTH = get("caption_classification").max_length
+# caption_selection takes one image's candidates a request (nv-ingest's contract: no batch axis), and
+# each instance holds one call to the core at a time; with several per core instance, the calls of
+# concurrent images meet in the core's dynamic batcher instead of queueing one by one before it
+SELECTION_INSTANCES_PER_CORE_INSTANCE = 4
 IO_CONFIG = get("caption_classification").core_io_json
 GOLDEN_CANDIDATES = ["A bar chart of quarterly revenue by region.", "Figure", "", "Table 3: results on the test set."]
 
@@ -132,7 +136,8 @@ def build(options: BuildOptions) -> list[Path]:
         SELECTION, [tensor("candidates", "TYPE_STRING", [-1])],
         [tensor("caption", "TYPE_STRING", [1]), tensor("score", "TYPE_FP32", [1])], 0,
         {"core_model": CORE, "core_max_batch": str(options.max_batch_size), "max_length": str(MAX_LENGTH),
-         "threshold": str(threshold), "min_words": str(min_words)}, instance_count=options.instance_count)
+         "threshold": str(threshold), "min_words": str(min_words)},
+        instance_count=options.instance_count * SELECTION_INSTANCES_PER_CORE_INSTANCE)
     sources = {"checkpoint": file_sha256(folder), "model_py": file_sha256(HERE / "caption_selection_model.py"),
                "core": core_fingerprint(core)}
     if companion_is_current(options.repo, config, sources, options.force):
