@@ -5,7 +5,8 @@ error to fp32 over 66 rows and top-row changes per batch of 8, as the build's ga
 then each way of running the linear layers in FP8 beside fp16, compiled (torch.compile) and
 replayed as a CUDA graph at [64, 128] tokens: its error as above, items/s, the fraction of the fp16
 dense limit, and where a forward's kernel time goes (GEMMs, Triton's fused kernels, the rest; from
-torch.profiler on the compiled model). The ways: converters/fp8.py (row-wise weight scales, per-token
+torch.profiler on the compiled program). Each is exported first, as the served path is (until
+2026-12-02 the probe compiled the module itself, which ran DeBERTa's attention outside the graph). The ways: converters/fp8.py (row-wise weight scales, per-token
 activations), per-tensor with static activation scales calibrated on the error batches (one fused
 cast, fp16 out, fast accumulation), and torchao's float8 inference path (row-wise and per-tensor,
 where torchao imports).
@@ -44,7 +45,11 @@ def changed(reference, other, fp16_error, rows=8):
 
 
 def graphed_items_per_s(model, ids, mask, count=30):
-    compiled = torch.compile(model)
+    """As the served path runs it: a `torch.export` program (non-strict, as converters/compiled_step.py
+    makes it), compiled, replayed as a CUDA graph. Compiling the module itself breaks its graph at
+    transformers' DeBERTa attention span (`Tensor.item()`), leaving the attention to eager kernels."""
+    program = torch.export.export(model, (ids, mask), strict=False).module()
+    compiled = torch.compile(program)
     with torch.inference_mode():
         graph = capture(lambda: compiled(ids, mask))
         return len(ids) / seconds_per_replay(graph, count), compiled
