@@ -1,15 +1,15 @@
 """Where DeBERTa-large's FP8 error and speed come from, on a GPU: the random-weight caption model
 (triton_models/caption_classification, fp16 beside fp32) with one group of linear layers at a time
 in FP8 (converters/fp8.py: row-wise weight scales, per-token activations), each group's logits
-error to fp32 over 66 rows and top-row changes per batch of 8, as the build's gate measures them;
-then each way of running the linear layers in FP8 beside fp16, compiled (torch.compile) and
-replayed as a CUDA graph at [64, 128] tokens: its error as above, items/s, the fraction of the fp16
-dense limit, and where a forward's kernel time goes (GEMMs, Triton's fused kernels, the rest; from
-torch.profiler on the compiled program). Each is exported first, as the served path is (until
-2026-12-02 the probe compiled the module itself, which ran DeBERTa's attention outside the graph). The ways: converters/fp8.py (row-wise weight scales, per-token
-activations), per-tensor with static activation scales calibrated on the error batches (one fused
-cast, fp16 out, fast accumulation), and torchao's float8 inference path (row-wise and per-tensor,
-where torchao imports).
+error to fp32 over 72 rows and top-row changes per batch of 8, as the build's gate measures them;
+then each way of running the linear layers in FP8 beside fp16: its error (of the eager module),
+and exported (`torch.export`, as the served path is), compiled and replayed as a CUDA graph at
+[64, 128] tokens, its items/s, the fraction of the fp16 dense limit and where a forward's kernel
+time goes (GEMMs, Triton's fused kernels, the rest; torch.profiler). Until 2026-12-02 the probe
+compiled the module itself, which left DeBERTa's attention outside the graph. The ways:
+converters/fp8.py (row-wise weight scales, per-token activations); per-tensor with static input
+scales calibrated on other batches than the error's (one fused cast, fp16 out, fast
+accumulation); torchao's float8 inference path, row-wise (in bf16) and per-tensor, where it imports.
 
     python3 benchmarks/fp8_probe.py [--batch 64] [--tokens 128] [--dense-tflops 989]
 """
@@ -77,15 +77,17 @@ def kernel_split(compiled, ids, mask, forwards=5) -> str:
         kind = next((k for k, pattern in KERNEL_KINDS.items() if pattern.search(event.key)), "other")
         kinds[kind] += ms
         if kind == "other":
-            others[event.key[:40]] = ms
+            others[event.key] = others.get(event.key, 0.0) + ms
     top = sorted(others.items(), key=lambda item: -item[1])[:3]
     return (f"kernels {sum(kinds.values()):.2f} ms a forward: " + ", ".join(f"{k} {v:.2f}" for k, v in kinds.items())
-            + " (largest other: " + ", ".join(f"{k} {v:.2f}" for k, v in top) + ")")
+            + " (largest other: " + ", ".join(f"{k[:60]} {v:.2f}" for k, v in top) + ")")
 
 
 class Fp8StaticLinear(torch.nn.Module):
     """Per-tensor FP8: the weight's scale and the input's (calibrated, fixed), so the cast to e4m3 is
-    one elementwise op that fuses into the producer, and the GEMM writes fp16 with fast accumulation."""
+    one elementwise op that fuses into the producer, and the GEMM writes fp16 with fast accumulation.
+    Plain float8/fp32 buffers: the probe casts nothing after quantising (converters/fp8.py stores
+    bytes because the served path does)."""
 
     def __init__(self, linear: torch.nn.Linear, input_amax: float):
         super().__init__()
@@ -120,8 +122,13 @@ def quantise_static(model, batches) -> int:
 
 
 def quantise_torchao(model, granularity: str) -> int:
-    """torchao's float8 inference path (dynamic activations), on the layers converters/fp8.py takes."""
+    """torchao's float8 inference path (dynamic activations), on the layers converters/fp8.py takes;
+    row-wise asks for bf16 weights, so that model runs in bf16."""
+    import torchao
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, PerTensor, quantize_
+    print(f"torchao {torchao.__version__}")
+    if granularity == "row":
+        model.to(torch.bfloat16)
     chosen = [n for n, m in model.named_modules() if quantisable(n, m)]
     config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow() if granularity == "row" else PerTensor())
     quantize_(model, config, filter_fn=lambda module, name: name in chosen)
@@ -160,10 +167,12 @@ def main() -> None:
     mask = torch.ones_like(ids)
     flops = 2 * sum(p.numel() for n, p in reference.named_parameters() if "embeddings" not in n) * ids.numel()
     limit = args.dense_tflops * 1e12 / flops * args.batch  # items/s
+    calibration = [(torch.randint(0, 30000, (8, 64), device="cuda", generator=gen),  # not the error batches
+                    torch.ones(8, 64, dtype=torch.long, device="cuda")) for _ in range(4)]
     variants = {"fp16": lambda m: 0, "fp8 row-wise, converters/fp8.py": quantise_linear_layers,
                 **({"fp8 row-wise, the layers within the gate": lambda m: quantise_linear_layers(
                     m, re.compile("|".join(within)))} if within else {}),
-                "fp8 per-tensor, static input scales": lambda m: quantise_static(m, batches),
+                "fp8 per-tensor, static input scales": lambda m: quantise_static(m, calibration),
                 "torchao fp8 row-wise": lambda m: quantise_torchao(m, "row"),
                 "torchao fp8 per-tensor": lambda m: quantise_torchao(m, "tensor")}
     fp16_rate = None
@@ -179,10 +188,11 @@ def main() -> None:
             continue
         finally:
             torch.compiler.reset()
-        fp16_rate = fp16_rate or rate
+        fp16_rate = rate if label == "fp16" else fp16_rate
         error, flips = float((got - want).abs().max()), changed(want, got, fp16_error)
-        print(f"{label}: {rate:,.0f} items/s at [{args.batch}, {args.tokens}] (compiled, CUDA graph), "
-              f"{rate / fp16_rate:.2f} x fp16, {rate / limit:.2f} of the fp16 dense limit "
+        versus = f"{rate / fp16_rate:.2f} x fp16" if fp16_rate else "fp16 not measured"
+        print(f"{label}: {rate:,.0f} items/s at [{args.batch}, {args.tokens}] (exported, compiled, CUDA graph), "
+              f"{versus}, {rate / limit:.2f} of the fp16 dense limit "
               f"({limit:,.0f} items/s, linear-layer FLOPs only); max abs error {error:.3g} "
               f"({error / fp16_error:.0f} x fp16), top row changed in {flips} of {len(batches)} batches\n  {split}")
         del model

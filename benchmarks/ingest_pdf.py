@@ -46,16 +46,32 @@ def filler(rng: random.Random, words: int = 60) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(words)).capitalize() + "."
 
 
-def write_pdf(path: Path, pages: list[PageSpec], password: str | None = None, seed: int = 0) -> Path:
+# where page_image draws its title bar and its boxed block, as fractions of its width and height
+SCAN_ELEMENTS = (("title", (60, 50, -60, 100)), ("table", (80, -260, -80, -80)))
+
+
+def write_pdf(path: Path, pages: list[PageSpec], password: str | None = None, seed: int = 0,
+              elements: list | None = None) -> Path:
+    """`elements`, where given, gets one list a page of (label, (x0, y0, x1, y1) as fractions of
+    the page): each table, figure (labelled chart) and scanned title bar and boxed block."""
     from fpdf import FPDF
 
     rng = random.Random(seed)
     pdf = FPDF(format="letter")
     pdf.set_auto_page_break(False)
+    found = elements if elements is not None else []
+
+    def box(label, x0, y0, x1, y1):
+        found[-1].append((label, (x0 / pdf.w, y0 / pdf.h, x1 / pdf.w, y1 / pdf.h)))
+
     for number, spec in enumerate(pages, 1):
         pdf.add_page()
+        found.append([])
         if spec.kind == "scan":
             pdf.image(page_image(seed=seed + number), x=0, y=0, w=pdf.w, h=pdf.h)
+            for label, corners in SCAN_ELEMENTS:  # page_image is 850 x 1100, drawn over the whole page
+                x0, y0, x1, y1 = (v % size for v, size in zip(corners, (850, 1100, 850, 1100)))
+                box(label, x0 * pdf.w / 850, y0 * pdf.h / 1100, x1 * pdf.w / 850, y1 * pdf.h / 1100)
             continue
         pdf.set_font("helvetica", size=11)
         for sentence in spec.sentences:
@@ -65,15 +81,19 @@ def write_pdf(path: Path, pages: list[PageSpec], password: str | None = None, se
             rows = [["Region", "Q1", "Q2", "Q3", "Q4"]] + [
                 [rng.choice(WORDS).title()] + [f"{rng.randint(10, 999)}.{rng.randint(0, 9)}" for _ in range(4)]
                 for _ in range(12)]
+            top = pdf.get_y()
             with pdf.table(col_widths=(40, 20, 20, 20, 20), text_align="CENTER") as table:
                 for cells in rows:
                     row = table.row()
                     for cell in cells:
                         row.cell(cell)
+            box("table", pdf.l_margin, top, pdf.l_margin + pdf.epw, pdf.get_y())
             pdf.ln(4)
             pdf.multi_cell(0, 6, "Table: " + filler(rng, 8), new_x="LMARGIN", new_y="NEXT")
         elif spec.kind == "figure":
+            top = pdf.get_y()
             pdf.image(page_image(600, 400, seed=seed + number, lines=8), x=pdf.l_margin, w=pdf.epw * 0.8)
+            box("chart", pdf.l_margin, top, pdf.l_margin + pdf.epw * 0.8, top + pdf.epw * 0.8 * 400 / 600)
             pdf.ln(2)
             pdf.multi_cell(0, 6, spec.caption or "Figure: " + filler(rng, 8), new_x="LMARGIN", new_y="NEXT")
         else:
@@ -90,9 +110,10 @@ def write_pdf(path: Path, pages: list[PageSpec], password: str | None = None, se
 def mixed_pages(count: int, scanned_every: int = 4, seed: int = 0) -> list[PageSpec]:
     """The benchmark's document: text, table and figure pages, every `scanned_every`-th page scanned."""
     rng = random.Random(seed)
-    kinds = ("text", "table", "text", "figure")
-    return [PageSpec("scan") if n % scanned_every == scanned_every - 1 else
-            PageSpec(kinds[n % len(kinds)], [filler(rng, 30)]) for n in range(count)]
+    kinds = ("text", "table", "text", "figure")  # in turn over the pages that are not scanned
+    scanned = [n % scanned_every == scanned_every - 1 for n in range(count)]
+    return [PageSpec("scan") if scan else PageSpec(kinds[(n - sum(scanned[:n])) % len(kinds)], [filler(rng, 30)])
+            for n, scan in enumerate(scanned)]
 
 
 if __name__ == "__main__":

@@ -67,11 +67,11 @@ def main(url: str, pdf: Path, store_dir: Path, end_to_end: float) -> None:
     slowest = min(bounds, key=bounds.get)
     print(f"end to end {end_to_end:.2f} pages/s = {end_to_end / bounds[slowest]:.2f} of the slowest stage alone "
           f"({slowest}, {bounds[slowest]:.2f} pages/s)")
-    # each stage above had the GPU to itself; in the pipeline they take turns on it (one CUDA context
-    # per model process, time-sliced without MPS), so one GPU's bound is the sum of their times a page
+    # each stage above had the GPU to itself; in the pipeline, without MPS, they take turns on it (one
+    # CUDA context per model process, time-sliced), so their times a page added up bound one GPU
     shared = 1.0 / sum(1.0 / bound for bound in bounds.values())
     print(f"end to end {end_to_end:.2f} pages/s = {end_to_end / shared:.2f} of the stages' times a page added up "
-          f"({shared:.2f} pages/s: the bound where the stages share one GPU and never overlap on it)")
+          f"({shared:.2f} pages/s: a bound where they take turns on one GPU, as without MPS)")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from converters.manifest import file_sha256
 from converters.pipeline import convert
 from converters.precision import TOLERANCES
 from triton_models.caption_classification.model_script import DebertaLargeModel, FoldAverage
-from triton_models.common import (BuildOptions, companion_is_current, conversion_settings, core_fingerprint,
+from triton_models.common import (BuildOptions, companion_is_current, conversion_settings, core_fingerprint, gpu_placement,
                                   publish_python_model, python_model_config, serving_tokenizer, tensor,
                                   TOKENIZER_FILE)
 from triton_models.registry import get
@@ -33,8 +33,8 @@ HERE = Path(__file__).parent
 CORE, SELECTION = get("caption_classification").triton_names
 MAX_LENGTH = get("caption_classification").max_length
 # caption_selection takes one image's candidates a request (nv-ingest's contract: no batch axis), and
-# each instance holds one call to the core at a time; with several per core instance, the calls of
-# concurrent images meet in the core's dynamic batcher instead of queueing one by one before it
+# each instance holds one call to the core at a time; with several per core instance (on every GPU),
+# the calls of concurrent images meet in the core's dynamic batcher instead of queueing one by one
 SELECTION_INSTANCES_PER_CORE_INSTANCE = 4
 IO_CONFIG = get("caption_classification").core_io_json
 GOLDEN_CANDIDATES = ["A bar chart of quarterly revenue by region.", "Figure", "", "Table 3: results on the test set."]
@@ -137,7 +137,7 @@ def build(options: BuildOptions) -> list[Path]:
         [tensor("caption", "TYPE_STRING", [1]), tensor("score", "TYPE_FP32", [1])], 0,
         {"core_model": CORE, "core_max_batch": str(options.max_batch_size), "max_length": str(MAX_LENGTH),
          "threshold": str(threshold), "min_words": str(min_words)},
-        instance_count=options.instance_count * SELECTION_INSTANCES_PER_CORE_INSTANCE)
+        instance_count=gpu_placement(options)[0] * SELECTION_INSTANCES_PER_CORE_INSTANCE)
     sources = {"checkpoint": file_sha256(folder), "model_py": file_sha256(HERE / "caption_selection_model.py"),
                "core": core_fingerprint(core)}
     if companion_is_current(options.repo, config, sources, options.force):
