@@ -100,7 +100,7 @@ class GraphGenerator:
         self.decoder = self._decoder(max_new_tokens, ids)
 
     def _decoder(self, max_new_tokens: int, ids):
-        return graph_decoder_module().SlotDecoder(self.model, self.slots, max_new_tokens, ids, self.device, self.dtype, self.use_graphs,
+        return _sibling("graph_decoder").SlotDecoder(self.model, self.slots, max_new_tokens, ids, self.device, self.dtype, self.use_graphs,
                            self.encoder_graph_batch)
 
     def reserve(self, max_new_tokens: int, ids):
@@ -149,10 +149,11 @@ def steps_ahead(decoder, active: int):
         pending = following
 
 
-def graph_decoder_module():
-    """graph_decoder.py, published beside this file as eclair_graph_decoder.py."""
-    return importlib.import_module("eclair_graph_decoder" if __name__ == "eclair_runtime"
-                                   else "triton_models.eclair.graph_decoder")
+def _sibling(name: str):
+    """A module of this folder, published beside this file as eclair_<name>.py (graph_decoder.py
+    has the same rule: each file is published on its own, so neither imports the other's)."""
+    return importlib.import_module(f"eclair_{name}" if __name__ == "eclair_runtime"
+                                   else f"triton_models.eclair.{name}")
 
 
 def make_generator(kind: str, folder: Path, device: str, dtype: torch.dtype, engine_dir: Path | None = None,
@@ -160,9 +161,7 @@ def make_generator(kind: str, folder: Path, device: str, dtype: torch.dtype, eng
     if kind == "pytorch":
         return TorchGenerator(folder, device, dtype)
     if kind == "tensorrt_llm":
-        # published beside this file as eclair_trtllm_runtime.py; imported only where it is chosen
-        seam = importlib.import_module("eclair_trtllm_runtime" if __name__ == "eclair_runtime"
-                                       else "triton_models.eclair.trtllm_runtime")
+        seam = _sibling("trtllm_runtime")  # imported only where it is chosen
         return seam.TrtllmGenerator(Path(engine_dir), device)
     if kind == "graph":
         # The encoder captured for 1..4 pages on a GPU: in-flight batching admits a few pages at a
@@ -231,7 +230,7 @@ class EclairRuntime:
 
     def _on_device(self, tensor: torch.Tensor) -> torch.Tensor:
         """The in-flight batcher admits pages while the decoder's step runs: not waiting for it."""
-        return graph_decoder_module().to_device(tensor, torch.device(self.device))
+        return _sibling("graph_decoder").to_device(tensor, torch.device(self.device))
 
     def texts(self, rows: list[list[int]]) -> list[str]:
         """Token ids -> text. Coordinate and class tokens may be special tokens: keep them, drop
