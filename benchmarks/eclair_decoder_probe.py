@@ -16,7 +16,7 @@ on the page), then prints
   - fp16 (and with --fp32, fp32) agreement of token rows between `generate(pixels)` and SlotDecoder
     on a few pages, with HF's own batch-vs-alone difference as the baseline, and teacher-forced
     next-token agreement;
-  - the encoder eager vs captured per bucket.
+  - the encoder per bucket: eager, captured, and compiled then captured (as served).
 
     python3 benchmarks/eclair_decoder_probe.py [--batches 1,16,64] [--new-tokens 128] [--hbm 4.8e12]
 """
@@ -31,10 +31,38 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from triton_models.eclair.graph_decoder import SlotDecoder, attention_kernels  # noqa: E402
+from triton_models.eclair.graph_decoder import SlotDecoder, attention_kernels, bucket_sizes  # noqa: E402
 from triton_models.eclair.runtime import TokenIds, steps_ahead  # noqa: E402
 
 START, PAD, EOS = 0, 1, 2
+
+
+def encoder_buckets(decoder, pixels, largest: int, device) -> None:
+    """The encoder per bucket (1, 2, 4, ... `largest` pages): eager, captured as it is, and compiled
+    then captured (as served), with the compile time and each path's difference from eager."""
+    if not largest:
+        return
+    sizes = bucket_sizes(largest)
+    rows = {}
+    with torch.inference_mode(), attention_kernels(torch.device(device)):
+        for compiled in (False, True):
+            start = time.perf_counter()
+            decoder.capture_encoder(sizes, compiled)
+            setup = time.perf_counter() - start
+            label = "compiled+graphs" if decoder.encoder_compiled else "graphs"
+            print(f"encoder {label}: set up for {sizes} in {setup:.1f} s")
+            for size in sizes:
+                eager = decoder._encode_eager(pixels[:size])
+                rows.setdefault(size, [min(timed(lambda: decoder._encode_eager(pixels[:size]), device)
+                                           for _ in range(3))])
+                out = decoder.encode(pixels[:size])
+                took = min(timed(lambda: decoder.encode(pixels[:size]), device) for _ in range(3))
+                error = (out.float() - eager.float()).abs().max().item()
+                rows[size].append((label, took, error))
+    for size, (eager, *paths) in rows.items():
+        print(f"encoder batch {size}: eager {eager * 1e3:.1f} ms ({eager / size * 1e3:.2f} ms/page); " + "; ".join(
+            f"{label} {took * 1e3:.1f} ms ({took / size * 1e3:.2f} ms/page, {eager / took:.2f}x eager, max abs "
+            f"diff {error:.3g})" for label, took, error in paths))
 
 
 def build(args) -> torch.nn.Module:
@@ -146,7 +174,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=10)
     parser.add_argument("--vocab", type=int, default=50000)
     parser.add_argument("--pages", type=int, default=4, help="pages for the fp16 agreement check")
-    parser.add_argument("--encoder-graph-batch", type=int, default=8, help="0: encoder eager")
+    parser.add_argument("--encoder-graph-batch", type=int, default=4, help="largest encoder bucket (served: 4); 0: eager only")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fp32", action="store_true", help="the agreement check in fp32 too")
@@ -165,25 +193,15 @@ def main() -> None:
     never = args.vocab  # an id past the vocabulary: eos is never reached
     start, reserved = time.perf_counter(), torch.cuda.memory_reserved(device) if device.startswith("cuda") else 0
     decoder = SlotDecoder(model, max(batches + [args.pages]), args.new_tokens, TokenIds(START, PAD, never), device,
-                          torch.float16, encoder_graph_batch=args.encoder_graph_batch)
+                          torch.float16)  # the encoder: encoder_buckets, below
     print(f"SlotDecoder: {decoder.slots} slots x {args.new_tokens} tokens, {decoder.encoder_tokens} encoder tokens, "
-          f"KV cache {decoder.kv_cache_bytes / 2**30:.2f} GiB, buckets {decoder.buckets}, encoder graphs "
-          f"{sorted(decoder.encoder_graphs) or 'none'}, decode-attention kernels "
+          f"KV cache {decoder.kv_cache_bytes / 2**30:.2f} GiB, buckets {decoder.buckets}, decode-attention kernels "
           f"{'on' if decoder.kernels else 'off'}, built and captured in {time.perf_counter() - start:.1f} s, "
           f"reserving {((torch.cuda.memory_reserved(device) if reserved else 0) - reserved) / 2**30:.2f} GiB")
 
     pixels = torch.randn(max(batches + [args.pages]), 3, 1280, 1024, device=device, dtype=torch.float16)
+    encoder_buckets(decoder, pixels, args.encoder_graph_batch, device)
     with torch.inference_mode(), attention_kernels(torch.device(device)):
-        for size in sorted({1, args.encoder_graph_batch} - {0}):
-            eager = decoder._encode_eager(pixels[:size])
-            took = min(timed(lambda: decoder._encode_eager(pixels[:size]), device) for _ in range(3))
-            line = f"encoder batch {size}: eager {took * 1e3:.1f} ms"
-            if decoder.encoder_graphs:
-                graphed = decoder.encode(pixels[:size])
-                took = min(timed(lambda: decoder.encode(pixels[:size]), device) for _ in range(3))
-                same = torch.equal(graphed, eager)
-                line += f", graphed {took * 1e3:.1f} ms (identical to eager: {same})"
-            print(line)
         raw = torch.cat([model.encoder(pixel_values=chunk).last_hidden_state for chunk in pixels.split(8)])
         states = model.enc_to_dec_proj(raw) if decoder.project else raw  # HF gets raw, SlotDecoder projected
 

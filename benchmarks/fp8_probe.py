@@ -140,6 +140,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--dense-tflops", type=float, default=989.0, help="the card's fp16 dense rate (H200: 989)")
+    parser.add_argument("--variants", default="", help="comma-separated words; only the timed variants whose "
+                        "label holds one of them run, with fp16 always (default: every variant)")
     args = parser.parse_args()
     torch.manual_seed(0)
     reference = DebertaLargeModel().cuda().eval()
@@ -175,6 +177,8 @@ def main() -> None:
                 "fp8 per-tensor, static input scales": lambda m: quantise_static(m, calibration),
                 "torchao fp8 row-wise": lambda m: quantise_torchao(m, "row"),
                 "torchao fp8 per-tensor": lambda m: quantise_torchao(m, "tensor")}
+    wanted = [w.strip() for w in args.variants.split(",") if w.strip()]
+    variants = {k: v for k, v in variants.items() if k == "fp16" or not wanted or any(w in k for w in wanted)}
     fp16_rate = None
     for label, quantise in variants.items():
         model = copy.deepcopy(half)

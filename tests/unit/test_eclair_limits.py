@@ -4,6 +4,7 @@ import json
 import pytest
 
 from converters.errors import UserError
+from converters.model_folder import read_model_config
 from triton_models.common import BuildOptions
 from triton_models.eclair.build import _max_new_tokens
 
@@ -44,3 +45,24 @@ def test_cudnn_attention_is_left_out_for_eclair_calls_only():
     runtime.device = "cpu"
     with runtime._attention_kernels():
         assert torch.backends.cuda.cudnn_sdp_enabled() == before
+
+
+def test_compile_encoder_option_is_on_or_off_and_reaches_the_served_config(tmp_path):
+    """`--option compile_encoder=off` lands in the published config (the served runtime reads it
+    there); anything but on/off is refused in one sentence before anything is built."""
+    from triton_models.eclair.build import build, make_demo_checkpoint
+    from triton_models.eclair.runtime import EclairRuntime
+
+    checkpoint = make_demo_checkpoint(tmp_path / "checkpoints")
+    options = BuildOptions(checkpoint=checkpoint, repo=tmp_path / "repo", work_dir=tmp_path / "work",
+                           max_batch_size=2, demo=True, extra={"compile_encoder": "yes"})
+    with pytest.raises(UserError, match="compile_encoder=yes is not on or off"):
+        build(options)
+    assert not (tmp_path / "repo").exists()
+    options.extra["compile_encoder"] = "off"
+    [model_dir] = build(options)
+    params = {k: v.string_value for k, v in read_model_config(model_dir).parameters.items()}
+    assert params["compile_encoder"] == "off" and params["generator"] == "graph"
+    runtime = EclairRuntime.for_serving(model_dir / "1" / "checkpoint", params)
+    assert runtime.generator.compile_encoder is False  # and on CPU never compiled, whatever the option
+    assert runtime.generator.decoder.encoder_mode == "eager"

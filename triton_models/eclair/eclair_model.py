@@ -53,7 +53,8 @@ class TritonPythonModel:
             self.batcher = InflightBatcher(self.runtime, decoder, decoder.slots, self.runtime.ids.start,
                                            report=lambda line: print(f"ECLAIR scheduler: {line}", flush=True)).start()
             print(f"ECLAIR: {decoder.slots} decoder slots x {self.runtime.max_new_tokens} tokens, KV cache "
-                  f"{decoder.kv_cache_bytes / 2**20:.1f} MiB on {self.runtime.device}, in-flight batching", flush=True)
+                  f"{decoder.kv_cache_bytes / 2**20:.1f} MiB on {self.runtime.device}, in-flight batching; encoder "
+                  f"{decoder.encoder_mode}", flush=True)
 
     def _pages(self, request):
         pages = pb_utils.get_input_tensor_by_name(request, "image").as_numpy()

@@ -82,8 +82,9 @@ class SlotDecoder:
     bucket) is computed but ignored. `move` copies a page between slots, for compaction."""
 
     def __init__(self, model, slots: int, max_new_tokens: int, ids, device: str, dtype: torch.dtype,
-                 use_graphs: bool | None = None, encoder_graph_batch: int = 0):
+                 use_graphs: bool | None = None, encoder_graph_batch: int = 0, compile_encoder: bool = False):
         self.model, self.device, self.dtype = model.eval(), torch.device(device), dtype
+        self.compile_encoder = compile_encoder
         cuda = self.device.type == "cuda"
         self.use_graphs = cuda if use_graphs is None else use_graphs
         if self.use_graphs and not cuda:
@@ -119,13 +120,21 @@ class SlotDecoder:
         with torch.inference_mode(), torch.cuda.device(self.device) if cuda else contextlib.nullcontext():
             self._allocate(layers, ids)
             self._fuse_for_gpu()
-            self.graphs, self.encoder_graphs = {}, {}
+            self.graphs, self.encoder_graphs, self.encoder_compiled = {}, {}, False
             if self.use_graphs:
                 self._capture(encoder_graph_batch)
 
     @property
     def kv_cache_bytes(self) -> int:
         return self._kv_bytes
+
+    @property
+    def encoder_mode(self) -> str:
+        """How the vision encoder runs, for the load log."""
+        if not self.encoder_graphs:
+            return "eager"
+        how = "compiled and captured" if self.encoder_compiled else "captured"
+        return f"{how} for {', '.join(map(str, sorted(self.encoder_graphs)))} pages"
 
     def _allocate(self, layers: int, ids) -> None:
         on = {"device": self.device}
@@ -362,27 +371,38 @@ class SlotDecoder:
         self.pos.zero_()
         self.cur.fill_(self.ids.pad)
         if encoder_graph_batch > 0:
-            self._capture_encoder([s for s in bucket_sizes(encoder_graph_batch)], pool)
+            self.capture_encoder(bucket_sizes(encoder_graph_batch), self.compile_encoder, pool)
 
-    def _capture_encoder(self, sizes: list[int], pool) -> None:
-        """The encoder per batch bucket, where its code captures; else it stays eager."""
+    def capture_encoder(self, sizes: list[int], compiled: bool, pool=None) -> None:
+        """The encoder per batch bucket (`compiled`: through torch.compile first, one static shape a
+        bucket, so Inductor fuses Swin's norms, rolls and window reshapes), where its code captures;
+        else compiled without graphs, else eager."""
         self.enc_in = torch.zeros(sizes[-1], 3, *self.image_hw, device=self.device, dtype=self.dtype)
         self.enc_out = torch.empty(sizes[-1], self.encoder_tokens, self.d_model, device=self.device, dtype=self.dtype)
+        self.encoder_graphs, self.encoder_compiled = {}, False
+        encode = self._encode_eager
+        if compiled:
+            encode = torch.compile(self._encode_eager, dynamic=False)
         kernels = lambda: attention_kernels(self.device)  # noqa: E731  (one-shot context managers)
         try:
             for size in reversed(sizes):
                 side = torch.cuda.Stream(self.device)
                 side.wait_stream(torch.cuda.current_stream(self.device))
-                with torch.cuda.stream(side), kernels():
-                    self.enc_out[:size].copy_(self._encode_eager(self.enc_in[:size]))
+                with torch.cuda.stream(side), kernels():  # compiles this bucket's shape, then warms up
+                    for _ in range(2 if compiled else 1):
+                        self.enc_out[:size].copy_(encode(self.enc_in[:size]))
                 torch.cuda.current_stream(self.device).wait_stream(side)
                 graph = torch.cuda.CUDAGraph()
                 with kernels(), torch.cuda.graph(graph, pool=pool):
-                    self.enc_out[:size].copy_(self._encode_eager(self.enc_in[:size]))
+                    self.enc_out[:size].copy_(encode(self.enc_in[:size]))
                 self.encoder_graphs[size] = graph
-        except Exception as error:  # noqa: BLE001 - an encoder that does not capture runs eagerly
-            log.warning("ECLAIR encoder left eager: CUDA graph capture failed (%s)", error)
+            self.encoder_compiled = compiled
+        except Exception as error:  # noqa: BLE001 - an encoder that does not compile or capture runs without
             self.encoder_graphs = {}
+            if compiled:
+                log.warning("ECLAIR encoder not compiled (%s); captured as it is", error)
+                return self.capture_encoder(sizes, False, pool)
+            log.warning("ECLAIR encoder left eager: CUDA graph capture failed (%s)", error)
 
 
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:

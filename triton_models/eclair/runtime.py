@@ -89,19 +89,20 @@ class GraphGenerator:
     longest row of the call (max_new_tokens + 1 at most)."""
 
     def __init__(self, folder: Path, device: str, dtype: torch.dtype, slots: int = 16, max_new_tokens: int = 256,
-                 use_graphs: bool | None = None, encoder_graph_batch: int = 0):
+                 use_graphs: bool | None = None, encoder_graph_batch: int = 0, compile_encoder: bool = False):
         from transformers import VisionEncoderDecoderModel
 
         self.device, self.dtype, self.slots, self.use_graphs = device, dtype, slots, use_graphs
-        self.encoder_graph_batch = encoder_graph_batch
+        self.encoder_graph_batch, self.compile_encoder = encoder_graph_batch, compile_encoder
         self.model = VisionEncoderDecoderModel.from_pretrained(str(folder), local_files_only=True, dtype=dtype)
         self.model = self.model.to(device).eval()
         _, ids = checkpoint_settings(Path(folder))
         self.decoder = self._decoder(max_new_tokens, ids)
 
     def _decoder(self, max_new_tokens: int, ids):
-        return _sibling("graph_decoder").SlotDecoder(self.model, self.slots, max_new_tokens, ids, self.device, self.dtype, self.use_graphs,
-                           self.encoder_graph_batch)
+        return _sibling("graph_decoder").SlotDecoder(self.model, self.slots, max_new_tokens, ids, self.device,
+                                                     self.dtype, self.use_graphs, self.encoder_graph_batch,
+                                                     self.compile_encoder)
 
     def reserve(self, max_new_tokens: int, ids):
         """The decoder, reallocated (and recaptured) for exactly `max_new_tokens` if loaded for another
@@ -157,24 +158,26 @@ def _sibling(name: str):
 
 
 def make_generator(kind: str, folder: Path, device: str, dtype: torch.dtype, engine_dir: Path | None = None,
-                   slots: int = 16, max_new_tokens: int = 256):
+                   slots: int = 16, max_new_tokens: int = 256, compile_encoder: bool = True):
     if kind == "pytorch":
         return TorchGenerator(folder, device, dtype)
     if kind == "tensorrt_llm":
         seam = _sibling("trtllm_runtime")  # imported only where it is chosen
         return seam.TrtllmGenerator(Path(engine_dir), device)
     if kind == "graph":
-        # The encoder captured for 1..4 pages on a GPU: in-flight batching admits a few pages at a
-        # time, and a captured Swin-B pass of one page took 9.9 ms against 26.6 eager (H200).
-        encoder_graphs = min(4, slots) if str(device).startswith("cuda") else 0
+        # The encoder captured for 1..4 pages on a GPU (in-flight batching admits a few pages at a
+        # time), compiled first unless the config says not: one Swin-B page took 14.8 ms eager,
+        # 9.6 captured and 5.8 compiled and captured (H200, docs/results/h200/eclair/2026-12-02/run6).
+        cuda = str(device).startswith("cuda")
         return GraphGenerator(folder, device, dtype, slots=slots, max_new_tokens=max_new_tokens,
-                                   encoder_graph_batch=encoder_graphs)
+                              encoder_graph_batch=min(4, slots) if cuda else 0, compile_encoder=cuda and compile_encoder)
     raise ValueError(f"ECLAIR generator '{kind}' is not one of {', '.join(GENERATORS)}")
 
 
 class EclairRuntime:
     def __init__(self, folder: Path, device: str = "cpu", dtype: torch.dtype = torch.float32, max_new_tokens: int = 256,
-                 generator: str = "pytorch", engine_dir: Path | None = None, slots: int = 16):
+                 generator: str = "pytorch", engine_dir: Path | None = None, slots: int = 16,
+                 compile_encoder: bool = True):
         from transformers import AutoTokenizer
         from transformers.utils import logging as hf_logging
 
@@ -188,7 +191,8 @@ class EclairRuntime:
         self.mean = np.asarray(settings.get("image_mean", IMAGENET_MEAN), dtype=np.float32)
         self.std = np.asarray(settings.get("image_std", IMAGENET_STD), dtype=np.float32)
         self.generator_kind = generator
-        self.generator = make_generator(generator, folder, device, dtype, engine_dir, slots, max_new_tokens)
+        self.generator = make_generator(generator, folder, device, dtype, engine_dir, slots, max_new_tokens,
+                                        compile_encoder)
 
     @classmethod
     def for_serving(cls, folder: Path, params: dict[str, str], device: str | None = None,
@@ -200,7 +204,8 @@ class EclairRuntime:
         gpu = wanted.startswith("cuda") and torch.cuda.is_available()
         return cls(folder, device=wanted if gpu else "cpu", dtype=torch.float16 if gpu else torch.float32,
                    max_new_tokens=int(params.get("max_new_tokens", "256")), generator=params.get("generator", "pytorch"),
-                   engine_dir=engine_dir, slots=int(params.get("slots", "16")))
+                   engine_dir=engine_dir, slots=int(params.get("slots", "16")),
+                   compile_encoder=params.get("compile_encoder", "on") == "on")
 
     @property
     def precision(self) -> str:
