@@ -1,8 +1,9 @@
 """The one builder contract: what a model's builder is given, from its `ModelSpec` and the settings.
 
 A builder gets an environment (`MAX_BATCH_SIZE`, `PRECISION`, `INSTANCE_COUNT`, `CHECKPOINT`,
-`SERVE_BACKEND`, `DEVICE`, and `GPUS` where instances are pinned) and turns it into the arguments
-of `python -m triton_models.build`. Every stack uses these two functions:
+`SERVE_BACKEND`, `DEVICE`, `GPUS` where instances are pinned, and `OPTION_<NAME>` for each of its
+model's `ModelSpec.options`) and turns it into the arguments of `python -m triton_models.build`
+(`OPTION_<NAME>=VALUE` becomes `--option <name>=VALUE`). Every stack uses these two functions:
 - the local stack calls `builder_environment` with its settings, then `builder_arguments`;
 - the builder image's entrypoint (`docker/build-model.sh`, compose and the chart's Jobs) runs
   `python -m triton_models.builder_contract MODEL`, which reads that environment;
@@ -24,12 +25,13 @@ from triton_models.registry import MODELS, ModelSpec, get
 
 DEVICES = ("cpu", "cuda")
 REQUIRED = ("MAX_BATCH_SIZE", "PRECISION", "INSTANCE_COUNT", "SERVE_BACKEND", "DEVICE")
+OPTION = "OPTION_"  # OPTION_<NAME>: the builder's `--option <name>=VALUE`
 
 
 def builder_settings(spec: ModelSpec) -> dict[str, str]:
     """Builder environment variable -> the `.env` key that sets it (the same key in every stack)."""
     return {"MAX_BATCH_SIZE": spec.batch_size_key, "PRECISION": "PRECISION", "INSTANCE_COUNT": "INSTANCE_COUNT",
-            "CHECKPOINT": spec.checkpoint_key}
+            "CHECKPOINT": spec.checkpoint_key, **{f"{OPTION}{name.upper()}": key for name, key in spec.options}}
 
 
 def builder_environment(spec: ModelSpec, setting: Callable[[str], str], device: str,
@@ -60,6 +62,9 @@ def builder_arguments(model: str, environment: Mapping[str, str], *, repo: Path,
         arguments += ["--gpus", environment["GPUS"]]
     if environment.get("CHECKPOINT"):  # empty: a demo checkpoint
         arguments += ["--checkpoint", str(Path(checkpoints_dir) / environment["CHECKPOINT"])]
+    for name, value in sorted(environment.items()):
+        if name.startswith(OPTION) and value:
+            arguments += ["--option", f"{name[len(OPTION):].lower()}={value}"]
     return arguments
 
 

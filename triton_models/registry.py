@@ -29,6 +29,7 @@ class ModelSpec:
     channel_order: str | None = None  # image models: what the checkpoint was trained on (RGB | BGR)
     # how its builder serves it on a GPU host (compose's GPU profile, the chart on GPU nodes); CPU: python_onnx
     gpu_serve_backend: str = "tensorrt_plan"
+    options: tuple[tuple[str, str], ...] = ()  # (builder `--option` name, the `.env` key that sets it)
 
     def serve_backend_on(self, device: str) -> str:
         """The serve backend its builder uses on `device` where the user did not choose one."""
@@ -83,7 +84,8 @@ MODELS: tuple[ModelSpec, ...] = (
     # ECLAIR keeps its PyTorch runtime on GPUs too (the TensorRT-LLM overlay replaces its builder)
     ModelSpec("eclair", ("eclair",), "ECLAIR", 16, "build-eclair",
               "ECLAIR VisionEncoderDecoder folder under CHECKPOINTS_DIR (empty: demo)",
-              batch_help=" (pages decoded at once: the graph decoder's slots)", gpu_serve_backend="python_onnx"),
+              batch_help=" (pages decoded at once: the graph decoder's slots)", gpu_serve_backend="python_onnx",
+              options=(("compile_encoder", "ECLAIR_COMPILE_ENCODER"),)),
     ModelSpec("e5_small_v2", ("e5_small_v2", "e5_small_v2_text"), "E5", 64, "build-e5",
               "e5-small-v2 Hugging Face folder under CHECKPOINTS_DIR (empty: demo)", max_length=512, core_io={
                   "inputs": [{"name": "input_ids", "dtype": "int64", "shape": [-1], "max_shape": [512], "range": [1000, 2000]},

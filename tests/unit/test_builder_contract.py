@@ -74,3 +74,22 @@ def test_eclair_keeps_its_pytorch_runtime_on_gpus_and_cores_become_engines():
         "caption_classification": "tensorrt_plan", "yolox": "tensorrt_plan", "eclair": "python_onnx",
         "e5_small_v2": "tensorrt_plan"}
     assert all(spec.serve_backend_on("cpu") == "python_onnx" for spec in MODELS)
+
+
+def test_a_models_options_reach_its_builder_as_option_arguments(tmp_path):
+    """ECLAIR_COMPILE_ENCODER in `.env` -> OPTION_COMPILE_ENCODER in the builder's environment (every
+    stack) -> `--option compile_encoder=off` for triton_models.build; other models get no options."""
+    from scripts.stacks.local import LocalStack
+
+    env = tmp_path / ".env"
+    env.write_text("ECLAIR_COMPILE_ENCODER=off\n")
+    stack = LocalStack(load_settings(env, tmp_path))
+    command, _ = stack._builder_command("eclair")
+    assert build_parser().parse_args(command[3:]).option == ["compile_encoder=off"]
+    command, _ = stack._builder_command("e5_small_v2")
+    assert build_parser().parse_args(command[3:]).option == []
+    env.write_text("ECLAIR_COMPILE_ENCODER=maybe\n")
+    from converters.errors import UserError
+
+    with pytest.raises(UserError, match="ECLAIR_COMPILE_ENCODER='maybe' must be one of on, off"):
+        load_settings(env, tmp_path)
