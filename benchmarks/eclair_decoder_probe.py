@@ -40,8 +40,8 @@ START, PAD, EOS = 0, 1, 2
 def encoder_buckets(decoder, pixels, largest: int, device) -> None:
     """The encoder per bucket (1, 2, 4, ... `largest` pages): eager, captured as it is, and compiled
     then captured (as served), with the compile time and each path's difference from eager."""
-    if not largest:
-        return
+    if not largest or not str(device).startswith("cuda"):
+        return  # CUDA graphs only
     sizes = bucket_sizes(largest)
     rows = {}
     with torch.inference_mode(), attention_kernels(torch.device(device)):
@@ -49,12 +49,13 @@ def encoder_buckets(decoder, pixels, largest: int, device) -> None:
             start = time.perf_counter()
             decoder.capture_encoder(sizes, compiled)
             setup = time.perf_counter() - start
-            label = "compiled+graphs" if decoder.encoder_compiled else "graphs"
-            print(f"encoder {label}: set up for {sizes} in {setup:.1f} s")
+            label = decoder.encoder_mode.split(" for ")[0]  # "compiled and captured", "captured" or "eager"
+            print(f"encoder {label} (asked: {'compiled' if compiled else 'captured'}): set up for {sizes} in "
+                  f"{setup:.1f} s")
             for size in sizes:
                 eager = decoder._encode_eager(pixels[:size])
-                rows.setdefault(size, [min(timed(lambda: decoder._encode_eager(pixels[:size]), device)
-                                           for _ in range(3))])
+                if size not in rows:
+                    rows[size] = [min(timed(lambda: decoder._encode_eager(pixels[:size]), device) for _ in range(3))]
                 out = decoder.encode(pixels[:size])
                 took = min(timed(lambda: decoder.encode(pixels[:size]), device) for _ in range(3))
                 error = (out.float() - eager.float()).abs().max().item()
@@ -223,7 +224,7 @@ def main() -> None:
         print(f"{batch:>5} {tokens / hf:>10.0f} {tokens / slot:>11.0f} {hf / slot:>7.1f}x {hf / steps * 1e3:>10.2f} "
               f"{admit * 1e3:>8.2f} {decode / steps * 1e3:>12.3f} {floor * 1e3:>13.3f} {floor / (decode / steps):>8.1%}")
 
-    agreement(model, decoder, pixels[:args.pages], args.new_tokens, device, "fp16")
+    agreement(model, decoder, pixels[:args.pages], args.new_tokens, device, f"fp16 (encoder {decoder.encoder_mode})")
     if args.fp32:
         del decoder
         torch.cuda.empty_cache()

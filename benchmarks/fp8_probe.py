@@ -178,6 +178,9 @@ def main() -> None:
                 "torchao fp8 row-wise": lambda m: quantise_torchao(m, "row"),
                 "torchao fp8 per-tensor": lambda m: quantise_torchao(m, "tensor")}
     wanted = [w.strip() for w in args.variants.split(",") if w.strip()]
+    unmatched = [w for w in wanted if not any(w in label for label in variants)]
+    if unmatched:
+        parser.error(f"--variants {','.join(unmatched)} matches none of: {'; '.join(variants)}")
     variants = {k: v for k, v in variants.items() if k == "fp16" or not wanted or any(w in k for w in wanted)}
     fp16_rate = None
     for label, quantise in variants.items():

@@ -64,5 +64,18 @@ def test_compile_encoder_option_is_on_or_off_and_reaches_the_served_config(tmp_p
     params = {k: v.string_value for k, v in read_model_config(model_dir).parameters.items()}
     assert params["compile_encoder"] == "off" and params["generator"] == "graph"
     runtime = EclairRuntime.for_serving(model_dir / "1" / "checkpoint", params)
-    assert runtime.generator.compile_encoder is False  # and on CPU never compiled, whatever the option
-    assert runtime.generator.decoder.encoder_mode == "eager"
+    assert runtime.generator.decoder.encoder_mode == "eager"  # on CPU: no graphs, nothing compiled
+    with pytest.raises(ValueError, match="compile_encoder is 'yes', not on or off; rebuild"):
+        EclairRuntime.for_serving(model_dir / "1" / "checkpoint", {**params, "compile_encoder": "yes"})
+
+
+@pytest.mark.parametrize("device, option, compiled", [("cuda:0", True, True), ("cuda:0", False, False),
+                                                      ("cpu", True, False)])
+def test_the_graph_generator_compiles_the_encoder_on_a_gpu_unless_told_not(monkeypatch, device, option, compiled):
+    from triton_models.eclair import runtime
+
+    seen = {}
+    monkeypatch.setattr(runtime, "GraphGenerator", lambda *args, **kwargs: seen.update(kwargs))
+    runtime.make_generator("graph", "folder", device, None, slots=16, compile_encoder=option)
+    assert seen["compile_encoder"] is compiled
+    assert seen["encoder_graph_batch"] == (4 if device.startswith("cuda") else 0)

@@ -131,10 +131,8 @@ class SlotDecoder:
     @property
     def encoder_mode(self) -> str:
         """How the vision encoder runs, for the load log."""
-        if not self.encoder_graphs:
-            return "eager"
         how = "compiled and captured" if self.encoder_compiled else "captured"
-        return f"{how} for {', '.join(map(str, sorted(self.encoder_graphs)))} pages"
+        return f"{how} for {', '.join(map(str, sorted(self.encoder_graphs)))} pages" if self.encoder_graphs else "eager"
 
     def _allocate(self, layers: int, ids) -> None:
         on = {"device": self.device}
@@ -374,15 +372,13 @@ class SlotDecoder:
             self.capture_encoder(bucket_sizes(encoder_graph_batch), self.compile_encoder, pool)
 
     def capture_encoder(self, sizes: list[int], compiled: bool, pool=None) -> None:
-        """The encoder per batch bucket (`compiled`: through torch.compile first, one static shape a
-        bucket, so Inductor fuses Swin's norms, rolls and window reshapes), where its code captures;
-        else compiled without graphs, else eager."""
+        """The encoder captured per bucket, `compiled` first (one static shape a bucket: Inductor fuses
+        Swin's norms, rolls and window reshapes; Dynamo's 8 entries hold the 1-2 decoders a process
+        builds); where that fails, captured uncompiled (states off the build's by fp16 rounding), else eager."""
         self.enc_in = torch.zeros(sizes[-1], 3, *self.image_hw, device=self.device, dtype=self.dtype)
         self.enc_out = torch.empty(sizes[-1], self.encoder_tokens, self.d_model, device=self.device, dtype=self.dtype)
         self.encoder_graphs, self.encoder_compiled = {}, False
-        encode = self._encode_eager
-        if compiled:
-            encode = torch.compile(self._encode_eager, dynamic=False)
+        encode = torch.compile(self._encode_eager, dynamic=False) if compiled else self._encode_eager
         kernels = lambda: attention_kernels(self.device)  # noqa: E731  (one-shot context managers)
         try:
             for size in reversed(sizes):
@@ -400,7 +396,7 @@ class SlotDecoder:
         except Exception as error:  # noqa: BLE001 - an encoder that does not compile or capture runs without
             self.encoder_graphs = {}
             if compiled:
-                log.warning("ECLAIR encoder not compiled (%s); captured as it is", error)
+                log.warning("ECLAIR encoder: compiled, it did not run or capture (%s); captured uncompiled", error)
                 return self.capture_encoder(sizes, False, pool)
             log.warning("ECLAIR encoder left eager: CUDA graph capture failed (%s)", error)
 

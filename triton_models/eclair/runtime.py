@@ -201,11 +201,15 @@ class EclairRuntime:
         model_support.ModelArgs.device(); default: the config's `device` parameter), else CPU fp32;
         the config's `generator`, with TensorRT-LLM's engines at `engine_dir`."""
         wanted = device or params.get("device", "cpu")
+        compile_encoder = params.get("compile_encoder", "on")
+        if compile_encoder not in ("on", "off"):
+            raise ValueError(f"ECLAIR's config parameter compile_encoder is '{compile_encoder}', not on or off; "
+                             "rebuild the model (ECLAIR_COMPILE_ENCODER in .env)")
         gpu = wanted.startswith("cuda") and torch.cuda.is_available()
         return cls(folder, device=wanted if gpu else "cpu", dtype=torch.float16 if gpu else torch.float32,
                    max_new_tokens=int(params.get("max_new_tokens", "256")), generator=params.get("generator", "pytorch"),
                    engine_dir=engine_dir, slots=int(params.get("slots", "16")),
-                   compile_encoder=params.get("compile_encoder", "on") == "on")
+                   compile_encoder=compile_encoder == "on")
 
     @property
     def precision(self) -> str:
