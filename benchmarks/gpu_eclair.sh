@@ -7,7 +7,7 @@
 #   benchmarks/gpu_eclair.sh TOKENIZER_DIR OUT_DIR [NUMPY1_DIR]
 #
 # Environment: ECLAIR_BATCH_SIZE (16: decoder slots), ECLAIR_PAGES (64), ECLAIR_LENGTHS (32,512),
-# BENCH (1: `bench eclair`), LATENCY (1: benchmarks.eclair_latency_probe; needs slots for 64 long
+# ECLAIR_COMPILE_ENCODER (on), BENCH (1: `bench eclair`), LATENCY (1: benchmarks.eclair_latency_probe; needs slots for 64 long
 # pages and the short one, e.g. ECLAIR_BATCH_SIZE=80).
 set -euo pipefail
 tokenizer=$1 out=$2 numpy1=${3:-}
@@ -25,6 +25,7 @@ export PYTHONUNBUFFERED=1
     echo "LOCAL_MODEL_PYTHONPATH=$numpy1"
     echo "LOCAL_REPOSITORY=$work/model_repository"
     echo "READY_TIMEOUT_S=500"
+    echo "ECLAIR_COMPILE_ENCODER=${ECLAIR_COMPILE_ENCODER:-on}"
 } > "$work/gpu.env"
 stack() { python3 -m scripts.stack "$@" --local --env-file "$work/gpu.env"; }
 trap 'stack down || true; cp "$work/local/triton.log" "$out/" 2>/dev/null || true' EXIT

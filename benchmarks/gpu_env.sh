@@ -4,7 +4,8 @@
 # Environment: E5_BATCH_SIZE (256), CAPTION_BATCH_SIZE (128), YOLOX_BATCH_SIZE (16),
 # ECLAIR_BATCH_SIZE (16), INSTANCE_COUNT (2: one instance's python-side work overlaps the other's GPU work).
 # SERVE_BACKEND (python_torch; python_compiled for torch.compile with CUDA graphs), LOCAL_CUDA_MPS (off),
-# PRECISION (fp16; fp8 with python_compiled on compute capability 8.9+).
+# PRECISION (fp16; fp8 with python_compiled on compute capability 8.9+), ECLAIR_COMPILE_ENCODER (on; off
+# for a quicker start, the encoder captured uncompiled).
 write_gpu_env() {
     local file=$1 work=$2 models=$3 gpus=$4 numpy1=$5
     {
@@ -26,5 +27,6 @@ write_gpu_env() {
         echo "INSTANCE_COUNT=${INSTANCE_COUNT:-2}"
         echo "PRECISION=${PRECISION:-fp16}"
         echo "LOCAL_CUDA_MPS=${LOCAL_CUDA_MPS:-off}"
+        echo "ECLAIR_COMPILE_ENCODER=${ECLAIR_COMPILE_ENCODER:-on}"
     } > "$file"
 }
