@@ -347,6 +347,9 @@ class KubernetesStack:
             self.helm("uninstall", self.release, "--wait")
         self.kubectl("delete", "pod", "-l", f"{self.selector},app.kubernetes.io/component=verify",
                      "--ignore-not-found", check=False)
+        # The uninstall returns once its objects are deleted; their pods terminate after. Wait for
+        # them, so `down` and `clean` leave nothing running when they return.
+        self.kubectl("wait", "--for=delete", "pod", "-l", self.selector, "--timeout=100s", check=False)
 
     def clean(self) -> list[str]:
         self.down()
