@@ -47,7 +47,7 @@ def encoder_buckets(decoder, pixels, largest: int, device) -> None:
     with torch.inference_mode(), attention_kernels(torch.device(device)):
         for compiled in (False, True):
             start = time.perf_counter()
-            decoder.capture_encoder(sizes, compiled)
+            decoder.encoder_graphs.capture(sizes, compiled)
             setup = time.perf_counter() - start
             label = decoder.encoder_mode.split(" for ")[0]  # "compiled and captured", "captured" or "eager"
             print(f"encoder {label} (asked: {'compiled' if compiled else 'captured'}): set up for {sizes} in "
@@ -194,7 +194,7 @@ def main() -> None:
     never = args.vocab  # an id past the vocabulary: eos is never reached
     start, reserved = time.perf_counter(), torch.cuda.memory_reserved(device) if device.startswith("cuda") else 0
     decoder = SlotDecoder(model, max(batches + [args.pages]), args.new_tokens, TokenIds(START, PAD, never), device,
-                          torch.float16)  # the encoder: encoder_buckets, below
+                          torch.float16, compile_encoder=False)  # the encoder: encoder_buckets, below
     print(f"SlotDecoder: {decoder.slots} slots x {args.new_tokens} tokens, {decoder.encoder_tokens} encoder tokens, "
           f"KV cache {decoder.kv_cache_bytes / 2**30:.2f} GiB, buckets {decoder.buckets}, decode-attention kernels "
           f"{'on' if decoder.kernels else 'off'}, built and captured in {time.perf_counter() - start:.1f} s, "
@@ -229,7 +229,8 @@ def main() -> None:
         del decoder
         torch.cuda.empty_cache()
         model.float()
-        decoder = SlotDecoder(model, args.pages, args.new_tokens, TokenIds(START, PAD, never), device, torch.float32)
+        decoder = SlotDecoder(model, args.pages, args.new_tokens, TokenIds(START, PAD, never), device, torch.float32,
+                              compile_encoder=False)
         agreement(model, decoder, pixels[:args.pages].float(), args.new_tokens, device, "fp32")
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ def main() -> None:
     batches = [int(b) for b in args.batches.split(",")]
     model = build(SimpleNamespace(vocab=50000, layers=10, seed=0, gain=2.0, device="cuda"))
     decoder = SlotDecoder(model, max(batches), args.new_tokens, TokenIds(START, PAD, EOS), "cuda", torch.float16,
-                          use_graphs=False)
+                          use_graphs=False, compile_encoder=False)
     states = torch.randn(max(batches), decoder.encoder_tokens, decoder.d_model, device="cuda", dtype=torch.float16)
     decoder.admit(list(range(max(batches))), states)
     with torch.inference_mode():

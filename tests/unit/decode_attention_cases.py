@@ -145,7 +145,7 @@ def test_the_decoders_gpu_step_gives_the_cpu_steps_tokens(tmp_path):
     model = VisionEncoderDecoderModel.from_pretrained(str(folder), local_files_only=True).eval()
     model.config.encoder.image_size = [320, 320]  # 100 encoder tokens, not 1,280: the interpreter is slow
     ids = TokenIds(model.config.decoder_start_token_id, model.config.pad_token_id, model.config.decoder.vocab_size - 1)
-    plain, fused = (SlotDecoder(model, 3, 16, ids, "cpu", torch.float32) for _ in range(2))
+    plain, fused = (SlotDecoder(model, 3, 16, ids, "cpu", torch.float32, compile_encoder=False) for _ in range(2))
     assert fused.use_kernels(da, sms=4) and fused.kernels is da and not plain.kernels
     states = torch.randn(3, plain.encoder_tokens, plain.d_model, generator=torch.Generator().manual_seed(5))
     rows = []

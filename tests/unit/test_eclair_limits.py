@@ -56,7 +56,7 @@ def test_compile_encoder_option_is_on_or_off_and_reaches_the_served_config(tmp_p
     checkpoint = make_demo_checkpoint(tmp_path / "checkpoints")
     options = BuildOptions(checkpoint=checkpoint, repo=tmp_path / "repo", work_dir=tmp_path / "work",
                            max_batch_size=2, demo=True, extra={"compile_encoder": "yes"})
-    with pytest.raises(UserError, match="compile_encoder=yes is not on or off"):
+    with pytest.raises(UserError, match="compile_encoder is 'yes', not on or off; set ECLAIR_COMPILE_ENCODER"):
         build(options)
     assert not (tmp_path / "repo").exists()
     options.extra["compile_encoder"] = "off"

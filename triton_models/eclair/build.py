@@ -22,6 +22,7 @@ from triton_models.common import (BuildOptions, companion_is_current, gpu_placem
                                   python_model_config, tensor)
 from triton_models.registry import get
 from triton_models.eclair.pages import PAGE_HEIGHT, PAGE_WIDTH, pad_page
+from triton_models.eclair.runtime import EclairRuntime, parse_compile_encoder
 
 HERE = Path(__file__).parent
 NAME = get("eclair").core
@@ -122,11 +123,16 @@ def build(options: BuildOptions) -> list[Path]:
                         "overlay's build).")
     # The vision encoder on a GPU: compiled then captured per bucket (about 1.7x faster a page on an
     # H200, but minutes of compiling at build and load); `--option compile_encoder=off`: captured only.
-    compile_encoder = options.extra.get("compile_encoder", "on")
-    if compile_encoder not in ("on", "off"):
-        raise UserError(f"ECLAIR option compile_encoder={compile_encoder} is not on or off.")
+    try:
+        compile_encoder = parse_compile_encoder(options.extra.get("compile_encoder", "on"),
+                                                "ECLAIR option compile_encoder",
+                                                "set ECLAIR_COMPILE_ENCODER in .env (or --option compile_encoder) "
+                                                "to on or off.")
+    except ValueError as error:
+        raise UserError(str(error)) from None
     parameters = {"max_new_tokens": str(_max_new_tokens(folder, options)), "device": options.device,
-                  "generator": generator, "slots": str(options.max_batch_size), "compile_encoder": compile_encoder,
+                  "generator": generator, "slots": str(options.max_batch_size),
+                  "compile_encoder": "on" if compile_encoder else "off",
                   **placement}
     return [publish_eclair(options.repo, folder, options.max_batch_size, parameters, count, force=options.force,
                            demo=options.demo)]
@@ -140,14 +146,13 @@ def publish_eclair(repo: Path, folder: Path, max_batch_size: int, parameters: di
     and settings only; the engines at `engine_dir`, which
     `parameters["engine_dir"]` names relative to the model's version folder). Golden answers come
     from the serving path itself: greedy decoding of a text is exact, not toleranced."""
-    from triton_models.eclair.runtime import EclairRuntime
-
     generator = parameters.get("generator", "pytorch")
     config = python_model_config(
         NAME, [tensor("image", "TYPE_UINT8", [PAGE_HEIGHT, PAGE_WIDTH, 3])], [tensor("text", "TYPE_STRING", [1])],
         max_batch_size, parameters, instance_count=instance_count)
     sources = {"checkpoint": file_sha256(folder), "model_py": file_sha256(HERE / "eclair_model.py"),
                "runtime": file_sha256(HERE / "runtime.py"), "graph_decoder": file_sha256(HERE / "graph_decoder.py"),
+               "encoder_graphs": file_sha256(HERE / "encoder_graphs.py"),
                "decode_attention": file_sha256(HERE / "decode_attention.py"),
                "greedy_rules": file_sha256(HERE / "greedy_rules.py"),
                "inflight": file_sha256(HERE / "inflight.py")}
@@ -170,6 +175,7 @@ def publish_eclair(repo: Path, folder: Path, max_batch_size: int, parameters: di
     golden = Golden({"image": canvas[None]}, {"text": np.array(expected)}, TOLERANCES["fp32"])  # [B]: see eclair_model.py
     files: dict[str, Path | bytes | str] = {"1/eclair_runtime.py": HERE / "runtime.py",
                                             "1/eclair_graph_decoder.py": HERE / "graph_decoder.py",
+                                            "1/eclair_encoder_graphs.py": HERE / "encoder_graphs.py",
                                             "1/eclair_decode_attention.py": HERE / "decode_attention.py",
                                             "1/eclair_greedy_rules.py": HERE / "greedy_rules.py",
                                             "1/eclair_inflight.py": HERE / "inflight.py"}

@@ -7,6 +7,7 @@ CUDA graph per batch bucket (1, 2, 4, ... `slots`), captured at load; on CPU the
 A step is MBartForCausalLM's math, then the processors of HF's greedy `generate` for the
 checkpoint's generation_config (greedy_rules.py; others are refused), argmax, and eos/pad
 bookkeeping on the device.
+The vision encoder runs through `encoder_graphs.py`: captured per bucket on CUDA, eager on CPU.
 `runtime.GraphGenerator` drives it in place of `generate`; `inflight.py` as the in-flight batcher.
 """
 from __future__ import annotations
@@ -82,7 +83,9 @@ class SlotDecoder:
     bucket) is computed but ignored. `move` copies a page between slots, for compaction."""
 
     def __init__(self, model, slots: int, max_new_tokens: int, ids, device: str, dtype: torch.dtype,
-                 use_graphs: bool | None = None, encoder_graph_batch: int = 0, compile_encoder: bool = False):
+                 use_graphs: bool | None = None, encoder_graph_batch: int = 0, *, compile_encoder: bool):
+        # compile_encoder has no default: the one default (on, as served) is runtime.make_generator's and
+        # EclairRuntime's; a second default here drifted from it.
         self.model, self.device, self.dtype = model.eval(), torch.device(device), dtype
         self.compile_encoder = compile_encoder
         cuda = self.device.type == "cuda"
@@ -120,7 +123,10 @@ class SlotDecoder:
         with torch.inference_mode(), torch.cuda.device(self.device) if cuda else contextlib.nullcontext():
             self._allocate(layers, ids)
             self._fuse_for_gpu()
-            self.graphs, self.encoder_graphs, self.encoder_compiled = {}, {}, False
+            self.graphs = {}
+            self.encoder_graphs = _sibling("encoder_graphs").EncoderGraphs(
+                self._encode_eager, lambda: attention_kernels(self.device), (3, *self.image_hw),
+                (self.encoder_tokens, self.d_model), self.device, dtype)
             if self.use_graphs:
                 self._capture(encoder_graph_batch)
 
@@ -131,8 +137,7 @@ class SlotDecoder:
     @property
     def encoder_mode(self) -> str:
         """How the vision encoder runs, for the load log."""
-        how = "compiled and captured" if self.encoder_compiled else "captured"
-        return f"{how} for {', '.join(map(str, sorted(self.encoder_graphs)))} pages" if self.encoder_graphs else "eager"
+        return self.encoder_graphs.mode
 
     def _allocate(self, layers: int, ids) -> None:
         on = {"device": self.device}
@@ -200,15 +205,7 @@ class SlotDecoder:
         """[B,3,H,W] -> encoder states [B, T, d_model] (after enc_to_dec_proj where the model has one)."""
         pixels = pixels.to(self.device, self.dtype)
         with attention_kernels(self.device):
-            if not self.encoder_graphs:
-                return self._encode_eager(pixels)
-            top, parts = max(self.encoder_graphs), []
-            for chunk in pixels.split(top):
-                size = bucket_for(len(chunk), sorted(self.encoder_graphs))
-                self.enc_in[:len(chunk)].copy_(chunk)
-                self.encoder_graphs[size].replay()
-                parts.append(self.enc_out[:len(chunk)].clone())
-            return torch.cat(parts)
+            return self.encoder_graphs(pixels)
 
     # -- the slots --------------------------------------------------------------------------------
     @_on_own_device
@@ -369,36 +366,7 @@ class SlotDecoder:
         self.pos.zero_()
         self.cur.fill_(self.ids.pad)
         if encoder_graph_batch > 0:
-            self.capture_encoder(bucket_sizes(encoder_graph_batch), self.compile_encoder, pool)
-
-    def capture_encoder(self, sizes: list[int], compiled: bool, pool=None) -> None:
-        """The encoder captured per bucket, `compiled` first (one static shape a bucket: Inductor fuses
-        Swin's norms, rolls and window reshapes; Dynamo's 8 entries hold the 1-2 decoders a process
-        builds); where that fails, captured uncompiled (states off the build's by fp16 rounding), else eager."""
-        self.enc_in = torch.zeros(sizes[-1], 3, *self.image_hw, device=self.device, dtype=self.dtype)
-        self.enc_out = torch.empty(sizes[-1], self.encoder_tokens, self.d_model, device=self.device, dtype=self.dtype)
-        self.encoder_graphs, self.encoder_compiled = {}, False
-        encode = torch.compile(self._encode_eager, dynamic=False) if compiled else self._encode_eager
-        kernels = lambda: attention_kernels(self.device)  # noqa: E731  (one-shot context managers)
-        try:
-            for size in reversed(sizes):
-                side = torch.cuda.Stream(self.device)
-                side.wait_stream(torch.cuda.current_stream(self.device))
-                with torch.cuda.stream(side), kernels():  # compiles this bucket's shape, then warms up
-                    for _ in range(2 if compiled else 1):
-                        self.enc_out[:size].copy_(encode(self.enc_in[:size]))
-                torch.cuda.current_stream(self.device).wait_stream(side)
-                graph = torch.cuda.CUDAGraph()
-                with kernels(), torch.cuda.graph(graph, pool=pool):
-                    self.enc_out[:size].copy_(encode(self.enc_in[:size]))
-                self.encoder_graphs[size] = graph
-            self.encoder_compiled = compiled
-        except Exception as error:  # noqa: BLE001 - an encoder that does not compile or capture runs without
-            self.encoder_graphs = {}
-            if compiled:
-                log.warning("ECLAIR encoder: compiled, it did not run or capture (%s); captured uncompiled", error)
-                return self.capture_encoder(sizes, False, pool)
-            log.warning("ECLAIR encoder left eager: CUDA graph capture failed (%s)", error)
+            self.encoder_graphs.capture(bucket_sizes(encoder_graph_batch), self.compile_encoder, pool)
 
 
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -55,6 +55,15 @@ def checkpoint_settings(folder: Path) -> tuple[tuple[int, int], TokenIds]:
     return input_hw, TokenIds(token("decoder_start_token_id"), token("pad_token_id"), token("eos_token_id"))
 
 
+def parse_compile_encoder(value: str, where: str, fix: str) -> bool:
+    """ECLAIR's compile_encoder setting, the one rule wherever it is read: "on" (the vision encoder
+    compiled, then captured, on a GPU) or "off" (captured only) -> whether to compile. Anything else
+    is a ValueError naming the setting as its reader knows it (`where`) and what to do (`fix`)."""
+    if value not in ("on", "off"):
+        raise ValueError(f"{where} is '{value}', not on or off; {fix}")
+    return value == "on"
+
+
 class TorchGenerator:
     """Greedy decoding with the Hugging Face model."""
 
@@ -89,7 +98,9 @@ class GraphGenerator:
     longest row of the call (max_new_tokens + 1 at most)."""
 
     def __init__(self, folder: Path, device: str, dtype: torch.dtype, slots: int = 16, max_new_tokens: int = 256,
-                 use_graphs: bool | None = None, encoder_graph_batch: int = 0, compile_encoder: bool = False):
+                 use_graphs: bool | None = None, encoder_graph_batch: int = 0, *, compile_encoder: bool):
+        # compile_encoder has no default: the one default (on, as served) is make_generator's and
+        # EclairRuntime's; a second default here drifted from it.
         from transformers import VisionEncoderDecoderModel
 
         self.device, self.dtype, self.slots, self.use_graphs = device, dtype, slots, use_graphs
@@ -102,7 +113,7 @@ class GraphGenerator:
     def _decoder(self, max_new_tokens: int, ids):
         return _sibling("graph_decoder").SlotDecoder(self.model, self.slots, max_new_tokens, ids, self.device,
                                                      self.dtype, self.use_graphs, self.encoder_graph_batch,
-                                                     self.compile_encoder)
+                                                     compile_encoder=self.compile_encoder)
 
     def reserve(self, max_new_tokens: int, ids):
         """The decoder, reallocated (and recaptured) for exactly `max_new_tokens` if loaded for another
@@ -201,15 +212,14 @@ class EclairRuntime:
         model_support.ModelArgs.device(); default: the config's `device` parameter), else CPU fp32;
         the config's `generator`, with TensorRT-LLM's engines at `engine_dir`."""
         wanted = device or params.get("device", "cpu")
-        compile_encoder = params.get("compile_encoder", "on")
-        if compile_encoder not in ("on", "off"):
-            raise ValueError(f"ECLAIR's config parameter compile_encoder is '{compile_encoder}', not on or off; "
-                             "rebuild the model (ECLAIR_COMPILE_ENCODER in .env)")
+        compile_encoder = parse_compile_encoder(params.get("compile_encoder", "on"),
+                                                "ECLAIR's config parameter compile_encoder",
+                                                "rebuild the model (ECLAIR_COMPILE_ENCODER in .env)")
         gpu = wanted.startswith("cuda") and torch.cuda.is_available()
         return cls(folder, device=wanted if gpu else "cpu", dtype=torch.float16 if gpu else torch.float32,
                    max_new_tokens=int(params.get("max_new_tokens", "256")), generator=params.get("generator", "pytorch"),
                    engine_dir=engine_dir, slots=int(params.get("slots", "16")),
-                   compile_encoder=compile_encoder == "on")
+                   compile_encoder=compile_encoder)
 
     @property
     def precision(self) -> str:
