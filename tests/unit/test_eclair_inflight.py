@@ -171,3 +171,21 @@ def test_the_scheduler_accounts_for_its_time_and_the_serving_thread_reports_it(r
         time.sleep(0.05)
     serving.stop()
     assert answered and lines and "ms per step" in lines[0], (answered, lines)  # reported once idle, within the hour
+
+
+def test_a_last_request_dropped_as_cancelled_is_busy_time_in_the_report(runtimes):
+    """Its cancellation check is counted in cancel_s; the report's host work (busy minus the parts) stays >= 0."""
+    graph, _ = runtimes
+    batcher = _batcher(graph)
+    batcher.cancel_check_s = 0
+    answered = []
+
+    def cancelled():
+        time.sleep(0.01)  # a round trip to the server
+        return True
+
+    batcher.submit(Job(_pages(1, 5), lambda texts, error: answered.append(error), cancelled))
+    assert not batcher.iterate()  # the only request was dropped: nothing left to do
+    times = batcher.times
+    assert times.cancel_s >= 0.01 and times.cancel_s <= times.busy_s
+    assert all(slot is None for slot in batcher.slots) and not batcher.jobs

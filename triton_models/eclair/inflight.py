@@ -158,6 +158,9 @@ class InflightBatcher:
         started = time.perf_counter()
         self._drop_cancelled()
         if not self.jobs and self.pending is None:
+            # what was dropped (the last request, cancelled) was work: its cancellation check is
+            # counted in cancel_s, so it is busy time too, or the report's host work goes negative
+            self.times.busy_s += time.perf_counter() - started
             return False
         try:
             self._admit()
