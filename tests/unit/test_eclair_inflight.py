@@ -153,12 +153,13 @@ def test_a_failing_step_fails_the_requests_in_flight_and_the_next_one_is_served(
 def test_the_scheduler_accounts_for_its_time_and_the_serving_thread_reports_it(runtimes):
     graph, _ = runtimes
     batcher = _batcher(graph)
-    batcher.submit(Job(_pages(2, 5), lambda texts, error: None, limit=4))
+    batcher.submit(Job(_pages(2, 5), lambda texts, error: time.sleep(0.02), limit=4))  # a response sent
     _run(batcher)
     times = batcher.times
+    assert times.answer_s >= 0.02
     assert times.steps >= 4  # 4 tokens a page, and the step launched past the last one
-    parts = times.gpu_wait_s + times.pixels_s + times.admit_s + times.cancel_s
-    assert times.pixels_s > 0 and times.admit_s > 0 and 0 < parts <= times.busy_s
+    parts = times.gpu_wait_s + times.pixels_s + times.admit_s + times.cancel_s + times.answer_s
+    assert times.pixels_s > 0 and times.admit_s > 0 and times.answer_s > 0 and 0 < parts <= times.busy_s
     assert times.summary().startswith(f"{times.steps} steps in ")
 
     lines, answered = [], []

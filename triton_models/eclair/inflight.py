@@ -61,22 +61,25 @@ class SchedulerTimes:
     """Where the scheduler thread's time went, to tell a host-bound server from a GPU-bound one: on a
     GPU, `gpu_wait_s` is the time it sat waiting for a step it had launched (the GPU was the bound);
     the rest of `busy_s` is host work, with pages turned into pixel values and their admission
-    (encoder and cross K/V queued, and any copy that waits on the GPU) counted apart."""
+    (encoder and cross K/V queued, and any copy that waits on the GPU) counted apart, and so is
+    answering (the texts detokenised and handed to the request's sender: in Triton, a response sent)."""
     steps: int = 0
     busy_s: float = 0.0  # iterations with work in flight
     gpu_wait_s: float = 0.0  # reading a launched step's tokens (on a GPU: waiting for it)
     pixels_s: float = 0.0  # runtime.pixel_values of the admitted pages
     admit_s: float = 0.0  # decoder.encode and decoder.admit
     cancel_s: float = 0.0  # asking Triton whether requests were cancelled
+    answer_s: float = 0.0  # runtime.texts and each done request's on_done
 
     def summary(self) -> str:
         if not self.steps:
             return "no steps"
         per_step = lambda seconds: f"{seconds / self.steps * 1e3:.2f}"  # noqa: E731
-        other = self.busy_s - self.gpu_wait_s - self.pixels_s - self.admit_s - self.cancel_s
+        other = self.busy_s - self.gpu_wait_s - self.pixels_s - self.admit_s - self.cancel_s - self.answer_s
         return (f"{self.steps} steps in {self.busy_s:.2f} s busy, ms per step: {per_step(self.gpu_wait_s)} waiting "
                 f"for the step, {per_step(self.pixels_s)} pixel values, {per_step(self.admit_s)} admission, "
-                f"{per_step(self.cancel_s)} cancellation checks, {per_step(other)} other host work")
+                f"{per_step(self.cancel_s)} cancellation checks, {per_step(self.answer_s)} answering, "
+                f"{per_step(other)} other host work")
 
 
 @dataclass(eq=False)
@@ -244,7 +247,9 @@ class InflightBatcher:
             return
         job.answered = True
         self.jobs.remove(job)
+        started = time.perf_counter()
         job.on_done(self.runtime.texts(job.tokens), None)
+        self.times.answer_s += time.perf_counter() - started
 
     def _fail_all(self, message: str) -> None:
         for job in self.jobs:
