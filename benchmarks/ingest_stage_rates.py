@@ -36,11 +36,11 @@ def timed(workers: int, fn, items: list) -> float:
 def main(url: str, pdf: Path, store_dir: Path, end_to_end: float) -> None:
     models = Models(url)
     doc = Document(pdf)
-    pages = [doc.page(i) for i in range(len(doc))]
+    pages = [doc.page(i).fit_for_elements() for i in range(len(doc))]  # as the pipeline's raster workers
     doc.close()
     rows = [r for r in Store(store_dir, create=False).rows().to_pylist() if r["document"] == str(pdf)]
     scanned = [pad_page(p.pixels)[0] for p in pages if not p.has_text_layer]
-    found = [models.page_elements(p.pixels) for p in pages]
+    found = [models.page_elements(p.elements_input) for p in pages]
     candidates = [caption_candidates(page.lines, box) for page, elements in zip(pages, found)
                   for label, box, _ in elements if label in ("table", "chart")]
     texts = [r["text"] for r in rows]
@@ -50,7 +50,7 @@ def main(url: str, pdf: Path, store_dir: Path, end_to_end: float) -> None:
         by_page.setdefault(row["page"], []).append(row["text"])
     embed_calls = [page[i:i + batch] for page in by_page.values() for i in range(0, len(page), batch)]
     stages = [  # name, items/s alone, items per document page, unit
-        ("elements", timed(in_flight["elements"], models.page_elements, [p.pixels for p in pages]), 1.0, "pages"),
+        ("elements", timed(in_flight["elements"], models.page_elements, [p.elements_input for p in pages]), 1.0, "pages"),
         ("ocr", timed(in_flight["ocr"], models.ocr, scanned), len(scanned) / len(pages), "scanned pages"),
         ("captions", timed(in_flight["captions"], models.caption, candidates), len(candidates) / len(pages), "calls"),
         ("embed", len(texts) / len(embed_calls) * timed(in_flight["embed"], models.embed, embed_calls)

@@ -131,7 +131,7 @@ def ingest(paths: list[Path], out: Path, grpc_url: str, fingerprint: str, ocr: s
     def process_page(path: Path, index: int):
         page: Page = stages["raster"].submit(rasteriser.page, path, index).result()
         height, width = page.pixels.shape[:2]
-        elements = stages["elements"].submit(models.page_elements, page.pixels)
+        elements = stages["elements"].submit(models.page_elements, page.elements_input)
         needs_ocr = ocr == "always" or (ocr == "auto" and not page.has_text_layer)
         lines = list(page.lines)
         if needs_ocr:

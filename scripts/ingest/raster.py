@@ -21,7 +21,7 @@ def _render(path: Path, index: int) -> Page:
         while len(_OPEN) >= _KEEP_OPEN:
             _OPEN.pop(next(iter(_OPEN))).close()
         doc = _OPEN[path] = Document(path)
-    return doc.page(index)
+    return doc.page(index).fit_for_elements()  # the resize on the workers' cores, not in Triton's wrapper
 
 
 def _ready() -> int:

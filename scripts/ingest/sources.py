@@ -36,6 +36,21 @@ class Page:
     number: int  # 1-based
     pixels: np.ndarray  # uint8 HxWx3, fitting 1280x1024
     lines: list[Line] = field(default_factory=list)  # the text layer (empty: none)
+    # the page fitted into YOLOX's input (page_processing.fit), made on the raster workers so that
+    # the served wrapper only pads it: see `elements_input`
+    fitted: np.ndarray | None = None
+
+    @property
+    def elements_input(self) -> np.ndarray:
+        """What the page-elements model is sent: the fitted page where made (its boxes, normalised,
+        are the full page's), else the page."""
+        return self.pixels if self.fitted is None else self.fitted
+
+    def fit_for_elements(self) -> "Page":
+        from triton_models.yolox.page_processing import fit
+
+        self.fitted = fit(self.pixels)[0]
+        return self
 
     @property
     def has_text_layer(self) -> bool:

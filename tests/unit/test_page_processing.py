@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from triton_models.eclair.pages import PAGE_HEIGHT, PAGE_WIDTH, Block, pad_page, parse_blocks
-from triton_models.yolox.page_processing import INPUT_SIZE, PAD_VALUE, decode_image, letterbox, nms, postprocess
+from triton_models.yolox.page_processing import INPUT_SIZE, PAD_VALUE, decode_image, fit, letterbox, nms, postprocess
 
 
 def test_letterbox_keeps_aspect_pads_114_at_bottom_right_and_keeps_rgb():
@@ -26,6 +26,25 @@ def test_letterbox_of_a_page_that_fits_is_the_page_and_padding():
 def test_letterbox_refuses_non_rgb():
     with pytest.raises(ValueError, match="uint8 HxWx3"):
         letterbox(np.zeros((10, 10), np.uint8))
+
+
+def test_a_page_fitted_first_is_letterboxed_to_the_same_canvas_with_the_same_normalised_boxes():
+    """The ingest pipeline sends pages fitted on its raster workers: the served wrapper then only pads."""
+    from scripts.ingest.sources import Page
+
+    page = np.random.default_rng(1).integers(0, 256, (1280, 989, 3), dtype=np.uint8)  # a letter page, rasterised
+    fitted = Page(1, page).fit_for_elements().elements_input
+    assert fitted.shape == (1024, 791, 3) and fit(fitted)[0] is fitted  # fits: not resized again
+    full, full_ratio = letterbox(page)
+    again, again_ratio = letterbox(fitted)
+    np.testing.assert_array_equal(full, again)
+    assert (full_ratio, again_ratio) == (0.8, 1.0)
+    decoded = np.zeros((21504, 8), np.float32)
+    decoded[7, :6] = (400.0, 300.0, 200.0, 100.0, 0.9, 0.9)  # one confident table, in canvas pixels
+    boxes_full = postprocess(decoded, full_ratio, page.shape[:2])[0]
+    boxes_fitted = postprocess(decoded, again_ratio, fitted.shape[:2])[0]
+    np.testing.assert_allclose(boxes_fitted, boxes_full, atol=1e-3)  # int() of 791.2 pixels: 0.03%
+    assert Page(1, page).elements_input is page  # not fitted: the page itself
 
 
 def test_nms_suppresses_overlaps_only():

@@ -23,11 +23,11 @@ def decode_image(data: bytes) -> np.ndarray:
         raise ValueError(f"'image' is not a decodable PNG/JPEG ({exc})") from None
 
 
-def letterbox(image: np.ndarray, size: int = INPUT_SIZE) -> tuple[np.ndarray, float]:
-    """Resize keeping the aspect ratio into a size x size canvas padded with 114 at the bottom and
-    right (as nv-ingest's `resize_image` and upstream's ValTransform), channels as given (RGB: the
-    served cores turn them into what the checkpoint was trained on), CHW uint8: the core casts on
-    its device (a batch of 16 pages is 50 MB, not 200 MB of fp32)."""
+def fit(image: np.ndarray, size: int = INPUT_SIZE) -> tuple[np.ndarray, float]:
+    """The page resized, keeping its aspect ratio, to fit a size x size canvas (Pillow's bilinear),
+    and the ratio; a page that already fits on one side and within the other is returned as it is.
+    A client may send a page fitted here (the ingest pipeline does, on its raster workers): the
+    served wrapper's `letterbox` then only pads it, and the boxes, normalised, are the same."""
     from PIL import Image
 
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or min(image.shape[:2]) < 1:
@@ -35,10 +35,19 @@ def letterbox(image: np.ndarray, size: int = INPUT_SIZE) -> tuple[np.ndarray, fl
     height, width = image.shape[:2]
     ratio = min(size / height, size / width)
     new_w, new_h = max(1, int(width * ratio)), max(1, int(height * ratio))
-    resized = image if (new_w, new_h) == (width, height) else np.asarray(
-        Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+    if (new_w, new_h) == (width, height):
+        return image, ratio
+    return np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR)), ratio
+
+
+def letterbox(image: np.ndarray, size: int = INPUT_SIZE) -> tuple[np.ndarray, float]:
+    """Resize keeping the aspect ratio into a size x size canvas padded with 114 at the bottom and
+    right (as nv-ingest's `resize_image` and upstream's ValTransform), channels as given (RGB: the
+    served cores turn them into what the checkpoint was trained on), CHW uint8: the core casts on
+    its device (a batch of 16 pages is 50 MB, not 200 MB of fp32)."""
+    resized, ratio = fit(image, size)
     canvas = np.full((size, size, 3), PAD_VALUE, dtype=np.uint8)
-    canvas[:new_h, :new_w] = resized
+    canvas[:resized.shape[0], :resized.shape[1]] = resized
     return np.ascontiguousarray(canvas.transpose(2, 0, 1)), ratio
 
 
