@@ -17,6 +17,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -33,12 +34,22 @@ OCR_MODES = ("auto", "always", "never")
 EMBED_IN_FLIGHT = 8  # a page's chunks per call (a few): enough calls for the server to batch them
 
 
+class StageTimes(NamedTuple):
+    """A stage's figures for the report: its busy time, and when (seconds from the run's start) its
+    first call began and its last ended, which shows how much of the run's start and end it sat out."""
+    items: int
+    busy_s: float
+    first_s: float
+    last_s: float
+
+
 class Stage:
     """A thread pool plus its busy time: the union of the intervals with a call in flight."""
 
     def __init__(self, name: str, workers: int):
         self.name, self.pool = name, ThreadPoolExecutor(workers, thread_name_prefix=f"ingest-{name}")
         self.items, self.busy_s = 0, 0.0
+        self.first, self.last = None, None  # time.monotonic() of the first call's start, the last's end
         self._lock, self._active, self._since = threading.Lock(), 0, 0.0
 
     def submit(self, fn, *args, items: int = 1) -> Future:
@@ -46,6 +57,7 @@ class Stage:
             with self._lock:
                 if self._active == 0:
                     self._since = time.monotonic()
+                    self.first = self._since if self.first is None else self.first
                 self._active += 1
             try:
                 return fn(*args)
@@ -54,8 +66,13 @@ class Stage:
                     self._active -= 1
                     self.items += items
                     if self._active == 0:
-                        self.busy_s += time.monotonic() - self._since
+                        self.last = time.monotonic()
+                        self.busy_s += self.last - self._since
         return self.pool.submit(run)
+
+    def times(self, started: float) -> StageTimes:
+        """This stage's figures, with `started` (time.monotonic()) as the run's start."""
+        return StageTimes(self.items, self.busy_s, (self.first or started) - started, (self.last or started) - started)
 
     def rate(self) -> float:
         return self.items / self.busy_s if self.busy_s > 0 else 0.0
@@ -73,7 +90,7 @@ class Report:
     pages: int = 0
     chunks: int = 0
     seconds: float = 0.0
-    stages: dict[str, tuple[int, float]] = field(default_factory=dict)  # name -> (items, busy s)
+    stages: dict[str, StageTimes] = field(default_factory=dict)
     parquet: Path | None = None
 
     @property
@@ -84,10 +101,11 @@ class Report:
         out = [f"{len(self.ingested)} ingested, {len(self.skipped)} skipped (already stored with the same sha256 and "
                f"stack fingerprint), {len(self.failures)} failed; {self.pages} pages, {self.chunks} chunks in "
                f"{self.seconds:.1f} s: {self.pages_per_s:.2f} pages/s end to end"]
-        for name, (items, busy) in self.stages.items():
+        for name, (items, busy, first, last) in self.stages.items():
             unit = "chunks" if name == "embed" else "pages" if name in ("raster", "elements", "ocr") else "items"
             rate = f"{items / busy:.2f} {unit}/s of busy time" if busy > 0 else "idle"
-            out.append(f"  {name:<9} {items:>5} {unit:<6} busy {busy:6.1f} s: {rate}")
+            span = f" (from {first:.1f} to {last:.1f} s)" if busy > 0 else ""
+            out.append(f"  {name:<9} {items:>5} {unit:<6} busy {busy:6.1f} s{span}: {rate}")
         if self.failures:
             out.append("failed:")
             out.extend(f"  {failure}" for failure in self.failures)
@@ -220,7 +238,7 @@ def ingest(paths: list[Path], out: Path, grpc_url: str, fingerprint: str, ocr: s
             rasteriser.close()
             models.close()
     report.seconds = time.monotonic() - started
-    report.stages = {name: (stage.items, stage.busy_s) for name, stage in stages.items()}
+    report.stages = {name: stage.times(started) for name, stage in stages.items()}
     report.parquet = store.export_parquet()
     if gone is not None:
         raise UserError(f"Triton at {grpc_url} stopped answering during the run ({gone}); the {len(report.ingested)} "

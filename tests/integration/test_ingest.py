@@ -116,7 +116,11 @@ def test_ocr_never_stores_image_pages_without_text(served_suite, inputs, tmp_pat
     report = ingest([inputs["text"], inputs["png"]], tmp_path, server.grpc_url, stack_fingerprint(folders_in(repo)),
                     ocr="never", progress=False)
     assert report.failures == [] and len(report.ingested) == 2 and report.pages == 6
-    assert report.stages["ocr"][0] == 0 and report.stages["elements"][0] == 6 and report.stages["embed"][0] >= 1
+    assert report.stages["ocr"].items == 0 and report.stages["elements"].items == 6 and report.stages["embed"].items >= 1
+    elements = report.stages["elements"]  # its calls within the run, busy at most from its first to its last
+    assert 0 <= elements.first_s < elements.last_s <= report.seconds
+    assert 0 < elements.busy_s <= elements.last_s - elements.first_s + 1e-6
+    assert f"busy {elements.busy_s:6.1f} s (from {elements.first_s:.1f} to {elements.last_s:.1f} s)" in "\n".join(report.lines())
 
 
 def test_search_ranks_the_chunk_of_page_3_first(served_suite, ingested, capsys):
