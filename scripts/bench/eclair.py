@@ -9,7 +9,10 @@ really made). The paths, on the same pages and limits:
     order; a batch decodes to its longest page, and each page counts only its own tokens;
   - `graph` (raw): the slot decoder with in-flight batching (eclair_inflight.py), in this process;
   - `served`: one request per page with the request parameter `max_new_tokens`, `2 x slots`
-    clients at once, through Triton. Its token counts are the graph path's for the same pages.
+    clients at once, through Triton, connected before the clock starts. Its token counts are the
+    graph path's for the same pages.
+Every path first decodes the same warm-up pages (8 tokens each), untimed: first kernels, the
+allocator's pools (served: the server process's own, pinned staging memory included).
 The HBM floor: one step reads the decoder's weights once, the self KV cache of every slot up to its
 mean position, and every slot's cross K/V; at the card's memory bandwidth that gives the floor's
 tokens/s at `slots` pages in flight.
@@ -133,9 +136,11 @@ def served(grpc_url: str, pages: np.ndarray, limits: list[int], counts: list[int
 
     order = list(range(len(pages)))
     lock, errors = threading.Lock(), []
+    connected = [grpc.InferenceServerClient(grpc_url) for _ in range(clients)]
+    for client in connected:  # channels open before the clock, as a running client's are
+        client.is_server_live()
 
-    def client_loop():
-        client = grpc.InferenceServerClient(grpc_url)
+    def client_loop(client):
         while True:
             with lock:
                 if not order:
@@ -149,7 +154,7 @@ def served(grpc_url: str, pages: np.ndarray, limits: list[int], counts: list[int
                 errors.append(str(exc))
         client.close()
 
-    threads = [threading.Thread(target=client_loop) for _ in range(clients)]
+    threads = [threading.Thread(target=client_loop, args=(client,)) for client in connected]
     started = time.monotonic()
     for thread in threads:
         thread.start()
@@ -184,6 +189,7 @@ def bench_eclair(grpc_url: str, model_dir: Path, count: int, lengths: tuple[int,
         raw_generate(reference, warm, [8] * len(warm), slots)
         points.append(raw_generate(reference, pages, limits, slots))
         del reference  # its weights: the served model needs the memory
+    served(grpc_url, warm, [8] * len(warm), [8] * len(warm), clients=2 * slots)  # untimed, as the raw paths'
     points.append(served(grpc_url, pages, limits, counts, clients=2 * slots))
     floor = hbm_floor_tokens_per_s(decoder, slots, float(np.mean(limits)) / 2, hbm_tbps(device))
     report = {"device": device, "pages": count, "page_shape": list(pages.shape[1:]), "slots": slots,
