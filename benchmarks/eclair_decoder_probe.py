@@ -47,7 +47,7 @@ def encoder_buckets(decoder, pixels, largest: int, device) -> None:
     with torch.inference_mode(), attention_kernels(torch.device(device)):
         for compiled in (False, True):
             start = time.perf_counter()
-            decoder.encoder_graphs.capture(sizes, compiled)
+            decoder.encoder_graphs.capture(decoder._encode_eager, sizes, compiled)
             setup = time.perf_counter() - start
             label = decoder.encoder_mode.split(" for ")[0]  # "compiled and captured", "captured" or "eager"
             print(f"encoder {label} (asked: {'compiled' if compiled else 'captured'}): set up for {sizes} in "

@@ -189,7 +189,9 @@ def bench_eclair(grpc_url: str, model_dir: Path, count: int, lengths: tuple[int,
         raw_generate(reference, warm, [8] * len(warm), slots)
         points.append(raw_generate(reference, pages, limits, slots))
         del reference  # its weights: the served model needs the memory
-    served(grpc_url, warm, [8] * len(warm), [8] * len(warm), clients=2 * slots)  # untimed, as the raw paths'
+    warm_served = pages[:min(2 * slots, count)]  # as many as the timed run's clients stage at once
+    served(grpc_url, warm_served, [8] * len(warm_served), [8] * len(warm_served), clients=2 * slots)  # untimed
+    time.sleep(1.0)  # the server's scheduler goes idle (0.5 s) and logs the warm-up's line apart from the run's
     points.append(served(grpc_url, pages, limits, counts, clients=2 * slots))
     floor = hbm_floor_tokens_per_s(decoder, slots, float(np.mean(limits)) / 2, hbm_tbps(device))
     report = {"device": device, "pages": count, "page_shape": list(pages.shape[1:]), "slots": slots,

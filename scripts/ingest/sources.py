@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from triton_models.eclair.pages import PAGE_HEIGHT, PAGE_WIDTH
+from triton_models.yolox.page_processing import fit
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SUFFIXES = (".pdf",) + IMAGE_SUFFIXES
@@ -47,9 +48,10 @@ class Page:
         return self.pixels if self.fitted is None else self.fitted
 
     def fit_for_elements(self) -> "Page":
-        from triton_models.yolox.page_processing import fit
-
-        self.fitted = fit(self.pixels)[0]
+        """Make `fitted` where it is smaller than the page (a small page is sent as it is: the server
+        enlarges it, and the request stays small); returns the page."""
+        fitted, ratio = fit(self.pixels)
+        self.fitted = fitted if ratio < 1 else None
         return self
 
     @property

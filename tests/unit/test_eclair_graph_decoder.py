@@ -234,3 +234,22 @@ def test_generation_config_processors_match_generate(varied, reference, settings
             row += [] if done else [token]
     assert [_trim(row, ids.eos) for row in expected] == got
     assert expected != rows  # the settings changed something
+
+
+def test_a_dropped_decoder_is_freed_at_once(varied, reference):
+    """No reference cycle through its encoder graphs: `reserve` drops the old decoder and expects its
+    KV cache (and, on a GPU, its graphs) freed before it sizes the next one, without the collector."""
+    import gc
+    import weakref
+
+    _, model = varied
+    _, _, ids, _, _ = reference
+    decoder = SlotDecoder(model, 2, 8, ids, "cpu", torch.float32, compile_encoder=False)
+    decoder.encode(_pixels(_pages()[:1]))
+    gone, cache = weakref.ref(decoder), weakref.ref(decoder.self_k)
+    gc.disable()
+    try:
+        del decoder
+        assert gone() is None and cache() is None
+    finally:
+        gc.enable()

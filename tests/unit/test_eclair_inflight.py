@@ -190,3 +190,4 @@ def test_a_last_request_dropped_as_cancelled_is_busy_time_in_the_report(runtimes
     times = batcher.times
     assert times.cancel_s >= 0.01 and times.cancel_s <= times.busy_s
     assert all(slot is None for slot in batcher.slots) and not batcher.jobs
+    assert answered == []  # a request whose client has gone is not answered

@@ -47,6 +47,22 @@ def test_a_page_fitted_first_is_letterboxed_to_the_same_canvas_with_the_same_nor
     assert Page(1, page).elements_input is page  # not fitted: the page itself
 
 
+@pytest.mark.parametrize("height", [1122, 1138, 1151, 1183, 1195, 1243, 1249, 1259, 1280, 2048])
+def test_a_fitted_page_is_not_resized_again(height):
+    """Its limiting side is exactly the input size, whatever floating point makes of the ratio."""
+    page = np.zeros((height, 866, 3), np.uint8)
+    fitted, _ = fit(page)
+    assert fitted.shape[0] == INPUT_SIZE and fit(fitted)[0] is fitted
+    np.testing.assert_array_equal(letterbox(fitted)[0], letterbox(page)[0])
+
+
+def test_a_small_page_is_sent_as_it_is():
+    from scripts.ingest.sources import Page
+
+    page = np.zeros((500, 400, 3), np.uint8)
+    assert Page(1, page).fit_for_elements().elements_input is page  # the server enlarges it
+
+
 def test_nms_suppresses_overlaps_only():
     boxes = np.array([[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]], np.float32)
     assert nms(boxes, np.array([0.9, 0.8, 0.7]), 0.5) == [0, 2]

@@ -84,8 +84,8 @@ class SlotDecoder:
 
     def __init__(self, model, slots: int, max_new_tokens: int, ids, device: str, dtype: torch.dtype,
                  use_graphs: bool | None = None, encoder_graph_batch: int = 0, *, compile_encoder: bool):
-        # compile_encoder has no default: the one default (on, as served) is runtime.make_generator's and
-        # EclairRuntime's; a second default here drifted from it.
+        # compile_encoder has no default here: the served default (on) is set where the setting is
+        # read (runtime.make_generator, EclairRuntime); a default here once drifted from it.
         self.model, self.device, self.dtype = model.eval(), torch.device(device), dtype
         self.compile_encoder = compile_encoder
         cuda = self.device.type == "cuda"
@@ -125,8 +125,8 @@ class SlotDecoder:
             self._fuse_for_gpu()
             self.graphs = {}
             self.encoder_graphs = _sibling("encoder_graphs").EncoderGraphs(
-                self._encode_eager, lambda: attention_kernels(self.device), (3, *self.image_hw),
-                (self.encoder_tokens, self.d_model), self.device, dtype)
+                (3, *self.image_hw), (self.encoder_tokens, self.d_model), self.device, dtype,
+                functools.partial(attention_kernels, self.device))
             if self.use_graphs:
                 self._capture(encoder_graph_batch)
 
@@ -205,7 +205,7 @@ class SlotDecoder:
         """[B,3,H,W] -> encoder states [B, T, d_model] (after enc_to_dec_proj where the model has one)."""
         pixels = pixels.to(self.device, self.dtype)
         with attention_kernels(self.device):
-            return self.encoder_graphs(pixels)
+            return self.encoder_graphs(pixels, self._encode_eager)
 
     # -- the slots --------------------------------------------------------------------------------
     @_on_own_device
@@ -366,7 +366,7 @@ class SlotDecoder:
         self.pos.zero_()
         self.cur.fill_(self.ids.pad)
         if encoder_graph_batch > 0:
-            self.encoder_graphs.capture(bucket_sizes(encoder_graph_batch), self.compile_encoder, pool)
+            self.encoder_graphs.capture(self._encode_eager, bucket_sizes(encoder_graph_batch), self.compile_encoder, pool)
 
 
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -158,12 +158,11 @@ class InflightBatcher:
     def iterate(self, block: bool = False) -> bool:
         """One scheduler iteration; False when there was nothing to do."""
         self._take_incoming(block)
-        started = time.perf_counter()
+        started, had_jobs = time.perf_counter(), bool(self.jobs)
         self._drop_cancelled()
         if not self.jobs and self.pending is None:
-            # what was dropped (the last request, cancelled) was work: its cancellation check is
-            # counted in cancel_s, so it is busy time too, or the report's host work goes negative
-            self.times.busy_s += time.perf_counter() - started
+            if had_jobs:  # the last request, dropped as cancelled: its check (in cancel_s) was busy time
+                self.times.busy_s += time.perf_counter() - started
             return False
         try:
             self._admit()

@@ -99,8 +99,8 @@ class GraphGenerator:
 
     def __init__(self, folder: Path, device: str, dtype: torch.dtype, slots: int = 16, max_new_tokens: int = 256,
                  use_graphs: bool | None = None, encoder_graph_batch: int = 0, *, compile_encoder: bool):
-        # compile_encoder has no default: the one default (on, as served) is make_generator's and
-        # EclairRuntime's; a second default here drifted from it.
+        # compile_encoder has no default here: the served default (on) is set where the setting is
+        # read (make_generator, EclairRuntime); a default here once drifted from it.
         from transformers import VisionEncoderDecoderModel
 
         self.device, self.dtype, self.slots, self.use_graphs = device, dtype, slots, use_graphs

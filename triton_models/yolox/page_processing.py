@@ -34,7 +34,8 @@ def fit(image: np.ndarray, size: int = INPUT_SIZE) -> tuple[np.ndarray, float]:
         raise ValueError(f"a page must be uint8 HxWx3, got {image.dtype} {tuple(image.shape)}")
     height, width = image.shape[:2]
     ratio = min(size / height, size / width)
-    new_w, new_h = max(1, int(width * ratio)), max(1, int(height * ratio))
+    # + 1e-6: the limiting side is exactly `size` (int(1122 * (1024 / 1122)) is 1023 in floating point)
+    new_w, new_h = max(1, int(width * ratio + 1e-6)), max(1, int(height * ratio + 1e-6))
     if (new_w, new_h) == (width, height):
         return image, ratio
     return np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR)), ratio
