@@ -14,9 +14,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from scripts.ingest.batching import CallBatcher
 from scripts.ingest.chunks import caption_candidates
 from scripts.ingest.models import Models
-from scripts.ingest.pipeline import stage_in_flight
+from scripts.ingest.pipeline import Stage, stage_in_flight
 from scripts.ingest.sources import Document
 from scripts.ingest.store import Store
 from triton_models.eclair.pages import pad_page
@@ -33,6 +34,20 @@ def timed(workers: int, fn, items: list) -> float:
     return len(items) / (time.perf_counter() - started)
 
 
+def embedded(models: Models, slots: int, pages: list[list[str]]) -> float:
+    """chunks/s of the pipeline's embedding calls (CallBatcher) for every page's chunks at once."""
+    models.embed(pages[0][:1])
+    stage = Stage("embed", slots)
+    batcher = CallBatcher(models.embed, stage, models.embed_batch, slots)
+    started = time.perf_counter()
+    futures = [future for page in pages for future in batcher.submit(page)]
+    for future in futures:
+        future.result()
+    seconds = time.perf_counter() - started
+    stage.shutdown()
+    return sum(map(len, pages)) / seconds
+
+
 def main(url: str, pdf: Path, store_dir: Path, end_to_end: float) -> None:
     models = Models(url)
     doc = Document(pdf)
@@ -44,17 +59,16 @@ def main(url: str, pdf: Path, store_dir: Path, end_to_end: float) -> None:
     candidates = [caption_candidates(page.lines, box) for page, elements in zip(pages, found)
                   for label, box, _ in elements if label in ("table", "chart")]
     texts = [r["text"] for r in rows]
-    batch, in_flight = models.embed_batch, stage_in_flight(models)
-    by_page: dict[int, list[str]] = {}  # the pipeline embeds each page's chunks, at most `batch` a call
+    in_flight = stage_in_flight(models)
+    by_page: dict[int, list[str]] = {}  # the pipeline submits each page's chunks to its CallBatcher
     for row in rows:
         by_page.setdefault(row["page"], []).append(row["text"])
-    embed_calls = [page[i:i + batch] for page in by_page.values() for i in range(0, len(page), batch)]
     stages = [  # name, items/s alone, items per document page, unit
         ("elements", timed(in_flight["elements"], models.page_elements, [p.elements_input for p in pages]), 1.0, "pages"),
         ("ocr", timed(in_flight["ocr"], models.ocr, scanned), len(scanned) / len(pages), "scanned pages"),
         ("captions", timed(in_flight["captions"], models.caption, candidates), len(candidates) / len(pages), "calls"),
-        ("embed", len(texts) / len(embed_calls) * timed(in_flight["embed"], models.embed, embed_calls)
-         if texts else float("inf"), len(texts) / len(pages), "chunks"),
+        ("embed", embedded(models, in_flight["embed"], list(by_page.values())) if texts else float("inf"),
+         len(texts) / len(pages), "chunks"),
     ]
     models.close()
     print(f"{pdf.name}: {len(pages)} pages ({len(scanned)} scanned), {len(rows)} chunks, {len(candidates)} caption calls")

@@ -29,6 +29,7 @@ import numpy as np
 
 from converters.model_folder import VERSION, read_model_config
 from converters.runners.model_support import load_beside
+from triton_models.eclair.inflight import IDLE_WAIT_S
 
 # Memory bandwidth (TB/s) by the name nvidia-smi reports, from NVIDIA's data sheets (SXM parts).
 HBM_TBPS: tuple[tuple[str, float], ...] = (("H100 PCIe", 2.0), ("H100 NVL", 3.9), ("H100", 3.35), ("H200", 4.8),
@@ -191,7 +192,7 @@ def bench_eclair(grpc_url: str, model_dir: Path, count: int, lengths: tuple[int,
         del reference  # its weights: the served model needs the memory
     warm_served = pages[:min(2 * slots, count)]  # as many as the timed run's clients stage at once
     served(grpc_url, warm_served, [8] * len(warm_served), [8] * len(warm_served), clients=2 * slots)  # untimed
-    time.sleep(1.0)  # the server's scheduler goes idle (0.5 s) and logs the warm-up's line apart from the run's
+    time.sleep(2 * IDLE_WAIT_S)  # the server's scheduler goes idle and logs the warm-up's line apart from the run's
     points.append(served(grpc_url, pages, limits, counts, clients=2 * slots))
     floor = hbm_floor_tokens_per_s(decoder, slots, float(np.mean(limits)) / 2, hbm_tbps(device))
     report = {"device": device, "pages": count, "page_shape": list(pages.shape[1:]), "slots": slots,

@@ -3,10 +3,11 @@ one thread pool per model stage, so that requests are in flight to every model a
 
 Per page: raster (worker processes, scripts/ingest/raster.py) -> page elements (yolox_page_elements)
 and, where the page needs it, OCR (eclair) at the same time -> caption_selection for each
-table/chart -> chunks -> their embeddings (e5_small_v2_text, passage, at most the model's max batch
-a call). Per document: its rows are written in one step, only once the whole document succeeded.
-Each model stage keeps twice its model's max batch in flight (for ECLAIR, its decoder slots), so
-Triton always has a full batch to form and the next one waiting. Embedding page by page, rather
+table/chart -> chunks -> their embeddings (e5_small_v2_text, passage; the chunks of every page
+waiting join in calls of up to the model's max batch, scripts/ingest/batching.py). Per document:
+its rows are written in one step, only once the whole document succeeded. The page-elements and
+OCR stages keep twice their model's max batch in flight (for ECLAIR, its decoder slots), so Triton
+always has a full batch to form and the next one waiting. Embedding page by page, rather
 than a document's chunks once all its pages are done, keeps the last stage from running alone at
 the end of a run; the raster workers start while the store and the models are being opened.
 """
@@ -23,6 +24,7 @@ import numpy as np
 
 from converters.errors import UserError
 
+from scripts.ingest.batching import CallBatcher
 from scripts.ingest.chunks import CAPTION_CANDIDATES, caption_candidates, ocr_lines, page_chunks
 from scripts.ingest.models import CAPTION_CORE, OCR, PAGE_ELEMENTS, Models
 from scripts.ingest.raster import Rasteriser
@@ -31,7 +33,9 @@ from scripts.ingest.store import Store
 from triton_models.eclair.pages import pad_page
 
 OCR_MODES = ("auto", "always", "never")
-EMBED_IN_FLIGHT = 8  # a page's chunks per call (a few): enough calls for the server to batch them
+# Embedding calls in flight: each carries the chunks of every page waiting, up to the model's max batch
+# (scripts/ingest/batching.py); two per served instance of the text model, as the stack serves two.
+EMBED_IN_FLIGHT = 4
 
 
 class StageTimes(NamedTuple):
@@ -163,9 +167,7 @@ def ingest(paths: list[Path], out: Path, grpc_url: str, fingerprint: str, ocr: s
         if needs_ocr:  # the page's text is ECLAIR's (auto: the page has no text layer)
             for chunk in chunks:
                 chunk.source = "ocr"
-        batch = models.embed_batch
-        parts = [stages["embed"].submit(models.embed, [c.text for c in chunks[i:i + batch]],
-                                        items=len(chunks[i:i + batch])) for i in range(0, len(chunks), batch)]
+        parts = embedder.submit([c.text for c in chunks])
         vectors = np.concatenate([p.result() for p in parts]) if parts else np.zeros((0, 384), np.float32)
         with bar_lock:
             bar.update(1)
@@ -187,6 +189,7 @@ def ingest(paths: list[Path], out: Path, grpc_url: str, fingerprint: str, ocr: s
     try:
         in_flight = stage_in_flight(models)
         stages.update({"raster": Stage("raster", rasteriser.workers), **{n: Stage(n, k) for n, k in in_flight.items()}})
+        embedder = CallBatcher(models.embed, stages["embed"], models.embed_batch, in_flight["embed"])
         pages_pool = ThreadPoolExecutor(in_flight["elements"] + in_flight["ocr"] + rasteriser.workers,
                                         thread_name_prefix="ingest-page")
         docs_pool = ThreadPoolExecutor(2, thread_name_prefix="ingest-doc")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from triton_models.eclair.pages import PAGE_HEIGHT, PAGE_WIDTH
-from triton_models.yolox.page_processing import fit
+from triton_models.yolox.page_processing import INPUT_SIZE, fit
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SUFFIXES = (".pdf",) + IMAGE_SUFFIXES
@@ -50,8 +50,7 @@ class Page:
     def fit_for_elements(self) -> "Page":
         """Make `fitted` where it is smaller than the page (a small page is sent as it is: the server
         enlarges it, and the request stays small); returns the page."""
-        fitted, ratio = fit(self.pixels)
-        self.fitted = fitted if ratio < 1 else None
+        self.fitted = fit(self.pixels)[0] if max(self.pixels.shape[:2]) > INPUT_SIZE else None
         return self
 
     @property

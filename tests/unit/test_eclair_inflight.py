@@ -174,6 +174,24 @@ def test_the_scheduler_accounts_for_its_time_and_the_serving_thread_reports_it(r
     assert answered and lines and "ms per step" in lines[0], (answered, lines)  # reported once idle, within the hour
 
 
+def test_a_burst_after_a_quiet_spell_is_reported_whole_not_at_its_first_step(runtimes):
+    """The minute-while-busy report counts from the burst's start: after a quiet spell longer than it,
+    the burst's first step is not reported alone (a bench's warm-up and timed run stay apart)."""
+    graph, _ = runtimes
+    lines, answered = [], []
+    serving = InflightBatcher(graph, _batcher(graph).decoder, 4, graph.ids.start, report=lines.append,
+                              report_every_s=1.0, idle_report_s=0.0).start()
+    time.sleep(1.2)  # quiet, longer than report_every_s
+    serving.submit(Job(_pages(1, 8), lambda texts, error: answered.append(texts), limit=6))
+    for _ in range(600):
+        if answered and lines:
+            break
+        time.sleep(0.05)
+    serving.stop()
+    assert answered and lines, (answered, lines)
+    assert int(lines[0].split()[0]) >= 6, lines  # every step of the burst (6 tokens) in its one line
+
+
 def test_a_last_request_dropped_as_cancelled_is_busy_time_in_the_report(runtimes):
     """Its cancellation check is counted in cancel_s; the report's host work (busy minus the parts) stays >= 0."""
     graph, _ = runtimes

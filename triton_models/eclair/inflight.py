@@ -51,9 +51,11 @@ class Job:
 # while the step runs: a request whose client has gone frees its slots within about half a second.
 CANCEL_CHECK_S = 0.5
 CANCEL_ASKS_PER_STEP = 1
-# A report is written once a minute while busy, and when the scheduler goes idle if the last was
-# this long ago (a burst shorter than a minute is reported too).
+# A report is written once a minute into a busy spell, and when the scheduler goes idle if the last
+# was this long ago (a burst shorter than a minute is reported too, whole).
 IDLE_REPORT_S = 10.0
+# An idle scheduler waits this long for a request before it looks at its report again.
+IDLE_WAIT_S = 0.5
 
 
 @dataclass
@@ -130,11 +132,19 @@ class InflightBatcher:
 
     # --- the scheduler ------------------------------------------------------------------------
     def _serve(self) -> None:
-        reported = time.monotonic()
+        reported = burst_started = time.monotonic()
+        was_busy = False
         while not self._stop.is_set():
             busy = self.iterate(block=True)
-            due = self.report_every_s if busy else min(self.report_every_s, self.idle_report_s)
-            if self.report and self.times.steps and time.monotonic() - reported >= due:
+            now = time.monotonic()
+            if busy and not was_busy:
+                burst_started = now
+            was_busy = busy
+            # while busy, a minute into the burst (not since the last report, which a quiet hour makes
+            # due at a burst's first step); once idle, when the last report is idle_report_s old
+            due = (now - max(reported, burst_started) >= self.report_every_s if busy
+                   else now - reported >= min(self.report_every_s, self.idle_report_s))
+            if self.report and self.times.steps and due:
                 try:
                     self.report(self.times.summary())
                 except Exception:  # noqa: BLE001 - a report that cannot be written never stops the serving
@@ -144,7 +154,7 @@ class InflightBatcher:
     def _take_incoming(self, block: bool) -> None:
         idle = not self.jobs and self.pending is None
         try:
-            job = self.incoming.get(block=block and idle, timeout=0.5 if block and idle else None)
+            job = self.incoming.get(block=block and idle, timeout=IDLE_WAIT_S if block and idle else None)
         except queue.Empty:
             return
         while job is not None or not self.incoming.empty():

@@ -1,0 +1,86 @@
+"""The ingest pipeline's embedding calls: the chunks of every page waiting join in calls of up to
+the model's max batch (scripts/ingest/batching.py)."""
+import threading
+
+import numpy as np
+import pytest
+
+from scripts.ingest.batching import CallBatcher
+from scripts.ingest.pipeline import Stage
+
+
+class Model:
+    """A stand-in for the served embedding model's call: each item's row is [its number, call index];
+    a call waits for `release` once `hold` is set, and fails on an item named 'bad'."""
+
+    def __init__(self):
+        self.calls, self.release, self.hold = [], threading.Event(), False
+        self.started = threading.Event()
+
+    def __call__(self, items):
+        index = len(self.calls)
+        self.calls.append(list(items))
+        self.started.set()
+        if self.hold:
+            assert self.release.wait(10)
+        if "bad" in items:
+            raise RuntimeError("the model refused a row")
+        return np.array([[float(item.split("-")[1]), index] for item in items])
+
+
+def texts(page, count):
+    return [f"p{page}-{page * 100 + i}" for i in range(count)]
+
+
+def test_pages_waiting_while_a_call_is_in_flight_join_the_next_call_in_order():
+    model, stage = Model(), Stage("embed", 1)
+    model.hold = True
+    batcher = CallBatcher(model, stage, batch=8, slots=1)
+    first = batcher.submit(texts(1, 3))
+    assert model.started.wait(10)
+    later = [batcher.submit(texts(page, 2)) for page in (2, 3, 4, 5)]  # 8 items: one full call
+    model.release.set()
+    rows = [np.concatenate([f.result(10) for f in parts]) for parts in [first] + later]
+    stage.shutdown()
+    assert model.calls == [texts(1, 3), texts(2, 2) + texts(3, 2) + texts(4, 2) + texts(5, 2)]
+    for page, got in zip((1, 2, 3, 4, 5), rows):
+        assert got[:, 0].tolist() == [page * 100 + i for i in range(len(got))]  # each page its own rows
+    assert stage.items == 11
+
+
+def test_a_page_larger_than_the_batch_is_split_and_a_call_never_exceeds_the_batch():
+    model, stage = Model(), Stage("embed", 2)
+    batcher = CallBatcher(model, stage, batch=4, slots=2)
+    parts = batcher.submit(texts(7, 10))
+    assert len(parts) == 3
+    got = np.concatenate([f.result(10) for f in parts])
+    stage.shutdown()
+    assert got[:, 0].tolist() == [700 + i for i in range(10)]
+    assert sorted(map(len, model.calls)) == [2, 4, 4]
+
+
+def test_a_failed_call_fails_the_pages_it_carried_and_no_other():
+    model, stage = Model(), Stage("embed", 1)
+    model.hold = True
+    batcher = CallBatcher(model, stage, batch=2, slots=1)
+    first = batcher.submit(texts(1, 1))
+    assert model.started.wait(10)
+    bad = batcher.submit(["bad"])
+    also_in_that_call = batcher.submit(texts(2, 1))
+    after = batcher.submit(texts(3, 2))
+    model.release.set()
+    assert first[0].result(10)[:, 0].tolist() == [100]
+    for parts in (bad, also_in_that_call):
+        with pytest.raises(RuntimeError, match="refused a row"):
+            parts[0].result(10)
+    assert after[0].result(10)[:, 0].tolist() == [300, 301]
+    stage.shutdown()
+
+
+def test_an_empty_page_makes_no_call_and_a_bad_setting_is_refused():
+    model, stage = Model(), Stage("embed", 1)
+    assert CallBatcher(model, stage, batch=4, slots=1).submit([]) == []
+    assert model.calls == []
+    stage.shutdown()
+    with pytest.raises(ValueError, match="batch and slots"):
+        CallBatcher(model, stage, batch=0, slots=1)
