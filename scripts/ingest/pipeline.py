@@ -29,7 +29,7 @@ from scripts.ingest.chunks import CAPTION_CANDIDATES, caption_candidates, ocr_li
 from scripts.ingest.models import CAPTION_CORE, OCR, PAGE_ELEMENTS, Models
 from scripts.ingest.raster import Rasteriser
 from scripts.ingest.sources import Document, InputError, Page, find_inputs, sha256
-from scripts.ingest.store import Store
+from scripts.ingest.store import Store, exported_documents
 from triton_models.eclair.pages import pad_page
 
 OCR_MODES = ("auto", "always", "never")
@@ -136,11 +136,17 @@ def ingest(paths: list[Path], out: Path, grpc_url: str, fingerprint: str, ocr: s
     started = time.monotonic()
     report = Report()
     rasteriser = Rasteriser().warm()  # worker processes start while the rest is opened
+    # LanceDB's import takes about 2 s: the store opens while the first pages go to the models, and
+    # what is already stored is read without it where the store's Parquet export allows
+    opener = ThreadPoolExecutor(1, thread_name_prefix="ingest-store")
+    opening = opener.submit(Store, out)
+    opener.shutdown(wait=False)
     try:
         files, report.failures = find_inputs([Path(p) for p in paths])
         report.documents = len(files)
-        store = Store(out)
-        done = store.ingested()
+        done = exported_documents(out)
+        if done is None:
+            done = opening.result().ingested()
         models = Models(grpc_url)
     except BaseException:
         rasteriser.close()
@@ -226,7 +232,7 @@ def ingest(paths: list[Path], out: Path, grpc_url: str, fingerprint: str, ocr: s
                     break
                 report.failures.append(f"{path}: failed on the models ({type(exc).__name__}: {exc}).")
                 continue
-            store.replace_document(str(path), rows)
+            opening.result().replace_document(str(path), rows)
             report.ingested.append(str(path))
             report.pages += pages
             report.chunks += len(rows)
@@ -242,7 +248,7 @@ def ingest(paths: list[Path], out: Path, grpc_url: str, fingerprint: str, ocr: s
             models.close()
     report.seconds = time.monotonic() - started
     report.stages = {name: stage.times(started) for name, stage in stages.items()}
-    report.parquet = store.export_parquet()
+    report.parquet = opening.result().export_parquet()
     if gone is not None:
         raise UserError(f"Triton at {grpc_url} stopped answering during the run ({gone}); the {len(report.ingested)} "
                         f"document(s) stored before it stay stored (and in {report.parquet.name}); bring the stack "

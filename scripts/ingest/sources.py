@@ -169,8 +169,10 @@ class Document:
                 if not (0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE):
                     raise InputError(f"{name} is {width:.0f}x{height:.0f} points; pages larger than {MAX_SIDE} "
                                      "points a side (or empty) are refused.")
-                bitmap = page.render(scale=fit_scale(height, width))
-                pixels = np.array(bitmap.to_pil().convert("RGB"), dtype=np.uint8)
+                # RGB from PDFium itself (rev_byteorder): the same pixels as converting its BGR, in half the time
+                bitmap = page.render(scale=fit_scale(height, width), rev_byteorder=True)
+                pixels = (np.array(bitmap.to_numpy(), dtype=np.uint8) if bitmap.mode == "RGB"
+                          else np.array(bitmap.to_pil().convert("RGB"), dtype=np.uint8))
                 lines = _text_lines(page, width, height)
             except InputError:
                 raise

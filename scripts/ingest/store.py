@@ -2,6 +2,7 @@
 `export_parquet` writes the same rows to `chunks.parquet`. Milvus is the scale-out (not here)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import numpy as np
 from converters.errors import UserError
 
 TABLE = "chunks"
+PARQUET = "chunks.parquet"
 DIM = 384
 
 
@@ -21,6 +23,28 @@ def schema():
         ("embedding", pa.list_(pa.float32(), DIM)), ("fingerprint", pa.string()),
         ("source", pa.string()),  # text_layer | ocr
     ])
+
+
+def exported_documents(folder: Path) -> set[tuple[str, str]] | None:
+    """(sha256, fingerprint) of the documents stored in `folder`, read without LanceDB (whose import
+    takes about 2 s): none where there is no table; else those of the table's last Parquet export,
+    each of which is in the table (the export is the table's rows at the end of a run), so skipping
+    them is safe, and a document written after it (a run stopped before its export) is only
+    ingested again, replacing its rows. None where the export is missing, unreadable or has other
+    columns: ask the store itself (`Store.ingested`)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = Path(folder)
+    if not (folder / f"{TABLE}.lance").exists():
+        return set()
+    try:
+        if pq.read_schema(folder / PARQUET).names != schema().names:
+            return None
+        columns = pq.read_table(folder / PARQUET, columns=["sha256", "fingerprint"]).to_pydict()
+    except (OSError, pa.ArrowException):
+        return None
+    return set(zip(columns["sha256"], columns["fingerprint"]))
 
 
 def _quote(value: str) -> str:
@@ -67,8 +91,10 @@ class Store:
     def export_parquet(self, path: Path | None = None) -> Path:
         import pyarrow.parquet as pq
 
-        path = path or self.folder / "chunks.parquet"
-        pq.write_table(self.table.to_arrow(), path)
+        path = path or self.folder / PARQUET
+        partial = path.with_name(path.name + ".partial")  # a stopped export never leaves half a file
+        pq.write_table(self.table.to_arrow(), partial)
+        os.replace(partial, path)
         return path
 
     def search(self, vector: np.ndarray, top_k: int) -> list[dict]:

@@ -1,0 +1,31 @@
+"""What is already stored, read from the store's Parquet export without LanceDB
+(scripts/ingest/store.py `exported_documents`), and the export written whole."""
+import numpy as np
+
+from scripts.ingest.store import DIM, PARQUET, Store, exported_documents
+
+
+def _row(document, sha, chunk=0):
+    return {"document": document, "sha256": sha, "page": 1, "chunk": chunk, "element": "text",
+            "box": [0.0, 0.0, 1.0, 1.0], "text": f"chunk {chunk}", "embedding": np.ones(DIM, np.float32).tolist(),
+            "fingerprint": "fp1", "source": "text_layer"}
+
+
+def test_the_export_gives_what_is_stored_and_anything_unsure_defers_to_the_store(tmp_path):
+    folder = tmp_path / "store"
+    assert exported_documents(folder) == set()  # no table: nothing stored
+    store = Store(folder)
+    store.replace_document("a.pdf", [_row("a.pdf", "sha-a"), _row("a.pdf", "sha-a", 1)])
+    store.replace_document("b.pdf", [_row("b.pdf", "sha-b")])
+    assert exported_documents(folder) is None  # a table without an export: ask the store
+    assert store.export_parquet() == folder / PARQUET
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(PARQUET)) == [PARQUET]  # no partial file
+    assert exported_documents(folder) == {("sha-a", "fp1"), ("sha-b", "fp1")} == store.ingested()
+
+    (folder / PARQUET).write_bytes(b"PAR1 not a parquet file")  # an export cut short by hand
+    assert exported_documents(folder) is None
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"sha256": ["sha-a"], "fingerprint": ["fp1"]}), folder / PARQUET)  # other columns
+    assert exported_documents(folder) is None
