@@ -45,6 +45,23 @@ def _run(batcher: InflightBatcher, steps: int = 500) -> None:
     raise AssertionError("the scheduler did not finish")
 
 
+def _serve_one(graph, decoder, slots: int, page_seed: int, limit: int, report_every_s: float,
+               quiet_s: float = 0.0) -> tuple[list, list]:
+    """One request through a started scheduler thread (after `quiet_s` idle): its answers and the
+    report lines written by the time it is answered and reported, or 30 s."""
+    lines, answered = [], []
+    serving = InflightBatcher(graph, decoder, slots, graph.ids.start, report=lines.append,
+                              report_every_s=report_every_s, idle_report_s=0.0).start()
+    time.sleep(quiet_s)
+    serving.submit(Job(_pages(1, page_seed), lambda texts, error: answered.append(texts), limit=limit))
+    for _ in range(600):
+        if answered and lines:
+            break
+        time.sleep(0.05)
+    serving.stop()
+    return answered, lines
+
+
 def test_a_short_request_is_answered_first_with_the_text_generate_gives(runtimes):
     graph, reference = runtimes
     batcher = _batcher(graph)
@@ -162,15 +179,7 @@ def test_the_scheduler_accounts_for_its_time_and_the_serving_thread_reports_it(r
     assert times.pixels_s > 0 and times.admit_s > 0 and times.answer_s > 0 and 0 < parts <= times.busy_s
     assert times.summary().startswith(f"{times.steps} steps in ")
 
-    lines, answered = [], []
-    serving = InflightBatcher(graph, batcher.decoder, batcher.decoder.slots, graph.ids.start,
-                              report=lines.append, report_every_s=3600.0, idle_report_s=0.0).start()
-    serving.submit(Job(_pages(1, 6), lambda texts, error: answered.append(texts), limit=3))
-    for _ in range(600):
-        if answered and lines:
-            break
-        time.sleep(0.05)
-    serving.stop()
+    answered, lines = _serve_one(graph, batcher.decoder, batcher.decoder.slots, 6, 3, report_every_s=3600.0)
     assert answered and lines and "ms per step" in lines[0], (answered, lines)  # reported once idle, within the hour
 
 
@@ -178,16 +187,8 @@ def test_a_burst_after_a_quiet_spell_is_reported_whole_not_at_its_first_step(run
     """The minute-while-busy report counts from the burst's start: after a quiet spell longer than it,
     the burst's first step is not reported alone (a bench's warm-up and timed run stay apart)."""
     graph, _ = runtimes
-    lines, answered = [], []
-    serving = InflightBatcher(graph, _batcher(graph).decoder, 4, graph.ids.start, report=lines.append,
-                              report_every_s=1.0, idle_report_s=0.0).start()
-    time.sleep(1.2)  # quiet, longer than report_every_s
-    serving.submit(Job(_pages(1, 8), lambda texts, error: answered.append(texts), limit=6))
-    for _ in range(600):
-        if answered and lines:
-            break
-        time.sleep(0.05)
-    serving.stop()
+    answered, lines = _serve_one(graph, _batcher(graph).decoder, 4, 8, 6, report_every_s=1.0,
+                                 quiet_s=1.2)  # quiet, longer than report_every_s
     assert answered and lines, (answered, lines)
     assert int(lines[0].split()[0]) >= 6, lines  # every step of the burst (6 tokens) in its one line
 
