@@ -39,12 +39,14 @@ def embedded(models: Models, slots: int, pages: list[list[str]]) -> float:
     models.embed(pages[0][:1])
     stage = Stage("embed", slots)
     batcher = CallBatcher(models.embed, stage, models.embed_batch, slots)
-    started = time.perf_counter()
-    futures = [future for page in pages for future in batcher.submit(page)]
-    for future in futures:
-        future.result()
-    seconds = time.perf_counter() - started
-    stage.shutdown()
+    try:
+        started = time.perf_counter()
+        futures = [future for page in pages for future in batcher.submit(page)]
+        for future in futures:
+            future.result()
+        seconds = time.perf_counter() - started
+    finally:
+        stage.shutdown()
     return sum(map(len, pages)) / seconds
 
 

@@ -16,17 +16,21 @@ import numpy as np
 class CallBatcher:
     """`submit(items)` gives futures of `call`'s answers (rows, one per item, in order) for `items`,
     at most `batch` a future; `call` runs on `stage` (ingest.pipeline.Stage) with at most `slots`
-    calls in flight. A failed call fails the futures of every page it carried, and no other."""
+    calls in flight. A failed call fails the futures of every page it carried, and no other; once a
+    call is cancelled or the stage refuses one (it is shutting down), every waiting page fails."""
 
     def __init__(self, call: Callable[[list], np.ndarray], stage, batch: int, slots: int):
         if batch < 1 or slots < 1:
             raise ValueError(f"batch and slots must be at least 1, got {batch} and {slots}")
         self._call, self._stage, self.batch, self._free = call, stage, batch, slots
         self._pending: list[tuple[list, Future]] = []  # (items of one part of a page, its future)
+        self._closed: BaseException | None = None  # why no call is sent any more
         self._lock = threading.Lock()
 
     def submit(self, items: list) -> list[Future]:
         parts = [(items[i:i + self.batch], Future()) for i in range(0, len(items), self.batch)]
+        for _, future in parts:
+            future.set_running_or_notify_cancel()  # not cancellable: only this class completes it
         with self._lock:
             self._pending.extend(parts)
         self._send()
@@ -36,6 +40,9 @@ class CallBatcher:
         """Send what is pending while a slot is free: whole parts, in order, up to `batch` items."""
         while True:
             with self._lock:
+                if self._closed is not None:
+                    refused, self._pending = self._pending, []
+                    break
                 if not self._free or not self._pending:
                     return
                 taken, count = [], 0
@@ -48,20 +55,41 @@ class CallBatcher:
             try:
                 call = self._stage.submit(self._call, items, items=len(items))
             except RuntimeError as exc:  # the stage was shut down: the run is ending
-                call = Future()
-                call.set_exception(exc)
+                with self._lock:
+                    self._closed = exc
+                    self._free += 1
+                _fail(taken, exc)
+                continue
             call.add_done_callback(lambda done, taken=taken: self._answer(taken, done))
+        _fail(refused, self._closed)
 
     def _answer(self, taken: list[tuple[list, Future]], done: Future) -> None:
-        error = CancelledError() if done.cancelled() else done.exception()
-        rows = None if error is not None else done.result()
-        start = 0
-        for part, future in taken:
+        if done.cancelled():  # the stage is shutting down (and may hold its pool's lock): send nothing more
+            with self._lock:
+                self._closed = self._closed or CancelledError()
+                self._free += 1
+            _fail(taken, CancelledError())
+            return
+        try:
+            error, rows = done.exception(), None
+            if error is None:
+                rows = done.result()
+                expected = sum(len(part) for part, _ in taken)
+                if len(rows) != expected:
+                    error = RuntimeError(f"the model answered {len(rows)} rows for {expected} items")
             if error is not None:
-                future.set_exception(error)
+                _fail(taken, error)
             else:
-                future.set_result(rows[start:start + len(part)])
-            start += len(part)
-        with self._lock:
-            self._free += 1
-        self._send()
+                start = 0
+                for part, future in taken:
+                    future.set_result(rows[start:start + len(part)])
+                    start += len(part)
+        finally:
+            with self._lock:
+                self._free += 1
+            self._send()
+
+
+def _fail(parts: list[tuple[list, Future]], error: BaseException) -> None:
+    for _, future in parts:
+        future.set_exception(error)

@@ -248,10 +248,15 @@ def ingest(paths: list[Path], out: Path, grpc_url: str, fingerprint: str, ocr: s
             models.close()
     report.seconds = time.monotonic() - started
     report.stages = {name: stage.times(started) for name, stage in stages.items()}
-    report.parquet = opening.result().export_parquet()
+    try:
+        report.parquet = opening.result().export_parquet()
+    except UserError:
+        if gone is None:
+            raise
     if gone is not None:
+        export = report.parquet.name if report.parquet else "no export: the store did not open"
         raise UserError(f"Triton at {grpc_url} stopped answering during the run ({gone}); the {len(report.ingested)} "
-                        f"document(s) stored before it stay stored (and in {report.parquet.name}); bring the stack "
+                        f"document(s) stored before it stay stored (and in {export}); bring the stack "
                         "back up and run ingest again: stored documents are skipped.")
     return report
 

@@ -28,10 +28,10 @@ def schema():
 def exported_documents(folder: Path) -> set[tuple[str, str]] | None:
     """(sha256, fingerprint) of the documents stored in `folder`, read without LanceDB (whose import
     takes about 2 s): none where there is no table; else those of the table's last Parquet export,
-    each of which is in the table (the export is the table's rows at the end of a run), so skipping
-    them is safe, and a document written after it (a run stopped before its export) is only
-    ingested again, replacing its rows. None where the export is missing, unreadable or has other
-    columns: ask the store itself (`Store.ingested`)."""
+    each of which is in the table when no table version is newer than the export (the export is the
+    table's rows at the end of a run), so skipping them is safe. None where the export is missing,
+    unreadable, has other columns, or the table changed after it (a run stopped before its export):
+    ask the store itself (`Store.ingested`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -39,6 +39,9 @@ def exported_documents(folder: Path) -> set[tuple[str, str]] | None:
     if not (folder / f"{TABLE}.lance").exists():
         return set()
     try:
+        manifests = (folder / f"{TABLE}.lance" / "_versions").glob("*.manifest")  # one per table version
+        if max((m.stat().st_mtime_ns for m in manifests), default=0) > (folder / PARQUET).stat().st_mtime_ns:
+            return None
         if pq.read_schema(folder / PARQUET).names != schema().names:
             return None
         columns = pq.read_table(folder / PARQUET, columns=["sha256", "fingerprint"]).to_pydict()

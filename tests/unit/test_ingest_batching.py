@@ -1,6 +1,7 @@
 """The ingest pipeline's embedding calls: the chunks of every page waiting join in calls of up to
 the model's max batch (scripts/ingest/batching.py)."""
 import threading
+from concurrent.futures import CancelledError
 
 import numpy as np
 import pytest
@@ -84,3 +85,32 @@ def test_an_empty_page_makes_no_call_and_a_bad_setting_is_refused():
     stage.shutdown()
     with pytest.raises(ValueError, match="batch and slots"):
         CallBatcher(model, stage, batch=0, slots=1)
+
+
+def test_a_wrong_row_count_fails_its_pages_and_the_slot_is_freed():
+    stage = Stage("embed", 1)
+    batcher = CallBatcher(lambda items: np.zeros((len(items) - 1, 2)), stage, batch=4, slots=1)
+    for _ in range(3):  # each call fails; the one slot comes back every time
+        with pytest.raises(RuntimeError, match="answered 1 rows for 2 items"):
+            batcher.submit(["a-1", "b-2"])[0].result(10)
+    stage.shutdown()
+
+
+def test_after_the_stage_shuts_down_waiting_pages_fail_instead_of_hanging():
+    model, stage = Model(), Stage("embed", 1)
+    model.hold = True
+    batcher = CallBatcher(model, stage, batch=1, slots=2)
+    first = batcher.submit(texts(1, 1))
+    assert model.started.wait(10)
+    queued = batcher.submit(texts(2, 1))  # the second slot: queued in the stage's pool, not started
+    waiting = batcher.submit(texts(3, 1))  # no slot left: waits in the batcher
+    shutting = threading.Thread(target=stage.shutdown)  # cancels the queued call, waits for the running one
+    shutting.start()
+    model.release.set()
+    shutting.join(10)
+    assert not shutting.is_alive()  # no deadlock on the pool's lock
+    assert first[0].result(10)[:, 0].tolist() == [100]
+    for parts in (queued, waiting):
+        with pytest.raises(CancelledError):
+            parts[0].result(10)
+    assert not first[0].cancel()  # the futures handed out cannot be cancelled from outside

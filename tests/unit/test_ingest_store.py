@@ -21,6 +21,10 @@ def test_the_export_gives_what_is_stored_and_anything_unsure_defers_to_the_store
     assert store.export_parquet() == folder / PARQUET
     assert sorted(p.name for p in folder.iterdir() if p.name.startswith(PARQUET)) == [PARQUET]  # no partial file
     assert exported_documents(folder) == {("sha-a", "fp1"), ("sha-b", "fp1")} == store.ingested()
+    store.replace_document("b.pdf", [_row("b.pdf", "sha-b2")])  # a run stopped before its export
+    assert exported_documents(folder) is None  # the table is newer than the export: ask the store
+    store.export_parquet()
+    assert exported_documents(folder) == {("sha-a", "fp1"), ("sha-b2", "fp1")}
 
     (folder / PARQUET).write_bytes(b"PAR1 not a parquet file")  # an export cut short by hand
     assert exported_documents(folder) is None
