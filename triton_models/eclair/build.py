@@ -124,7 +124,7 @@ def build(options: BuildOptions) -> list[Path]:
     # The vision encoder on a GPU: compiled then captured per bucket (about 1.7x faster a page on an
     # H200, but minutes of compiling at build and load); `--option compile_encoder=off`: captured only.
     try:
-        compile_encoder = parse_compile_encoder(options.extra.get("compile_encoder", "on"),
+        compile_encoder = parse_compile_encoder(options.extra.get("compile_encoder"),
                                                 "ECLAIR option compile_encoder",
                                                 "set ECLAIR_COMPILE_ENCODER in .env (or --option compile_encoder) "
                                                 "to on or off.")

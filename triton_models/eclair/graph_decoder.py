@@ -84,7 +84,7 @@ class SlotDecoder:
 
     def __init__(self, model, slots: int, max_new_tokens: int, ids, device: str, dtype: torch.dtype,
                  use_graphs: bool | None = None, encoder_graph_batch: int = 0, *, compile_encoder: bool):
-        # compile_encoder has no default here: the served default (on) is set where the setting is
+        # compile_encoder has no default here: the default is parse_compile_encoder's, where the setting is
         # read (runtime.make_generator, EclairRuntime); a default here once drifted from it.
         self.model, self.device, self.dtype = model.eval(), torch.device(device), dtype
         self.compile_encoder = compile_encoder

@@ -55,10 +55,15 @@ def checkpoint_settings(folder: Path) -> tuple[tuple[int, int], TokenIds]:
     return input_hw, TokenIds(token("decoder_start_token_id"), token("pad_token_id"), token("eos_token_id"))
 
 
-def parse_compile_encoder(value: str, where: str, fix: str) -> bool:
+COMPILE_ENCODER_DEFAULT = "on"
+
+
+def parse_compile_encoder(value: str | None, where: str, fix: str) -> bool:
     """ECLAIR's compile_encoder setting, the one rule wherever it is read: "on" (the vision encoder
-    compiled, then captured, on a GPU) or "off" (captured only) -> whether to compile. Anything else
-    is a ValueError naming the setting as its reader knows it (`where`) and what to do (`fix`)."""
+    compiled, then captured, on a GPU; also when the setting is absent, None) or "off" (captured
+    only) -> whether to compile. Anything else is a ValueError naming the setting as its reader
+    knows it (`where`) and what to do (`fix`)."""
+    value = COMPILE_ENCODER_DEFAULT if value is None else value
     if value not in ("on", "off"):
         raise ValueError(f"{where} is '{value}', not on or off; {fix}")
     return value == "on"
@@ -99,7 +104,7 @@ class GraphGenerator:
 
     def __init__(self, folder: Path, device: str, dtype: torch.dtype, slots: int = 16, max_new_tokens: int = 256,
                  use_graphs: bool | None = None, encoder_graph_batch: int = 0, *, compile_encoder: bool):
-        # compile_encoder has no default here: the served default (on) is set where the setting is
+        # compile_encoder has no default here: the default is parse_compile_encoder's, where the setting is
         # read (make_generator, EclairRuntime); a default here once drifted from it.
         from transformers import VisionEncoderDecoderModel
 
@@ -212,7 +217,7 @@ class EclairRuntime:
         model_support.ModelArgs.device(); default: the config's `device` parameter), else CPU fp32;
         the config's `generator`, with TensorRT-LLM's engines at `engine_dir`."""
         wanted = device or params.get("device", "cpu")
-        compile_encoder = parse_compile_encoder(params.get("compile_encoder", "on"),
+        compile_encoder = parse_compile_encoder(params.get("compile_encoder"),
                                                 "ECLAIR's config parameter compile_encoder",
                                                 "rebuild the model (ECLAIR_COMPILE_ENCODER in .env)")
         gpu = wanted.startswith("cuda") and torch.cuda.is_available()
