@@ -79,3 +79,12 @@ def test_the_graph_generator_compiles_the_encoder_on_a_gpu_unless_told_not(monke
     runtime.make_generator("graph", "folder", device, None, slots=16, compile_encoder=option)
     assert seen["compile_encoder"] is compiled
     assert seen["encoder_graph_batch"] == (4 if device.startswith("cuda") else 0)
+
+
+def test_compile_encoder_is_on_when_absent_and_anything_but_on_or_off_is_named():
+    from triton_models.eclair.runtime import parse_compile_encoder
+
+    assert parse_compile_encoder(None, "x", "fix") is True  # the one default, wherever the setting is read
+    assert parse_compile_encoder("on", "x", "fix") is True and parse_compile_encoder("off", "x", "fix") is False
+    with pytest.raises(ValueError, match="^ECLAIR option compile_encoder is 'On', not on or off; set it$"):
+        parse_compile_encoder("On", "ECLAIR option compile_encoder", "set it")
