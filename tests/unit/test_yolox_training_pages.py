@@ -51,7 +51,9 @@ def test_a_short_training_finds_the_tables_and_nothing_on_text_pages(pages):
     images, targets = pages
     torch.manual_seed(0)
     model = build_yolox(0.33, 0.25, len(LABELS))
-    losses = train(model, images, targets, steps=150, batch=4, lr=2e-3, log=None)
+    # 150 steps left a text page at 0.52 once pages were letterboxed as served; at 250 the text pages
+    # score at most 0.11 and every table 1.0: a margin either side of the 0.3 threshold.
+    losses = train(model, images, targets, steps=250, batch=4, lr=2e-3, log=None)
     assert np.mean(losses[-10:]) < 0.3 * np.mean(losses[:10])
     with torch.no_grad():
         decoded = YOLOXOnPages(model.eval())(images).numpy()
