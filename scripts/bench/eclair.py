@@ -192,7 +192,9 @@ def bench_eclair(grpc_url: str, model_dir: Path, count: int, lengths: tuple[int,
         del reference  # its weights: the served model needs the memory
     warm_served = pages[:min(2 * slots, count)]  # as many as the timed run's clients stage at once
     served(grpc_url, warm_served, [8] * len(warm_served), [8] * len(warm_served), clients=2 * slots)  # untimed
-    time.sleep(2 * IDLE_WAIT_S)  # the server's scheduler goes idle and logs the warm-up's line apart from the run's
+    # the server's scheduler goes idle between the two; its log gives the warm-up a line of its own only
+    # when its last report is older than its report interval (else the warm-up's steps join the run's line)
+    time.sleep(2 * IDLE_WAIT_S)
     points.append(served(grpc_url, pages, limits, counts, clients=2 * slots))
     floor = hbm_floor_tokens_per_s(decoder, slots, float(np.mean(limits)) / 2, hbm_tbps(device))
     report = {"device": device, "pages": count, "page_shape": list(pages.shape[1:]), "slots": slots,

@@ -16,14 +16,18 @@ import numpy as np
 class CallBatcher:
     """`submit(items)` gives futures of `call`'s answers (rows, one per item, in order) for `items`,
     at most `batch` a future; `call` runs on `stage` (ingest.pipeline.Stage) with at most `slots`
-    calls in flight. A failed call fails the futures of every page it carried, and no other; once a
-    call is cancelled or the stage refuses one (it is shutting down), every waiting page fails."""
+    calls in flight. When a call that carried several pages fails and `isolate(error)` holds (the
+    input, not the server, is at fault), each page is sent again alone, so that a bad input fails only
+    its own page; otherwise the call's pages fail together. Once a call is cancelled or the stage
+    refuses one (it is shutting down), every waiting page fails."""
 
-    def __init__(self, call: Callable[[list], np.ndarray], stage, batch: int, slots: int):
+    def __init__(self, call: Callable[[list], np.ndarray], stage, batch: int, slots: int,
+                 isolate: Callable[[BaseException], bool] = lambda error: True):
         if batch < 1 or slots < 1:
             raise ValueError(f"batch and slots must be at least 1, got {batch} and {slots}")
-        self._call, self._stage, self.batch, self._free = call, stage, batch, slots
+        self._call, self._stage, self.batch, self._free, self._isolate = call, stage, batch, slots, isolate
         self._pending: list[tuple[list, Future]] = []  # (items of one part of a page, its future)
+        self._alone: list[tuple[list, Future]] = []  # parts of a failed call, each sent again on its own
         self._closed: BaseException | None = None  # why no call is sent any more
         self._lock = threading.Lock()
 
@@ -37,19 +41,23 @@ class CallBatcher:
         return [future for _, future in parts]
 
     def _send(self) -> None:
-        """Send what is pending while a slot is free: whole parts, in order, up to `batch` items."""
+        """Send what waits while a slot is free: a part to retry alone first, else whole parts, in
+        order, up to `batch` items."""
         while True:
             with self._lock:
                 if self._closed is not None:
-                    refused, self._pending = self._pending, []
+                    refused = self._take_waiting()
                     break
-                if not self._free or not self._pending:
+                if not self._free or not (self._pending or self._alone):
                     return
-                taken, count = [], 0
-                while self._pending and count + len(self._pending[0][0]) <= self.batch:
-                    part = self._pending.pop(0)
-                    taken.append(part)
-                    count += len(part[0])
+                if self._alone:
+                    taken = [self._alone.pop(0)]
+                else:
+                    taken, count = [], 0
+                    while self._pending and count + len(self._pending[0][0]) <= self.batch:
+                        part = self._pending.pop(0)
+                        taken.append(part)
+                        count += len(part[0])
                 self._free -= 1
             items = [item for part, _ in taken for item in part]
             try:
@@ -63,12 +71,19 @@ class CallBatcher:
             call.add_done_callback(lambda done, taken=taken: self._answer(taken, done))
         _fail(refused, self._closed)
 
+    def _take_waiting(self) -> list[tuple[list, Future]]:
+        """Every part not yet sent, removed (under the lock)."""
+        waiting = self._alone + self._pending
+        self._alone, self._pending = [], []
+        return waiting
+
     def _answer(self, taken: list[tuple[list, Future]], done: Future) -> None:
         if done.cancelled():  # the stage is shutting down (and may hold its pool's lock): send nothing more
             with self._lock:
                 self._closed = self._closed or CancelledError()
                 self._free += 1
-            _fail(taken, CancelledError())
+                waiting = self._take_waiting()
+            _fail(taken + waiting, CancelledError())
             return
         try:
             error, rows = done.exception(), None
@@ -77,13 +92,18 @@ class CallBatcher:
                 expected = sum(len(part) for part, _ in taken)
                 if len(rows) != expected:
                     error = RuntimeError(f"the model answered {len(rows)} rows for {expected} items")
-            if error is not None:
+            if error is not None and len(taken) > 1 and self._isolate(error):
+                with self._lock:  # each page again on its own: only the one at fault fails
+                    self._alone.extend(taken)
+            elif error is not None:
                 _fail(taken, error)
             else:
                 start = 0
                 for part, future in taken:
                     future.set_result(rows[start:start + len(part)])
                     start += len(part)
+        except BaseException as exc:  # whatever went wrong, no page is left waiting for this call
+            _fail([part for part in taken if not part[1].done()], exc)
         finally:
             with self._lock:
                 self._free += 1

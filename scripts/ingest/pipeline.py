@@ -195,7 +195,9 @@ def ingest(paths: list[Path], out: Path, grpc_url: str, fingerprint: str, ocr: s
     try:
         in_flight = stage_in_flight(models)
         stages.update({"raster": Stage("raster", rasteriser.workers), **{n: Stage(n, k) for n, k in in_flight.items()}})
-        embedder = CallBatcher(models.embed, stages["embed"], models.embed_batch, in_flight["embed"])
+        # a chunk the model refuses fails its own page, not the other documents sharing its call
+        embedder = CallBatcher(models.embed, stages["embed"], models.embed_batch, in_flight["embed"],
+                               isolate=lambda error: not server_gone(error))
         pages_pool = ThreadPoolExecutor(in_flight["elements"] + in_flight["ocr"] + rasteriser.workers,
                                         thread_name_prefix="ingest-page")
         docs_pool = ThreadPoolExecutor(2, thread_name_prefix="ingest-doc")
@@ -250,7 +252,7 @@ def ingest(paths: list[Path], out: Path, grpc_url: str, fingerprint: str, ocr: s
     report.stages = {name: stage.times(started) for name, stage in stages.items()}
     try:
         report.parquet = opening.result().export_parquet()
-    except UserError:
+    except Exception:  # with the server gone, that is the error to report; the store's is secondary
         if gone is None:
             raise
     if gone is not None:

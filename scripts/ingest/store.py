@@ -40,7 +40,9 @@ def exported_documents(folder: Path) -> set[tuple[str, str]] | None:
         return set()
     try:
         manifests = (folder / f"{TABLE}.lance" / "_versions").glob("*.manifest")  # one per table version
-        if max((m.stat().st_mtime_ns for m in manifests), default=0) > (folder / PARQUET).stat().st_mtime_ns:
+        # a tie counts as newer: on a file system with coarse times, a change made in the same tick
+        # as the export must not be trusted away
+        if max((m.stat().st_mtime_ns for m in manifests), default=0) >= (folder / PARQUET).stat().st_mtime_ns:
             return None
         if pq.read_schema(folder / PARQUET).names != schema().names:
             return None

@@ -60,22 +60,37 @@ def test_a_page_larger_than_the_batch_is_split_and_a_call_never_exceeds_the_batc
     assert sorted(map(len, model.calls)) == [2, 4, 4]
 
 
-def test_a_failed_call_fails_the_pages_it_carried_and_no_other():
+def _a_bad_page_between_two_good_ones(isolate):
+    """Pages 1 (alone in a first call), then 'bad' and page 2 in one call, then page 3."""
     model, stage = Model(), Stage("embed", 1)
     model.hold = True
-    batcher = CallBatcher(model, stage, batch=2, slots=1)
+    batcher = CallBatcher(model, stage, batch=2, slots=1, **({"isolate": isolate} if isolate else {}))
     first = batcher.submit(texts(1, 1))
     assert model.started.wait(10)
-    bad = batcher.submit(["bad"])
-    also_in_that_call = batcher.submit(texts(2, 1))
-    after = batcher.submit(texts(3, 2))
+    pages = [batcher.submit(["bad"]), batcher.submit(texts(2, 1)), batcher.submit(texts(3, 2))]
     model.release.set()
     assert first[0].result(10)[:, 0].tolist() == [100]
-    for parts in (bad, also_in_that_call):
+    return model, stage, pages
+
+
+def test_a_bad_input_fails_only_its_own_page_the_others_of_its_call_are_sent_again_alone():
+    model, stage, (bad, shared_a_call_with_it, after) = _a_bad_page_between_two_good_ones(isolate=None)
+    with pytest.raises(RuntimeError, match="refused a row"):
+        bad[0].result(10)
+    assert shared_a_call_with_it[0].result(10)[:, 0].tolist() == [200]
+    assert after[0].result(10)[:, 0].tolist() == [300, 301]
+    stage.shutdown()
+    assert model.calls == [texts(1, 1), ["bad"] + texts(2, 1), ["bad"], texts(2, 1), texts(3, 2)]
+
+
+def test_a_failure_not_of_the_input_fails_every_page_of_the_call_without_resending():
+    model, stage, (bad, shared_a_call_with_it, after) = _a_bad_page_between_two_good_ones(isolate=lambda e: False)
+    for parts in (bad, shared_a_call_with_it):  # e.g. the server gone: sending again would not help
         with pytest.raises(RuntimeError, match="refused a row"):
             parts[0].result(10)
     assert after[0].result(10)[:, 0].tolist() == [300, 301]
     stage.shutdown()
+    assert model.calls == [texts(1, 1), ["bad"] + texts(2, 1), texts(3, 2)]
 
 
 def test_an_empty_page_makes_no_call_and_a_bad_setting_is_refused():
@@ -106,6 +121,7 @@ def test_after_the_stage_shuts_down_waiting_pages_fail_instead_of_hanging():
     waiting = batcher.submit(texts(3, 1))  # no slot left: waits in the batcher
     shutting = threading.Thread(target=stage.shutdown)  # cancels the queued call, waits for the running one
     shutting.start()
+    assert isinstance(queued[0].exception(10), CancelledError)  # cancelled before the running call ends
     model.release.set()
     shutting.join(10)
     assert not shutting.is_alive()  # no deadlock on the pool's lock

@@ -1,5 +1,7 @@
 """What is already stored, read from the store's Parquet export without LanceDB
 (scripts/ingest/store.py `exported_documents`), and the export written whole."""
+import os
+
 import numpy as np
 
 from scripts.ingest.store import DIM, PARQUET, Store, exported_documents
@@ -25,6 +27,10 @@ def test_the_export_gives_what_is_stored_and_anything_unsure_defers_to_the_store
     assert exported_documents(folder) is None  # the table is newer than the export: ask the store
     store.export_parquet()
     assert exported_documents(folder) == {("sha-a", "fp1"), ("sha-b2", "fp1")}
+    newest = max(m.stat().st_mtime_ns for m in (folder / "chunks.lance" / "_versions").glob("*.manifest"))
+    os.utime(folder / PARQUET, ns=(newest, newest))  # written in the same tick as the table's last change
+    assert exported_documents(folder) is None  # a tie is not trusted
+    store.export_parquet()
 
     (folder / PARQUET).write_bytes(b"PAR1 not a parquet file")  # an export cut short by hand
     assert exported_documents(folder) is None
