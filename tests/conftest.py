@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import SMALL_DEBERTA_SCRIPT
+from tests.helpers import SERVER_LIVE_TIMEOUT_S, SMALL_DEBERTA_SCRIPT
 
 # A test's tier is its folder: `-m "not triton"` skips every test that starts a Triton, and so on.
 TIER_MARKERS = {"integration": "triton", "docker": "docker", "kubernetes": "kubernetes", "tensorrt": "tensorrt"}
@@ -50,7 +50,7 @@ def triton_server():
     def start(repo: Path) -> LocalTriton:
         server = LocalTriton(repo, log_path=Path(repo).parent / "triton.log", exit_timeout_s=2)
         server.start()
-        server.wait_live()
+        server.wait_live(SERVER_LIVE_TIMEOUT_S)
         servers.append(server)
         return server
 

@@ -10,6 +10,9 @@ from pathlib import Path
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Triton opens its endpoints only once every model has loaded (model control mode none); a compiled
+# model's load took over 60 s on a busy 2-core machine. A server that dies is reported at once.
+SERVER_LIVE_TIMEOUT_S = 300.0
 
 SEED_IO_CONFIG = json.dumps({
     "inputs": [{"name": "input_ids", "dtype": "int64", "shape": [128]},

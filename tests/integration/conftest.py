@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import wait_models_ready
+from tests.helpers import SERVER_LIVE_TIMEOUT_S, wait_models_ready
 from triton_models.registry import MODELS
 
 ALL_NAMES = [name for spec in MODELS for name in spec.triton_names]
@@ -24,7 +24,7 @@ def served_suite(tmp_path_factory):
         assert build_main([spec.key, "--repo", str(repo), "--work-dir", str(work)]) == 0
     server = LocalTriton(repo, log_path=root / "triton.log", exit_timeout_s=2)
     server.start()
-    server.wait_live()
+    server.wait_live(SERVER_LIVE_TIMEOUT_S)
     client = http.InferenceServerClient(server.http_url, network_timeout=120)
     wait_models_ready(client, ALL_NAMES, timeout=180)
     client.close()
