@@ -5,6 +5,8 @@
 # stack, then `stack ingest` on a mixed PDF (text, table and figure pages, a quarter scanned), on a
 # text-layer-only PDF and on a scanned-only PDF, each into its own store; then each stage alone
 # against the same served models (benchmarks.ingest_stage_rates) and end to end against the slowest.
+# Each ingest and the stage rates run beside benchmarks.host_load (host_*.txt: CPU and GPU busy,
+# each second), which tells a run bound by the host from one bound by the GPU.
 #
 #   benchmarks/gpu_ingest.sh TOKENIZER_DIR OUT_DIR [NUMPY1_DIR]
 #
@@ -44,14 +46,21 @@ stack() { python3 -m scripts.stack "$@" --local --env-file "$work/gpu.env"; }
 trap 'stack down || true; cp "$work/local/triton.log" "$out/" 2>/dev/null || true' EXIT
 stack up > "$out/up.log" 2>&1 || echo "up did not verify every model; see up.log (the ingest runs on what is served)"
 grep -E "^\| |verified" "$out/up.log" | tail -12 || true
+sampled() {  # sampled NAME COMMAND...: run COMMAND beside benchmarks.host_load into $out/host_NAME.txt
+    local name=$1; shift
+    python3 -m benchmarks.host_load "$out/host_$name.txt" & local sampler=$!
+    local rc=0; "$@" || rc=$?
+    kill -TERM "$sampler"; wait "$sampler" || true
+    return $rc
+}
 for kind in $kinds; do
     rm -rf "$work/store_$kind"
-    stack ingest "$work/$kind.pdf" --out "$work/store_$kind" 2> "$out/ingest_${kind}_progress.txt" \
+    sampled "ingest_$kind" stack ingest "$work/$kind.pdf" --out "$work/store_$kind" 2> "$out/ingest_${kind}_progress.txt" \
         | tee "$out/ingest_$kind.txt"  # the report; the progress bar and any error on stderr
     tail -c 300 "$out/ingest_${kind}_progress.txt" | tr '\r' '\n' | tail -2
 done
 case " $kinds " in *" mixed "*) ;; *) exit 0 ;; esac  # the stage rates run on the mixed PDF's pages
 grpc=$(grep -E '^TRITON_GRPC_PORT=' "$work/gpu.env" | cut -d= -f2 || true)
 rate=$(grep -oE "[0-9.]+ pages/s end to end" "$out/ingest_mixed.txt" | cut -d' ' -f1)
-python3 -m benchmarks.ingest_stage_rates "localhost:${grpc:-8001}" "$work/mixed.pdf" "$work/store_mixed" "$rate" \
+sampled stage_rates python3 -m benchmarks.ingest_stage_rates "localhost:${grpc:-8001}" "$work/mixed.pdf" "$work/store_mixed" "$rate" \
     | tee "$out/stage_rates.txt"
