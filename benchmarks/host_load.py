@@ -1,12 +1,14 @@
 """How busy the host's CPUs and the GPU are while something runs: one line a second until stopped
-(SIGTERM or Ctrl-C), then the means. It tells a run bound by the host (every core busy, the GPU
-idle part of the time) from one bound by the GPU. CPU from /proc/stat; the GPU's
-utilization.gpu (the share of the second with a kernel running) and utilization.memory from nvidia-smi.
+(SIGTERM or Ctrl-C), then the means and the CPU seconds each kind of process used. It tells a
+run bound by the host (every core busy, the GPU idle part of the time) from one bound by the GPU,
+and, if the host, which processes. CPU from /proc; the GPU's utilization.gpu (the share of the
+second with a kernel running) and utilization.memory from nvidia-smi.
 
     python -m benchmarks.host_load OUT_FILE
 """
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -29,6 +31,66 @@ def busy_percent(before: list[tuple[int, int]], after: list[tuple[int, int]]) ->
     return [100.0 * (b1 - b0) / max(t1 - t0, 1) for (b0, t0), (b1, t1) in zip(before, after)]
 
 
+def process_label(pid: str) -> str:
+    """What a process is, for the CPU-seconds table: a Triton python stub by its model, a spawned
+    worker (the ingest's rasterisers), or its command name."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return "?"
+    command = Path(args[0]).name if args and args[0] else "?"
+    if "triton_python_backend_stub" in command:
+        model = next((Path(a).parent.parent.name for a in args if a.endswith("model.py")), "?")
+        return f"python stub: {model}"
+    if any("spawn_main" in a or "multiprocessing" in a for a in args):
+        return "python: spawned worker"
+    if command.startswith("python") and len(args) > 2 and args[1] == "-m":
+        return f"python -m {args[2]}" + (f" {args[3]}" if len(args) > 3 and not args[3].startswith("-") else "")
+    return command
+
+
+def process_ticks() -> dict[str, tuple[int, int]]:
+    """pid -> (user + system clock ticks, start time in ticks since boot)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                found[entry.name] = (int(fields[11]) + int(fields[12]), int(fields[19]))
+            except (OSError, IndexError, ValueError):
+                continue
+    return found
+
+
+class ProcessCpu:
+    """CPU seconds each kind of process used since this was made (processes that ended count up to
+    their last sample)."""
+
+    def __init__(self):
+        self.hz = os.sysconf("SC_CLK_TCK")
+        self.since = float(Path("/proc/uptime").read_text().split()[0]) * self.hz
+        self.first = process_ticks()
+        self.last: dict[str, int] = {}
+        self.labels: dict[str, str] = {}
+
+    def sample(self) -> None:
+        for pid, (ticks, started) in process_ticks().items():
+            if pid not in self.first:
+                self.first[pid] = (0 if started >= self.since else ticks, started)
+            self.last[pid] = ticks
+            if pid not in self.labels:
+                self.labels[pid] = process_label(pid)
+
+    def seconds(self) -> dict[str, float]:
+        totals: dict[str, float] = {}
+        for pid, ticks in self.last.items():
+            used = (ticks - self.first[pid][0]) / self.hz
+            if used > 0:
+                label = self.labels[pid]
+                totals[label] = totals.get(label, 0.0) + used
+        return dict(sorted(totals.items(), key=lambda item: -item[1]))
+
+
 def gpu_utilization() -> tuple[float, float]:
     """(kernel time %, memory %) of GPU 0, or (nan, nan) without nvidia-smi."""
     try:
@@ -46,13 +108,14 @@ def main(out: Path) -> None:
     rows = []
     with out.open("w") as file:
         file.write("time      cpu %  busiest core %  cores over 90 %  gpu kernel %  gpu memory %\n")
-        before = cpu_times()
+        before, processes = cpu_times(), ProcessCpu()
         try:
             while not stop:
                 time.sleep(1.0)
                 after = cpu_times()
                 cores = busy_percent(before, after)
                 before = after
+                processes.sample()
                 kernel, memory = gpu_utilization()
                 row = (sum(cores) / len(cores), max(cores), sum(c > 90 for c in cores), kernel, memory)
                 rows.append(row)
@@ -65,6 +128,10 @@ def main(out: Path) -> None:
             means = [sum(r[i] for r in rows) / len(rows) for i in range(5)]
             file.write(f"mean over {len(rows)} s, {len(before)} cores: cpu {means[0]:.1f} %, busiest core {means[1]:.1f} %, "
                        f"{means[2]:.1f} cores over 90 %, gpu kernel {means[3]:.0f} %, gpu memory {means[4]:.0f} %\n")
+            file.write("CPU seconds by process over that time:\n")
+            for label, seconds in processes.seconds().items():
+                if seconds >= 0.05:
+                    file.write(f"  {seconds:8.2f}  {label}\n")
 
 
 if __name__ == "__main__":
