@@ -69,6 +69,19 @@ def test_compile_encoder_option_is_on_or_off_and_reaches_the_served_config(tmp_p
         EclairRuntime.for_serving(model_dir / "1" / "checkpoint", {**params, "compile_encoder": "yes"})
 
 
+@pytest.mark.parametrize("generator, served", [("graph", 1), ("pytorch", 2)])
+def test_the_graph_decoder_is_one_instance_whatever_instance_count_says(tmp_path, generator, served):
+    """Its slots are its concurrency: a second instance on the same device would split the pages
+    between two half-full decoders that both step. `generate` keeps INSTANCE_COUNT."""
+    from triton_models.eclair.build import build, make_demo_checkpoint
+
+    checkpoint = make_demo_checkpoint(tmp_path / "checkpoints")
+    options = BuildOptions(checkpoint=checkpoint, repo=tmp_path / "repo", work_dir=tmp_path / "work",
+                           max_batch_size=2, demo=True, instance_count=2, extra={"generator": generator})
+    [model_dir] = build(options)
+    assert [group.count for group in read_model_config(model_dir).instance_group] == [served]
+
+
 @pytest.mark.parametrize("device, option, compiled", [("cuda:0", True, True), ("cuda:0", False, False),
                                                       ("cpu", True, False)])
 def test_the_graph_generator_compiles_the_encoder_on_a_gpu_unless_told_not(monkeypatch, device, option, compiled):

@@ -9,6 +9,7 @@ next to its engines for the TensorRT-LLM generator.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -113,14 +114,17 @@ def _max_new_tokens(folder: Path, options: BuildOptions) -> int:
 def build(options: BuildOptions) -> list[Path]:
     folder = Path(options.checkpoint)
     check_folder(folder)
-    # Like the python_torch runner: CPU instances that drive the GPU named by the `device` parameter.
-    count, placement = gpu_placement(options)
     # The graph decoder with in-flight batching: ECLAIR_BATCH_SIZE pages decode at once (its slots)
     # and one request carries at most that many pages. `--option generator=pytorch` serves `generate`.
     generator = options.extra.get("generator", "graph")
     if generator not in ("graph", "pytorch"):
         raise UserError(f"ECLAIR option generator={generator} is not one of graph, pytorch (TensorRT-LLM is the "
                         "overlay's build).")
+    # Like the python_torch runner: CPU instances that drive the GPU named by the `device` parameter.
+    # The graph decoder: one instance per device, whatever INSTANCE_COUNT says; its slots are its
+    # concurrency. Two on one GPU split the pages between two half-full decoders that both step
+    # (ingest run 12: two schedulers stepping 10 s each at about two pages a step).
+    count, placement = gpu_placement(replace(options, instance_count=1) if generator == "graph" else options)
     # The vision encoder on a GPU: compiled then captured per bucket (about 1.7x faster a page on an
     # H200, but minutes of compiling at build and load); `--option compile_encoder=off`: captured only.
     try:
