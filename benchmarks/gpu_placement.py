@@ -9,7 +9,7 @@ from pathlib import Path
 from scripts.processes import stub_model
 
 
-def _query(fields: str, what: str) -> list[list[str]]:
+def nvidia_smi_query(fields: str, what: str) -> list[list[str]]:
     done = subprocess.run(["nvidia-smi", f"--query-{what}={fields}", "--format=csv,noheader,nounits"],
                           capture_output=True, text=True, check=True)
     return [[part.strip() for part in line.split(",")] for line in done.stdout.strip().splitlines() if line.strip()]
@@ -17,9 +17,9 @@ def _query(fields: str, what: str) -> list[list[str]]:
 
 def placement() -> list[tuple[str, int, int, float]]:
     """(model, pid, GPU index, MiB) per process on a GPU."""
-    index_of = {uuid: int(index) for index, uuid in _query("index,uuid", "gpu")}
+    index_of = {uuid: int(index) for index, uuid in nvidia_smi_query("index,uuid", "gpu")}
     rows = []
-    for pid, uuid, used in _query("pid,gpu_uuid,used_memory", "compute-apps"):
+    for pid, uuid, used in nvidia_smi_query("pid,gpu_uuid,used_memory", "compute-apps"):
         try:
             name = stub_model(int(pid)) or Path(f"/proc/{pid}/exe").resolve().name
             rows.append((name, int(pid), index_of.get(uuid, -1), float(used)))

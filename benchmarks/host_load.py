@@ -15,6 +15,9 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.gpu_placement import nvidia_smi_query
+from scripts.processes import stub_model
+
 
 def cpu_times() -> list[tuple[int, int]]:
     """(busy, total) jiffies of each core."""
@@ -34,14 +37,14 @@ def busy_percent(before: list[tuple[int, int]], after: list[tuple[int, int]]) ->
 def process_label(pid: str) -> str:
     """What a process is, for the CPU-seconds table: a Triton python stub by its model, a spawned
     worker (the ingest's rasterisers), or its command name."""
+    model = stub_model(int(pid))
+    if model:
+        return f"python stub: {model}"
     try:
         args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
     except OSError:
         return "?"
     command = Path(args[0]).name if args and args[0] else "?"
-    if "triton_python_backend_stub" in command:
-        model = next((Path(a).parent.parent.name for a in args if a.endswith("model.py")), "?")
-        return f"python stub: {model}"
     if any("spawn_main" in a or "multiprocessing" in a for a in args):
         return "python: spawned worker"
     if command.startswith("python") and len(args) > 2 and args[1] == "-m":
@@ -69,14 +72,14 @@ class ProcessCpu:
     def __init__(self):
         self.hz = os.sysconf("SC_CLK_TCK")
         self.since = float(Path("/proc/uptime").read_text().split()[0]) * self.hz
-        self.first = process_ticks()
+        self.first = {pid: ticks for pid, (ticks, _) in process_ticks().items()}  # the baseline of each process
         self.last: dict[str, int] = {}
         self.labels: dict[str, str] = {}
 
     def sample(self) -> None:
         for pid, (ticks, started) in process_ticks().items():
             if pid not in self.first:
-                self.first[pid] = (0 if started >= self.since else ticks, started)
+                self.first[pid] = 0 if started >= self.since else ticks
             self.last[pid] = ticks
             if pid not in self.labels:
                 self.labels[pid] = process_label(pid)
@@ -84,7 +87,7 @@ class ProcessCpu:
     def seconds(self) -> dict[str, float]:
         totals: dict[str, float] = {}
         for pid, ticks in self.last.items():
-            used = (ticks - self.first[pid][0]) / self.hz
+            used = (ticks - self.first[pid]) / self.hz
             if used > 0:
                 label = self.labels[pid]
                 totals[label] = totals.get(label, 0.0) + used
@@ -92,13 +95,11 @@ class ProcessCpu:
 
 
 def gpu_utilization() -> tuple[float, float]:
-    """(kernel time %, memory %) of GPU 0, or (nan, nan) without nvidia-smi."""
+    """(kernel time %, memory %) of the first GPU, or (nan, nan) without nvidia-smi."""
     try:
-        done = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu,utilization.memory",
-                               "--format=csv,noheader,nounits", "-i", "0"], capture_output=True, text=True, timeout=5)
-        kernel, memory = done.stdout.strip().split(",")[:2]
+        kernel, memory = nvidia_smi_query("utilization.gpu,utilization.memory", "gpu")[0][:2]
         return float(kernel), float(memory)
-    except (OSError, ValueError, subprocess.TimeoutExpired):
+    except (OSError, IndexError, ValueError, subprocess.CalledProcessError):
         return float("nan"), float("nan")
 
 
