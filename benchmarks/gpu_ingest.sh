@@ -14,7 +14,9 @@
 # SCAN_PAGES (32), KINDS (mixed text scan: the PDFs ingested), YOLOX (trained: a YOLOX-L trained
 # on generated pages, benchmarks.train_yolox_pages; calibrated: the random-weight YOLOX-L of
 # benchmarks.make_gpu_checkpoints; demo: the CI's nano demo),
-# ECLAIR_BATCH_SIZE (64), and gpu_env.sh's batch sizes and LOCAL_CUDA_MPS.
+# ECLAIR_BATCH_SIZE (64), OCR_HOLDS (2: ingest's --ocr-hold; several, "0 2", ingest each PDF once
+# per value, the last one's store and figures kept for the stage rates), and gpu_env.sh's batch sizes
+# and LOCAL_CUDA_MPS.
 set -euo pipefail
 tokenizer=$1 out=$2 numpy1=${3:-}
 work=build/gpu_ingest
@@ -53,11 +55,16 @@ sampled() {  # sampled NAME COMMAND...: run COMMAND beside benchmarks.host_load 
     kill -TERM "$sampler"; wait "$sampler" || true
     return $rc
 }
+read -ra holds <<< "${OCR_HOLDS:-2}"
 for kind in $kinds; do
-    rm -rf "$work/store_$kind"
-    sampled "ingest_$kind" stack ingest "$work/$kind.pdf" --out "$work/store_$kind" 2> "$out/ingest_${kind}_progress.txt" \
-        | tee "$out/ingest_$kind.txt"  # the report; the progress bar and any error on stderr
-    tail -c 300 "$out/ingest_${kind}_progress.txt" | tr '\r' '\n' | tail -2
+    for hold in "${holds[@]}"; do  # with several holds, one run each (ingest_KIND_holdS.txt), the last kept as KIND
+        name=$kind; [ ${#holds[@]} -eq 1 ] || name=${kind}_hold$hold
+        rm -rf "$work/store_$kind"
+        sampled "ingest_$name" stack ingest "$work/$kind.pdf" --out "$work/store_$kind" --ocr-hold "$hold" \
+            2> "$out/ingest_${name}_progress.txt" | tee "$out/ingest_$name.txt"  # the report; progress and errors on stderr
+        tail -c 300 "$out/ingest_${name}_progress.txt" | tr '\r' '\n' | tail -2
+    done
+    [ "$name" = "$kind" ] || cp "$out/ingest_$name.txt" "$out/ingest_$kind.txt"
 done
 case " $kinds " in *" mixed "*) ;; *) exit 0 ;; esac  # the stage rates run on the mixed PDF's pages
 grpc=$(grep -E '^TRITON_GRPC_PORT=' "$work/gpu.env" | cut -d= -f2 || true)

@@ -1,7 +1,7 @@
 """`python -m scripts.stack COMMAND`: build every model, serve it with Triton, and prove it answers.
 
 Commands: up, build [MODEL], status, verify, logs [SERVICE], down, clean, bench [MODEL], tune [MODEL],
-soak, ingest PATH... [--out DIR] [--ocr auto|always|never], search "QUERY" [--top-k 5] (scripts/ingest/). `down` stops the server and keeps what was built; `clean` deletes it.
+soak, ingest PATH... [--out DIR] [--ocr auto|always|never] [--ocr-hold S], search "QUERY" [--top-k 5] (scripts/ingest/). `down` stops the server and keeps what was built; `clean` deletes it.
 Modes: `--mode docker` drives `docker compose` (builders -> volume -> Triton) and follows the
 containers with the docker SDK; `--mode local` runs the same steps without Docker (builders as
 subprocesses into a local repository, Triton from the nvidia-pytriton wheel, on CPU).
@@ -272,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     ingest_group = parser.add_argument_group("ingest and search")
     ingest_group.add_argument("--ocr", choices=("auto", "always", "never"), default="auto",
                               help="ingest: ECLAIR on pages without a text layer (auto), on every page, or never")
+    ingest_group.add_argument("--ocr-hold", type=float, default=None, metavar="SECONDS",
+                              help="ingest: how long a page bound for ECLAIR may wait for others, so that its "
+                                   "decoder takes them together (default 2; 0 sends each at once)")
     ingest_group.add_argument("--top-k", type=int, default=5, help="search: how many chunks")
     args = parser.parse_args(argv)
     if args.paths and args.command != "ingest":

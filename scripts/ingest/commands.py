@@ -1,4 +1,4 @@
-"""`python -m scripts.stack ingest PATH... --out DIR [--ocr auto|always|never]` and
+"""`python -m scripts.stack ingest PATH... --out DIR [--ocr auto|always|never] [--ocr-hold S]` and
 `python -m scripts.stack search "QUERY" [--top-k 5] [--out DIR]`, on the stack's Triton: its
 `grpc_url` in the local and compose modes; on Kubernetes, the Triton Service through a
 `kubectl port-forward` for the length of the command (`cluster_command`)."""
@@ -11,10 +11,13 @@ from scripts.console import log
 from scripts.ingest.models import FINGERPRINT_MODELS, stack_fingerprint
 
 
-def check_arguments(command: str, paths: list[Path], query: str | None, top_k: int) -> None:
+def check_arguments(command: str, paths: list[Path], query: str | None, top_k: int,
+                    ocr_hold_s: float | None = None) -> None:
     """The command line's own errors, before any server is asked."""
     if command == "ingest" and not paths:
         raise UserError("ingest needs at least one PDF, image or folder: python -m scripts.stack ingest PATH... --out DIR")
+    if command == "ingest" and ocr_hold_s is not None and not ocr_hold_s >= 0:
+        raise UserError(f"--ocr-hold must be 0 or more seconds, got {ocr_hold_s}.")
     if command == "search":
         if not query or not query.strip():
             raise UserError('search needs a query: python -m scripts.stack search "QUERY" [--top-k 5]')
@@ -23,12 +26,13 @@ def check_arguments(command: str, paths: list[Path], query: str | None, top_k: i
 
 
 def run_ingest(paths: list[Path], out: Path, grpc_url: str, fingerprint: str, ocr: str = "auto",
-               progress: bool = True) -> int:
+               progress: bool = True, ocr_hold_s: float | None = None) -> int:
     """Ingest, print the rates and the summary; 1 when any input failed, else 0."""
-    from scripts.ingest.pipeline import ingest
+    from scripts.ingest.pipeline import OCR_HOLD_S, ingest
 
-    check_arguments("ingest", paths, None, 1)
-    report = ingest(paths, out, grpc_url, fingerprint, ocr=ocr, progress=progress)
+    check_arguments("ingest", paths, None, 1, ocr_hold_s)
+    hold = OCR_HOLD_S if ocr_hold_s is None else ocr_hold_s
+    report = ingest(paths, out, grpc_url, fingerprint, ocr=ocr, progress=progress, ocr_hold_s=hold)
     for line in report.lines():
         log(line)
     log(f"store: {out} (LanceDB table chunks, {report.chunks} rows written this run); Parquet: {report.parquet}")
@@ -69,13 +73,13 @@ def check_installed() -> None:
 def stack_command(command: str, args, stack) -> int:
     """What scripts/stack.py calls for `ingest` and `search` with the stack of the chosen mode."""
     paths = [Path(p) for p in ([args.target] if args.target else []) + list(args.paths)]
-    check_arguments(command, paths, args.target, args.top_k)
+    check_arguments(command, paths, args.target, args.top_k, args.ocr_hold)
     check_installed()
     if not stack.server_running():
         raise UserError("Triton is not running; run `python -m scripts.stack up` first.")
     if command == "ingest":
         fingerprint = stack_fingerprint(stack.model_folders(list(FINGERPRINT_MODELS)))
-        return run_ingest(paths, args.out, stack.grpc_url, fingerprint, args.ocr)
+        return run_ingest(paths, args.out, stack.grpc_url, fingerprint, args.ocr, ocr_hold_s=args.ocr_hold)
     return run_search(args.target, args.out, stack.grpc_url, args.top_k)
 
 
@@ -83,10 +87,10 @@ def cluster_command(command: str, args, cluster) -> int:
     """`ingest` and `search` with `--mode kubernetes`: the chart's Triton Service, forwarded here.
     The fingerprint is the current builder Jobs' (each Job's name carries a hash of all it is given)."""
     paths = [Path(p) for p in ([args.target] if args.target else []) + list(args.paths)]
-    check_arguments(command, paths, args.target, args.top_k)
+    check_arguments(command, paths, args.target, args.top_k, args.ocr_hold)
     check_installed()
     fingerprint = cluster.build_fingerprint() if command == "ingest" else ""
     with cluster.forwarded("triton", 8001) as url:
         if command == "ingest":
-            return run_ingest(paths, args.out, url, fingerprint, args.ocr)
+            return run_ingest(paths, args.out, url, fingerprint, args.ocr, ocr_hold_s=args.ocr_hold)
         return run_search(args.target, args.out, url, args.top_k)

@@ -7,7 +7,8 @@ table/chart -> chunks -> their embeddings (e5_small_v2_text, passage; the chunks
 waiting join in calls of up to the model's max batch, scripts/ingest/batching.py). Per document:
 its rows are written in one step, only once the whole document succeeded. The page-elements and
 OCR stages keep twice their model's max batch in flight (for ECLAIR, its decoder slots), so Triton
-always has a full batch to form and the next one waiting. Embedding page by page, rather
+always has a full batch to form and the next one waiting; pages bound for OCR wait for each other up
+to `ocr_hold_s` first (batching.GroupGate), so that the decoder steps for many pages at once. Embedding page by page, rather
 than a document's chunks once all its pages are done, keeps the last stage from running alone at
 the end of a run; the raster workers start while the store and the models are being opened.
 """
@@ -24,7 +25,7 @@ import numpy as np
 
 from converters.errors import UserError
 
-from scripts.ingest.batching import CallBatcher
+from scripts.ingest.batching import CallBatcher, GroupGate
 from scripts.ingest.chunks import CAPTION_CANDIDATES, caption_candidates, ocr_lines, page_chunks
 from scripts.ingest.models import CAPTION_CORE, OCR, PAGE_ELEMENTS, Models
 from scripts.ingest.raster import Rasteriser
@@ -33,6 +34,9 @@ from scripts.ingest.store import Store, exported_documents
 from triton_models.eclair.pages import pad_page
 
 OCR_MODES = ("auto", "always", "never")
+# How long a page bound for OCR may wait for others (GroupGate); at about 7 scanned pages/s (run 12)
+# that gathers a dozen or more, and a page decodes in 0.3 to 1 s anyway.
+OCR_HOLD_S = 2.0
 # Embedding calls in flight: each carries the chunks of every page waiting, up to the model's max batch
 # (scripts/ingest/batching.py); two per served instance of the text model, as the stack serves two.
 EMBED_IN_FLIGHT = 4
@@ -95,6 +99,7 @@ class Report:
     chunks: int = 0
     seconds: float = 0.0
     stages: dict[str, StageTimes] = field(default_factory=dict)
+    ocr_groups: list[int] = field(default_factory=list)  # pages in each group sent to OCR together
     parquet: Path | None = None
 
     @property
@@ -110,6 +115,9 @@ class Report:
             rate = f"{items / busy:.2f} {unit}/s of busy time" if busy > 0 else "idle"
             span = f" (from {first:.1f} to {last:.1f} s)" if busy > 0 else ""
             out.append(f"  {name:<9} {items:>5} {unit:<6} busy {busy:6.1f} s{span}: {rate}")
+        if self.ocr_groups:
+            out.append(f"  OCR pages went in {len(self.ocr_groups)} group(s) of {min(self.ocr_groups)} to "
+                       f"{max(self.ocr_groups)} (mean {sum(self.ocr_groups) / len(self.ocr_groups):.1f})")
         if self.failures:
             out.append("failed:")
             out.extend(f"  {failure}" for failure in self.failures)
@@ -126,13 +134,15 @@ def stage_in_flight(models: Models) -> dict[str, int]:
 
 
 def ingest(paths: list[Path], out: Path, grpc_url: str, fingerprint: str, ocr: str = "auto",
-           progress: bool = True) -> Report:
+           progress: bool = True, ocr_hold_s: float = OCR_HOLD_S) -> Report:
     """Ingest `paths` into the store in `out`; every bad input is a failure in the report, and the
     other documents go on."""
     from tqdm import tqdm
 
     if ocr not in OCR_MODES:
         raise ValueError(f"ocr must be one of {OCR_MODES}, got {ocr!r}")
+    if not ocr_hold_s >= 0:
+        raise ValueError(f"ocr_hold_s must be 0 or more, got {ocr_hold_s!r}")
     started = time.monotonic()
     report = Report()
     rasteriser = Rasteriser().warm()  # worker processes start while the rest is opened
@@ -152,15 +162,26 @@ def ingest(paths: list[Path], out: Path, grpc_url: str, fingerprint: str, ocr: s
         rasteriser.close()
         raise
     stages: dict[str, Stage] = {}
+    ocr_gate: GroupGate | None = None
     pools: list[ThreadPoolExecutor] = []  # shut down before the stages, which they call
     bar = tqdm(total=0, unit="page", desc="ingest", disable=not progress, dynamic_ncols=True)
     bar_lock = threading.Lock()
 
     def process_page(path: Path, index: int):
-        page: Page = stages["raster"].submit(rasteriser.page, path, index).result()
+        counted = True  # in the OCR gate's undecided pages until it joins or is decided
+        try:
+            page: Page = stages["raster"].submit(rasteriser.page, path, index).result()
+            elements = stages["elements"].submit(models.page_elements, page.elements_input)
+            needs_ocr = ocr == "always" or (ocr == "auto" and not page.has_text_layer)
+            counted = False
+            if needs_ocr:
+                ocr_gate.join()  # until the pages bound for OCR with it go together
+            else:
+                ocr_gate.decided()
+        finally:
+            if counted:  # it failed before knowing: the pages held must not wait for it
+                ocr_gate.decided()
         height, width = page.pixels.shape[:2]
-        elements = stages["elements"].submit(models.page_elements, page.elements_input)
-        needs_ocr = ocr == "always" or (ocr == "auto" and not page.has_text_layer)
         lines = list(page.lines)
         if needs_ocr:
             canvas, scale = pad_page(page.pixels)
@@ -194,6 +215,7 @@ def ingest(paths: list[Path], out: Path, grpc_url: str, fingerprint: str, ocr: s
     gone = None  # the error of a server that stopped answering: the run stops there
     try:
         in_flight = stage_in_flight(models)
+        ocr_gate = GroupGate(models.max_batch(OCR), ocr_hold_s)
         stages.update({"raster": Stage("raster", rasteriser.workers), **{n: Stage(n, k) for n, k in in_flight.items()}})
         # a chunk the model refuses fails its own page, not the other documents sharing its call
         embedder = CallBatcher(models.embed, stages["embed"], models.embed_batch, in_flight["embed"],
@@ -220,6 +242,7 @@ def ingest(paths: list[Path], out: Path, grpc_url: str, fingerprint: str, ocr: s
             with bar_lock:
                 bar.total += pages
                 bar.refresh()
+            ocr_gate.expect(pages)
             futures = [pages_pool.submit(process_page, path, i) for i in range(pages)]
             pending.append((path, pages, docs_pool.submit(process_document, path, digest, futures)))
         for path, pages, future in pending:
@@ -250,6 +273,7 @@ def ingest(paths: list[Path], out: Path, grpc_url: str, fingerprint: str, ocr: s
             models.close()
     report.seconds = time.monotonic() - started
     report.stages = {name: stage.times(started) for name, stage in stages.items()}
+    report.ocr_groups = list(ocr_gate.groups) if ocr_gate else []
     try:
         report.parquet = opening.result().export_parquet()
     except Exception:  # with the server gone, that is the error to report; the store's is secondary

@@ -121,6 +121,25 @@ def test_ocr_never_stores_image_pages_without_text(served_suite, inputs, tmp_pat
     assert 0 <= elements.first_s < elements.last_s <= report.seconds
     assert 0 < elements.busy_s <= elements.last_s - elements.first_s + 1e-6
     assert f"busy {elements.busy_s:6.1f} s (from {elements.first_s:.1f} to {elements.last_s:.1f} s)" in "\n".join(report.lines())
+    assert report.ocr_groups == []
+
+
+def test_pages_bound_for_ocr_go_together_and_do_not_wait_the_hold_at_the_end(served_suite, inputs, tmp_path):
+    """--ocr always: every page is held for ECLAIR; once no page is left that could join them, they
+    go at once, so this run ends long before its 120 s hold."""
+    from scripts.ingest.models import OCR, Models, folders_in, stack_fingerprint
+    from scripts.ingest.pipeline import ingest
+
+    server, repo, _ = served_suite
+    models = Models(server.grpc_url)
+    slots = models.max_batch(OCR)
+    models.close()
+    report = ingest([inputs["text"], inputs["png"]], tmp_path, server.grpc_url, stack_fingerprint(folders_in(repo)),
+                    ocr="always", progress=False, ocr_hold_s=120)
+    assert report.failures == [] and report.pages == 6 and report.stages["ocr"].items == 6
+    assert sum(report.ocr_groups) == 6 and max(report.ocr_groups) <= slots and len(report.ocr_groups) < 6
+    assert report.seconds < 120
+    assert f"OCR pages went in {len(report.ocr_groups)} group(s)" in "\n".join(report.lines())
 
 
 def test_search_ranks_the_chunk_of_page_3_first(served_suite, ingested, capsys):
@@ -184,6 +203,7 @@ def test_absurd_page_size_is_named(tmp_path):
     (["ingest"], "ingest needs at least one PDF"),
     (["search"], "search needs a query"),
     (["search", "a query", "--top-k", "0"], "--top-k must be at least 1"),
+    (["ingest", "x.pdf", "--ocr-hold", "-1"], "--ocr-hold must be 0 or more seconds, got -1.0"),
 ])
 def test_cli_argument_errors_without_a_server(argv, message, capsys):
     from scripts.stack import main

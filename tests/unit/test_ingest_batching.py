@@ -130,3 +130,58 @@ def test_after_the_stage_shuts_down_waiting_pages_fail_instead_of_hanging():
         with pytest.raises(CancelledError):
             parts[0].result(10)
     assert not first[0].cancel()  # the futures handed out cannot be cancelled from outside
+
+
+def _joined(gate, count):
+    """`count` threads that join `gate`; each sets its event when its group goes."""
+    done = [threading.Event() for _ in range(count)]
+
+    def join(event):
+        gate.join()
+        event.set()
+    for event in done:
+        threading.Thread(target=join, args=(event,), daemon=True).start()
+    return done
+
+
+def test_the_ocr_gate_holds_pages_until_a_full_group_is_there():
+    from scripts.ingest.batching import GroupGate
+
+    gate = GroupGate(size=3, hold_s=60)
+    gate.expect(5)
+    first = _joined(gate, 2)
+    assert not any(event.wait(0.3) for event in first)  # two of three, and three more pages may come
+    last = _joined(gate, 1)
+    assert all(event.wait(10) for event in first + last)
+    assert gate.groups == [3]
+
+
+def test_the_ocr_gate_lets_its_pages_go_once_no_other_page_can_join():
+    from scripts.ingest.batching import GroupGate
+
+    gate = GroupGate(size=64, hold_s=60)
+    gate.expect(4)
+    held = _joined(gate, 2)
+    gate.decided()  # a page with a text layer
+    assert not any(event.wait(0.3) for event in held)
+    gate.decided()  # the last page, failed before its raster: none is left to wait for
+    assert all(event.wait(10) for event in held)
+    assert gate.groups == [2]
+
+
+def test_the_ocr_gate_lets_a_group_go_after_its_hold_and_opens_the_next():
+    from scripts.ingest.batching import GroupGate
+
+    gate = GroupGate(size=64, hold_s=0.2)
+    gate.expect(100)
+    assert all(event.wait(10) for event in _joined(gate, 1))  # 99 pages still undecided
+    assert gate.groups == [1]
+    assert all(event.wait(10) for event in _joined(gate, 2))
+    assert sum(gate.groups) == 3
+    at_once = GroupGate(size=64, hold_s=0)
+    at_once.expect(10)
+    at_once.join()  # returns in this thread: no hold
+    assert at_once.groups == [1]
+    for size, hold in ((0, 1.0), (4, -1.0)):
+        with pytest.raises(ValueError, match="size must be at least 1"):
+            GroupGate(size, hold)
