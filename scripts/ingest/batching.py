@@ -137,6 +137,7 @@ class GroupGate:
         self._waiting = 0  # pages in the open group
         self._opened = 0.0  # time.monotonic() of the open group's first page
         self._group = 0  # the open group's number; it changes when the group goes
+        self._closed = False  # the run is ending: nothing waits any more
         self.groups: list[int] = []  # each released group's size, for the report
 
     def expect(self, pages: int) -> None:
@@ -160,10 +161,18 @@ class GroupGate:
             group = self._group
             while self._group == group:
                 left = self._opened + self.hold_s - time.monotonic()
-                if self._waiting >= self.size or self._undecided <= 0 or left <= 0:
+                if self._waiting >= self.size or self._undecided <= 0 or left <= 0 or self._closed:
                     self._release()
                     break
                 self._cond.wait(left)
+
+    def close(self) -> None:
+        """The run is ending (a server gone, an interrupt): the pages waiting go now, and no page
+        waits from here on, whatever pages are still counted as undecided."""
+        with self._cond:
+            self._closed = True
+            if self._waiting:
+                self._release()
 
     def _release(self) -> None:
         self.groups.append(self._waiting)

@@ -264,6 +264,8 @@ def ingest(paths: list[Path], out: Path, grpc_url: str, fingerprint: str, ocr: s
     finally:
         try:
             bar.close()
+            if ocr_gate is not None:  # pages held for OCR must not keep the pools from shutting down
+                ocr_gate.close()
             for pool in pools:
                 pool.shutdown(wait=True, cancel_futures=True)
             for stage in stages.values():

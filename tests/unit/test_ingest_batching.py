@@ -185,3 +185,15 @@ def test_the_ocr_gate_lets_a_group_go_after_its_hold_and_opens_the_next():
     for size, hold in ((0, 1.0), (4, -1.0)):
         with pytest.raises(ValueError, match="size must be at least 1"):
             GroupGate(size, hold)
+
+
+def test_closing_the_ocr_gate_lets_the_waiting_pages_go_and_no_page_waits_after():
+    from scripts.ingest.batching import GroupGate
+
+    gate = GroupGate(size=64, hold_s=600)
+    gate.expect(50)  # pages that will never come: their futures were cancelled
+    held = _joined(gate, 2)
+    assert not any(event.wait(0.3) for event in held)
+    gate.close()
+    assert all(event.wait(10) for event in held)
+    assert all(event.wait(10) for event in _joined(gate, 1))
