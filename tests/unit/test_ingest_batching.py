@@ -61,10 +61,11 @@ def test_a_page_larger_than_the_batch_is_split_and_a_call_never_exceeds_the_batc
 
 
 def _a_bad_page_between_two_good_ones(isolate):
-    """Pages 1 (alone in a first call), then 'bad' and page 2 in one call, then page 3."""
+    """Pages 1 (alone in a first call), then 'bad' and page 2 in one call, then page 3; `isolate`
+    as CallBatcher takes it."""
     model, stage = Model(), Stage("embed", 1)
     model.hold = True
-    batcher = CallBatcher(model, stage, batch=2, slots=1, **({"isolate": isolate} if isolate else {}))
+    batcher = CallBatcher(model, stage, batch=2, slots=1, isolate=isolate)
     first = batcher.submit(texts(1, 1))
     assert model.started.wait(10)
     pages = [batcher.submit(["bad"]), batcher.submit(texts(2, 1)), batcher.submit(texts(3, 2))]
@@ -74,7 +75,7 @@ def _a_bad_page_between_two_good_ones(isolate):
 
 
 def test_a_bad_input_fails_only_its_own_page_the_others_of_its_call_are_sent_again_alone():
-    model, stage, (bad, shared_a_call_with_it, after) = _a_bad_page_between_two_good_ones(isolate=None)
+    model, stage, (bad, shared_a_call_with_it, after) = _a_bad_page_between_two_good_ones(isolate=lambda error: True)
     with pytest.raises(RuntimeError, match="refused a row"):
         bad[0].result(10)
     assert shared_a_call_with_it[0].result(10)[:, 0].tolist() == [200]
