@@ -56,6 +56,7 @@ sampled() {  # sampled NAME COMMAND...: run COMMAND beside benchmarks.host_load 
     return $rc
 }
 read -ra holds <<< "${OCR_HOLDS:-2}"
+[ ${#holds[@]} -gt 0 ] || holds=(2)  # OCR_HOLDS set but blank
 for kind in $kinds; do
     for hold in "${holds[@]}"; do  # with several holds, one run each (ingest_KIND_holdS.txt), the last kept as KIND
         name=$kind; [ ${#holds[@]} -eq 1 ] || name=${kind}_hold$hold
@@ -64,7 +65,9 @@ for kind in $kinds; do
             2> "$out/ingest_${name}_progress.txt" | tee "$out/ingest_$name.txt"  # the report; progress and errors on stderr
         tail -c 300 "$out/ingest_${name}_progress.txt" | tr '\r' '\n' | tail -2
     done
-    [ "$name" = "$kind" ] || cp "$out/ingest_$name.txt" "$out/ingest_$kind.txt"
+    if [ "$name" != "$kind" ]; then
+        cp "$out/ingest_$name.txt" "$out/ingest_$kind.txt"; cp "$out/host_ingest_$name.txt" "$out/host_ingest_$kind.txt"
+    fi
 done
 case " $kinds " in *" mixed "*) ;; *) exit 0 ;; esac  # the stage rates run on the mixed PDF's pages
 grpc=$(grep -E '^TRITON_GRPC_PORT=' "$work/gpu.env" | cut -d= -f2 || true)

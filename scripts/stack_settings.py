@@ -50,7 +50,7 @@ KEYS: tuple[Key, ...] = (
     Key("PRECISION", "choice:fp16|fp32|fp8", "fp16",
         "engine precision; fp8: DeBERTa-large on FP8 tensor cores in the compiled path (LOCAL_SERVE_BACKEND="
         "python_compiled, LOCAL_DEVICE=cuda, compute capability 8.9+), the other models in fp16", chart=True),
-    Key("INSTANCE_COUNT", "int", "1", "model instances per GPU (or on CPU); caption_selection gets 4 per deberta_large instance; "
+    Key("INSTANCE_COUNT", "int", "1", "model instances per GPU (or on CPU); caption_selection and yolox_page_elements get 4 per instance of their core; "
         "ECLAIR's graph decoder always one (its ECLAIR_BATCH_SIZE slots batch the pages)", chart=True),
     Key("MODELS", "models", ",".join(m.key for m in MODELS), "which models to build and serve (comma list)", chart=True),
     *(Key(spec.batch_size_key, "int", str(spec.default_batch_size), f"max batch of {spec.core}{spec.batch_help}",

@@ -155,6 +155,8 @@ class GroupGate:
         """One expected page needs the model: returns when its group goes."""
         with self._cond:
             self._undecided -= 1
+            if self._closed:
+                return
             if not self._waiting:
                 self._opened = time.monotonic()
             self._waiting += 1
@@ -164,7 +166,7 @@ class GroupGate:
                 if self._waiting >= self.size or self._undecided <= 0 or left <= 0 or self._closed:
                     self._release()
                     break
-                self._cond.wait(left)
+                self._cond.wait(min(left, threading.TIMEOUT_MAX))
 
     def close(self) -> None:
         """The run is ending (a server gone, an interrupt): the pages waiting go now, and no page

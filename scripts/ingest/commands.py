@@ -10,14 +10,17 @@ from converters.errors import UserError
 from scripts.console import log
 from scripts.ingest.models import FINGERPRINT_MODELS, stack_fingerprint
 
+# A page held longer than a model call may take (the client's timeout, models.Models) gains nothing.
+MAX_OCR_HOLD_S = 600.0
+
 
 def check_arguments(command: str, paths: list[Path], query: str | None, top_k: int,
                     ocr_hold_s: float | None = None) -> None:
     """The command line's own errors, before any server is asked."""
     if command == "ingest" and not paths:
         raise UserError("ingest needs at least one PDF, image or folder: python -m scripts.stack ingest PATH... --out DIR")
-    if command == "ingest" and ocr_hold_s is not None and not ocr_hold_s >= 0:
-        raise UserError(f"--ocr-hold must be 0 or more seconds, got {ocr_hold_s}.")
+    if command == "ingest" and ocr_hold_s is not None and not 0 <= ocr_hold_s <= MAX_OCR_HOLD_S:
+        raise UserError(f"--ocr-hold must be 0 to {MAX_OCR_HOLD_S:.0f} seconds, got {ocr_hold_s}.")
     if command == "search":
         if not query or not query.strip():
             raise UserError('search needs a query: python -m scripts.stack search "QUERY" [--top-k 5]')

@@ -220,10 +220,14 @@ def ingest(paths: list[Path], out: Path, grpc_url: str, fingerprint: str, ocr: s
         # a chunk the model refuses fails its own page, not the other documents sharing its call
         embedder = CallBatcher(models.embed, stages["embed"], models.embed_batch, in_flight["embed"],
                                isolate=lambda error: not server_gone(error))
-        pages_pool = ThreadPoolExecutor(in_flight["elements"] + in_flight["ocr"] + rasteriser.workers,
+        # a thread per page in flight: at page elements, at OCR, rendering, and held for OCR (a group's worth)
+        pages_pool = ThreadPoolExecutor(in_flight["elements"] + in_flight["ocr"] + rasteriser.workers + ocr_gate.size,
                                         thread_name_prefix="ingest-page")
         docs_pool = ThreadPoolExecutor(2, thread_name_prefix="ingest-doc")
         pools += [pages_pool, docs_pool]
+        # one undecided page of the loop's own until every document is submitted, so that pages held
+        # for OCR do not go part-full while the next document is still being read
+        ocr_gate.expect(1)
         for path in files:
             try:
                 digest = sha256(path)
@@ -245,6 +249,7 @@ def ingest(paths: list[Path], out: Path, grpc_url: str, fingerprint: str, ocr: s
             ocr_gate.expect(pages)
             futures = [pages_pool.submit(process_page, path, i) for i in range(pages)]
             pending.append((path, pages, docs_pool.submit(process_document, path, digest, futures)))
+        ocr_gate.decided()
         for path, pages, future in pending:
             try:
                 rows = future.result()

@@ -198,3 +198,4 @@ def test_closing_the_ocr_gate_lets_the_waiting_pages_go_and_no_page_waits_after(
     gate.close()
     assert all(event.wait(10) for event in held)
     assert all(event.wait(10) for event in _joined(gate, 1))
+    assert gate.groups == [2]  # the group that was waiting; a page after the close is no group
