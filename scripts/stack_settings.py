@@ -46,11 +46,12 @@ KEYS: tuple[Key, ...] = (
         "port of the OpenAI-compatible /v1/embeddings endpoint in front of e5_small_v2_text (served with e5_small_v2)"),
     Key("TRITON_GPU_IDS", "gpu_ids", "0", "GPUs the Triton service reserves (comma list)"),
     Key("BUILDER_GPU_ID", "gpu_ids", "0", "GPU the builders build on"),
-    Key("TRITON_SHM_SIZE", "str", "2gb", "shared memory of the Triton container (python backend tensors)"),
+    Key("TRITON_SHM_SIZE", "str", "2gb", "shared memory of the Triton container (python backend tensors; each "
+        "yolox_page_elements instance keeps about 8 MB a page of YOLOX_BATCH_SIZE)"),
     Key("PRECISION", "choice:fp16|fp32|fp8", "fp16",
         "engine precision; fp8: DeBERTa-large on FP8 tensor cores in the compiled path (LOCAL_SERVE_BACKEND="
         "python_compiled, LOCAL_DEVICE=cuda, compute capability 8.9+), the other models in fp16", chart=True),
-    Key("INSTANCE_COUNT", "int", "1", "model instances per GPU (or on CPU); caption_selection and yolox_page_elements get 4 per instance of their core; "
+    Key("INSTANCE_COUNT", "int", "1", "model instances per GPU (or on CPU); caption_selection gets 4 per deberta_large instance, yolox_page_elements at least 4; "
         "ECLAIR's graph decoder always one (its ECLAIR_BATCH_SIZE slots batch the pages)", chart=True),
     Key("MODELS", "models", ",".join(m.key for m in MODELS), "which models to build and serve (comma list)", chart=True),
     *(Key(spec.batch_size_key, "int", str(spec.default_batch_size), f"max batch of {spec.core}{spec.batch_help}",

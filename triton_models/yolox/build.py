@@ -43,9 +43,11 @@ CHANNEL_ORDERS = ("RGB", "BGR")
 # yolox_page_elements' own work is host work, about 12 ms of CPU a page (reading the page, letterbox,
 # the call to the core, NMS), done one batch at a time by each instance while it also waits for the
 # core: with one instance per core instance, page elements stopped at 88-100 pages/s served on an
-# H200 (ingest run 13) against 321-423 for the core alone. Several per core instance spread that
-# work over the host's cores, and their calls meet in the core's dynamic batcher.
-PAGE_INSTANCES_PER_CORE_INSTANCE = 4
+# H200 (ingest run 13) against 321-423 for the core alone. At least this many spread that work
+# over the host's cores, and their calls meet in the core's dynamic batcher. Not more: each keeps
+# the shared memory of its largest batch, about 8 MB a page (51-69 MB at a batch of 8 on CPU),
+# which comes out of TRITON_SHM_SIZE.
+MIN_PAGE_INSTANCES = 4
 
 
 def uint8_io_config() -> str:
@@ -203,7 +205,7 @@ def build(options: BuildOptions) -> list[Path]:
         [tensor("boxes", "TYPE_FP32", [-1, 4]), tensor("labels", "TYPE_STRING", [-1]), tensor("scores", "TYPE_FP32", [-1])],
         options.max_batch_size, {"core_model": UINT8_CORE, "core_max_batch": str(options.max_batch_size),
                                  "score_threshold": str(score_threshold), "nms_iou_threshold": str(iou_threshold)},
-        instance_count=gpu_placement(options)[0] * PAGE_INSTANCES_PER_CORE_INSTANCE)
+        instance_count=max(gpu_placement(options)[0], MIN_PAGE_INSTANCES))
     sources = {"checkpoint": file_sha256(checkpoint), "model_py": file_sha256(HERE / "yolox_page_elements_model.py"),
                "processing": file_sha256(HERE / "page_processing.py"), "core": core_fingerprint(core)}
     if companion_is_current(options.repo, config, sources, options.force):
