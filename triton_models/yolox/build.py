@@ -44,7 +44,8 @@ CHANNEL_ORDERS = ("RGB", "BGR")
 # the call to the core, NMS), done one batch at a time by each instance while it also waits for the
 # core: with one instance per core instance, page elements stopped at 88-100 pages/s served on an
 # H200 (ingest run 13) against 321-423 for the core alone. At least this many spread that work
-# over the host's cores, and their calls meet in the core's dynamic batcher. Not more: each keeps
+# over the host's cores, and their calls meet in the core's dynamic batcher: 1.5x with 4 against 2,
+# 2.2x with 8 (docs/results/h200/page_elements_instances/). Not more: each keeps
 # the shared memory of its largest batch, about 8 MB a page (51-69 MB at a batch of 8 on CPU),
 # which comes out of TRITON_SHM_SIZE.
 MIN_PAGE_INSTANCES = 4
