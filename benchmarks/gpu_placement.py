@@ -11,7 +11,7 @@ from scripts.processes import stub_model
 
 def nvidia_smi_query(fields: str, what: str) -> list[list[str]]:
     done = subprocess.run(["nvidia-smi", f"--query-{what}={fields}", "--format=csv,noheader,nounits"],
-                          capture_output=True, text=True, check=True)
+                          capture_output=True, text=True, check=True, timeout=10)  # a hung driver stops no sampler
     return [[part.strip() for part in line.split(",")] for line in done.stdout.strip().splitlines() if line.strip()]
 
 

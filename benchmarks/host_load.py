@@ -99,7 +99,7 @@ def gpu_utilization() -> tuple[float, float]:
     try:
         kernel, memory = nvidia_smi_query("utilization.gpu,utilization.memory", "gpu")[0][:2]
         return float(kernel), float(memory)
-    except (OSError, IndexError, ValueError, subprocess.CalledProcessError):
+    except (OSError, IndexError, ValueError, subprocess.CalledProcessError, subprocess.TimeoutExpired):
         return float("nan"), float("nan")
 
 

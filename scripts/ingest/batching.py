@@ -129,7 +129,7 @@ class GroupGate:
     undecided page is left that could still join them, so the run's last pages never wait the clock."""
 
     def __init__(self, size: int, hold_s: float):
-        if size < 1 or hold_s < 0:
+        if size < 1 or not hold_s >= 0:  # (not >= also refuses NaN)
             raise ValueError(f"size must be at least 1 and hold_s at least 0, got {size} and {hold_s}")
         self.size, self.hold_s = size, hold_s
         self._cond = threading.Condition()

@@ -141,8 +141,6 @@ def ingest(paths: list[Path], out: Path, grpc_url: str, fingerprint: str, ocr: s
 
     if ocr not in OCR_MODES:
         raise ValueError(f"ocr must be one of {OCR_MODES}, got {ocr!r}")
-    if not ocr_hold_s >= 0:
-        raise ValueError(f"ocr_hold_s must be 0 or more, got {ocr_hold_s!r}")
     started = time.monotonic()
     report = Report()
     rasteriser = Rasteriser().warm()  # worker processes start while the rest is opened

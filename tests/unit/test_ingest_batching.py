@@ -183,7 +183,7 @@ def test_the_ocr_gate_lets_a_group_go_after_its_hold_and_opens_the_next():
     at_once.expect(10)
     at_once.join()  # returns in this thread: no hold
     assert at_once.groups == [1]
-    for size, hold in ((0, 1.0), (4, -1.0)):
+    for size, hold in ((0, 1.0), (4, -1.0), (4, float("nan"))):
         with pytest.raises(ValueError, match="size must be at least 1"):
             GroupGate(size, hold)
 
