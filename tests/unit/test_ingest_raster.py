@@ -1,0 +1,81 @@
+"""The raster workers hand pages over through files in a RAM-backed folder (scripts/ingest/raster.py):
+the same pages as rendering in the process, nothing left behind, and the pipe where the folder fails."""
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.ingest_pdf import mixed_pages, write_pdf
+from scripts.ingest import raster
+from scripts.ingest.raster import Rasteriser, make_spool
+from scripts.ingest.sources import Document
+
+
+@pytest.fixture(scope="module")
+def pdf(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("raster") / "mixed.pdf"
+    write_pdf(path, mixed_pages(4))  # a scanned page among text, table and figure pages
+    return path
+
+
+def expected_pages(pdf: Path):
+    doc = Document(pdf)
+    try:
+        return [doc.page(i).fit_for_elements() for i in range(len(doc))]
+    finally:
+        doc.close()
+
+
+def assert_same_pages(got, want):
+    for a, b in zip(got, want, strict=True):
+        assert a.number == b.number and a.lines == b.lines
+        assert a.pixels.dtype == np.uint8 and np.array_equal(a.pixels, b.pixels)
+        assert (a.fitted is None) == (b.fitted is None)
+        assert a.fitted is None or np.array_equal(a.fitted, b.fitted)
+
+
+def handed_over(monkeypatch) -> list[str]:
+    """How each page reached the parent: 'Spooled' (a file) or 'Page' (the pipe)."""
+    kinds, received = [], raster._received
+    monkeypatch.setattr(raster, "_received", lambda result: kinds.append(type(result).__name__) or received(result))
+    return kinds
+
+
+def test_pages_through_the_ram_folder_equal_pages_rendered_here_and_leave_no_file(pdf, tmp_path, monkeypatch):
+    kinds = handed_over(monkeypatch)
+    rasteriser = Rasteriser(2, ram_folder=tmp_path)
+    try:
+        assert rasteriser.spool is not None and Path(rasteriser.spool).parent == tmp_path
+        got = [rasteriser.page(pdf, i) for i in range(len(Document(pdf)))]
+        assert os.listdir(rasteriser.spool) == []  # each file deleted once read
+    finally:
+        rasteriser.close()
+    assert kinds == ["Spooled"] * len(got)
+    assert_same_pages(got, expected_pages(pdf))
+    assert not Path(rasteriser.spool).exists() and list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_write_sends_the_page_through_the_pipe(pdf, tmp_path, monkeypatch):
+    kinds = handed_over(monkeypatch)
+    rasteriser = Rasteriser(1, ram_folder=tmp_path)
+    try:
+        os.rmdir(rasteriser.spool)  # the folder gone under the run: every write fails
+        got = [rasteriser.page(pdf, i) for i in range(len(Document(pdf)))]
+    finally:
+        rasteriser.close()
+    assert kinds == ["Page"] * len(got)
+    assert_same_pages(got, expected_pages(pdf))
+
+
+def test_no_spool_without_room_or_folder_and_stale_spools_of_dead_runs_are_removed(tmp_path, monkeypatch):
+    assert make_spool(2, tmp_path / "missing") is None
+    dead = tmp_path / f"{raster.SPOOL_PREFIX}999999999-x"  # no such process
+    live = tmp_path / f"{raster.SPOOL_PREFIX}{os.getpid()}-y"
+    for folder in (dead, live):
+        folder.mkdir()
+        (folder / "page").write_bytes(b"pixels")
+    spool = make_spool(2, tmp_path)
+    assert spool is not None and not dead.exists() and live.exists()
+    monkeypatch.setattr(raster, "PAGE_BYTES", 1 << 60)  # more than any folder holds
+    assert make_spool(2, tmp_path) is None
