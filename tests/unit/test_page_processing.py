@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from triton_models.eclair.pages import PAGE_HEIGHT, PAGE_WIDTH, Block, pad_page, parse_blocks
-from triton_models.yolox.page_processing import INPUT_SIZE, PAD_VALUE, decode_image, fit, letterbox, nms, postprocess
+from triton_models.yolox.page_processing import INPUT_SIZE, PAD_VALUE, decode_image, fit, letterbox, nms, padded_batch, postprocess
 
 
 def test_letterbox_keeps_aspect_pads_114_at_bottom_right_and_keeps_rgb():
@@ -21,6 +21,17 @@ def test_letterbox_of_a_page_that_fits_is_the_page_and_padding():
     assert ratio == 1.0
     np.testing.assert_array_equal(tensor[:, :, :768], page.transpose(2, 0, 1))
     assert np.all(tensor[:, :, 768:] == PAD_VALUE)
+
+
+def test_a_padded_batch_of_pages_of_every_shape_is_each_page_on_its_canvas_channels_first():
+    rng = np.random.default_rng(2)
+    pages = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((1024, 791, 3), (700, 1024, 3), (1024, 1024, 3), (5, 9, 3))]
+    batch = padded_batch(pages)
+    assert batch.shape == (4, 3, INPUT_SIZE, INPUT_SIZE) and batch.dtype == np.uint8
+    for slot, page in zip(batch, pages):  # the canvas as the wrapper made it before: full, copied, transposed
+        canvas = np.full((INPUT_SIZE, INPUT_SIZE, 3), PAD_VALUE, dtype=np.uint8)
+        canvas[:page.shape[0], :page.shape[1]] = page
+        np.testing.assert_array_equal(slot, canvas.transpose(2, 0, 1))
 
 
 def test_letterbox_refuses_non_rgb():

@@ -47,9 +47,20 @@ def letterbox(image: np.ndarray, size: int = INPUT_SIZE) -> tuple[np.ndarray, fl
     served cores turn them into what the checkpoint was trained on), CHW uint8: the core casts on
     its device (a batch of 16 pages is 50 MB, not 200 MB of fp32)."""
     resized, ratio = fit(image, size)
-    canvas = np.full((size, size, 3), PAD_VALUE, dtype=np.uint8)
-    canvas[:resized.shape[0], :resized.shape[1]] = resized
-    return np.ascontiguousarray(canvas.transpose(2, 0, 1)), ratio
+    return padded_batch([resized], size)[0], ratio
+
+
+def padded_batch(fitted: list[np.ndarray], size: int = INPUT_SIZE) -> np.ndarray:
+    """Pages that fit (`fit`'s) -> the letterboxed batch, uint8 [N, 3, size, size]: each page copied
+    once into its place, channels first (a third of the time of padding, transposing and stacking
+    apart, in the served wrapper)."""
+    batch = np.empty((len(fitted), 3, size, size), dtype=np.uint8)
+    for slot, page in zip(batch, fitted):
+        height, width = page.shape[:2]
+        slot[:, height:, :] = PAD_VALUE
+        slot[:, :height, width:] = PAD_VALUE
+        slot[:, :height, :width] = page.transpose(2, 0, 1)
+    return batch
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, classes: np.ndarray | None = None) -> list[int]:

@@ -1,4 +1,4 @@
-"""Triton python backend: a page image -> letterbox -> yolox_uint8 (decoded anchors) -> score, NMS -> boxes.
+"""Triton python backend: a page image -> letterbox (fit, padded_batch) -> yolox_uint8 (decoded anchors) -> score, NMS -> boxes.
 
 Inputs (one of them per request): `image` BYTES [1] (PNG/JPEG) or `pixels` UINT8 [-1,-1,3].
 Outputs: `boxes` FP32 [-1,4] normalised x1,y1,x2,y2 on the original page, `labels` BYTES [-1]
@@ -12,7 +12,7 @@ model_support.use_pythonpath()
 
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
-from page_processing import decode_image, letterbox, postprocess  # noqa: E402  (published beside this file)
+from page_processing import decode_image, fit, padded_batch, postprocess  # noqa: E402  (published beside this file)
 
 
 class TritonPythonModel:
@@ -42,14 +42,14 @@ class TritonPythonModel:
         for index, request in enumerate(requests):
             try:
                 page = self._page(request)
-                tensor, ratio = letterbox(page)
-                pages.append((index, tensor, ratio, page.shape[:2]))
+                fitted, ratio = fit(page)
+                pages.append((index, fitted, ratio, page.shape[:2]))
             except ValueError as exc:
                 responses[index] = model_support.error_response(pb_utils, exc)
         for start in range(0, len(pages), self.core_max_batch):
             chunk = pages[start:start + self.core_max_batch]
             try:
-                raw = self._infer(np.stack([tensor for _, tensor, _, _ in chunk]))
+                raw = self._infer(padded_batch([fitted for _, fitted, _, _ in chunk]))
             except RuntimeError as exc:
                 for index, *_ in chunk:
                     responses[index] = model_support.error_response(pb_utils, exc)
