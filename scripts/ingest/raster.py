@@ -41,14 +41,23 @@ class Spooled:
     fitted_shape: tuple[int, ...] | None
 
 
-def _render(path: Path, index: int, spool: str | None = None) -> Page | Spooled:
+def _opened(path: Path) -> Document:
     doc = _OPEN.get(path)
     if doc is None:
         while len(_OPEN) >= _KEEP_OPEN:
             _OPEN.pop(next(iter(_OPEN))).close()
         doc = _OPEN[path] = Document(path)
-    page = doc.page(index).fit_for_elements()  # the resize on the workers' cores, not in Triton's wrapper
+    return doc
+
+
+def _render(path: Path, index: int, spool: str | None = None) -> Page | Spooled:
+    page = _opened(path).page(index).fit_for_elements()  # the resize on the workers' cores, not in Triton's wrapper
     return _spooled(page, spool) if spool else page
+
+
+def _with_text(path: Path, indices: list[int]) -> list[bool]:
+    doc = _opened(path)
+    return [doc.has_text(i) for i in indices]
 
 
 def _spooled(page: Page, spool: str) -> Page | Spooled:
@@ -134,6 +143,15 @@ class Rasteriser:
 
     def page(self, path: Path, index: int) -> Page:
         return _received(self.pool.submit(_render, path, index, self.spool).result())
+
+    def with_text(self, path: Path, pages: int) -> list[bool]:
+        """Which of the document's pages have a text layer, read on all the workers at once."""
+        chunks = [list(range(pages))[start::self.workers] for start in range(min(self.workers, pages))]
+        flags = [False] * pages
+        for chunk, future in [(chunk, self.pool.submit(_with_text, path, chunk)) for chunk in chunks]:
+            for index, flag in zip(chunk, future.result()):
+                flags[index] = flag
+        return flags
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
