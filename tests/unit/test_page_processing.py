@@ -107,6 +107,17 @@ def test_pad_page_scales_onto_a_white_canvas():
     assert canvas[0, 0, 0] == 0 and canvas[0, 600, 0] == 255
 
 
+def test_pad_page_copies_a_page_that_fits_as_pillow_would():
+    page = np.random.default_rng(3).integers(0, 256, (PAGE_HEIGHT, 990, 3), dtype=np.uint8)
+    canvas, scale = pad_page(page)
+    assert scale == 1.0
+    from PIL import Image
+
+    np.testing.assert_array_equal(canvas[:, :990], np.asarray(Image.fromarray(page).resize((990, PAGE_HEIGHT), Image.BICUBIC)))
+    np.testing.assert_array_equal(canvas[:, :990], page)
+    assert np.all(canvas[:, 990:] == 255)
+
+
 def test_parse_blocks_maps_boxes_back_to_the_page():
     text = ("<x_10><y_20>Quarterly report<x_500><y_60><class_Title>"
             "<x_10><y_100>Revenue grew.\nCosts fell.<x_1000><y_1300><class_Text>")

@@ -22,7 +22,9 @@ def pad_page(page: np.ndarray) -> tuple[np.ndarray, float]:
     scale = min(PAGE_HEIGHT / height, PAGE_WIDTH / width)
     new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
     canvas = np.full((PAGE_HEIGHT, PAGE_WIDTH, 3), 255, dtype=np.uint8)
-    canvas[:new_h, :new_w] = np.asarray(Image.fromarray(page).resize((new_w, new_h), Image.BICUBIC))
+    if (new_w, new_h) != (width, height):  # a page that fits already (the ingest's) is copied as it is
+        page = np.asarray(Image.fromarray(page).resize((new_w, new_h), Image.BICUBIC))
+    canvas[:new_h, :new_w] = page
     return canvas, scale
 
 
