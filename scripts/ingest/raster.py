@@ -11,11 +11,13 @@ reads each file in one call and deletes it. Where there is no such folder, or a 
 folder full), the page comes through the pipe as before."""
 from __future__ import annotations
 
+import fcntl
 import itertools
 import multiprocessing
 import os
 import shutil
 import tempfile
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,7 @@ from scripts.ingest.sources import Document, Page
 
 RAM_FOLDER = Path("/dev/shm")
 SPOOL_PREFIX = "ingest-pages-"
+LOCK_NAME = ".lock"
 PAGE_BYTES = 7 << 20  # a 1280x1024 page and its 1024-wide fitted copy, uint8 RGB, rounded up
 _OPEN: dict[Path, Document] = {}  # in a worker: the documents it has opened, by path
 _KEEP_OPEN = 8
@@ -86,8 +89,14 @@ def _received(result: Page | Spooled) -> Page:
     try:
         data = np.fromfile(result.file, dtype=np.uint8)
     finally:
-        os.unlink(result.file)
+        try:
+            os.unlink(result.file)
+        except FileNotFoundError:  # the read failed for the same reason, and says so
+            pass
     size = int(np.prod(result.pixels_shape))
+    expected = size + (int(np.prod(result.fitted_shape)) if result.fitted_shape else 0)
+    if data.size != expected:
+        raise OSError(f"{result.file}: {data.size} bytes of page {result.page.number}'s pixels, expected {expected}")
     page = result.page
     page.pixels = data[:size].reshape(result.pixels_shape)
     page.fitted = None if result.fitted_shape is None else data[size:].reshape(result.fitted_shape)
@@ -103,30 +112,56 @@ def raster_workers() -> int:
     return max(1, min(16, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
-def make_spool(workers: int, ram_folder: Path = RAM_FOLDER) -> str | None:
-    """A fresh folder for this run's pages in `ram_folder`, or None (pages through the pipe) where
-    there is no such folder or it has less room than twice the pages the workers render at once.
-    Folders left by runs whose process is gone (killed) are removed first."""
+class Spool:
+    """This run's folder in the RAM-backed folder, locked (flock) for as long as the run holds it:
+    a folder whose lock nobody holds belongs to a run that was killed, and the next run removes it.
+    A lock, not a process id, because containers sharing /dev/shm do not share process ids."""
+
+    def __init__(self, folder: str, lock_fd: int):
+        self.folder, self._lock_fd = folder, lock_fd
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+        os.close(self._lock_fd)
+
+
+def make_spool(workers: int, ram_folder: Path = RAM_FOLDER) -> Spool | None:
+    """A fresh spool in `ram_folder`, or None (pages through the pipe) where there is no such
+    folder or it has less room than twice the pages the workers render at once. Spools left by
+    killed runs are removed first."""
     try:
-        for stale in ram_folder.glob(f"{SPOOL_PREFIX}*"):
-            pid = stale.name[len(SPOOL_PREFIX):].split("-")[0]
-            if pid.isdigit() and not _alive(int(pid)):
-                shutil.rmtree(stale, ignore_errors=True)
+        for folder in ram_folder.glob(f"{SPOOL_PREFIX}*"):
+            if _abandoned(folder):
+                shutil.rmtree(folder, ignore_errors=True)
         if shutil.disk_usage(ram_folder).free < 2 * workers * PAGE_BYTES:
             return None
-        return tempfile.mkdtemp(prefix=f"{SPOOL_PREFIX}{os.getpid()}-", dir=ram_folder)
+        folder = tempfile.mkdtemp(prefix=f"{SPOOL_PREFIX}{os.getpid()}-", dir=ram_folder)
+        lock_fd = os.open(os.path.join(folder, LOCK_NAME), os.O_CREAT | os.O_RDWR, 0o600)
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return Spool(folder, lock_fd)
     except OSError:
         return None
 
 
-def _alive(pid: int) -> bool:
+def _abandoned(folder: Path) -> bool:
+    """No run holds the folder's lock; a folder without one yet counts once it is a minute old (a run
+    makes its lock right after the folder)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        lock_fd = os.open(folder / LOCK_NAME, os.O_RDWR)
+    except FileNotFoundError:
+        try:
+            return time.time() - folder.stat().st_mtime > 60
+        except OSError:
+            return False
+    except OSError:
         return False
-    except PermissionError:  # another user's process
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
-    return True
+    except OSError:  # held: a run is using it
+        return False
+    finally:
+        os.close(lock_fd)
 
 
 class Rasteriser:
@@ -142,7 +177,8 @@ class Rasteriser:
         return self
 
     def page(self, path: Path, index: int) -> Page:
-        return _received(self.pool.submit(_render, path, index, self.spool).result())
+        spool = self.spool.folder if self.spool else None
+        return _received(self.pool.submit(_render, path, index, spool).result())
 
     def with_text(self, path: Path, pages: int) -> list[bool]:
         """Which of the document's pages have a text layer, read on all the workers at once."""
@@ -155,5 +191,5 @@ class Rasteriser:
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
-        if self.spool:  # pages rendered but never read (a run stopped early)
-            shutil.rmtree(self.spool, ignore_errors=True)
+        if self.spool:  # with the pages rendered but never read (a run stopped early)
+            self.spool.remove()

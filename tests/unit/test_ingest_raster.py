@@ -2,6 +2,8 @@
 the same pages as rendering in the process, nothing left behind, and the pipe where the folder fails;
 and they read which pages have a text layer, so that the pages bound for OCR start first."""
 import os
+import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -48,21 +50,32 @@ def test_pages_through_the_ram_folder_equal_pages_rendered_here_and_leave_no_fil
     kinds = handed_over(monkeypatch)
     rasteriser = Rasteriser(2, ram_folder=tmp_path)
     try:
-        assert rasteriser.spool is not None and Path(rasteriser.spool).parent == tmp_path
+        spool = Path(rasteriser.spool.folder)
+        assert spool.parent == tmp_path
         got = [rasteriser.page(pdf, i) for i in range(len(Document(pdf)))]
-        assert os.listdir(rasteriser.spool) == []  # each file deleted once read
+        assert os.listdir(spool) == [raster.LOCK_NAME]  # each page's file deleted once read
     finally:
         rasteriser.close()
     assert kinds == ["Spooled"] * len(got)
     assert_same_pages(got, expected_pages(pdf))
-    assert not Path(rasteriser.spool).exists() and list(tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_closing_removes_pages_rendered_but_never_read(pdf, tmp_path):
+    rasteriser = Rasteriser(1, ram_folder=tmp_path)
+    try:
+        unread = rasteriser.pool.submit(raster._render, pdf, 0, rasteriser.spool.folder).result()
+        assert isinstance(unread, raster.Spooled) and Path(unread.file).is_file()
+    finally:
+        rasteriser.close()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_failed_write_sends_the_page_through_the_pipe(pdf, tmp_path, monkeypatch):
     kinds = handed_over(monkeypatch)
     rasteriser = Rasteriser(1, ram_folder=tmp_path)
     try:
-        os.rmdir(rasteriser.spool)  # the folder gone under the run: every write fails
+        shutil.rmtree(rasteriser.spool.folder)  # the folder gone under the run: every write fails
         got = [rasteriser.page(pdf, i) for i in range(len(Document(pdf)))]
     finally:
         rasteriser.close()
@@ -70,17 +83,26 @@ def test_a_failed_write_sends_the_page_through_the_pipe(pdf, tmp_path, monkeypat
     assert_same_pages(got, expected_pages(pdf))
 
 
-def test_no_spool_without_room_or_folder_and_stale_spools_of_dead_runs_are_removed(tmp_path, monkeypatch):
+def test_no_spool_without_room_or_folder_and_spools_nobody_holds_are_removed(tmp_path, monkeypatch):
     assert make_spool(2, tmp_path / "missing") is None
-    dead = tmp_path / f"{raster.SPOOL_PREFIX}999999999-x"  # no such process
-    live = tmp_path / f"{raster.SPOOL_PREFIX}{os.getpid()}-y"
-    for folder in (dead, live):
+    held = make_spool(2, tmp_path)  # a run going on (in a container, its process id means nothing here)
+    killed = tmp_path / f"{raster.SPOOL_PREFIX}1-killed"  # its lock file, held by nobody
+    killed.mkdir()
+    (killed / raster.LOCK_NAME).touch()
+    (killed / "page").write_bytes(b"pixels")
+    starting, old = tmp_path / f"{raster.SPOOL_PREFIX}2-starting", tmp_path / f"{raster.SPOOL_PREFIX}3-old"
+    for folder in (starting, old):  # no lock yet: a run between making its folder and its lock, or long gone
         folder.mkdir()
-        (folder / "page").write_bytes(b"pixels")
+    os.utime(old, (time.time() - 120, time.time() - 120))
     spool = make_spool(2, tmp_path)
-    assert spool is not None and not dead.exists() and live.exists()
-    monkeypatch.setattr(raster, "PAGE_BYTES", 1 << 60)  # more than any folder holds
-    assert make_spool(2, tmp_path) is None
+    try:
+        assert spool is not None and held is not None
+        assert {p.name for p in tmp_path.iterdir()} == {Path(held.folder).name, starting.name, Path(spool.folder).name}
+        monkeypatch.setattr(raster, "PAGE_BYTES", 1 << 60)  # more than any folder holds
+        assert make_spool(2, tmp_path) is None
+    finally:
+        held.remove()
+        spool.remove()
 
 
 def test_pages_without_a_text_layer_start_first_and_the_rest_keep_their_order(pdf, tmp_path):
