@@ -26,7 +26,8 @@ def test_the_core_decodes_the_grid_as_upstream_does():
     grid_x = torch.arange(128).repeat(128).float()  # stride 8: the first 128x128 anchors, row-major
     assert torch.allclose(decoded[0, :128 * 128, 0], (raw[0, :128 * 128, 0] + grid_x) * 8, atol=1e-3)
     assert torch.allclose(decoded[0, :, 2:4], torch.exp(raw[0, :, 2:4]) * torch.cat(
-        [torch.full((n * n, 1), float(s)) for n, s in ((128, 8), (64, 16), (32, 32))]), rtol=1e-5)
+        [torch.full((n * n, 1), float(s)) for n, s in ((128, 8), (64, 16), (32, 32))]), rtol=1e-4)  # two forward
+    # passes: a loaded CPU can pick other conv kernels for each (1.2e-5 apart seen), a wrong stride is 2x
     assert torch.equal(decoded[0, :, 4:], raw[0, :, 4:])
 
 
