@@ -8,8 +8,7 @@ waiting join in calls of up to the model's max batch, scripts/ingest/batching.py
 its rows are written in one step, only once the whole document succeeded. The page-elements and
 OCR stages keep twice their model's max batch in flight (for ECLAIR, its decoder slots), so Triton
 always has a full batch to form and the next one waiting; pages bound for OCR wait for each other up
-to `ocr_hold_s` first (batching.GroupGate), so that the decoder steps for many pages at once, and
-with `--ocr auto` a document's pages without a text layer start first (`ocr_first`). Embedding page by page, rather
+to `ocr_hold_s` first (batching.GroupGate), so that the decoder steps for many pages at once. Embedding page by page, rather
 than a document's chunks once all its pages are done, keeps the last stage from running alone at
 the end of a run; the raster workers start while the store and the models are being opened.
 """
@@ -246,9 +245,7 @@ def ingest(paths: list[Path], out: Path, grpc_url: str, fingerprint: str, ocr: s
                 bar.total += pages
                 bar.refresh()
             ocr_gate.expect(pages)
-            futures: list[Future] = [None] * pages  # in page order, whatever order they start in
-            for i in ocr_first(rasteriser, path, pages) if ocr == "auto" else range(pages):
-                futures[i] = pages_pool.submit(process_page, path, i)
+            futures = [pages_pool.submit(process_page, path, i) for i in range(pages)]
             pending.append((path, pages, docs_pool.submit(process_document, path, digest, futures)))
         ocr_gate.decided()
         for path, pages, future in pending:
@@ -293,20 +290,6 @@ def ingest(paths: list[Path], out: Path, grpc_url: str, fingerprint: str, ocr: s
                         f"document(s) stored before it stay stored (and in {export}); bring the stack "
                         "back up and run ingest again: stored documents are skipped.")
     return report
-
-
-def ocr_first(rasteriser: Rasteriser, path: Path, pages: int) -> list[int]:
-    """The document's pages, those without a text layer (bound for OCR) first, so that ECLAIR, whose
-    pages take longest, starts early and does not decode the last scanned pages alone after every
-    other stage has finished. In page order where the text layers cannot be read (the pages' own
-    errors come when they are rendered)."""
-    if pages < 2:
-        return list(range(pages))
-    try:
-        with_text = rasteriser.with_text(path, pages)
-    except Exception:
-        return list(range(pages))
-    return sorted(range(pages), key=lambda i: with_text[i])
 
 
 def server_gone(exc: Exception) -> bool:

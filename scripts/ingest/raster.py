@@ -58,11 +58,6 @@ def _render(path: Path, index: int, spool: str | None = None) -> Page | Spooled:
     return _spooled(page, spool) if spool else page
 
 
-def _with_text(path: Path, indices: list[int]) -> list[bool]:
-    doc = _opened(path)
-    return [doc.has_text(i) for i in indices]
-
-
 def _spooled(page: Page, spool: str) -> Page | Spooled:
     """The page with its pixels written to a file in `spool`; the page itself where that fails."""
     arrays = [np.ascontiguousarray(page.pixels)] + ([np.ascontiguousarray(page.fitted)] if page.fitted is not None else [])
@@ -179,15 +174,6 @@ class Rasteriser:
     def page(self, path: Path, index: int) -> Page:
         spool = self.spool.folder if self.spool else None
         return _received(self.pool.submit(_render, path, index, spool).result())
-
-    def with_text(self, path: Path, pages: int) -> list[bool]:
-        """Which of the document's pages have a text layer, read on all the workers at once."""
-        chunks = [list(range(pages))[start::self.workers] for start in range(min(self.workers, pages))]
-        flags = [False] * pages
-        for chunk, future in [(chunk, self.pool.submit(_with_text, path, chunk)) for chunk in chunks]:
-            for index, flag in zip(chunk, future.result()):
-                flags[index] = flag
-        return flags
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)

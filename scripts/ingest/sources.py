@@ -140,20 +140,6 @@ class Document:
     def page(self, index: int) -> Page:
         return self._pdf_page(index) if self.kind == "pdf" else self._image_page()
 
-    def has_text(self, index: int) -> bool:
-        """Whether page `index` has any text in its text layer (a PDF; an image has none): cheaper
-        than `page`, which renders it."""
-        if self.kind != "pdf":
-            return False
-        with PDFIUM_LOCK:
-            page = self._pdf[index]
-            textpage = page.get_textpage()
-            try:
-                return bool(textpage.get_text_range().strip())
-            finally:
-                textpage.close()
-                page.close()
-
     def _image_page(self) -> Page:
         from PIL import Image
 

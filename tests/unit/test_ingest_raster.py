@@ -1,6 +1,5 @@
 """The raster workers (scripts/ingest/raster.py) hand pages over through files in a RAM-backed folder:
-the same pages as rendering in the process, nothing left behind, and the pipe where the folder fails;
-and they read which pages have a text layer, so that the pages bound for OCR start first."""
+the same pages as rendering in the process, nothing left behind, and the pipe where the folder fails."""
 import os
 import shutil
 import time
@@ -11,7 +10,6 @@ import pytest
 
 from benchmarks.ingest_pdf import mixed_pages, write_pdf
 from scripts.ingest import raster
-from scripts.ingest.pipeline import ocr_first
 from scripts.ingest.raster import Rasteriser, make_spool
 from scripts.ingest.sources import Document
 
@@ -104,17 +102,3 @@ def test_no_spool_without_room_or_folder_and_spools_nobody_holds_are_removed(tmp
         held.remove()
         spool.remove()
 
-
-def test_pages_without_a_text_layer_start_first_and_the_rest_keep_their_order(pdf, tmp_path):
-    rasteriser = Rasteriser(2, ram_folder=None)
-    try:
-        with_text = rasteriser.with_text(pdf, len(Document(pdf)))
-        assert with_text == [page.has_text_layer for page in expected_pages(pdf)]
-        scanned = [i for i, has in enumerate(with_text) if not has]
-        assert scanned and len(scanned) < len(with_text)  # the fixture has both kinds
-        assert ocr_first(rasteriser, pdf, len(with_text)) == scanned + [i for i, has in enumerate(with_text) if has]
-        not_a_pdf = tmp_path / "notes.pdf"
-        not_a_pdf.write_text("not a PDF")
-        assert ocr_first(rasteriser, not_a_pdf, 3) == [0, 1, 2]  # its error comes when its pages render
-    finally:
-        rasteriser.close()
