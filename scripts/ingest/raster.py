@@ -44,17 +44,13 @@ class Spooled:
     fitted_shape: tuple[int, ...] | None
 
 
-def _opened(path: Path) -> Document:
+def _render(path: Path, index: int, spool: str | None = None) -> Page | Spooled:
     doc = _OPEN.get(path)
     if doc is None:
         while len(_OPEN) >= _KEEP_OPEN:
             _OPEN.pop(next(iter(_OPEN))).close()
         doc = _OPEN[path] = Document(path)
-    return doc
-
-
-def _render(path: Path, index: int, spool: str | None = None) -> Page | Spooled:
-    page = _opened(path).page(index).fit_for_elements()  # the resize on the workers' cores, not in Triton's wrapper
+    page = doc.page(index).fit_for_elements()  # the resize on the workers' cores, not in Triton's wrapper
     return _spooled(page, spool) if spool else page
 
 
