@@ -155,3 +155,25 @@ def test_the_decoders_gpu_step_gives_the_cpu_steps_tokens(tmp_path):
         rows.append([decoder.step(3).tolist() for _ in range(16)])
     assert rows[0] == rows[1]
     assert len({tuple(step) for step in rows[0]}) > 3  # the pages do decode (not a constant row)
+
+
+@pytest.mark.parametrize("programs", [1, 16])  # one range per page, and split ranges combined
+def test_the_states_form_probe_equals_attention_over_projected_keys_and_values(programs):
+    """benchmarks/eclair_states_attention.py (a probe, not served): attention over the encoder states
+    with the query projected through Wk and the result through Wv equals attention over K and V."""
+    from benchmarks import eclair_states_attention as sa
+
+    torch.manual_seed(6)
+    pages, heads, dim, width, keys = 3, 4, 16, 48, 130  # width not a power of two: a masked tail
+    states, q = torch.randn(pages, keys, width), torch.randn(pages, heads, dim)
+    wk, wv, bk, bv = torch.randn(heads, dim, width) / 7, torch.randn(heads, dim, width) / 7, torch.randn(heads, dim), \
+        torch.randn(heads, dim)
+    k = torch.einsum("btc,hdc->bhtd", states, wk) + bk[None, :, None]
+    v = torch.einsum("btc,hdc->bhtd", states, wv) + bv[None, :, None]
+    want = reference(q, k, v, 0.25)
+    skip = torch.tensor([False, True, False])
+    states[1] = float("nan")  # a skipped page's states are never read
+    ctx = sa.states_attention(torch.einsum("bhd,hdc->hbc", q, wk).contiguous(), states, 0.25, programs, skip=skip)
+    assert torch.equal(ctx[:, 1], torch.zeros(heads, width))
+    got = (torch.einsum("hbc,hdc->bhd", ctx, wv) + bv[None]).index_select(0, torch.tensor([0, 2]))
+    torch.testing.assert_close(got, want[[0, 2]], rtol=1e-4, atol=1e-4)
