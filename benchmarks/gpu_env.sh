@@ -5,7 +5,8 @@
 # ECLAIR_BATCH_SIZE (16), INSTANCE_COUNT (2: one instance's python-side work overlaps the other's GPU work).
 # SERVE_BACKEND (python_torch; python_compiled for torch.compile with CUDA graphs), LOCAL_CUDA_MPS (off),
 # PRECISION (fp16; fp8 with python_compiled on compute capability 8.9+), ECLAIR_COMPILE_ENCODER (on; off
-# for a quicker start, the encoder captured uncompiled).
+# for a quicker start, the encoder captured uncompiled), and E5_GPU_IDS, CAPTION_GPU_IDS, YOLOX_GPU_IDS,
+# ECLAIR_GPU_IDS where set (a model on some of GPU_IDS only).
 write_gpu_env() {
     local file=$1 work=$2 models=$3 gpus=$4 numpy1=$5
     {
@@ -28,5 +29,8 @@ write_gpu_env() {
         echo "PRECISION=${PRECISION:-fp16}"
         echo "LOCAL_CUDA_MPS=${LOCAL_CUDA_MPS:-off}"
         echo "ECLAIR_COMPILE_ENCODER=${ECLAIR_COMPILE_ENCODER:-on}"
+        for key in E5_GPU_IDS CAPTION_GPU_IDS YOLOX_GPU_IDS ECLAIR_GPU_IDS; do
+            if [ -n "${!key:-}" ]; then echo "$key=${!key}"; fi
+        done
     } > "$file"
 }

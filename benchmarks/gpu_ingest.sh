@@ -15,8 +15,9 @@
 # on generated pages, benchmarks.train_yolox_pages; calibrated: the random-weight YOLOX-L of
 # benchmarks.make_gpu_checkpoints; demo: the CI's nano demo),
 # ECLAIR_BATCH_SIZE (64), OCR_HOLDS (2: ingest's --ocr-hold; several, "0 2", ingest each PDF once
-# per value, the last one's store and figures kept for the stage rates), and gpu_env.sh's batch sizes
-# and LOCAL_CUDA_MPS.
+# per value, the last one's store and figures kept for the stage rates), GPU_IDS (0: TRITON_GPU_IDS; e.g.
+# 0,1 with ECLAIR_GPU_IDS=1 for OCR on a GPU of its own), and gpu_env.sh's batch sizes, per-model GPU
+# ids and LOCAL_CUDA_MPS.
 set -euo pipefail
 tokenizer=$1 out=$2 numpy1=${3:-}
 work=build/gpu_ingest
@@ -41,7 +42,7 @@ case ${YOLOX:-trained} in
     *) echo "YOLOX must be trained, calibrated or demo, not '$YOLOX'" >&2; exit 1 ;;
 esac
 . benchmarks/gpu_env.sh
-write_gpu_env "$work/gpu.env" "$work" caption_classification,yolox,eclair,e5_small_v2 0 "$numpy1"
+write_gpu_env "$work/gpu.env" "$work" caption_classification,yolox,eclair,e5_small_v2 "${GPU_IDS:-0}" "$numpy1"
 echo "ECLAIR_CHECKPOINT=eclair_large" >> "$work/gpu.env"
 [ "${YOLOX:-trained}" = demo ] && sed -i '/^YOLOX_CHECKPOINT=/d' "$work/gpu.env"
 stack() { python3 -m scripts.stack "$@" --local --env-file "$work/gpu.env"; }

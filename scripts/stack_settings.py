@@ -23,7 +23,7 @@ from triton_models.registry import MODELS, get
 @dataclass(frozen=True)
 class Key:
     name: str
-    kind: str  # int | port | str | path | relative_dir | gpu_ids | choice:<a>|<b> | models | checkpoint | overlay_checkpoint
+    kind: str  # int | port | str | path | relative_dir | gpu_ids | model_gpu_ids | choice:<a>|<b> | models | checkpoint | overlay_checkpoint
     default: str
     help: str
     example: str | None = None  # what .env.example shows where it differs from the default
@@ -56,6 +56,8 @@ KEYS: tuple[Key, ...] = (
     Key("MODELS", "models", ",".join(m.key for m in MODELS), "which models to build and serve (comma list)", chart=True),
     *(Key(spec.batch_size_key, "int", str(spec.default_batch_size), f"max batch of {spec.core}{spec.batch_help}",
           chart=True) for spec in MODELS),
+    *(Key(spec.gpu_ids_key, "model_gpu_ids", "", f"GPUs of TRITON_GPU_IDS that serve {spec.key} (comma list; "
+          "compose and local stacks); empty: all of them" + spec.gpu_ids_help) for spec in MODELS),
     Key("CHECKPOINTS_DIR", "path", "./checkpoints", "host folder mounted read-only at /checkpoints in the builders"),
     *(Key(spec.checkpoint_key, "checkpoint", "", spec.checkpoint_help, chart=True) for spec in MODELS),
     Key("ECLAIR_COMPILE_ENCODER", "choice:on|off", "on",
@@ -121,6 +123,14 @@ class StackSettings:
     def gpu_mode(self) -> bool:
         return "docker-compose.gpu.yaml" in self.values["COMPOSE_FILE"]
 
+    def model_gpu_ids(self, model_key: str) -> str:
+        """The host GPUs serving a model: its own <PREFIX>_GPU_IDS, else every GPU of TRITON_GPU_IDS."""
+        return self.values[get(model_key).gpu_ids_key] or self.values["TRITON_GPU_IDS"]
+
+    def placed_models(self) -> list[str]:
+        """The models given GPUs of their own (<PREFIX>_GPU_IDS set)."""
+        return [spec.key for spec in MODELS if self.values[spec.gpu_ids_key]]
+
     def checkpoint(self, model_key: str) -> Path | None:
         """The host path of a model's checkpoint, or None for a demo checkpoint."""
         value = self.values[get(model_key).checkpoint_key]
@@ -144,6 +154,14 @@ def _problem(key: Key, value: str, root: Path, values: dict[str, str]) -> str | 
     elif kind == "gpu_ids":
         if not re.fullmatch(r"\d+(,\d+)*", value):
             return f"{key.name}={value!r} must be GPU ids like 0 or 0,1"
+    elif kind == "model_gpu_ids" and value:
+        if not re.fullmatch(r"\d+(,\d+)*", value):
+            return f"{key.name}={value!r} must be GPU ids like 1 or 0,1, or empty for every GPU of TRITON_GPU_IDS"
+        reserved = values["TRITON_GPU_IDS"].split(",")
+        outside = [gpu for gpu in value.split(",") if gpu not in reserved]
+        if outside or len(set(value.split(","))) != len(value.split(",")):
+            return (f"{key.name}={value} must name distinct GPUs of TRITON_GPU_IDS={values['TRITON_GPU_IDS']} (the "
+                    f"GPUs Triton reserves); add {','.join(outside) or 'them'} there or leave {key.name} empty")
     elif kind.startswith("choice:"):
         choices = kind.split(":", 1)[1].split("|")
         if value not in choices:
@@ -204,6 +222,9 @@ def load_settings(env_file: Path | None = Path(".env"), root: Path = Path("."), 
                             "checkpoint folder inside ECLAIR_CHECKPOINT_DIR)")
         if "docker-compose.gpu.yaml" not in values["COMPOSE_FILE"]:
             problems.append("ECLAIR_RUNTIME=tensorrt_llm needs the GPU profile: add docker-compose.gpu.yaml to COMPOSE_FILE")
+        if values[get("eclair").gpu_ids_key]:
+            problems.append(f"{get('eclair').gpu_ids_key} places the PyTorch runtime's instances; with "
+                            "ECLAIR_RUNTIME=tensorrt_llm the overlay's triton-eclair serves ECLAIR: leave it empty")
     if problems:
         where = env_file if env_file is not None and Path(env_file).is_file() else "the settings"
         raise UserError(f"{where} has {len(problems)} problem(s): " + "; ".join(problems) + ".")

@@ -18,11 +18,12 @@ from types import ModuleType
 class ModelSpec:
     key: str  # folder under triton_models/ and the name users pass to `build`
     triton_names: tuple[str, ...]  # what gets published, the core model first
-    env_prefix: str  # <PREFIX>_CHECKPOINT and <PREFIX>_BATCH_SIZE in .env
+    env_prefix: str  # <PREFIX>_CHECKPOINT, <PREFIX>_BATCH_SIZE and <PREFIX>_GPU_IDS in .env
     default_batch_size: int
     compose_service: str
     checkpoint_help: str  # what <PREFIX>_CHECKPOINT names, for .env.example
     batch_help: str = ""  # anything to add to the batch size's line in .env.example
+    gpu_ids_help: str = ""  # anything to add to the GPU ids' line in .env.example
     max_length: int | None = None  # tokens per text of the core's inputs (text models)
     core_io: dict | None = None  # the core's IO config (`--model-io-config`); None: no converted core
     pad_sequence: bool = False  # zeros on the core's -1 axes change no answer (`--pad-sequence`)
@@ -56,6 +57,10 @@ class ModelSpec:
         return f"{self.env_prefix}_BATCH_SIZE"
 
     @property
+    def gpu_ids_key(self) -> str:
+        return f"{self.env_prefix}_GPU_IDS"
+
+    @property
     def builder(self) -> ModuleType:
         """`triton_models/<key>/build.py`: build(options) and make_demo_checkpoint(folder)."""
         return importlib.import_module(f"triton_models.{self.key}.build")
@@ -85,6 +90,7 @@ MODELS: tuple[ModelSpec, ...] = (
     ModelSpec("eclair", ("eclair",), "ECLAIR", 16, "build-eclair",
               "ECLAIR VisionEncoderDecoder folder under CHECKPOINTS_DIR (empty: demo)",
               batch_help=" (pages decoded at once: the graph decoder's slots)", gpu_serve_backend="python_onnx",
+              gpu_ids_help=" (e.g. 1 with TRITON_GPU_IDS=0,1: OCR, the slowest stage of ingest, on a GPU of its own)",
               options=(("compile_encoder", "ECLAIR_COMPILE_ENCODER"),)),
     ModelSpec("e5_small_v2", ("e5_small_v2", "e5_small_v2_text"), "E5", 64, "build-e5",
               "e5-small-v2 Hugging Face folder under CHECKPOINTS_DIR (empty: demo)", max_length=512, core_io={

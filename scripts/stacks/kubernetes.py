@@ -31,7 +31,7 @@ from pathlib import Path
 from converters.errors import UserError
 from scripts.console import log
 from scripts.stack_settings import StackSettings, chart_values
-from triton_models.registry import MODELS
+from triton_models.registry import MODELS, get
 
 CHART = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "doc-triton"
 COMMANDS = ("up", "status", "verify", "logs", "down", "clean")
@@ -84,6 +84,11 @@ class KubernetesStack:
             raise UserError(f"HELM_RELEASE={self.release!r} must be lowercase letters, digits and '-', at most 30 "
                             "characters, starting and ending with a letter or digit.")
         self.namespace = settings["KUBE_NAMESPACE"]
+        placed = settings.placed_models()
+        if placed:  # a pod sees only its own GPUs; the chart has no per-model placement inside one
+            keys = ", ".join(get(model).gpu_ids_key for model in placed)
+            raise UserError(f"{keys} place models on GPUs of one host (compose and local stacks); on Kubernetes "
+                            "every replica serves every model on its own GPUs: leave them empty and scale with replicas.")
         extra = settings["HELM_VALUES"]
         self.values_file = settings.path("HELM_VALUES") if extra else None
         if self.values_file is not None and not self.values_file.is_file():

@@ -87,9 +87,9 @@ class LocalStack(Stack):
         from triton_models.builder_contract import builder_arguments, builder_environment
 
         device = self.settings["LOCAL_DEVICE"]
-        environment = builder_environment(  # instances on every GPU of TRITON_GPU_IDS where on CUDA
+        environment = builder_environment(  # on CUDA: instances on the model's GPUs (model_gpu_ids)
             get(key), self.settings.__getitem__, device, serve_backend=self.settings["LOCAL_SERVE_BACKEND"],
-            gpus=self.settings["TRITON_GPU_IDS"] if device == "cuda" else "")
+            gpus=self.settings.model_gpu_ids(key) if device == "cuda" else "")
         arguments = builder_arguments(key, environment, repo=self.repo, work_dir=self.work,
                                       checkpoints_dir=self.settings.path("CHECKPOINTS_DIR"))
         return [sys.executable, "-m", "triton_models.build", *arguments], self.settings.checkpoint(key)

@@ -59,3 +59,16 @@ def test_without_it_compose_passes_one_string(tmp_path):
     """Why the override exists: plain interpolation gives Docker the single id "0,1"."""
     services = _compose_config(tmp_path, {"TRITON_GPU_IDS": "0,1"}, with_override=False)
     assert _device_ids(services["triton"]) == [["0,1"]]
+
+
+def test_a_model_on_gpus_of_its_own_gets_their_places_in_the_triton_container(tmp_path):
+    """ECLAIR_GPU_IDS=3 with TRITON_GPU_IDS=2,3: the Triton container numbers its GPUs 0 and 1, so
+    build-eclair gets GPUS=1 (its instances' gpus and devices); the other builders get no GPUS (every
+    GPU the container sees), and every builder keeps its environment from the compose files."""
+    services = _compose_config(tmp_path, {"TRITON_GPU_IDS": "2,3", "BUILDER_GPU_ID": "2", "ECLAIR_GPU_IDS": "3",
+                                          "E5_GPU_IDS": "2,3"}, with_override=True)
+    assert _device_ids(services["triton"]) == [["2", "3"]]
+    eclair, e5 = services["build-eclair"]["environment"], services["build-e5"]["environment"]
+    assert (eclair["GPUS"], e5["GPUS"]) == ("1", "0,1")
+    assert eclair["DEVICE"] == "cuda" and eclair["MAX_BATCH_SIZE"] == "16"  # merged, not replaced
+    assert "GPUS" not in services["build-yolox"]["environment"]

@@ -48,6 +48,20 @@ def test_the_local_stack_builds_with_the_contracts_arguments(tmp_path):
         "e5_small_v2", 32, "python_compiled", "cuda", "0,1", tmp_path / "ckpt")
 
 
+def test_a_model_with_gpus_of_its_own_is_built_for_them_and_the_others_for_all(tmp_path):
+    """ECLAIR_GPU_IDS=1 with TRITON_GPU_IDS=0,1 (local stack on CUDA): ECLAIR's builder gets --gpus 1,
+    the other models every GPU of TRITON_GPU_IDS; on the CPU no model gets GPUs."""
+    from scripts.stacks.local import LocalStack
+
+    env = tmp_path / ".env"
+    env.write_text("LOCAL_DEVICE=cuda\nTRITON_GPU_IDS=0,1\nECLAIR_GPU_IDS=1\nLOCAL_SERVE_BACKEND=python_torch\n")
+    stack = LocalStack(load_settings(env, tmp_path))
+    gpus = {key: build_parser().parse_args(stack._builder_command(key)[0][3:]).gpus for key in ("eclair", "yolox")}
+    assert gpus == {"eclair": "1", "yolox": "0,1"}
+    env.write_text("TRITON_GPU_IDS=0,1\nECLAIR_GPU_IDS=1\n")
+    assert build_parser().parse_args(LocalStack(load_settings(env, tmp_path))._builder_command("eclair")[0][3:]).gpus is None
+
+
 def test_the_builder_images_entrypoint_reads_the_contracts_environment(tmp_path, monkeypatch, capsys):
     import triton_models.build as build
 

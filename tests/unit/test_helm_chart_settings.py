@@ -2,6 +2,7 @@
 KEYS and the registry, and `stack up --mode kubernetes` passes exactly the chart's keys."""
 from __future__ import annotations
 
+import pytest
 import yaml
 
 from scripts.stack import main
@@ -143,6 +144,17 @@ def _stack(tmp_path):
     env = tmp_path / ".env"
     env.write_text("HELM_RELEASE=dt\nMODELS=e5_small_v2\n")
     return KubernetesStack(load_settings(env, tmp_path, host_checkpoints=False))
+
+
+def test_per_model_gpu_ids_are_refused_on_kubernetes_in_one_sentence(tmp_path):
+    """A pod sees only its replica's GPUs: <PREFIX>_GPU_IDS is for the compose and local stacks."""
+    from converters.errors import UserError
+    from scripts.stacks.kubernetes import KubernetesStack
+
+    env = tmp_path / ".env"
+    env.write_text("HELM_RELEASE=dt\nTRITON_GPU_IDS=0,1\nECLAIR_GPU_IDS=1\nYOLOX_GPU_IDS=0\n")
+    with pytest.raises(UserError, match="YOLOX_GPU_IDS, ECLAIR_GPU_IDS place models on GPUs of one host"):
+        KubernetesStack(load_settings(env, tmp_path, host_checkpoints=False))
 
 
 def test_kubernetes_up_waits_for_the_embeddings_endpoint_before_helm_test(tmp_path, capsys):

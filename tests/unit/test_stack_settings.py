@@ -1,4 +1,5 @@
 
+import re
 import shutil
 from pathlib import Path
 
@@ -113,3 +114,21 @@ def test_the_configuration_reference_is_generated_from_the_keys():
     assert (REPO_ROOT / "docs" / "configuration.md").read_text() == configuration_markdown(), \
         "run `python -m scripts.stack_settings docs > docs/configuration.md`"
     assert all(f"| `{key.name}` |" in configuration_markdown() for key in KEYS)
+
+
+def test_a_models_gpu_ids_must_be_gpus_triton_reserves(tmp_path):
+    """<PREFIX>_GPU_IDS places one model's instances on some of TRITON_GPU_IDS (e.g. OCR on a GPU of
+    its own); empty: all of them. GPUs Triton does not reserve, repeats and bad ids are named."""
+    settings = load_settings(None, tmp_path, {"TRITON_GPU_IDS": "0,1", "ECLAIR_GPU_IDS": "1"})
+    assert (settings.model_gpu_ids("eclair"), settings.model_gpu_ids("yolox")) == ("1", "0,1")
+    assert settings.placed_models() == ["eclair"]
+    for value, says in (("2", "ECLAIR_GPU_IDS=2 must name distinct GPUs of TRITON_GPU_IDS=0,1 (the GPUs Triton "
+                               "reserves); add 2 there or leave ECLAIR_GPU_IDS empty"),
+                        ("1,1", "ECLAIR_GPU_IDS=1,1 must name distinct GPUs"),
+                        ("gpu1", "ECLAIR_GPU_IDS='gpu1' must be GPU ids like 1 or 0,1")):
+        with pytest.raises(UserError, match=re.escape(says)):
+            load_settings(None, tmp_path, {"TRITON_GPU_IDS": "0,1", "ECLAIR_GPU_IDS": value})
+    with pytest.raises(UserError, match="ECLAIR_GPU_IDS places the PyTorch runtime's instances"):
+        load_settings(None, tmp_path, {"ECLAIR_GPU_IDS": "0", "ECLAIR_RUNTIME": "tensorrt_llm",
+                                       "TRTLLM_BASE_IMAGE": "x", "COMPOSE_FILE": "docker-compose.yaml:docker-compose.gpu.yaml"},
+                      host_checkpoints=False)
