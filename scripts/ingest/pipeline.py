@@ -30,7 +30,7 @@ from scripts.ingest.chunks import CAPTION_CANDIDATES, caption_candidates, ocr_li
 from scripts.ingest.models import CAPTION_CORE, OCR, PAGE_ELEMENTS, Models
 from scripts.ingest.raster import Rasteriser
 from scripts.ingest.sources import Document, InputError, Page, find_inputs, sha256
-from scripts.ingest.store import Store, exported_documents
+from scripts.ingest.store import PARQUET, Store, exported_documents
 from triton_models.eclair.pages import pad_page
 
 OCR_MODES = ("auto", "always", "never")
@@ -279,8 +279,9 @@ def ingest(paths: list[Path], out: Path, grpc_url: str, fingerprint: str, ocr: s
     report.seconds = time.monotonic() - started
     report.stages = {name: stage.times(started) for name, stage in stages.items()}
     report.ocr_groups = list(ocr_gate.groups) if ocr_gate else []
-    try:
-        report.parquet = opening.result().export_parquet()
+    try:  # a run that stored nothing keeps a current export as it is (rewriting it would change nothing)
+        current = not report.ingested and (out / PARQUET).is_file() and exported_documents(out) is not None
+        report.parquet = out / PARQUET if current else opening.result().export_parquet()
     except Exception:  # with the server gone, that is the error to report; the store's is secondary
         if gone is None:
             raise

@@ -11,6 +11,7 @@ from converters.errors import UserError
 
 TABLE = "chunks"
 PARQUET = "chunks.parquet"
+EXPORT_ROWS = 4096  # rows per batch of the Parquet export (4096 x 384 floats: about 6 MB)
 DIM = 384
 
 
@@ -94,12 +95,19 @@ class Store:
         return self.table.to_arrow()
 
     def export_parquet(self, path: Path | None = None) -> Path:
+        """Every row to `path` (default chunks.parquet), streamed in batches of EXPORT_ROWS: a large
+        store is never read into memory at once."""
         import pyarrow.parquet as pq
 
         path = path or self.folder / PARQUET
         partial = path.with_name(path.name + ".partial")  # a stopped export never leaves half a file
-        pq.write_table(self.table.to_arrow(), partial)
-        os.replace(partial, path)
+        try:
+            with pq.ParquetWriter(partial, schema()) as writer:
+                for batch in self.table.search().limit(None).to_batches(EXPORT_ROWS):
+                    writer.write_batch(batch)
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
         return path
 
     def search(self, vector: np.ndarray, top_k: int) -> list[dict]:

@@ -98,6 +98,7 @@ def test_ingest_summary_and_second_run_skips(served_suite, inputs, ingested, cap
     server, repo, _ = served_suite
     out, _ = ingested
     before = _rows(out)
+    exported = (out / "chunks.parquet").stat().st_mtime_ns
     report = ingest([inputs["text"].parent], out, server.grpc_url, stack_fingerprint(folders_in(repo)), progress=False)
     text = "\n".join(report.lines())
     assert report.ingested == []
@@ -109,6 +110,8 @@ def test_ingest_summary_and_second_run_skips(served_suite, inputs, ingested, cap
     assert f"{inputs['encrypted']}: the PDF is encrypted (it needs a password)." in text
     assert "pages/s end to end" in text
     assert len(_rows(out)) == len(before)
+    # nothing stored: the current export is kept as it is, not written again
+    assert report.parquet == out / "chunks.parquet" and (out / "chunks.parquet").stat().st_mtime_ns == exported
 
 
 def test_ocr_never_stores_image_pages_without_text(served_suite, inputs, tmp_path):

@@ -39,3 +39,28 @@ def test_the_export_gives_what_is_stored_and_anything_unsure_defers_to_the_store
 
     pq.write_table(pa.table({"sha256": ["sha-a"], "fingerprint": ["fp1"]}), folder / PARQUET)  # other columns
     assert exported_documents(folder) is None
+
+
+def test_the_export_streams_every_row_in_batches_and_a_failed_one_keeps_the_last(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+    import pytest
+
+    from scripts.ingest import store as store_module
+
+    monkeypatch.setattr(store_module, "EXPORT_ROWS", 2)  # 5 rows: batches of 2, 2 and 1
+    store = Store(tmp_path)
+    store.replace_document("a.pdf", [_row("a.pdf", "sha-a", chunk) for chunk in range(5)])
+    store.export_parquet()
+    exported = pq.read_table(tmp_path / PARQUET)
+    assert sorted(exported.column("chunk").to_pylist()) == list(range(5))
+    assert exported.schema.equals(store_module.schema())
+    store.replace_document("b.pdf", [_row("b.pdf", "sha-b")])
+
+    def broken(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(pq.ParquetWriter, "write_batch", broken)
+    with pytest.raises(OSError, match="No space left"):
+        store.export_parquet()
+    assert pq.read_table(tmp_path / PARQUET).num_rows == 5  # the last export, whole
+    assert not (tmp_path / f"{PARQUET}.partial").exists()
