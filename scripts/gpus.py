@@ -9,6 +9,12 @@ from dataclasses import dataclass
 
 from converters.errors import UserError
 
+# GPU ids in the settings are nvidia-smi's indices, which follow the PCI bus. CUDA numbers the GPUs
+# fastest first unless told otherwise, so on a host of mixed GPUs its cuda:1 could be another card:
+# every process that takes GPU ids from the settings (the local Triton and builders; compose's GPU
+# services, through the generated override) runs with this.
+GPU_ORDER = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+
 
 @dataclass(frozen=True)
 class Gpu:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from converters.errors import UserError
+from scripts.gpus import GPU_ORDER
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -137,7 +138,7 @@ class LocalTriton:
         return Path(self._workdir.name)
 
     def _environment(self) -> dict[str, str]:
-        env = {**MALLOC_ENVIRONMENT, **os.environ, **self.environment}
+        env = {**MALLOC_ENVIRONMENT, **os.environ, **self.environment, **GPU_ORDER}
         root = self._layout_root()
         env["LD_LIBRARY_PATH"] = os.pathsep.join([library_path(root), env.get("LD_LIBRARY_PATH", "")]).rstrip(os.pathsep)
         # Python-backend models see third-party packages (and this repository) only through PYTHONPATH.

@@ -280,8 +280,9 @@ def ingest(paths: list[Path], out: Path, grpc_url: str, fingerprint: str, ocr: s
     report.stages = {name: stage.times(started) for name, stage in stages.items()}
     report.ocr_groups = list(ocr_gate.groups) if ocr_gate else []
     try:  # a run that stored nothing keeps a current export as it is (rewriting it would change nothing)
-        current = not report.ingested and (out / PARQUET).is_file() and exported_documents(out) is not None
-        report.parquet = out / PARQUET if current else opening.result().export_parquet()
+        store = opening.result()  # open (its table exists), or its error is the one to report
+        current = not report.ingested and exported_documents(out) is not None
+        report.parquet = out / PARQUET if current else store.export_parquet()
     except Exception:  # with the server gone, that is the error to report; the store's is secondary
         if gone is None:
             raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +78,7 @@ class Store:
 
     def ingested(self) -> set[tuple[str, str]]:
         """(sha256, fingerprint) of every document already stored."""
-        columns = self.table.to_arrow().select(["sha256", "fingerprint"]).to_pydict()
+        columns = self.table.search().select(["sha256", "fingerprint"]).limit(None).to_arrow().to_pydict()
         return set(zip(columns["sha256"], columns["fingerprint"]))
 
     def replace_document(self, document: str, rows: list[dict]) -> None:
@@ -100,14 +101,20 @@ class Store:
         import pyarrow.parquet as pq
 
         path = path or self.folder / PARQUET
-        partial = path.with_name(path.name + ".partial")  # a stopped export never leaves half a file
+        # written beside it under a name of its own, then renamed: a stopped export never leaves half
+        # a file, and two exports at once never write into one file
+        handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+        os.close(handle)
+        partial = Path(name)
         try:
-            with pq.ParquetWriter(partial, schema()) as writer:
-                for batch in self.table.search().limit(None).to_batches(EXPORT_ROWS):
+            batches = self.table.search().limit(None).to_batches(EXPORT_ROWS)
+            with pq.ParquetWriter(partial, batches.schema) as writer:  # the table's own column order
+                for batch in batches:
                     writer.write_batch(batch)
             os.replace(partial, path)
-        finally:
+        except BaseException:
             partial.unlink(missing_ok=True)
+            raise
         return path
 
     def search(self, vector: np.ndarray, top_k: int) -> list[dict]:

@@ -183,8 +183,9 @@ def gpu_ids_override(settings: StackSettings, builder_ids: str | None = None) ->
     id "0,1" (Compose cannot split a variable into a list); `!override` (Compose >= 2.24) replaces
     that list rather than adding a second reservation. The builders get `builder_ids`
     (`scripts.gpus.builder_gpu_ids`: one GPU per type served from), else BUILDER_GPU_ID. The builder
-    of a model with GPUs of its own (<PREFIX>_GPU_IDS) also gets GPUS: their places in
-    TRITON_GPU_IDS, since the Triton container numbers the GPUs it reserves 0, 1, ... in that order."""
+    of a model with GPUs of its own (<PREFIX>_GPU_IDS) also gets GPUS: their CUDA ordinals in the
+    Triton container, which sees only the GPUs it reserves and, with CUDA_DEVICE_ORDER=PCI_BUS_ID
+    (set here on every GPU service), numbers them 0, 1, ... in nvidia-smi's order, the host ids'."""
     from triton_models.registry import MODELS, get
 
     def ids(value: str) -> str:
@@ -193,13 +194,14 @@ def gpu_ids_override(settings: StackSettings, builder_ids: str | None = None) ->
     builders = builder_ids or settings["BUILDER_GPU_ID"]
     services = [("triton", settings["TRITON_GPU_IDS"])] + [(m.compose_service, builders) for m in MODELS]
     lines = ["# Written by scripts/stacks/compose.py from .env (TRITON_GPU_IDS, BUILDER_GPU_ID); do not edit.", "services:"]
-    reserved = settings["TRITON_GPU_IDS"].split(",")
+    reserved = sorted(settings["TRITON_GPU_IDS"].split(","), key=int)  # the container's order: the PCI bus
     placed = {get(model).compose_service: ",".join(str(reserved.index(gpu)) for gpu in
                                                    settings.model_gpu_ids(model).split(","))
               for model in settings.placed_models()}
     for service, value in services:
         lines += [f"  {service}:", "    deploy:", "      resources:", "        reservations:",
-                  f"          devices: !override [{{driver: nvidia, device_ids: {ids(value)}, capabilities: [gpu]}}]"]
+                  f"          devices: !override [{{driver: nvidia, device_ids: {ids(value)}, capabilities: [gpu]}}]",
+                  "    environment:", "      CUDA_DEVICE_ORDER: PCI_BUS_ID"]
         if service in placed:
-            lines += ["    environment:", f"      GPUS: {json.dumps(placed[service])}"]
+            lines.append(f"      GPUS: {json.dumps(placed[service])}")
     return "\n".join(lines) + "\n"

@@ -84,11 +84,6 @@ class KubernetesStack:
             raise UserError(f"HELM_RELEASE={self.release!r} must be lowercase letters, digits and '-', at most 30 "
                             "characters, starting and ending with a letter or digit.")
         self.namespace = settings["KUBE_NAMESPACE"]
-        placed = settings.placed_models()
-        if placed:  # a pod sees only its own GPUs; the chart has no per-model placement inside one
-            keys = ", ".join(get(model).gpu_ids_key for model in placed)
-            raise UserError(f"{keys} place models on GPUs of one host (compose and local stacks); on Kubernetes "
-                            "every replica serves every model on its own GPUs: leave them empty and scale with replicas.")
         extra = settings["HELM_VALUES"]
         self.values_file = settings.path("HELM_VALUES") if extra else None
         if self.values_file is not None and not self.values_file.is_file():
@@ -121,6 +116,11 @@ class KubernetesStack:
         return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
 
     def install(self) -> None:
+        placed = self.settings.placed_models()
+        if placed:  # a pod sees only its own GPUs; the chart has no per-model placement inside one
+            keys = ", ".join(get(model).gpu_ids_key for model in placed)
+            raise UserError(f"{keys} place models on GPUs of one host (compose and local stacks); on Kubernetes "
+                            "every replica serves every model on its own GPUs: leave them empty and scale with replicas.")
         with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="doc-triton-values-") as values:
             json.dump(chart_values(self.settings), values)  # JSON is YAML: the .env keys as chart values
             values.flush()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from converters.errors import UserError
 from scripts.console import log, tail
+from scripts.gpus import GPU_ORDER
 from scripts.stack_settings import StackSettings
 from scripts.stacks.base import Stack
 from triton_models.registry import get
@@ -74,7 +75,7 @@ class LocalStack(Stack):
                 continue
             stamp_file.unlink(missing_ok=True)
             log(f"[{index}/{len(keys)}] building {key} ({'demo checkpoint' if checkpoint is None else checkpoint})")
-            result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+            result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **GPU_ORDER})
             (self.state / f"build-{key}.log").write_text(result.stdout + result.stderr)
             if result.returncode != 0:
                 raise UserError(f"builder {key} failed with exit code {result.returncode}; Triton was not started. "

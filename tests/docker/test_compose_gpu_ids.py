@@ -61,14 +61,16 @@ def test_without_it_compose_passes_one_string(tmp_path):
     assert _device_ids(services["triton"]) == [["0,1"]]
 
 
-def test_a_model_on_gpus_of_its_own_gets_their_places_in_the_triton_container(tmp_path):
-    """ECLAIR_GPU_IDS=3 with TRITON_GPU_IDS=2,3: the Triton container numbers its GPUs 0 and 1, so
-    build-eclair gets GPUS=1 (its instances' gpus and devices); the other builders get no GPUS (every
-    GPU the container sees), and every builder keeps its environment from the compose files."""
-    services = _compose_config(tmp_path, {"TRITON_GPU_IDS": "2,3", "BUILDER_GPU_ID": "2", "ECLAIR_GPU_IDS": "3",
+def test_a_model_on_gpus_of_its_own_gets_their_cuda_ordinals_in_the_triton_container(tmp_path):
+    """ECLAIR_GPU_IDS=3 with TRITON_GPU_IDS=3,2: the Triton container sees GPUs 2 and 3 and, with
+    CUDA_DEVICE_ORDER=PCI_BUS_ID, numbers them 0 and 1 in nvidia-smi's order, whatever order the
+    setting lists them in; so build-eclair gets GPUS=1 (its instances' devices). Builders without
+    ids of their own get no GPUS, and every builder keeps its environment from the compose files."""
+    services = _compose_config(tmp_path, {"TRITON_GPU_IDS": "3,2", "BUILDER_GPU_ID": "2", "ECLAIR_GPU_IDS": "3",
                                           "E5_GPU_IDS": "2,3"}, with_override=True)
-    assert _device_ids(services["triton"]) == [["2", "3"]]
+    assert _device_ids(services["triton"]) == [["3", "2"]]
+    assert services["triton"]["environment"]["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
     eclair, e5 = services["build-eclair"]["environment"], services["build-e5"]["environment"]
     assert (eclair["GPUS"], e5["GPUS"]) == ("1", "0,1")
     assert eclair["DEVICE"] == "cuda" and eclair["MAX_BATCH_SIZE"] == "16"  # merged, not replaced
-    assert "GPUS" not in services["build-yolox"]["environment"]
+    assert eclair["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID" and "GPUS" not in services["build-yolox"]["environment"]

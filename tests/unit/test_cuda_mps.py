@@ -107,6 +107,7 @@ def test_triton_gets_the_daemons_folders(tmp_path):
     env = server._environment()
     assert env["CUDA_MPS_PIPE_DIRECTORY"] == str(MpsDaemon(tmp_path).pipe_dir)
     assert Path(env["CUDA_MPS_LOG_DIRECTORY"]) == tmp_path / "mps-log"
+    assert env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"  # cuda:N is nvidia-smi's GPU N, as the settings mean it
 
 
 def test_a_daemon_still_running_after_the_wait_is_said_so_and_keeps_its_pipe_folder(stand_in, monkeypatch):

@@ -147,14 +147,19 @@ def _stack(tmp_path):
 
 
 def test_per_model_gpu_ids_are_refused_on_kubernetes_in_one_sentence(tmp_path):
-    """A pod sees only its replica's GPUs: <PREFIX>_GPU_IDS is for the compose and local stacks."""
+    """A pod sees only its replica's GPUs: <PREFIX>_GPU_IDS is for the compose and local stacks. Refused
+    before helm installs anything; `down`, `clean` and `status` still work with it set."""
     from converters.errors import UserError
     from scripts.stacks.kubernetes import KubernetesStack
 
     env = tmp_path / ".env"
     env.write_text("HELM_RELEASE=dt\nTRITON_GPU_IDS=0,1\nECLAIR_GPU_IDS=1\nYOLOX_GPU_IDS=0\n")
+    stack = KubernetesStack(load_settings(env, tmp_path, host_checkpoints=False))
+    calls = []
+    stack.helm = lambda *args, **kwargs: calls.append(args)
     with pytest.raises(UserError, match="YOLOX_GPU_IDS, ECLAIR_GPU_IDS place models on GPUs of one host"):
-        KubernetesStack(load_settings(env, tmp_path, host_checkpoints=False))
+        stack.up()
+    assert calls == []
 
 
 def test_kubernetes_up_waits_for_the_embeddings_endpoint_before_helm_test(tmp_path, capsys):
