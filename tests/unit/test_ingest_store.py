@@ -65,3 +65,51 @@ def test_the_export_streams_every_row_in_batches_and_a_failed_one_keeps_the_last
         store.export_parquet()
     assert pq.read_table(tmp_path / PARQUET).num_rows == 5  # the last export, whole
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_the_store_process_writes_in_its_own_process_and_names_a_store_it_cannot_open(tmp_path):
+    """scripts/ingest/store_process.py: the rows an ingest run stores go through a worker process,
+    so the ingest process never imports LanceDB; what it stored is what Store reads back; a store
+    of other columns is refused with Store's own sentence."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    from converters.errors import UserError
+    from scripts.ingest.store_process import StoreProcess
+    from tests.helpers import REPO_ROOT
+
+    script = f"""
+import sys
+import numpy as np
+from pathlib import Path
+from scripts.ingest.store_process import StoreProcess
+def rows(document, count):
+    return [dict(document=document, sha256="sha-" + document[0], page=1, chunk=c, element="text",
+                 box=[0.0, 0.0, 1.0, 1.0], text=f"chunk {{c}}", embedding=np.full({DIM}, c, np.float32).tolist(),
+                 fingerprint="fp1", source="ocr") for c in range(count)]
+store = StoreProcess(Path({str(tmp_path / "store")!r}))
+store.replace_document("a.pdf", rows("a.pdf", 3))
+store.replace_document("b.pdf", rows("b.pdf", 1))
+print(sorted(store.ingested()), store.export_parquet().name, "lancedb" in sys.modules)
+store.close()
+"""
+    run = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["[('sha-a',", "'fp1'),", "('sha-b',", "'fp1')]", PARQUET, "False"]
+    stored = Store(tmp_path / "store").rows().to_pylist()
+    assert sorted((r["document"], r["chunk"]) for r in stored) == [("a.pdf", 0), ("a.pdf", 1), ("a.pdf", 2),
+                                                                    ("b.pdf", 0)]
+    assert [r["embedding"][0] for r in sorted(stored, key=lambda r: (r["document"], r["chunk"]))] == [0, 1, 2, 0]
+
+    import lancedb
+    import pyarrow as pa
+
+    lancedb.connect(str(tmp_path / "other")).create_table("chunks", pa.table({"text": ["x"]}))
+    store = StoreProcess(tmp_path / "other")
+    try:
+        with pytest.raises(UserError, match="has other columns than this version writes"):
+            store.ingested()
+    finally:
+        store.close()
