@@ -31,7 +31,6 @@ from scripts.ingest.models import CAPTION_CORE, OCR, PAGE_ELEMENTS, Models
 from scripts.ingest.raster import Rasteriser
 from scripts.ingest.sources import Document, InputError, Page, find_inputs, sha256
 from scripts.ingest.store import PARQUET, Store, exported_documents
-from scripts.ingest.store_process import StoreProcess
 from triton_models.eclair.pages import pad_page
 
 OCR_MODES = ("auto", "always", "never")
@@ -145,20 +144,20 @@ def ingest(paths: list[Path], out: Path, grpc_url: str, fingerprint: str, ocr: s
     started = time.monotonic()
     report = Report()
     rasteriser = Rasteriser().warm()  # worker processes start while the rest is opened
-    # the store opens in a process of its own while the first pages go to the models (LanceDB's
-    # import is about 2 s of Python), and what is already stored is read without it where the
-    # store's Parquet export allows
-    store = StoreProcess(out)
+    # LanceDB's import takes about 2 s: the store opens while the first pages go to the models, and
+    # what is already stored is read without it where the store's Parquet export allows
+    opener = ThreadPoolExecutor(1, thread_name_prefix="ingest-store")
+    opening = opener.submit(Store, out)
+    opener.shutdown(wait=False)
     try:
         files, report.failures = find_inputs([Path(p) for p in paths])
         report.documents = len(files)
         done = exported_documents(out)
         if done is None:
-            done = store.ingested()
+            done = opening.result().ingested()
         models = Models(grpc_url)
     except BaseException:
         rasteriser.close()
-        store.close()
         raise
     stages: dict[str, Stage] = {}
     ocr_gate: GroupGate | None = None
@@ -261,13 +260,10 @@ def ingest(paths: list[Path], out: Path, grpc_url: str, fingerprint: str, ocr: s
                     break
                 report.failures.append(f"{path}: failed on the models ({type(exc).__name__}: {exc}).")
                 continue
-            store.replace_document(str(path), rows)
+            opening.result().replace_document(str(path), rows)
             report.ingested.append(str(path))
             report.pages += pages
             report.chunks += len(rows)
-    except BaseException:
-        store.close()
-        raise
     finally:
         try:
             bar.close()
@@ -284,14 +280,12 @@ def ingest(paths: list[Path], out: Path, grpc_url: str, fingerprint: str, ocr: s
     report.stages = {name: stage.times(started) for name, stage in stages.items()}
     report.ocr_groups = list(ocr_gate.groups) if ocr_gate else []
     try:  # a run that stored nothing keeps a current export as it is (rewriting it would change nothing)
-        store.opening.result()  # open (its table exists), or its error is the one to report
+        store = opening.result()  # open (its table exists), or its error is the one to report
         current = not report.ingested and exported_documents(out) is not None
         report.parquet = out / PARQUET if current else store.export_parquet()
     except Exception:  # with the server gone, that is the error to report; the store's is secondary
         if gone is None:
             raise
-    finally:
-        store.close()
     if gone is not None:
         export = report.parquet.name if report.parquet else "no export: the store did not open"
         raise UserError(f"Triton at {grpc_url} stopped answering during the run ({gone}); the {len(report.ingested)} "
