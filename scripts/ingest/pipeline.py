@@ -101,6 +101,10 @@ class Report:
     stages: dict[str, StageTimes] = field(default_factory=dict)
     ocr_groups: list[int] = field(default_factory=list)  # pages in each group sent to OCR together
     parquet: Path | None = None
+    start_up: dict[str, float] = field(default_factory=dict)  # seconds into the run each step of its start ended
+
+    def mark(self, step: str, started: float) -> None:
+        self.start_up.setdefault(step, time.monotonic() - started)
 
     @property
     def pages_per_s(self) -> float:
@@ -115,6 +119,9 @@ class Report:
             rate = f"{items / busy:.2f} {unit}/s of busy time" if busy > 0 else "idle"
             span = f" (from {first:.1f} to {last:.1f} s)" if busy > 0 else ""
             out.append(f"  {name:<9} {items:>5} {unit:<6} busy {busy:6.1f} s{span}: {rate}")
+        if self.start_up:
+            out.append("  start-up: " + ", ".join(f"{step} at {at:.2f} s" for step, at in
+                                                  sorted(self.start_up.items(), key=lambda item: item[1])))
         if self.ocr_groups:
             out.append(f"  OCR pages went in {len(self.ocr_groups)} group(s) of {min(self.ocr_groups)} to "
                        f"{max(self.ocr_groups)} (mean {sum(self.ocr_groups) / len(self.ocr_groups):.1f})")
@@ -144,10 +151,12 @@ def ingest(paths: list[Path], out: Path, grpc_url: str, fingerprint: str, ocr: s
     started = time.monotonic()
     report = Report()
     rasteriser = Rasteriser().warm()  # worker processes start while the rest is opened
+    report.mark("raster workers started", started)
     # LanceDB's import takes about 2 s: the store opens while the first pages go to the models, and
     # what is already stored is read without it where the store's Parquet export allows
     opener = ThreadPoolExecutor(1, thread_name_prefix="ingest-store")
     opening = opener.submit(Store, out)
+    opening.add_done_callback(lambda _: report.mark("store open", started))
     opener.shutdown(wait=False)
     try:
         files, report.failures = find_inputs([Path(p) for p in paths])
@@ -156,6 +165,7 @@ def ingest(paths: list[Path], out: Path, grpc_url: str, fingerprint: str, ocr: s
         if done is None:
             done = opening.result().ingested()
         models = Models(grpc_url)
+        report.mark("models connected", started)
     except BaseException:
         rasteriser.close()
         raise
@@ -226,6 +236,7 @@ def ingest(paths: list[Path], out: Path, grpc_url: str, fingerprint: str, ocr: s
         # one undecided page of the loop's own until every document is submitted, so that pages held
         # for OCR do not go part-full while the next document is still being read
         ocr_gate.expect(1)
+        report.mark("stages set up", started)
         for path in files:
             try:
                 digest = sha256(path)
@@ -245,6 +256,7 @@ def ingest(paths: list[Path], out: Path, grpc_url: str, fingerprint: str, ocr: s
                 bar.total += pages
                 bar.refresh()
             ocr_gate.expect(pages)
+            report.mark("first pages sent", started)
             futures = [pages_pool.submit(process_page, path, i) for i in range(pages)]
             pending.append((path, pages, docs_pool.submit(process_document, path, digest, futures)))
         ocr_gate.decided()

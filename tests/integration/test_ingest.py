@@ -123,6 +123,11 @@ def test_ocr_never_stores_image_pages_without_text(served_suite, inputs, tmp_pat
                     ocr="never", progress=False)
     assert report.failures == [] and len(report.ingested) == 2 and report.pages == 6
     assert report.stages["ocr"].items == 0 and report.stages["elements"].items == 6 and report.stages["embed"].items >= 1
+    steps = report.start_up  # when each step of the start ended, in the order they run
+    order = ["raster workers started", "models connected", "stages set up", "first pages sent"]
+    assert [steps[step] for step in order] == sorted(steps[step] for step in order) and "store open" in steps
+    assert steps["first pages sent"] <= report.stages["raster"].first_s + 0.05 and any(
+        line.startswith("  start-up: raster workers started at") for line in report.lines())
     elements = report.stages["elements"]  # its calls within the run, busy at most from its first to its last
     assert 0 <= elements.first_s < elements.last_s <= report.seconds
     assert 0 < elements.busy_s <= elements.last_s - elements.first_s + 1e-6
