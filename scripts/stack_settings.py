@@ -131,6 +131,15 @@ class StackSettings:
         """The models given GPUs of their own (<PREFIX>_GPU_IDS set)."""
         return [spec.key for spec in MODELS if self.values[spec.gpu_ids_key]]
 
+    def refuse_placement_without_gpus(self, serves_on_gpus: bool, how_to_serve_on_gpus: str) -> None:
+        """<PREFIX>_GPU_IDS with a stack that serves on the CPU would be ignored without a word: refused
+        before any build (by the local and compose stacks; Kubernetes refuses the keys outright)."""
+        placed = self.placed_models()
+        if placed and not serves_on_gpus:
+            keys = ", ".join(f"{get(model).gpu_ids_key}={self.values[get(model).gpu_ids_key]}" for model in placed)
+            raise UserError(f"{keys} place{'s' if len(placed) == 1 else ''} models on GPUs, but this stack serves on the CPU: "
+                            f"{how_to_serve_on_gpus}, or leave {'it' if len(placed) == 1 else 'them'} empty.")
+
     def checkpoint(self, model_key: str) -> Path | None:
         """The host path of a model's checkpoint, or None for a demo checkpoint."""
         value = self.values[get(model_key).checkpoint_key]

@@ -75,6 +75,7 @@ class ComposeStack(Stack):
         return found[0] if found else None
 
     def build(self, keys: list[str], skip_current: bool = True) -> None:  # each builder container decides
+        self.settings.refuse_placement_without_gpus(self.settings.gpu_mode, "add docker-compose.gpu.yaml to COMPOSE_FILE")
         services = [get(k).compose_service for k in keys]
         images = services + ["triton"] + (["embeddings"] if self.settings.serves_embeddings else [])
         log(f"building images for {', '.join(images)}")

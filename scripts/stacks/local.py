@@ -62,6 +62,7 @@ class LocalStack(Stack):
         from scripts.build_stamp import build_stamp, environment_key, is_current
 
         self.mps_plan()  # LOCAL_CUDA_MPS=on where it cannot work: said before minutes of building
+        self.settings.refuse_placement_without_gpus(self.settings["LOCAL_DEVICE"] == "cuda", "set LOCAL_DEVICE=cuda")
         self.state.mkdir(parents=True, exist_ok=True)
         environment = environment_key(self._gpu_rows())  # the same for every builder of this run
         for index, key in enumerate(keys, 1):

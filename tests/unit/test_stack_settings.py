@@ -132,3 +132,24 @@ def test_a_models_gpu_ids_must_be_gpus_triton_reserves(tmp_path):
         load_settings(None, tmp_path, {"ECLAIR_GPU_IDS": "0", "ECLAIR_RUNTIME": "tensorrt_llm",
                                        "TRTLLM_BASE_IMAGE": "x", "COMPOSE_FILE": "docker-compose.yaml:docker-compose.gpu.yaml"},
                       host_checkpoints=False)
+
+
+def test_a_placement_on_a_stack_that_serves_on_the_cpu_is_refused_before_any_build(tmp_path):
+    """<PREFIX>_GPU_IDS would be ignored on the CPU: the local stack (LOCAL_DEVICE=cpu) and the compose
+    stack (no GPU profile) refuse it in one sentence, before building anything."""
+    from scripts.stacks.compose import ComposeStack
+    from scripts.stacks.local import LocalStack
+
+    settings = load_settings(None, tmp_path, {"TRITON_GPU_IDS": "0,1", "ECLAIR_GPU_IDS": "1", "E5_GPU_IDS": "0",
+                                              "LOCAL_REPOSITORY": str(tmp_path / "repo")})
+    says = ("ECLAIR_GPU_IDS=1, E5_GPU_IDS=0 place models on GPUs, but this stack serves on the CPU: set "
+            "LOCAL_DEVICE=cuda, or leave them empty.")
+    with pytest.raises(UserError, match=re.escape(says)):
+        LocalStack(settings).build(["e5_small_v2"])
+    assert not (tmp_path / "local").exists()
+    compose = object.__new__(ComposeStack)  # no Docker engine needed: the refusal comes first
+    compose.settings = settings
+    with pytest.raises(UserError, match=re.escape("serves on the CPU: add docker-compose.gpu.yaml to COMPOSE_FILE")):
+        compose.build(["e5_small_v2"])
+    settings.refuse_placement_without_gpus(True, "unused")  # on GPUs: nothing to say
+    load_settings(None, tmp_path).refuse_placement_without_gpus(False, "unused")  # nothing placed
