@@ -29,18 +29,23 @@ def replay_us(calls, count: int = 50) -> float:
     return seconds_per_replay(graph, count) / len(calls) * 1e6
 
 
-def main() -> None:
+def sweep_arguments() -> tuple[list[int], float, int]:
+    """The sweeps' command line (--batches, --hbm-tbps) and this GPU's SM count."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--batches", default="1,16,64")
     parser.add_argument("--hbm-tbps", type=float, default=4.8, help="the card's HBM bandwidth (H200: 4.8)")
     args = parser.parse_args()
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    return [int(x) for x in args.batches.split(",")], args.hbm_tbps, torch.cuda.get_device_properties(0).multi_processor_count
+
+
+def main() -> None:
+    batches, hbm_tbps, sms = sweep_arguments()
     grid = [da.Launch(*tiling) for tiling in itertools.product((32, 64, 128), (4, 8), (1, 2, 3), (2, 4, 8))]
     print(f"{torch.cuda.get_device_name(0)}, {sms} SMs; q [B, {HEADS}, {DIM}] fp16; cross K/V [B, {HEADS}, "
           f"{ENCODER_TOKENS}, {DIM}]; self K/V [B, {HEADS}, {CACHE}, {DIM}] at position {CACHE // 2}; "
           f"{LAYERS} layers per graph")
     gen = torch.Generator(device="cuda").manual_seed(0)
-    for b in (int(x) for x in args.batches.split(",")):
+    for b in batches:
         q = torch.randn(b, HEADS, DIM, device="cuda", generator=gen).half()
         counters = torch.zeros(b * HEADS, device="cuda", dtype=torch.int32)
         lengths = torch.full((b,), CACHE // 2, device="cuda")
@@ -61,7 +66,7 @@ def main() -> None:
             default = next(r for r in results if r[1] == da.LAUNCH)
 
             def line(r, label):
-                fraction = read / (r[0] * 1e-6) / (args.hbm_tbps * 1e12)
+                fraction = read / (r[0] * 1e-6) / (hbm_tbps * 1e12)
                 return (f"batch {b} {form} {label}: {r[0]:.1f} us/call, {read / 2**20:.1f} MiB read, "
                         f"{fraction:.2f} of HBM; block {r[1].block}, {r[1].warps} warps, {r[1].stages} stages, "
                         f"{r[1].per_sm} programs/SM")

@@ -9,7 +9,6 @@ fp16 error against an fp32 reference of the K/V form, on real projections.
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.eclair_attention_sweep import replay_us  # noqa: E402
+from benchmarks.eclair_attention_sweep import replay_us, sweep_arguments  # noqa: E402
 from triton_models.eclair import decode_attention as da  # noqa: E402
 from benchmarks import eclair_states_attention as sa  # noqa: E402
 
@@ -27,11 +26,7 @@ LAYERS, HEADS, DIM, WIDTH, TOKENS = 10, 16, 64, 1024, 1280  # ECLAIR's decoder a
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--batches", default="1,16,64")
-    parser.add_argument("--hbm-tbps", type=float, default=4.8, help="the card's HBM bandwidth (H200: 4.8)")
-    args = parser.parse_args()
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    batches, hbm_tbps, sms = sweep_arguments()
     grid = [sa.StatesLaunch(*t) for t in itertools.product((16, 32, 64), (4, 8), (1, 2, 3), (1, 2, 4))]
     gen = torch.Generator(device="cuda").manual_seed(0)
     wk, wv = (torch.randn(LAYERS, HEADS, DIM, WIDTH, device="cuda", generator=gen).half() / WIDTH ** 0.5
@@ -41,7 +36,7 @@ def main() -> None:
           f"{WIDTH}] fp16; {LAYERS} layers per graph")
     with torch.inference_mode():
         accuracy(wk[0], wv[0], bv[0], gen)
-        for b in (int(x) for x in args.batches.split(",")):
+        for b in batches:
             states = torch.randn(b, TOKENS, WIDTH, device="cuda", generator=gen).half()
             q = torch.randn(b, HEADS, DIM, device="cuda", generator=gen).half()
             k, v = (torch.randn(LAYERS, b, HEADS, TOKENS, DIM, device="cuda", generator=gen).half() for _ in range(2))
@@ -52,7 +47,7 @@ def main() -> None:
             kv_read = 2 * b * HEADS * TOKENS * DIM * 2
             states_read = b * TOKENS * WIDTH * 2
             print(f"batch {b} K/V form: {kv:.1f} us/layer, {kv_read / 2**20:.1f} MiB read, "
-                  f"{kv_read / (kv * 1e-6) / (args.hbm_tbps * 1e12):.2f} of HBM")
+                  f"{kv_read / (kv * 1e-6) / (hbm_tbps * 1e12):.2f} of HBM")
             del k, v
             results = []
             for tiling in grid:
@@ -67,7 +62,7 @@ def main() -> None:
             results.sort(key=lambda r: r[0])
             for rank, (us, tiling) in enumerate(results[:4]):
                 print(f"batch {b} states form #{rank + 1}: {us:.1f} us/layer ({kv / us:.2f}x the K/V form), "
-                      f"{states_read / 2**20:.1f} MiB read, {states_read / (us * 1e-6) / (args.hbm_tbps * 1e12):.2f} "
+                      f"{states_read / 2**20:.1f} MiB read, {states_read / (us * 1e-6) / (hbm_tbps * 1e12):.2f} "
                       f"of HBM; {tiling}")
             default = next((r for r in results if r[1] == sa.STATES_LAUNCH), None)
             if default:
