@@ -1,0 +1,22 @@
+"""`--no-skips`: a skipped test fails the run. Tests skip where a tier's component (Docker, a
+cluster, TensorRT) is missing, which is right on a laptop; CI installs every one of them, so a skip
+there means an installation step broke, and it must not pass as green. `.ci/run` sets it."""
+from __future__ import annotations
+
+import pytest
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--no-skips", action="store_true",
+                     help="a skipped test fails the run (CI, where every tier's components are installed)")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and not hasattr(report, "wasxfail") and item.config.getoption("--no-skips"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        report.outcome = "failed"
+        report.longrepr = f"skipped, and --no-skips makes a skip fail the run: {reason}"
