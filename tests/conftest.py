@@ -50,8 +50,8 @@ def triton_server():
     def start(repo: Path) -> LocalTriton:
         server = LocalTriton(repo, log_path=Path(repo).parent / "triton.log", exit_timeout_s=2)
         server.start()
+        servers.append(server)  # before waiting: one that never becomes live is stopped too
         server.wait_live(SERVER_LIVE_TIMEOUT_S)
-        servers.append(server)
         return server
 
     yield start

@@ -58,15 +58,17 @@ def run_converter(args: list[str], script_form: bool = False) -> subprocess.Comp
 
 
 def wait_models_ready(client, names: list[str], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
+    deadline, last = time.monotonic() + timeout, "no answer yet"
     while time.monotonic() < deadline:
         try:
-            if all(client.is_model_ready(n) for n in names):
+            waiting = [n for n in names if not client.is_model_ready(n)]
+            if not waiting:
                 return
-        except Exception:
-            pass
+            last = f"not ready: {', '.join(waiting)}"
+        except Exception as error:  # the server is still starting: asked again, and said if it never answers
+            last = f"{type(error).__name__}: {error}"
         time.sleep(0.2)
-    raise AssertionError(f"models {names} not ready within {timeout} s")
+    raise AssertionError(f"models {names} not ready within {timeout} s ({last})")
 
 
 def infer(client, model: str, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:

@@ -11,12 +11,24 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      help="a skipped test fails the run (CI, where every tier's components are installed)")
 
 
+def _fail_a_skip(report: pytest.TestReport | pytest.CollectReport) -> None:
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    report.outcome = "failed"
+    report.longrepr = f"skipped, and --no-skips makes a skip fail the run: {reason.removeprefix('Skipped: ')}"
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     outcome = yield
     report = outcome.get_result()
     if report.skipped and not hasattr(report, "wasxfail") and item.config.getoption("--no-skips"):
-        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-        reason = reason.removeprefix("Skipped: ")
-        report.outcome = "failed"
-        report.longrepr = f"skipped, and --no-skips makes a skip fail the run: {reason}"
+        _fail_a_skip(report)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector):
+    """A whole module skipped (`pytest.importorskip` or `skip(allow_module_level=True)` at its top)."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and collector.config.getoption("--no-skips"):
+        _fail_a_skip(report)

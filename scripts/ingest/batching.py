@@ -139,6 +139,7 @@ class GroupGate:
         self._group = 0  # the open group's number; it changes when the group goes
         self._closed = False  # the run is ending: nothing waits any more
         self.groups: list[int] = []  # each released group's size, for the report
+        self.released_by: list[str] = []  # why each went: full, no page left, held (hold_s ran out), closed
 
     def expect(self, pages: int) -> None:
         with self._cond:
@@ -149,7 +150,7 @@ class GroupGate:
         with self._cond:
             self._undecided -= 1
             if self._waiting and self._undecided <= 0:
-                self._release()
+                self._release("no page left")
 
     def join(self) -> None:
         """One expected page needs the model: returns when its group goes."""
@@ -163,8 +164,10 @@ class GroupGate:
             group = self._group
             while self._group == group:
                 left = self._opened + self.hold_s - time.monotonic()
-                if self._waiting >= self.size or self._undecided <= 0 or left <= 0 or self._closed:
-                    self._release()
+                why = ("full" if self._waiting >= self.size else "no page left" if self._undecided <= 0
+                       else "closed" if self._closed else "held" if left <= 0 else "")
+                if why:
+                    self._release(why)
                     break
                 self._cond.wait(min(left, threading.TIMEOUT_MAX))
 
@@ -174,9 +177,10 @@ class GroupGate:
         with self._cond:
             self._closed = True
             if self._waiting:
-                self._release()
+                self._release("closed")
 
-    def _release(self) -> None:
+    def _release(self, why: str) -> None:
         self.groups.append(self._waiting)
+        self.released_by.append(why)
         self._group, self._waiting = self._group + 1, 0
         self._cond.notify_all()

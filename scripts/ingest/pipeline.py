@@ -100,6 +100,7 @@ class Report:
     seconds: float = 0.0
     stages: dict[str, StageTimes] = field(default_factory=dict)
     ocr_groups: list[int] = field(default_factory=list)  # pages in each group sent to OCR together
+    ocr_released_by: list[str] = field(default_factory=list)  # why each group went (batching.GroupGate)
     parquet: Path | None = None
     start_up: dict[str, float] = field(default_factory=dict)  # seconds into the run each step of its start ended
 
@@ -123,8 +124,9 @@ class Report:
             out.append("  start-up: " + ", ".join(f"{step} at {at:.2f} s" for step, at in
                                                   sorted(self.start_up.items(), key=lambda item: item[1])))
         if self.ocr_groups:
+            why = ", ".join(f"{reason} {self.ocr_released_by.count(reason)}" for reason in dict.fromkeys(self.ocr_released_by))
             out.append(f"  OCR pages went in {len(self.ocr_groups)} group(s) of {min(self.ocr_groups)} to "
-                       f"{max(self.ocr_groups)} (mean {sum(self.ocr_groups) / len(self.ocr_groups):.1f})")
+                       f"{max(self.ocr_groups)} (mean {sum(self.ocr_groups) / len(self.ocr_groups):.1f}; {why})")
         if self.failures:
             out.append("failed:")
             out.extend(f"  {failure}" for failure in self.failures)
@@ -291,6 +293,7 @@ def ingest(paths: list[Path], out: Path, grpc_url: str, fingerprint: str, ocr: s
     report.seconds = time.monotonic() - started
     report.stages = {name: stage.times(started) for name, stage in stages.items()}
     report.ocr_groups = list(ocr_gate.groups) if ocr_gate else []
+    report.ocr_released_by = list(ocr_gate.released_by) if ocr_gate else []
     try:  # a run that stored nothing keeps a current export as it is (rewriting it would change nothing)
         store = opening.result()  # open (its table exists), or its error is the one to report
         current = not report.ingested and exported_documents(out) is not None

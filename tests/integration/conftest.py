@@ -24,12 +24,14 @@ def served_suite(tmp_path_factory):
         assert build_main([spec.key, "--repo", str(repo), "--work-dir", str(work)]) == 0
     server = LocalTriton(repo, log_path=root / "triton.log", exit_timeout_s=2)
     server.start()
-    server.wait_live(SERVER_LIVE_TIMEOUT_S)
-    client = http.InferenceServerClient(server.http_url, network_timeout=120)
-    wait_models_ready(client, ALL_NAMES, timeout=180)
-    client.close()
-    yield server, repo, work
-    server.stop()
+    try:  # a server that never became ready is stopped too: it would hold its ports for the other tests
+        server.wait_live(SERVER_LIVE_TIMEOUT_S)
+        client = http.InferenceServerClient(server.http_url, network_timeout=120)
+        wait_models_ready(client, ALL_NAMES, timeout=180)
+        client.close()
+        yield server, repo, work
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

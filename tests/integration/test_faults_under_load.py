@@ -66,13 +66,18 @@ class Load:
                         for _ in range(clients)]
 
     def _loop(self, client) -> None:
+        from tritonclient.utils import InferenceServerException
+
         while not self.stop.is_set():
             begun = time.monotonic()
             try:
                 ok = self.request.check(self.request.infer(client, timeout_s=10)).ok
                 self.results.append(("right" if ok else "wrong", time.monotonic() - begun, time.monotonic()))
-            except Exception:  # an error answer is an outcome here
+            except InferenceServerException:  # the server's (or the transport's) error answer: an outcome here
                 self.results.append(("error", time.monotonic() - begun, time.monotonic()))
+                time.sleep(0.05)
+            except Exception as error:  # anything else is a broken client, which must not pass as an error answer
+                self.results.append((f"client failed: {type(error).__name__}: {error}", time.monotonic() - begun, time.monotonic()))
                 time.sleep(0.05)
 
     def __enter__(self) -> "Load":
@@ -110,6 +115,8 @@ def test_a_model_process_killed_mid_load_costs_only_that_model(stack):
         time.sleep(5)
     core = [outcome for outcome, _, _ in core_load.results]
     assert core and set(core) == {"right"}  # the other model kept answering, every time
+    before = [outcome for outcome, _, at in text_load.results if at < killed_at]
+    assert before and set(before) == {"right"}  # the model answered right until its process was killed
     after = [outcome for outcome, _, at in text_load.results if at > killed_at + 1]
     assert after and set(after) == {"error"}  # Triton 2.51 keeps the model "ready" but refuses its requests
     assert all(seconds < 11 for _, seconds, _ in text_load.results)  # errors, not hangs
@@ -130,6 +137,8 @@ def test_triton_killed_mid_load_gives_errors_not_hangs_and_up_recovers(stack):
         killed_at, killed_pid = time.monotonic(), _server_pid(root)
         os.kill(killed_pid, signal.SIGKILL)
         time.sleep(3)
+    before = [outcome for outcome, _, at in load.results if at < killed_at]
+    assert before and set(before) == {"right"}
     # Calls sent after the kill (a call in flight at the kill may still have had its answer sent).
     after = [(outcome, seconds) for outcome, seconds, at in load.results if at - seconds > killed_at]
     assert after and {outcome for outcome, _ in after} == {"error"}

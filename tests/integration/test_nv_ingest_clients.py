@@ -236,13 +236,14 @@ def test_an_endpoint_started_before_triton_becomes_ready_once_triton_answers(ser
                                 "--port", str(port)], cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     listener = socket.socket()
     try:
-        deadline = time.monotonic() + 30
+        deadline, status = time.monotonic() + 30, None
         while time.monotonic() < deadline and not is_ready(f"127.0.0.1:{port}"):
             status, _ = post_json(f"http://127.0.0.1:{port}/v1/embeddings", {"model": MODEL_ID, "input": "a"}) \
                 if _listening(port) else (None, None)
             if status == 503:
                 break
             time.sleep(0.2)
+        assert status == 503, f"the endpoint did not answer 503 before Triton was there (last status {status})"
         assert not is_ready(f"127.0.0.1:{port}")
         target = server.grpc_url.split(":")
         listener.bind(("127.0.0.1", triton_port))

@@ -45,14 +45,30 @@ def _run(batcher: InflightBatcher, steps: int = 500) -> None:
     raise AssertionError("the scheduler did not finish")
 
 
+class FrozenClock:
+    """The scheduler's `time`, with a monotonic clock that moves only when a test moves it: a
+    quiet spell and a burst measured by it do not depend on how loaded the test machine is."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+
 def _serve_one(graph, decoder, slots: int, page_seed: int, limit: int, report_every_s: float,
-               quiet_s: float = 0.0) -> tuple[list, list]:
-    """One request through a started scheduler thread (after `quiet_s` idle): its answers and the
-    report lines written by the time it is answered and reported, or 30 s."""
+               quiet: FrozenClock | None = None, quiet_s: float = 0.0) -> tuple[list, list]:
+    """One request through a started scheduler thread (after `quiet_s` idle on the `quiet` clock):
+    its answers and the report lines written by the time it is answered and reported, or 30 s."""
     lines, answered = [], []
     serving = InflightBatcher(graph, decoder, slots, graph.ids.start, report=lines.append,
                               report_every_s=report_every_s, idle_report_s=0.0).start()
-    time.sleep(quiet_s)
+    if quiet is not None:
+        time.sleep(0.2)  # the scheduler is idle, waiting for work
+        quiet.now += quiet_s
     serving.submit(Job(_pages(1, page_seed), lambda texts, error: answered.append(texts), limit=limit))
     for _ in range(600):
         if answered and lines:
@@ -183,12 +199,16 @@ def test_the_scheduler_accounts_for_its_time_and_the_serving_thread_reports_it(r
     assert answered and lines and "ms per step" in lines[0], (answered, lines)  # reported once idle, within the hour
 
 
-def test_a_burst_after_a_quiet_spell_is_reported_whole_not_at_its_first_step(runtimes):
+def test_a_burst_after_a_quiet_spell_is_reported_whole_not_at_its_first_step(runtimes, monkeypatch):
     """The minute-while-busy report counts from the burst's start: after a quiet spell longer than it,
     the burst's first step is not reported alone (a bench's warm-up and timed run stay apart)."""
+    from triton_models.eclair import inflight
+
     graph, _ = runtimes
+    clock = FrozenClock()  # the burst takes no time on it: never a minute into the burst
+    monkeypatch.setattr(inflight, "time", clock)
     answered, lines = _serve_one(graph, _batcher(graph).decoder, 4, 8, 6, report_every_s=4.0,
-                                 quiet_s=4.2)  # quiet, longer than report_every_s; the burst well under it
+                                 quiet=clock, quiet_s=4.2)  # quiet, longer than report_every_s
     assert answered and lines, (answered, lines)
     assert int(lines[0].split()[0]) >= 6, lines  # every step of the burst (6 tokens) in its one line
 

@@ -154,7 +154,7 @@ def test_the_ocr_gate_holds_pages_until_a_full_group_is_there():
     assert not any(event.wait(0.3) for event in first)  # two of three, and three more pages may come
     last = _joined(gate, 1)
     assert all(event.wait(10) for event in first + last)
-    assert gate.groups == [3]
+    assert gate.groups == [3] and gate.released_by == ["full"]
 
 
 def test_the_ocr_gate_lets_its_pages_go_once_no_other_page_can_join():
@@ -167,7 +167,7 @@ def test_the_ocr_gate_lets_its_pages_go_once_no_other_page_can_join():
     assert not any(event.wait(0.3) for event in held)
     gate.decided()  # the last page, failed before its raster: none is left to wait for
     assert all(event.wait(10) for event in held)
-    assert gate.groups == [2]
+    assert gate.groups == [2] and gate.released_by == ["no page left"]
 
 
 def test_the_ocr_gate_lets_a_group_go_after_its_hold_and_opens_the_next():
@@ -176,9 +176,9 @@ def test_the_ocr_gate_lets_a_group_go_after_its_hold_and_opens_the_next():
     gate = GroupGate(size=64, hold_s=0.2)
     gate.expect(100)
     assert all(event.wait(10) for event in _joined(gate, 1))  # 99 pages still undecided
-    assert gate.groups == [1]
+    assert gate.groups == [1] and gate.released_by == ["held"]
     assert all(event.wait(10) for event in _joined(gate, 2))
-    assert sum(gate.groups) == 3
+    assert sum(gate.groups) == 3 and set(gate.released_by) == {"held"}
     at_once = GroupGate(size=64, hold_s=0)
     at_once.expect(10)
     at_once.join()  # returns in this thread: no hold
@@ -199,3 +199,4 @@ def test_closing_the_ocr_gate_lets_the_waiting_pages_go_and_no_page_waits_after(
     assert all(event.wait(10) for event in held)
     assert all(event.wait(10) for event in _joined(gate, 1))
     assert gate.groups == [2]  # the group that was waiting; a page after the close is no group
+    assert gate.released_by == ["closed"]

@@ -91,7 +91,7 @@ def test_publish_swaps_the_whole_folder(tmp_path):
 
 def test_publish_failure_leaves_the_previous_model(tmp_path):
     publish_model_folder(tmp_path, "m", {"config.pbtxt": "old"})
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="missing.onnx"):
         publish_model_folder(tmp_path, "m", {"config.pbtxt": "new", "1/model.onnx": Path(tmp_path / "missing.onnx")})
     assert (tmp_path / "m/config.pbtxt").read_text() == "old"
     assert sorted(os.listdir(tmp_path)) == ["m"]
@@ -123,14 +123,21 @@ def test_a_publish_killed_at_any_moment_leaves_one_whole_folder(tmp_path):
     repo = tmp_path / "repo"
     publish_model_folder(repo, "m", {"config.pbtxt": "0", "1/model.onnx": b"0", "golden.npz": b"0"})
     rng = random.Random(7)
+    published = 0
     for _ in range(12):
+        before = (repo / "m").stat().st_ino  # each publish swaps in a new folder
         writer = subprocess.Popen([sys.executable, "-c", PUBLISH_LOOP, str(repo)], cwd=REPO_ROOT)
-        time.sleep(rng.uniform(0.3, 1.2))
+        deadline = time.monotonic() + 60  # the kill must land among publishes, not before the first
+        while (repo / "m").stat().st_ino == before and time.monotonic() < deadline and writer.poll() is None:
+            time.sleep(0.01)
+        published += (repo / "m").stat().st_ino != before
+        time.sleep(rng.uniform(0.0, 0.4))
         writer.send_signal(signal.SIGKILL)
         writer.wait()
         version = (repo / "m" / "config.pbtxt").read_text()
         assert (repo / "m" / "1" / "model.onnx").read_bytes()[:len(version)] == version.encode()
         assert (repo / "m" / "golden.npz").read_bytes()[:len(version)] == version.encode()
         assert [p.name for p in repo.iterdir() if not p.name.startswith(".")] == ["m"]
+    assert published == 12, f"the writer published before only {published} of 12 kills"
     publish_model_folder(repo, "m", {"config.pbtxt": "last"})
     assert sorted(p.name for p in repo.iterdir()) == ["m"]  # no staging or retired folder left behind

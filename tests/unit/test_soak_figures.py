@@ -10,8 +10,12 @@ from scripts.soak import Call, _summarise, memory_mb, memory_rise
 def test_memory_is_read_for_the_server_and_each_child_process():
     parent = subprocess.Popen(["sh", "-c", "sleep 30 & sleep 30 & wait"])
     try:
-        time.sleep(0.3)
-        memory = memory_mb(parent.pid)
+        deadline = time.monotonic() + 30  # until both children have started, however loaded the machine
+        while True:
+            memory = memory_mb(parent.pid)
+            if len([label for label in memory if label.startswith("pid ")]) == 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
     finally:
         parent.kill()
     assert memory["tritonserver"] > 0  # the root of the tree is the server
