@@ -38,6 +38,8 @@ class BatchPlan:
         if max_batch_size < 1:
             raise UserError(f"--max-batch-size must be at least 1, got {max_batch_size}.")
         batch, length = input_size
+        if length is None:
+            raise UserError("--input-size sequence length must be a number (only the batch may be None), got None.")
         if length < 1:
             raise UserError(f"--input-size sequence length must be at least 1, got {length}.")
         # A missing batch (the documented default `None 128`) means: optimise for the max batch.

@@ -84,6 +84,15 @@ class ConversionSettings:
             raise UserError("--use-fp8 and --use-int8 exclude each other: choose one.")
         if self.calibration_data is not None and not self.calibration_data.is_file():
             raise UserError(f"--calibration-data {self.calibration_data} does not exist.")
+        if self.max_queue_delay_us < 0:
+            raise UserError(f"--max-queue-delay must be >= 0 microseconds, got {self.max_queue_delay_us}.")
+        # Where the outputs go is checked before any work, not after an export of minutes.
+        for flag, path in (("--onnx-path", self.onnx_path), ("--engine-path", self.engine_path)):
+            if path is not None and (path.is_dir() or _blocked_by_a_file(path.parent)):
+                raise UserError(f"{flag} {path} cannot be written: it is a folder, or a file stands where a folder of "
+                                "its path should be; choose another path.")
+        if self.triton_repo is not None and (self.triton_repo.is_file() or _blocked_by_a_file(self.triton_repo)):
+            raise UserError(f"--triton-repo {self.triton_repo} is a file, or a file stands in its path; name a folder.")
 
     def manifest_settings(self) -> dict:
         """The settings that change what gets built (paths excluded)."""
@@ -98,3 +107,8 @@ class ConversionSettings:
             "warmup": self.warmup, "opset": self.opset, "device": self.device, "generate_trt": self.generate_trt,
             "pad_sequence": self.pad_sequence, "gpu_types": list(self.gpu_types),
         }
+
+
+def _blocked_by_a_file(folder: Path) -> bool:
+    """Whether `folder` or one of its parents is an existing file (so that the folder cannot be made)."""
+    return any(part.is_file() for part in (Path(folder), *Path(folder).parents))

@@ -32,6 +32,9 @@ def import_model_class(script_path: Path, class_name: str) -> type:
         spec.loader.exec_module(module)
     except SyntaxError as exc:
         raise UserError(f"--model-script-path {script_path} has a syntax error at line {exc.lineno}: {exc.msg}.") from None
+    except Exception as exc:  # an import it needs, or its own top-level code, failed: the script's problem
+        raise UserError(f"--model-script-path {script_path} failed to load ({type(exc).__name__}: {exc}); "
+                        "run it with python to see where.") from None
     cls = getattr(module, class_name, None)
     if not isinstance(cls, type):
         found = sorted(n for n, v in vars(module).items() if isinstance(v, type) and issubclass(v, torch.nn.Module)
@@ -80,7 +83,11 @@ def build_model(script_path: Path, class_name: str, ckpt_path: Path, device: str
         raise UserError(f"--model-class-name {class_name} must be constructible with no arguments ({exc}).") from None
     if not isinstance(model, torch.nn.Module):
         raise UserError(f"--model-class-name {class_name} is not a torch.nn.Module.")
-    result = model.load_state_dict(state_dict, strict=False)
+    try:
+        result = model.load_state_dict(state_dict, strict=False)
+    except RuntimeError as exc:  # names match but shapes do not ("size mismatch for ...")
+        detail = "; ".join(line.strip() for line in str(exc).splitlines()[1:4] if line.strip()) or str(exc)
+        raise UserError(f"--ckpt-path {ckpt_path} does not match {class_name}: {detail[:400]}") from None
     if result.missing_keys or result.unexpected_keys:
         def show(keys: list[str]) -> str:
             return ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "") if keys else "none"

@@ -249,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("paths", nargs="*", help="ingest: more PDFs, images or folders")
     parser.add_argument("--mode", choices=("auto", "docker", "local", "kubernetes"), default="auto")
     parser.add_argument("--local", action="store_const", const="local", dest="mode", help="same as --mode local")
-    parser.add_argument("--env-file", type=Path, default=ROOT / ".env")
+    parser.add_argument("--env-file", type=Path, default=None,
+                        help="the settings (default: .env in the repository, if there; a file named here must exist)")
     sweep = parser.add_argument_group("bench and tune")
     sweep.add_argument("--batch-sizes", default="1,2,4,8,16,32,64", help="client batch sizes (capped at each max)")
     sweep.add_argument("--concurrency", default="1,2,4", help="concurrent callers")
@@ -281,7 +282,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.command} takes at most one argument; got {args.target} {' '.join(args.paths)}")
     if args.out is None:
         args.out = ROOT / "build" / ("ingest" if args.command in ("ingest", "search") else "bench")
+    named_env_file, args.env_file = args.env_file, args.env_file or ROOT / ".env"
     try:
+        if named_env_file is not None and not named_env_file.is_file():
+            raise UserError(f"--env-file {named_env_file} is not a file; name your settings file (cp .env.example .env).")
         settings = load_settings(args.env_file, ROOT, host_checkpoints=args.mode != "kubernetes")
         mode = "kubernetes" if args.mode == "kubernetes" else choose_mode(args.mode)
         if settings["PRECISION"] == "fp8" and mode != "local":

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dotenv import dotenv_values
+from dotenv.parser import parse_stream
 
 from converters.errors import UserError
 from converters.serve_backends import LOCAL_SERVE_BACKENDS
@@ -23,7 +24,7 @@ from triton_models.registry import MODELS, get
 @dataclass(frozen=True)
 class Key:
     name: str
-    kind: str  # int | port | str | path | relative_dir | gpu_ids | model_gpu_ids | choice:<a>|<b> | models | checkpoint | overlay_checkpoint
+    kind: str  # int | port | str | path | repository_dir | relative_dir | gpu_ids | model_gpu_ids | choice:<a>|<b> | models | checkpoint | overlay_checkpoint
     default: str
     help: str
     example: str | None = None  # what .env.example shows where it differs from the default
@@ -79,7 +80,8 @@ KEYS: tuple[Key, ...] = (
         "instead of time-slicing it (E5 at batch 256: +15%; YOLOX-L at batch 16: -16%; docs/compiled-path.md)"),
     Key("LOCAL_MODEL_PYTHONPATH", "str", "",
         "--local: folders put first on the python-backend models' path (the wheel's stub needs NumPy 1)"),
-    Key("LOCAL_REPOSITORY", "path", "build/model_repository", "--local: the model repository folder"),
+    Key("LOCAL_REPOSITORY", "repository_dir", "build/model_repository", "--local: the model repository folder "
+        "(work/ and local/ go beside it; `clean` deletes only the folders the stack made)"),
     Key("READY_TIMEOUT_S", "int", "600", "how long `up` waits for Triton and every model", chart=True),
     Key("HELM_RELEASE", "str", "doc-triton", "--mode kubernetes: the Helm release (and prefix of its objects)"),
     Key("KUBE_NAMESPACE", "str", "default", "--mode kubernetes: the namespace it is installed in"),
@@ -184,6 +186,11 @@ def _problem(key: Key, value: str, root: Path, values: dict[str, str]) -> str | 
         path = (base if base.is_absolute() else root / base) / value
         if not path.exists():
             return f"{key.name}={value} does not exist under CHECKPOINTS_DIR ({path}); fix the path or leave it empty for a demo"
+    elif kind == "repository_dir":
+        folder = (Path(value) if Path(value).is_absolute() else root / value).resolve()
+        if not value or folder == folder.parent or folder == Path.home().resolve() or folder in (root.resolve(), *root.resolve().parents):
+            return (f"{key.name}={value!r} is the project, home or root folder (or holds the project); name a folder "
+                    "of its own such as build/model_repository")
     elif kind == "relative_dir" and Path(value).is_absolute():
         # the overlay's compose file, used alone (the original's commands), prefixes these with ../..
         return f"{key.name}={value} must be relative to the repository root (e.g. ./third_party/eclair_triton/...)"
@@ -201,10 +208,17 @@ def load_settings(env_file: Path | None = Path(".env"), root: Path = Path("."), 
     """Read `.env` (if present), fill defaults, validate everything, report all problems at once.
     `host_checkpoints=False` (Kubernetes): checkpoints live on a claim, not under CHECKPOINTS_DIR here."""
     raw: dict[str, str] = {}
+    problems: list[str] = []
     if env_file is not None and Path(env_file).is_file():
-        raw = {k: (v or "") for k, v in dotenv_values(env_file).items()}
+        try:
+            with open(env_file, encoding="utf-8") as stream:  # a line dotenv cannot parse is a problem, not a warning
+                problems += [f"line {b.original.line} cannot be read as KEY=value: {b.original.string.strip()!r}"
+                             for b in parse_stream(stream) if b.error]
+            raw = {k: (v or "") for k, v in dotenv_values(env_file, encoding="utf-8").items()}
+        except UnicodeDecodeError:
+            raise UserError(f"{env_file} is not UTF-8 text; save it as UTF-8 (.env.example is an example).") from None
     raw.update(overrides or {})
-    problems = [f"unknown key {k} (known keys are listed in .env.example)" for k in raw if k not in KEY_NAMES]
+    problems += [f"unknown key {k} (known keys are listed in .env.example)" for k in raw if k not in KEY_NAMES]
     values = {k.name: raw.get(k.name, k.default).strip() for k in KEYS}
     for key in KEYS:
         if key.kind in ("checkpoint", "overlay_checkpoint") and not host_checkpoints:

@@ -16,6 +16,9 @@ from scripts.stacks.base import Stack
 from triton_models.registry import get
 
 ROOT = Path(__file__).resolve().parents[2]
+# `clean` deletes a folder only when this file is in it: one the stack made, never one a user named
+# that held other things (LOCAL_REPOSITORY's parent also gets work/ and local/ beside it).
+MADE_BY_STACK = ".made-by-doc-triton"
 
 
 class LocalStack(Stack):
@@ -63,7 +66,8 @@ class LocalStack(Stack):
 
         self.mps_plan()  # LOCAL_CUDA_MPS=on where it cannot work: said before minutes of building
         self.settings.refuse_placement_without_gpus(self.settings["LOCAL_DEVICE"] == "cuda", "set LOCAL_DEVICE=cuda")
-        self.state.mkdir(parents=True, exist_ok=True)
+        for folder in (self.repo, self.work, self.state):
+            claim(folder, default=folder.resolve().is_relative_to(ROOT / "build"))
         environment = environment_key(self._gpu_rows())  # the same for every builder of this run
         for index, key in enumerate(keys, 1):
             spec, started = get(key), time.monotonic()
@@ -191,9 +195,13 @@ class LocalStack(Stack):
         import shutil
 
         self.down(quiet=True)
-        deleted = [str(path) for path in (self.repo, self.work) if path.exists()]
+        deleted = []
         for path in (self.repo, self.work):
-            shutil.rmtree(path, ignore_errors=True)
+            if (path / MADE_BY_STACK).is_file():
+                shutil.rmtree(path, ignore_errors=True)
+                deleted.append(str(path))
+            elif path.exists():
+                log(f"kept {path}: the stack did not make it (no {MADE_BY_STACK} in it); delete it yourself if it is yours to delete")
         return deleted
 
     def down(self, quiet: bool = False) -> None:
@@ -220,3 +228,12 @@ class LocalStack(Stack):
         mps = MpsDaemon(self.state).stop()  # after Triton: its processes are the daemon's clients
         if mps and (not quiet or not mps.stopped):  # one still running is said even when quiet
             log(mps.message)
+
+
+def claim(folder: Path, default: bool) -> None:
+    """Make `folder` the stack's (marked for `clean`) when the stack creates it, finds it empty, or
+    it is a default location under the project's build/; a user's folder with content stays unmarked."""
+    new = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    if new or default or not any(folder.iterdir()):
+        (folder / MADE_BY_STACK).touch()

@@ -153,3 +153,38 @@ def test_a_placement_on_a_stack_that_serves_on_the_cpu_is_refused_before_any_bui
         compose.build(["e5_small_v2"])
     settings.refuse_placement_without_gpus(True, "unused")  # on GPUs: nothing to say
     load_settings(None, tmp_path).refuse_placement_without_gpus(False, "unused")  # nothing placed
+
+
+def test_the_local_repository_is_a_folder_of_its_own_and_clean_deletes_only_what_the_stack_made(tmp_path, capsys):
+    """LOCAL_REPOSITORY's parent also gets work/ and local/: `clean` deletes a folder only when the stack
+    made it (its marker file), so a user's folder that happens to sit there is kept, and said so."""
+    from scripts.stacks.local import MADE_BY_STACK, LocalStack, claim
+
+    for value in (".", str(tmp_path), str(tmp_path.parent), str(Path.home()), "/"):
+        with pytest.raises(UserError, match=re.escape(f"LOCAL_REPOSITORY={value!r} is the project, home or root folder")):
+            load_settings(None, tmp_path, {"LOCAL_REPOSITORY": value})
+    mine = tmp_path / "x" / "work"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("the user's")
+    stack = LocalStack(load_settings(None, tmp_path, {"LOCAL_REPOSITORY": str(tmp_path / "x" / "models")}))
+    for folder in (stack.repo, stack.work, stack.state):  # what `build` does first
+        claim(folder, default=False)
+    assert (stack.repo / MADE_BY_STACK).is_file() and not (mine / MADE_BY_STACK).exists()
+    assert stack.clean() == [str(stack.repo)]
+    assert (mine / "notes.txt").read_text() == "the user's" and not stack.repo.exists()
+    assert f"kept {mine}: the stack did not make it" in capsys.readouterr().out
+
+
+def test_a_settings_file_that_cannot_be_read_is_named_not_replaced_by_defaults(tmp_path, capsys):
+    from scripts.stack import main
+
+    env = tmp_path / "broken.env"
+    env.write_text('MODELS="e5_small_v2\nYOLOX_BATCH_SIZE=8\n')
+    with pytest.raises(UserError, match=re.escape(f"{env} has 1 problem(s): line 1 cannot be read as KEY=value: "
+                                                  "'MODELS=\"e5_small_v2'")):
+        load_settings(env, tmp_path)
+    env.write_bytes(b"MODELS=e5\xff\n")
+    with pytest.raises(UserError, match="is not UTF-8 text"):
+        load_settings(env, tmp_path)
+    assert main(["status", "--local", "--env-file", str(tmp_path / "typo.env")]) == 1
+    assert f"error: --env-file {tmp_path / 'typo.env'} is not a file" in capsys.readouterr().err
