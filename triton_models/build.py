@@ -53,7 +53,12 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
         key, sep, value = item.partition("=")
         if not sep:
             raise UserError(f"--option {item} must be KEY=VALUE.")
+        if key not in spec.builder.OPTIONS:  # a misspelt option would otherwise change nothing, silently
+            known = ", ".join(f"{k} ({v})" for k, v in spec.builder.OPTIONS.items()) or "none"
+            raise UserError(f"--option {key} is not an option of {spec.key}; its options: {known}.")
         extra[key] = value
+    if args.max_batch_size is not None and args.max_batch_size < 1:
+        raise UserError(f"--max-batch-size must be at least 1, got {args.max_batch_size}.")
     return BuildOptions(
         checkpoint=checkpoint, repo=args.repo, work_dir=args.work_dir,
         max_batch_size=args.max_batch_size or spec.default_batch_size, precision=args.precision,

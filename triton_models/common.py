@@ -12,6 +12,7 @@ from converters.manifest import file_sha256, fingerprint, gpu_identity, tool_ver
 from converters.model_folder import Golden, Manifest, current_manifest, publish
 from converters.runners import MODEL_SUPPORT, MODEL_SUPPORT_FILE
 from converters.conversion_settings import ConversionSettings
+from converters.errors import UserError
 from converters.triton_config import InstancePlan, companion_config, config_text
 
 
@@ -31,6 +32,20 @@ class BuildOptions:
     force: bool = False
     demo: bool = False
     extra: dict = field(default_factory=dict)  # model-specific options (e.g. caption folds)
+
+    def number(self, key: str, default: float, low: float, high: float, kind: type = float) -> float:
+        """A model-specific `--option key=value` as a number within [low, high], or one sentence saying why not."""
+        text = self.extra.get(key)
+        if text is None:
+            return kind(default)
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise UserError(f"--option {key}={text} must be {'a whole number' if kind is int else 'a number'} "
+                            f"from {low:g} to {high:g} (default {default:g}).")
+        return value
 
 
 def conversion_settings(options: BuildOptions, *, name: str, io_json: str, script: Path, class_name: str,
@@ -72,8 +87,6 @@ def serving_tokenizer(folder: Path, max_length: int, pad_to_max_length: bool) ->
     dependency) inside the server."""
     from tokenizers import Tokenizer
     from transformers import AutoTokenizer
-
-    from converters.errors import UserError
 
     hf = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     if not hf.is_fast:

@@ -107,3 +107,37 @@ def test_a_models_options_reach_its_builder_as_option_arguments(tmp_path):
 
     with pytest.raises(UserError, match="ECLAIR_COMPILE_ENCODER='maybe' must be one of on, off"):
         load_settings(env, tmp_path)
+
+
+@pytest.mark.parametrize("spec", MODELS, ids=lambda s: s.key)
+def test_each_builder_declares_every_option_it_reads_and_the_settings_it_is_given(spec):
+    """`OPTIONS` in a builder module is what triton_models.build accepts; the keys its code reads and
+    the options the settings set (`ModelSpec.options`) must all be there."""
+    import re
+
+    source = (REPO_ROOT / "triton_models" / spec.key / "build.py").read_text()
+    read = set(re.findall(r'options\.(?:extra\.get|number)\("(\w+)"', source))
+    assert read <= set(spec.builder.OPTIONS), read - set(spec.builder.OPTIONS)
+    assert {name for name, _ in spec.options} <= set(spec.builder.OPTIONS)
+
+
+def test_an_unknown_option_or_a_bad_value_is_refused_in_one_sentence(tmp_path, capsys):
+    from triton_models.build import main as build_main
+
+    checkpoint = tmp_path / "best_ckpt.pth"
+    checkpoint.write_bytes(b"")
+    common = ["--repo", str(tmp_path / "repo"), "--work-dir", str(tmp_path / "work"), "--checkpoint", str(checkpoint)]
+    assert build_main(["yolox", *common, "--option", "score_treshold=0.3"]) == 1
+    assert ("error: --option score_treshold is not an option of yolox; its options: score_threshold "
+            in capsys.readouterr().err)
+    assert build_main(["yolox", *common, "--max-batch-size", "0"]) == 1
+    assert "error: --max-batch-size must be at least 1, got 0." in capsys.readouterr().err
+    from converters.errors import UserError
+    from triton_models.common import BuildOptions
+
+    options = BuildOptions(checkpoint, tmp_path, tmp_path, 8, extra={"score_threshold": "high", "min_words": "2.5"})
+    with pytest.raises(UserError, match=r"--option score_threshold=high must be a number from 0 to 1 \(default 0.1\)\."):
+        options.number("score_threshold", 0.1, 0.0, 1.0)
+    with pytest.raises(UserError, match=r"--option min_words=2.5 must be a whole number from 0 to 1000"):
+        options.number("min_words", 1, 0, 1000, kind=int)
+    assert options.number("nms_iou_threshold", 0.5, 0.0, 1.0) == 0.5

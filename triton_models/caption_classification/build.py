@@ -29,6 +29,11 @@ from triton_models.common import (BuildOptions, companion_is_current, conversion
                                   TOKENIZER_FILE)
 from triton_models.registry import get
 
+# `--option` keys this builder reads (triton_models/build.py refuses any other)
+OPTIONS = {"folds": "which fold checkpoints to average: all, or a fold number (default 0)",
+           "threshold": "the probability a caption must reach to be chosen (default 0.5)",
+           "min_words": "candidates with fewer words are dropped (default 1)"}
+
 HERE = Path(__file__).parent
 CORE, SELECTION = get("caption_classification").triton_names
 MAX_LENGTH = get("caption_classification").max_length
@@ -120,10 +125,8 @@ def build(options: BuildOptions) -> list[Path]:
                         "for a single .pt file use the converter command directly.")
     folds = _folds(folder, options.extra.get("folds", "0"))
     tokenizer_folder = tokenizer_dir(folder)
-    threshold = float(options.extra.get("threshold", "0.5"))
-    if not 0.0 <= threshold <= 1.0:
-        raise UserError(f"caption option threshold={threshold} must be a probability in [0, 1].")
-    min_words = int(options.extra.get("min_words", "1"))
+    threshold = options.number("threshold", 0.5, 0.0, 1.0)  # a probability
+    min_words = options.number("min_words", 1, 0, 1000, kind=int)
 
     settings = conversion_settings(options, name=CORE, io_json=IO_CONFIG, script=HERE / "model_script.py",
                                    class_name="DebertaLargeModel", sequence_length=MAX_LENGTH,

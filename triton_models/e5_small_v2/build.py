@@ -19,6 +19,8 @@ from triton_models.common import (BuildOptions, companion_is_current, conversion
 from triton_models.registry import get
 from triton_models.e5_small_v2.model_script import E5Embedder
 
+OPTIONS: dict[str, str] = {}  # `--option` keys this builder reads: none
+
 HERE = Path(__file__).parent
 CORE, TEXT = get("e5_small_v2").triton_names
 MAX_LENGTH = get("e5_small_v2").max_length

@@ -25,6 +25,11 @@ from triton_models.registry import get
 from triton_models.eclair.pages import PAGE_HEIGHT, PAGE_WIDTH, pad_page
 from triton_models.eclair.runtime import EclairRuntime, parse_compile_encoder
 
+# `--option` keys this builder reads (triton_models/build.py refuses any other)
+OPTIONS = {"max_new_tokens": "tokens per page at most (default: the checkpoint's limit)",
+           "generator": "graph (the graph decoder, default) or pytorch (`generate`)",
+           "compile_encoder": "on or off: compile the vision encoder on a GPU (ECLAIR_COMPILE_ENCODER)"}
+
 HERE = Path(__file__).parent
 NAME = get("eclair").core
 _CHECKPOINT_FILES = ("config.json", "generation_config.json", "model.safetensors", "pytorch_model.bin",
@@ -107,8 +112,8 @@ def max_new_tokens(folder: Path, demo: bool = False, wanted: int | None = None) 
 
 
 def _max_new_tokens(folder: Path, options: BuildOptions) -> int:
-    wanted = options.extra.get("max_new_tokens")
-    return max_new_tokens(folder, options.demo, int(wanted) if wanted is not None else None)
+    wanted = options.number("max_new_tokens", 1, 1, 1 << 20, kind=int) if "max_new_tokens" in options.extra else None
+    return max_new_tokens(folder, options.demo, wanted)
 
 
 def build(options: BuildOptions) -> list[Path]:

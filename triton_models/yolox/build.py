@@ -36,6 +36,10 @@ from triton_models.common import (BuildOptions, companion_is_current, conversion
 from triton_models.registry import get
 from triton_models.yolox.page_processing import LABELS, letterbox, postprocess
 
+# `--option` keys this builder reads (triton_models/build.py refuses any other)
+OPTIONS = {"score_threshold": "yolox_page_elements: the lowest score kept (default 0.1)",
+           "nms_iou_threshold": "yolox_page_elements: class-aware NMS overlap (default 0.5)"}
+
 HERE = Path(__file__).parent
 CORE, UINT8_CORE, PAGES = get("yolox").triton_names
 IO_CONFIG = get("yolox").core_io_json
@@ -192,8 +196,8 @@ def build(options: BuildOptions) -> list[Path]:
     checkpoint = Path(options.checkpoint)
     if not checkpoint.is_file():
         raise UserError(f"YOLOX_CHECKPOINT {checkpoint} must be a checkpoint file (best_ckpt.pth).")
-    score_threshold = float(options.extra.get("score_threshold", "0.1"))
-    iou_threshold = float(options.extra.get("nms_iou_threshold", "0.5"))
+    score_threshold = options.number("score_threshold", 0.1, 0.0, 1.0)
+    iou_threshold = options.number("nms_iou_threshold", 0.5, 0.0, 1.0)
     cores = [convert(conversion_settings(options, name=name, io_json=io_json, script=Path(__file__),
                                          class_name="YOLOXOnPages", sequence_length=1),
                      load_model=lambda: load_model(checkpoint))
