@@ -8,7 +8,7 @@ from pathlib import Path
 
 from converters.batching import BatchPlan
 from converters.engine_targets import parse_gpu_types
-from converters.errors import UserError
+from converters.errors import ArgumentParser, UserError
 from converters.io_config import parse_io_config
 from converters.conversion_settings import ConversionSettings, parse_int_list, parse_size
 from converters.serve_backends import CORE_SERVE_BACKENDS
@@ -20,7 +20,7 @@ def _optional_int(text: str) -> int | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m converters",
         description="PyTorch checkpoint -> ONNX -> TensorRT engine, plus a Triton config.pbtxt.")
     req = p.add_argument_group("required")

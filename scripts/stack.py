@@ -18,12 +18,12 @@ import sys
 import time
 from pathlib import Path
 
-from converters.errors import UserError
+from converters.errors import ArgumentParser, UserError
 from scripts.console import log
 from scripts.health import wait_until_ready
 from scripts.verify import verify_all
 from scripts.report import table
-from scripts.stack_settings import StackSettings, load_settings
+from scripts.stack_settings import EMBEDDINGS_PORT_KEY, TRITON_PORT_KEYS, StackSettings, load_settings
 from scripts.stacks.base import Stack
 from triton_models.registry import MODELS, get
 
@@ -56,9 +56,6 @@ def choose_mode(requested: str) -> str:
     return "docker" if has_gpu and shutil.which("docker") else "local"
 
 
-PORT_KEYS = ("TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT")
-
-
 def check_ports_free(stack: Stack, settings: StackSettings) -> None:
     """Before anything starts: the ports must be free, unless this stack's own server holds them."""
     from scripts.local_triton import port_in_use
@@ -67,7 +64,7 @@ def check_ports_free(stack: Stack, settings: StackSettings) -> None:
         return
     # The endpoint outlives a killed Triton: its port is busy with our own process then.
     own_endpoint = stack.embeddings_running()
-    keys = PORT_KEYS + (("EMBEDDINGS_HTTP_PORT",) if settings.serves_embeddings and not own_endpoint else ())
+    keys = TRITON_PORT_KEYS + ((EMBEDDINGS_PORT_KEY,) if settings.serves_embeddings and not own_endpoint else ())
     busy = [f"{settings[k]} ({k})" for k in keys if port_in_use(settings.int(k), stack.port_host)]
     if busy:
         raise UserError(f"port {', '.join(busy)} is already in use on {stack.port_host}; stop what holds it or set "
@@ -130,6 +127,15 @@ def bench_names(settings: StackSettings, target: str | None) -> list[str]:
     raise UserError(f"unknown model {target}; choose a model key or a Triton name of: {', '.join(model_names(settings))}.")
 
 
+def built_folders(stack: Stack, names: list[str]) -> dict[str, Path]:
+    """The models' published folders, or one sentence naming those not built."""
+    folders = stack.model_folders(names)
+    unbuilt = [name for name, folder in folders.items() if not (folder / "config.pbtxt").is_file()]
+    if unbuilt:
+        raise UserError(f"{', '.join(unbuilt)} not built here; run `python -m scripts.stack up` (or `build`) first.")
+    return folders
+
+
 def bench(stack: Stack, settings: StackSettings, args: argparse.Namespace) -> Path:
     from converters.conversion_settings import parse_int_list
     from scripts.bench.points import device_name
@@ -137,11 +143,16 @@ def bench(stack: Stack, settings: StackSettings, args: argparse.Namespace) -> Pa
     from scripts.bench.sweep import sweep
 
     names = bench_names(settings, args.target)
+    if not args.duration > 0:
+        raise UserError(f"--duration must be more than 0 seconds, got {args.duration:g}.")
     if names == ["eclair"]:
         return bench_eclair(stack, args)
-    folders = stack.model_folders(names)
     batches = list(parse_int_list(args.batch_sizes, "--batch-sizes"))
     concurrencies = list(parse_int_list(args.concurrency, "--concurrency"))
+    for flag, values in (("--batch-sizes", batches), ("--concurrency", concurrencies)):
+        if min(values) < 1:
+            raise UserError(f"{flag} must be at least 1 each, got {min(values)}.")
+    folders = built_folders(stack, names)
     shared_memory = args.shared_memory == "system"
     if shared_memory and not stack.shares_host_memory:
         raise UserError("--shared-memory system needs Triton on this host's /dev/shm: use it with --local, "
@@ -182,7 +193,9 @@ def bench_eclair(stack: Stack, args: argparse.Namespace) -> Path:
     low, high = parse_int_list(args.eclair_lengths, "--eclair-lengths")
     if not 1 <= low <= high:
         raise UserError(f"--eclair-lengths {args.eclair_lengths} must be LOW,HIGH with 1 <= LOW <= HIGH.")
-    report = run(stack.grpc_url, stack.model_folders(["eclair"])["eclair"], args.eclair_pages, (low, high),
+    if args.eclair_pages < 1:
+        raise UserError(f"--eclair-pages must be at least 1, got {args.eclair_pages}.")
+    report = run(stack.grpc_url, built_folders(stack, ["eclair"])["eclair"], args.eclair_pages, (low, high),
                  args.out, device_name(), with_generate=not args.no_raw)
     floor = report["hbm_floor_tokens_per_s"]
     log(f"eclair on {report['device']}: {report['pages']} pages {report['page_shape']}, {report['slots']} slots, "
@@ -240,7 +253,7 @@ def soak(stack: Stack, settings: StackSettings, args: argparse.Namespace) -> int
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scripts.stack", description=__doc__,
+    parser = ArgumentParser(prog="python -m scripts.stack", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=("up", "build", "status", "verify", "logs", "down", "clean", "bench", "tune",
                                             "soak", "ingest", "search"))

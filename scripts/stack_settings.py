@@ -203,6 +203,11 @@ def _problem(key: Key, value: str, root: Path, values: dict[str, str]) -> str | 
     return None
 
 
+# the host ports the stack listens on: Triton's three, and the embeddings endpoint's
+TRITON_PORT_KEYS = ("TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT")
+EMBEDDINGS_PORT_KEY = "EMBEDDINGS_HTTP_PORT"
+
+
 def load_settings(env_file: Path | None = Path(".env"), root: Path = Path("."), overrides: dict[str, str] | None = None,
                   host_checkpoints: bool = True) -> StackSettings:
     """Read `.env` (if present), fill defaults, validate everything, report all problems at once.
@@ -226,7 +231,7 @@ def load_settings(env_file: Path | None = Path(".env"), root: Path = Path("."), 
         problem = _problem(key, values[key.name], root, values)
         if problem:
             problems.append(problem)
-    port_keys = ("TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT", "EMBEDDINGS_HTTP_PORT")
+    port_keys = TRITON_PORT_KEYS + (EMBEDDINGS_PORT_KEY,)
     ports = [values[k] for k in port_keys]
     if len(set(ports)) != len(ports):
         problems.append(f"{', '.join(port_keys)} must differ, got {', '.join(ports)}")

@@ -134,10 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    from converters.errors import UserError
+    from converters.errors import ArgumentParser, UserError
     from scripts.report import table
 
-    parser = argparse.ArgumentParser(prog="python -m scripts.verify", description=main.__doc__)
+    parser = ArgumentParser(prog="python -m scripts.verify", description=main.__doc__)
     parser.add_argument("--url", required=True, help="Triton's gRPC address, host:port")
     parser.add_argument("--repository", type=Path, required=True, help="the published model repository (golden files)")
     parser.add_argument("--models", required=True, help="comma list of Triton model names")

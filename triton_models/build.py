@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from converters.engine_targets import parse_gpu_types
-from converters.errors import UserError
+from converters.errors import ArgumentParser, UserError
 from converters.model_folder import MANIFEST_FILE
 from converters.conversion_settings import parse_int_list
 from converters.serve_backends import CORE_SERVE_BACKENDS
@@ -20,7 +20,7 @@ from triton_models.registry import MODELS, get
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m triton_models.build", description=__doc__)
+    p = ArgumentParser(prog="python -m triton_models.build", description=__doc__)
     p.add_argument("model", choices=[m.key for m in MODELS])
     p.add_argument("--checkpoint", type=Path, help="the model's checkpoint (file or folder); default: a demo checkpoint")
     p.add_argument("--repo", type=Path, default=Path("build/model_repository"), help="Triton model repository")

@@ -15,12 +15,12 @@ A new per-model setting is one line in `builder_settings` and one key in the set
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from converters.errors import ArgumentParser
 from triton_models.registry import MODELS, ModelSpec, get
 
 DEVICES = ("cpu", "cuda")
@@ -70,7 +70,7 @@ def builder_arguments(model: str, environment: Mapping[str, str], *, repo: Path,
 
 def main(argv: list[str] | None = None) -> int:
     """The builder image's entrypoint: build MODEL from the contract's environment variables."""
-    parser = argparse.ArgumentParser(prog="python -m triton_models.builder_contract", description=main.__doc__)
+    parser = ArgumentParser(prog="python -m triton_models.builder_contract", description=main.__doc__)
     parser.add_argument("model", choices=[m.key for m in MODELS])
     parser.add_argument("--repo", type=Path, required=True)
     parser.add_argument("--work-dir", type=Path, required=True)

@@ -236,7 +236,10 @@ def test_cli_argument_errors_without_a_server(argv, message, capsys):
 def test_cli_refuses_extra_arguments_and_bad_ocr(capsys):
     from scripts.stack import main
 
-    for argv in (["up", "a", "b"], ["ingest", "x.pdf", "--ocr", "sometimes"]):
+    for argv, says in ((["up", "a", "b"], "error: up takes at most one argument; got a b"),
+                       (["ingest", "x.pdf", "--ocr", "sometimes"], "error: argument --ocr: invalid choice: 'sometimes'")):
         with pytest.raises(SystemExit) as exc:
             main(argv)
-        assert exc.value.code == 2
+        assert exc.value.code == 1  # one line, as every user error
+        err = capsys.readouterr().err
+        assert err.startswith(says) and err.count("\n") == 1, err

@@ -1,3 +1,5 @@
+import pytest
+
 from scripts.bench.tune import choose_batch_sizes
 
 
@@ -15,8 +17,6 @@ def test_tune_picks_the_fastest_batch_within_the_budget():
 
 def test_tune_writes_nothing_unless_every_choice_validates_and_names_a_bad_report(tmp_path, capsys):
     import json
-
-    import pytest
 
     from converters.errors import UserError
     from scripts.bench.tune import tune
@@ -39,3 +39,17 @@ def test_tune_writes_nothing_unless_every_choice_validates_and_names_a_bad_repor
         report.write_text(text)
         with pytest.raises(UserError, match=f"{report} is not a bench report"):
             tune(settings, report, 100, "p95_ms", env)
+
+
+@pytest.mark.parametrize("extra, says", [
+    ([], "error: e5_small_v2 not built here; run `python -m scripts.stack up` (or `build`) first."),
+    (["--duration", "-1"], "error: --duration must be more than 0 seconds, got -1."),
+    (["--concurrency", "0,2"], "error: --concurrency must be at least 1 each, got 0."),
+])
+def test_bench_names_a_bad_setting_or_an_unbuilt_model_in_one_line(tmp_path, capsys, extra, says):
+    from scripts.stack import main
+
+    env = tmp_path / ".env"
+    env.write_text(f"LOCAL_REPOSITORY={tmp_path / 'repo'}\n")
+    assert main(["bench", "e5_small_v2", "--local", "--env-file", str(env), *extra]) == 1
+    assert capsys.readouterr().err.strip() == says

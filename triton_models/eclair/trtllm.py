@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from converters.errors import UserError
+from converters.errors import ArgumentParser, UserError
 
 
 @dataclass(frozen=True)
@@ -242,7 +242,7 @@ def publish_repository(checkpoint: Path, engines: Path, result: TrtllmPlan, gene
 if __name__ == "__main__":
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m triton_models.eclair.trtllm")
+    parser = ArgumentParser(prog="python -m triton_models.eclair.trtllm")
     parser.add_argument("command", choices=("plan", "build"))
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--batch-size", type=int, default=16)
