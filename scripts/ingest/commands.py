@@ -15,17 +15,25 @@ MAX_OCR_HOLD_S = 600.0
 
 
 def check_arguments(command: str, paths: list[Path], query: str | None, top_k: int,
-                    ocr_hold_s: float | None = None) -> None:
-    """The command line's own errors, before any server is asked."""
+                    ocr_hold_s: float | None = None, out: Path | None = None) -> None:
+    """The command line's own errors, before any server is asked. (Of several inputs, the missing
+    ones are failures in the ingest's report and the others go on; when none exists, it stops here.)"""
     if command == "ingest" and not paths:
         raise UserError("ingest needs at least one PDF, image or folder: python -m scripts.stack ingest PATH... --out DIR")
     if command == "ingest" and ocr_hold_s is not None and not 0 <= ocr_hold_s <= MAX_OCR_HOLD_S:
         raise UserError(f"--ocr-hold must be 0 to {MAX_OCR_HOLD_S:.0f} seconds, got {ocr_hold_s}.")
+    if command == "ingest" and not any(path.exists() for path in paths):
+        raise UserError(f"nothing to ingest: {', '.join(map(str, paths))} "
+                        f"{'does' if len(paths) == 1 else 'do'} not exist.")
     if command == "search":
         if not query or not query.strip():
             raise UserError('search needs a query: python -m scripts.stack search "QUERY" [--top-k 5]')
         if top_k < 1:
             raise UserError(f"--top-k must be at least 1, got {top_k}.")
+        if out is not None:
+            from scripts.ingest.store import require_store
+
+            require_store(out)
 
 
 def run_ingest(paths: list[Path], out: Path, grpc_url: str, fingerprint: str, ocr: str = "auto",
@@ -76,7 +84,7 @@ def check_installed() -> None:
 def stack_command(command: str, args, stack) -> int:
     """What scripts/stack.py calls for `ingest` and `search` with the stack of the chosen mode."""
     paths = [Path(p) for p in ([args.target] if args.target else []) + list(args.paths)]
-    check_arguments(command, paths, args.target, args.top_k, args.ocr_hold)
+    check_arguments(command, paths, args.target, args.top_k, args.ocr_hold, args.out)
     check_installed()
     if not stack.server_running():
         raise UserError("Triton is not running; run `python -m scripts.stack up` first.")
@@ -90,7 +98,7 @@ def cluster_command(command: str, args, cluster) -> int:
     """`ingest` and `search` with `--mode kubernetes`: the chart's Triton Service, forwarded here.
     The fingerprint is the current builder Jobs' (each Job's name carries a hash of all it is given)."""
     paths = [Path(p) for p in ([args.target] if args.target else []) + list(args.paths)]
-    check_arguments(command, paths, args.target, args.top_k, args.ocr_hold)
+    check_arguments(command, paths, args.target, args.top_k, args.ocr_hold, args.out)
     check_installed()
     fingerprint = cluster.build_fingerprint() if command == "ingest" else ""
     with cluster.forwarded("triton", 8001) as url:

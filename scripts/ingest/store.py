@@ -58,14 +58,19 @@ def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def require_store(folder: Path) -> None:
+    """One sentence when `folder` holds no chunk store (search needs one; checked before any server)."""
+    if not (Path(folder) / f"{TABLE}.lance").exists():
+        raise UserError(f"no chunk store in {folder}; run `python -m scripts.stack ingest PATH... --out {folder}` first.")
+
+
 class Store:
     def __init__(self, folder: Path, create: bool = True):
         import lancedb
 
         self.folder = Path(folder)
-        if not create and not (self.folder / f"{TABLE}.lance").exists():
-            raise UserError(f"no chunk store in {self.folder}; run `python -m scripts.stack ingest PATH... "
-                            f"--out {self.folder}` first.")
+        if not create:
+            require_store(self.folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.db = lancedb.connect(str(self.folder))
         if TABLE in self.db.list_tables().tables:

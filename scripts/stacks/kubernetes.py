@@ -330,6 +330,10 @@ class KubernetesStack:
 
     def status(self) -> int:
         listing = self.kubectl("get", "jobs,deployments,pods,services,pvc", "-l", self.selector, check=False)
+        if listing.returncode != 0:  # the cluster did not answer: not the same as an empty namespace
+            detail = (listing.stderr or listing.stdout).strip().splitlines()
+            raise UserError(f"kubectl could not read namespace {self.namespace}: {detail[-1] if detail else 'no output'}; "
+                            "check KUBECONFIG and that the cluster answers (kubectl get nodes).")
         print(listing.stdout.strip() or f"release {self.release}: nothing in namespace {self.namespace}")
         if self.helm("status", self.release, check=False).returncode != 0:
             log(f"release {self.release} is not installed; run `up`")

@@ -175,8 +175,15 @@ class LocalStack(Stack):
         return {name: self.repo / name for name in names}
 
     def logs(self, service: str | None) -> str:
+        """`triton` (default), `embeddings`, or a builder by model key (`e5_small_v2`) or compose service (`build-e5`)."""
+        from triton_models.registry import MODELS
+
+        model = next((m.key for m in MODELS if service in (m.key, m.compose_service)), None)
+        if service not in (None, "triton", "embeddings") and model is None:
+            raise UserError(f"no service {service}; choose triton, embeddings or one of "
+                            f"{', '.join(m.key for m in MODELS)}.")
         target = (self.log_file if service in (None, "triton") else self.embeddings.log_file if service == "embeddings"
-                  else self.state / f"build-{service}.log")
+                  else self.state / f"build-{model}.log")
         if not target.is_file():
             raise UserError(f"no log at {target}; run `python -m scripts.stack up --mode local` first.")
         return target.read_text(errors="replace")

@@ -225,10 +225,13 @@ def test_absurd_page_size_is_named(tmp_path):
     (["search", "a query", "--top-k", "0"], "--top-k must be at least 1"),
     (["ingest", "x.pdf", "--ocr-hold", "-1"], "--ocr-hold must be 0 to 600 seconds, got -1.0"),
     (["ingest", "x.pdf", "--ocr-hold", "inf"], "--ocr-hold must be 0 to 600 seconds, got inf"),
+    (["ingest", "x.pdf", "y"], "nothing to ingest: x.pdf, y do not exist."),
+    (["search", "a query", "--out", "nowhere"], "no chunk store in nowhere; run `python -m scripts.stack ingest"),
 ])
-def test_cli_argument_errors_without_a_server(argv, message, capsys):
+def test_cli_argument_errors_without_a_server(argv, message, capsys, tmp_path, monkeypatch):
     from scripts.stack import main
 
+    monkeypatch.chdir(tmp_path)  # the relative paths above name nothing
     assert main(argv) == 1
     assert message in capsys.readouterr().err
 

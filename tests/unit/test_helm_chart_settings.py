@@ -2,6 +2,8 @@
 KEYS and the registry, and `stack up --mode kubernetes` passes exactly the chart's keys."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 
@@ -263,3 +265,15 @@ def test_a_multi_attach_or_an_unbound_claim_is_named_with_the_value_to_set(tmp_p
     _named_within_60_s(stack, cluster, stack.wait_for_builds, f"claim dt-models is not bound: {failed}; set "
                        "persistence.storageClass to a class that provides ReadWriteMany (or [ReadWriteOnce] with "
                        "persistence.singleNode=true where every pod runs on one node).", 20)
+
+
+def test_status_says_the_cluster_did_not_answer_not_that_the_namespace_is_empty(tmp_path):
+    import subprocess
+
+    from converters.errors import UserError
+
+    stack = _stack(tmp_path)
+    refused = "The connection to the server 127.0.0.1:6443 was refused - did you specify the right host or port?"
+    stack._run = lambda tool, *args, **kwargs: subprocess.CompletedProcess([tool, *args], 1, "", refused + "\n")
+    with pytest.raises(UserError, match=re.escape(f"kubectl could not read namespace default: {refused}; check KUBECONFIG")):
+        stack.status()

@@ -188,3 +188,14 @@ def test_a_settings_file_that_cannot_be_read_is_named_not_replaced_by_defaults(t
         load_settings(env, tmp_path)
     assert main(["status", "--local", "--env-file", str(tmp_path / "typo.env")]) == 1
     assert f"error: --env-file {tmp_path / 'typo.env'} is not a file" in capsys.readouterr().err
+
+
+def test_local_logs_name_the_services_there_are(tmp_path):
+    from scripts.stacks.local import LocalStack
+
+    stack = LocalStack(load_settings(None, tmp_path, {"LOCAL_REPOSITORY": str(tmp_path / "build" / "repo")}))
+    with pytest.raises(UserError, match="no service nosuch; choose triton, embeddings or one of caption_classification, "):
+        stack.logs("nosuch")
+    stack.state.mkdir(parents=True)
+    (stack.state / "build-e5_small_v2.log").write_text("built\n")
+    assert stack.logs("build-e5") == stack.logs("e5_small_v2") == "built\n"  # compose's service name or the model key
