@@ -84,6 +84,8 @@ class ConversionSettings:
             raise UserError("--use-fp8 and --use-int8 exclude each other: choose one.")
         if self.calibration_data is not None and not self.calibration_data.is_file():
             raise UserError(f"--calibration-data {self.calibration_data} does not exist.")
+        if not 7 <= self.opset <= 20:  # what torch's TorchScript exporter (dynamo=False, export.py) writes
+            raise UserError(f"--opset {self.opset} is outside what the ONNX exporter writes (7 to 20); use 17, the default.")
         if self.max_queue_delay_us < 0:
             raise UserError(f"--max-queue-delay must be >= 0 microseconds, got {self.max_queue_delay_us}.")
         # Where the outputs go is checked before any work, not after an export of minutes.

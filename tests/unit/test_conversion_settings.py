@@ -45,6 +45,7 @@ def _command(tmp_path, script, ckpt, **changes):
 @pytest.mark.parametrize("flag, value, says", [
     ("--input-size", ["8", "none"], "--input-size sequence length must be a number (only the batch may be None)"),
     ("--max-queue-delay", "-5", "--max-queue-delay must be >= 0 microseconds, got -5"),
+    ("--opset", "3", "--opset 3 is outside what the ONNX exporter writes (7 to 20); use 17, the default."),
     ("--triton-repo", "a_file", "is a file, or a file stands in its path"),
     ("--onnx-path", "a_file/model.onnx", "cannot be written: it is a folder, or a file stands where a folder"),
 ])
