@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out = ROOT / "build" / ("ingest" if args.command in ("ingest", "search") else "bench")
     named_env_file, args.env_file = args.env_file, args.env_file or ROOT / ".env"
     try:
-        if named_env_file is not None and not named_env_file.is_file():
+        if named_env_file is not None and not named_env_file.is_file() and args.command != "tune":  # tune writes one
             raise UserError(f"--env-file {named_env_file} is not a file; name your settings file (cp .env.example .env).")
         settings = load_settings(args.env_file, ROOT, host_checkpoints=args.mode != "kubernetes")
         mode = "kubernetes" if args.mode == "kubernetes" else choose_mode(args.mode)
@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "clean":
             deleted = stack.clean()
-            log("deleted " + (", ".join(deleted) if deleted else "nothing (nothing was built)"))
+            log("deleted " + (", ".join(deleted) if deleted else "nothing the stack made"))
             return 0
         if args.command == "soak":
             return soak(stack, settings, args)

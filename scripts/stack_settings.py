@@ -188,7 +188,11 @@ def _problem(key: Key, value: str, root: Path, values: dict[str, str]) -> str | 
             return f"{key.name}={value} does not exist under CHECKPOINTS_DIR ({path}); fix the path or leave it empty for a demo"
     elif kind == "repository_dir":
         folder = (Path(value) if Path(value).is_absolute() else root / value).resolve()
-        if not value or folder == folder.parent or folder == Path.home().resolve() or folder in (root.resolve(), *root.resolve().parents):
+        try:
+            home = Path.home().resolve()
+        except RuntimeError:  # no HOME and no passwd entry (a container's arbitrary uid)
+            home = None
+        if not value or folder == folder.parent or folder == home or folder in (root.resolve(), *root.resolve().parents):
             return (f"{key.name}={value!r} is the project, home or root folder (or holds the project); name a folder "
                     "of its own such as build/model_repository")
     elif kind == "relative_dir" and Path(value).is_absolute():

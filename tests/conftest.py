@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from tests.helpers import SERVER_LIVE_TIMEOUT_S, SMALL_DEBERTA_SCRIPT
+from tests.strict_skips import pytest_addoption, pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401 (--no-skips)
 
 # A test's tier is its folder: `-m "not triton"` skips every test that starts a Triton, and so on.
 TIER_MARKERS = {"integration": "triton", "docker": "docker", "kubernetes": "kubernetes", "tensorrt": "tensorrt"}

@@ -1,6 +1,7 @@
 """`--no-skips`: a skipped test fails the run. Tests skip where a tier's component (Docker, a
 cluster, TensorRT) is missing, which is right on a laptop; CI installs every one of them, so a skip
-there means an installation step broke, and it must not pass as green. `.ci/run` sets it."""
+there means an installation step broke, and it must not pass as green. `.ci/run` sets it.
+tests/conftest.py takes these hooks in; another pytest run loads them with `-p tests.strict_skips`."""
 from __future__ import annotations
 
 import pytest

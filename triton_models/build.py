@@ -42,12 +42,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def options_from_args(args: argparse.Namespace) -> BuildOptions:
     spec = get(args.model)
-    demo = args.checkpoint is None
-    checkpoint = args.checkpoint
-    if demo:
-        checkpoint = spec.builder.make_demo_checkpoint(args.work_dir / "demo_checkpoints")
-    elif not checkpoint.exists():
-        raise UserError(f"--checkpoint {checkpoint} does not exist.")
     extra = {}
     for item in args.option:
         key, sep, value = item.partition("=")
@@ -59,6 +53,12 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
         extra[key] = value
     if args.max_batch_size is not None and args.max_batch_size < 1:
         raise UserError(f"--max-batch-size must be at least 1, got {args.max_batch_size}.")
+    demo = args.checkpoint is None  # the demo checkpoint is made only once the flags are known to be good
+    checkpoint = args.checkpoint
+    if demo:
+        checkpoint = spec.builder.make_demo_checkpoint(args.work_dir / "demo_checkpoints")
+    elif not checkpoint.exists():
+        raise UserError(f"--checkpoint {checkpoint} does not exist.")
     return BuildOptions(
         checkpoint=checkpoint, repo=args.repo, work_dir=args.work_dir,
         max_batch_size=args.max_batch_size or spec.default_batch_size, precision=args.precision,

@@ -62,9 +62,10 @@ def builder_arguments(model: str, environment: Mapping[str, str], *, repo: Path,
         arguments += ["--gpus", environment["GPUS"]]
     if environment.get("CHECKPOINT"):  # empty: a demo checkpoint
         arguments += ["--checkpoint", str(Path(checkpoints_dir) / environment["CHECKPOINT"])]
-    for name, value in sorted(environment.items()):
-        if name.startswith(OPTION) and value:
-            arguments += ["--option", f"{name[len(OPTION):].lower()}={value}"]
+    for option, _ in get(model).options:  # only the model's own: a stray OPTION_* variable is not an option
+        value = environment.get(OPTION + option.upper())
+        if value:
+            arguments += ["--option", f"{option}={value}"]
     return arguments
 
 

@@ -204,11 +204,12 @@ class LocalStack(Stack):
         self.down(quiet=True)
         deleted = []
         for path in (self.repo, self.work):
-            if (path / MADE_BY_STACK).is_file():
+            if made_by_stack(path):
                 shutil.rmtree(path, ignore_errors=True)
                 deleted.append(str(path))
             elif path.exists():
-                log(f"kept {path}: the stack did not make it (no {MADE_BY_STACK} in it); delete it yourself if it is yours to delete")
+                log(f"kept {path}: it holds what the stack did not make (and no {MADE_BY_STACK}); delete it "
+                    "yourself if it is yours to delete")
         return deleted
 
     def down(self, quiet: bool = False) -> None:
@@ -235,6 +236,20 @@ class LocalStack(Stack):
         mps = MpsDaemon(self.state).stop()  # after Triton: its processes are the daemon's clients
         if mps and (not quiet or not mps.stopped):  # one still running is said even when quiet
             log(mps.message)
+
+
+def made_by_stack(folder: Path) -> bool:
+    """Whether `clean` may delete `folder`: marked when the stack made it, under the project's build/
+    (the defaults), or holding only what the stack writes there (an older version's build: model
+    folders and the builders' work, named after the models)."""
+    from triton_models.registry import MODELS
+
+    if not folder.is_dir():
+        return False
+    if (folder / MADE_BY_STACK).is_file() or folder.resolve().is_relative_to(ROOT / "build"):
+        return True
+    ours = {name for spec in MODELS for name in spec.triton_names} | {"demo_checkpoints"}
+    return all(entry.name.startswith(".") or (entry.is_dir() and entry.name in ours) for entry in folder.iterdir())
 
 
 def claim(folder: Path, default: bool) -> None:

@@ -71,8 +71,10 @@ def test_the_builder_images_entrypoint_reads_the_contracts_environment(tmp_path,
                                       .get(key, DEFAULTS[key]), "cuda")
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
+    monkeypatch.setenv("OPTION_SERVICE_PORT", "8080")  # e.g. a Kubernetes service link: not one of yolox's options
     assert main(["yolox", "--repo", "/models", "--work-dir", "/work", "--checkpoints-dir", "/checkpoints"]) == 0
     args = build_parser().parse_args(seen[0])
+    assert args.option == []
     assert (args.max_batch_size, args.serve_backend, args.device, str(args.checkpoint)) == (
         16, "tensorrt_plan", "cuda", "/checkpoints/y.pth")
     assert seen[0] == builder_arguments("yolox", environment, repo="/models", work_dir="/work",

@@ -158,7 +158,7 @@ def test_a_placement_on_a_stack_that_serves_on_the_cpu_is_refused_before_any_bui
 def test_the_local_repository_is_a_folder_of_its_own_and_clean_deletes_only_what_the_stack_made(tmp_path, capsys):
     """LOCAL_REPOSITORY's parent also gets work/ and local/: `clean` deletes a folder only when the stack
     made it (its marker file), so a user's folder that happens to sit there is kept, and said so."""
-    from scripts.stacks.local import MADE_BY_STACK, LocalStack, claim
+    from scripts.stacks.local import MADE_BY_STACK, LocalStack, claim, made_by_stack
 
     for value in (".", str(tmp_path), str(tmp_path.parent), str(Path.home()), "/"):
         with pytest.raises(UserError, match=re.escape(f"LOCAL_REPOSITORY={value!r} is the project, home or root folder")):
@@ -172,7 +172,11 @@ def test_the_local_repository_is_a_folder_of_its_own_and_clean_deletes_only_what
     assert (stack.repo / MADE_BY_STACK).is_file() and not (mine / MADE_BY_STACK).exists()
     assert stack.clean() == [str(stack.repo)]
     assert (mine / "notes.txt").read_text() == "the user's" and not stack.repo.exists()
-    assert f"kept {mine}: the stack did not make it" in capsys.readouterr().out
+    assert f"kept {mine}: it holds what the stack did not make" in capsys.readouterr().out
+    older = tmp_path / "y" / "models"  # built by a version before the marker: model folders only
+    (older / "e5_small_v2" / "1").mkdir(parents=True)
+    (older / ".e5_small_v2.staging").mkdir()
+    assert made_by_stack(older) and not made_by_stack(mine) and not made_by_stack(tmp_path / "nowhere")
 
 
 def test_a_settings_file_that_cannot_be_read_is_named_not_replaced_by_defaults(tmp_path, capsys):

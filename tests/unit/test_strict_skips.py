@@ -1,6 +1,7 @@
 """CI runs the suite with --no-skips (tests/strict_skips.py): a skip there fails, with its reason."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,9 +15,10 @@ MODULE_SKIPPED = "import pytest\n\npytest.importorskip('a_module_that_is_not_ins
 
 
 def run(folder: Path, *options: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}  # CI's --no-skips is this run's own choice
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
                            "-p", "tests.strict_skips", "--rootdir", str(folder), *options, str(folder)],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, env=env)
 
 
 def test_a_skip_fails_the_run_under_no_skips_and_names_its_reason(tmp_path):
