@@ -100,6 +100,11 @@ MODELS: tuple[ModelSpec, ...] = (
 )
 
 
+def by_key_or_service(name: str | None) -> ModelSpec | None:
+    """The model a user names by its key (`e5_small_v2`) or its builder's compose service (`build-e5`)."""
+    return next((spec for spec in MODELS if name in (spec.key, spec.compose_service)), None)
+
+
 def get(key: str) -> ModelSpec:
     for spec in MODELS:
         if spec.key == key:

@@ -31,7 +31,7 @@ from pathlib import Path
 from converters.errors import UserError
 from scripts.console import log
 from scripts.stack_settings import StackSettings, chart_values
-from triton_models.registry import MODELS, get
+from triton_models.registry import MODELS, by_key_or_service, get
 
 CHART = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "doc-triton"
 COMMANDS = ("up", "status", "verify", "logs", "down", "clean")
@@ -345,11 +345,11 @@ class KubernetesStack:
         (`e5_small_v2`)."""
         if service in (None, "triton", "embeddings"):
             return self.kubectl("logs", f"deployment/{self.release}-{service or 'triton'}", "--all-containers").stdout
-        model = next((m.key for m in MODELS if service in (m.key, m.compose_service)), None)
+        model = by_key_or_service(service)
         if model is None:
             raise UserError(f"no service {service}; choose triton, embeddings or one of "
                             f"{', '.join(m.compose_service for m in MODELS)}.")
-        return self.kubectl("logs", "-l", f"{self.selector},doc-triton/model={model}", "--tail", "-1").stdout
+        return self.kubectl("logs", "-l", f"{self.selector},doc-triton/model={model.key}", "--tail", "-1").stdout
 
     def down(self) -> None:
         if self.helm("status", self.release, check=False).returncode == 0:

@@ -13,7 +13,7 @@ from scripts.console import log, tail
 from scripts.gpus import GPU_ORDER
 from scripts.stack_settings import StackSettings
 from scripts.stacks.base import Stack
-from triton_models.registry import get
+from triton_models.registry import MODELS, by_key_or_service, get
 
 ROOT = Path(__file__).resolve().parents[2]
 # `clean` deletes a folder only when this file is in it: one the stack made, never one a user named
@@ -67,7 +67,7 @@ class LocalStack(Stack):
         self.mps_plan()  # LOCAL_CUDA_MPS=on where it cannot work: said before minutes of building
         self.settings.refuse_placement_without_gpus(self.settings["LOCAL_DEVICE"] == "cuda", "set LOCAL_DEVICE=cuda")
         for folder in (self.repo, self.work, self.state):
-            claim(folder, default=folder.resolve().is_relative_to(ROOT / "build"))
+            claim(folder)
         environment = environment_key(self._gpu_rows())  # the same for every builder of this run
         for index, key in enumerate(keys, 1):
             spec, started = get(key), time.monotonic()
@@ -176,14 +176,12 @@ class LocalStack(Stack):
 
     def logs(self, service: str | None) -> str:
         """`triton` (default), `embeddings`, or a builder by model key (`e5_small_v2`) or compose service (`build-e5`)."""
-        from triton_models.registry import MODELS
-
-        model = next((m.key for m in MODELS if service in (m.key, m.compose_service)), None)
+        model = by_key_or_service(service)
         if service not in (None, "triton", "embeddings") and model is None:
             raise UserError(f"no service {service}; choose triton, embeddings or one of "
                             f"{', '.join(m.key for m in MODELS)}.")
         target = (self.log_file if service in (None, "triton") else self.embeddings.log_file if service == "embeddings"
-                  else self.state / f"build-{model}.log")
+                  else self.state / f"build-{model.key}.log")
         if not target.is_file():
             raise UserError(f"no log at {target}; run `python -m scripts.stack up --mode local` first.")
         return target.read_text(errors="replace")
@@ -242,8 +240,6 @@ def made_by_stack(folder: Path) -> bool:
     """Whether `clean` may delete `folder`: marked when the stack made it, under the project's build/
     (the defaults), or holding only what the stack writes there (an older version's build: model
     folders and the builders' work, named after the models)."""
-    from triton_models.registry import MODELS
-
     if not folder.is_dir():
         return False
     if (folder / MADE_BY_STACK).is_file() or folder.resolve().is_relative_to(ROOT / "build"):
@@ -252,10 +248,10 @@ def made_by_stack(folder: Path) -> bool:
     return all(entry.name.startswith(".") or (entry.is_dir() and entry.name in ours) for entry in folder.iterdir())
 
 
-def claim(folder: Path, default: bool) -> None:
-    """Make `folder` the stack's (marked for `clean`) when the stack creates it, finds it empty, or
-    it is a default location under the project's build/; a user's folder with content stays unmarked."""
+def claim(folder: Path) -> None:
+    """Make `folder` the stack's (marked for `clean`) when the stack creates it or finds it empty; a
+    folder with content stays as it is (`made_by_stack` says whether clean may delete it)."""
     new = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    if new or default or not any(folder.iterdir()):
+    if new or not any(folder.iterdir()):
         (folder / MADE_BY_STACK).touch()

@@ -168,7 +168,7 @@ def test_the_local_repository_is_a_folder_of_its_own_and_clean_deletes_only_what
     (mine / "notes.txt").write_text("the user's")
     stack = LocalStack(load_settings(None, tmp_path, {"LOCAL_REPOSITORY": str(tmp_path / "x" / "models")}))
     for folder in (stack.repo, stack.work, stack.state):  # what `build` does first
-        claim(folder, default=False)
+        claim(folder)
     assert (stack.repo / MADE_BY_STACK).is_file() and not (mine / MADE_BY_STACK).exists()
     assert stack.clean() == [str(stack.repo)]
     assert (mine / "notes.txt").read_text() == "the user's" and not stack.repo.exists()
