@@ -7,11 +7,13 @@ and exported (`torch.export`, as the served path is), compiled and replayed as a
 [64, 128] tokens, its items/s, the fraction of the fp16 dense limit and where a forward's kernel
 time goes (GEMMs, Triton's fused kernels, the rest; torch.profiler). Until 2026-12-02 the probe
 compiled the module itself, which left DeBERTa's attention outside the graph. The ways:
-converters/fp8.py (row-wise weight scales, per-token activations); per-tensor with static input
-scales calibrated on other batches than the error's (one fused cast, fp16 out, fast
-accumulation); torchao's float8 inference path, row-wise (in bf16) and per-tensor, where it imports.
+converters/fp8.py (row-wise weight scales, per-token activations), as served and with cuBLASLt's
+fast accumulation; per-tensor with static input scales calibrated on other batches than the
+error's (one fused cast, fp16 out, fast accumulation), all layers and with the FFN down
+projections kept in fp16; torchao's float8 inference path, row-wise (in bf16) and per-tensor,
+where it imports. Each timed line names the four largest GEMM kernels.
 
-    python3 benchmarks/fp8_probe.py [--batch 64] [--tokens 128] [--dense-tflops 989]
+    python3 benchmarks/fp8_probe.py [--batch 64] [--tokens 128] [--dense-tflops 989] [--variants fast,per-tensor]
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.graph_timing import capture, seconds_per_replay  # noqa: E402
-from converters.fp8 import E4M3_MAX, ERROR_FACTOR, quantisable, quantise_linear_layers, top_changes  # noqa: E402
+from converters.fp8 import E4M3_MAX, ERROR_FACTOR, Fp8Linear, quantisable, quantise_linear_layers, top_changes  # noqa: E402
 from triton_models.caption_classification.model_script import DebertaLargeModel  # noqa: E402
 
 GROUPS = {"attention in_proj (q/k/v)": r"attention\.self\.in_proj", "attention out": r"attention\.output\.dense",
@@ -55,8 +57,10 @@ def graphed_items_per_s(model, ids, mask, count=30):
         return len(ids) / seconds_per_replay(graph, count), compiled
 
 
-KERNEL_KINDS = {"GEMM": re.compile(r"gemm|nvjet|cutlass|xmma|cublas|splitk|scaled_mm", re.I),
-                "Triton fused": re.compile(r"^triton_", re.I)}
+# Triton's kernels first: inductor names a kernel after the ops it fused, so the one that quantises
+# a GEMM's input holds "_scaled_mm" in its name (until 2026-12-04 those counted as GEMMs)
+KERNEL_KINDS = {"Triton fused": re.compile(r"^triton_", re.I),
+                "GEMM": re.compile(r"gemm|nvjet|cutlass|xmma|cublas|splitk|scaled_mm", re.I)}
 
 
 def kernel_split(compiled, ids, mask, forwards=5) -> str:
@@ -69,18 +73,20 @@ def kernel_split(compiled, ids, mask, forwards=5) -> str:
             for _ in range(forwards):
                 compiled(ids, mask)
             torch.cuda.synchronize()
-    kinds, others = dict.fromkeys([*KERNEL_KINDS, "other"], 0.0), {}
+    kinds, others, gemms = dict.fromkeys([*KERNEL_KINDS, "other"], 0.0), {}, {}
     for event in prof.key_averages():
         if event.device_type != DeviceType.CUDA or event.self_device_time_total <= 0:
             continue
         ms = event.self_device_time_total / 1e3 / forwards
         kind = next((k for k, pattern in KERNEL_KINDS.items() if pattern.search(event.key)), "other")
         kinds[kind] += ms
-        if kind == "other":
-            others[event.key] = others.get(event.key, 0.0) + ms
-    top = sorted(others.items(), key=lambda item: -item[1])[:3]
+        if kind in ("other", "GEMM"):
+            into = others if kind == "other" else gemms
+            into[event.key] = into.get(event.key, 0.0) + ms
+    largest = lambda found: ", ".join(f"{k[:70]} {v:.2f}" for k, v in  # noqa: E731
+                                      sorted(found.items(), key=lambda item: -item[1])[:4])
     return (f"kernels {sum(kinds.values()):.2f} ms a forward: " + ", ".join(f"{k} {v:.2f}" for k, v in kinds.items())
-            + " (largest other: " + ", ".join(f"{k[:60]} {v:.2f}" for k, v in top) + ")")
+            + f" (largest other: {largest(others)})\n  largest GEMMs: {largest(gemms)}")
 
 
 class Fp8StaticLinear(torch.nn.Module):
@@ -105,9 +111,32 @@ class Fp8StaticLinear(torch.nn.Module):
         return out.reshape(*x.shape[:-1], -1)
 
 
-def quantise_static(model, batches) -> int:
-    """Every quantisable linear layer to Fp8StaticLinear, its input scale the amax seen on `batches`."""
-    names = [n for n, m in model.named_modules() if quantisable(n, m)]
+class Fp8RowFastLinear(Fp8Linear):
+    """converters/fp8.py's layer with cuBLASLt's fast accumulation (no periodic promotion to fp32)."""
+
+    def forward(self, x):
+        rows = x.reshape(-1, self.in_features)
+        scale = rows.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / E4M3_MAX
+        quantised = (rows.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+        out = torch._scaled_mm(quantised, self.weight_bytes.view(torch.float8_e4m3fn).t(), scale_a=scale,
+                               scale_b=self.weight_scale, out_dtype=torch.bfloat16, use_fast_accum=True).to(x.dtype)
+        out = out if self.bias is None else out + self.bias.to(x.dtype)
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+
+def quantise_rowwise_fast(model) -> int:
+    names = quantise_linear_layers(model)
+    for name in names:
+        parent, _, child = name.rpartition(".")
+        owner = model.get_submodule(parent) if parent else model
+        getattr(owner, child).__class__ = Fp8RowFastLinear
+    return len(names)
+
+
+def quantise_static(model, batches, keep: str | None = None) -> int:
+    """Every quantisable linear layer (but those `keep` matches) to Fp8StaticLinear, its input scale
+    the amax seen on `batches`."""
+    names = [n for n, m in model.named_modules() if quantisable(n, m) and not (keep and re.search(keep, n))]
     amax = dict.fromkeys(names, 0.0)
     hooks = [model.get_submodule(n).register_forward_pre_hook(
         lambda _m, args, n=n: amax.__setitem__(n, max(amax[n], float(args[0].abs().max())))) for n in names]
@@ -174,7 +203,11 @@ def main() -> None:
     variants = {"fp16": lambda m: 0, "fp8 row-wise, converters/fp8.py": quantise_linear_layers,
                 **({"fp8 row-wise, the layers within the gate": lambda m: quantise_linear_layers(
                     m, re.compile("|".join(within)))} if within else {}),
+                "fp8 row-wise, fast accumulation": quantise_rowwise_fast,
                 "fp8 per-tensor, static input scales": lambda m: quantise_static(m, calibration),
+                "fp8 per-tensor, static input scales, FFN down in fp16": lambda m: quantise_static(
+                    m, calibration, keep=GROUPS["FFN down"]),
+
                 "torchao fp8 row-wise": lambda m: quantise_torchao(m, "row"),
                 "torchao fp8 per-tensor": lambda m: quantise_torchao(m, "tensor")}
     wanted = [w.strip() for w in args.variants.split(",") if w.strip()]
