@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from converters.engine_targets import parse_gpu_types
@@ -53,18 +54,19 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
         extra[key] = value
     if args.max_batch_size is not None and args.max_batch_size < 1:
         raise UserError(f"--max-batch-size must be at least 1, got {args.max_batch_size}.")
-    demo = args.checkpoint is None  # the demo checkpoint is made only once the flags are known to be good
-    checkpoint = args.checkpoint
-    if demo:
-        checkpoint = spec.builder.make_demo_checkpoint(args.work_dir / "demo_checkpoints")
-    elif not checkpoint.exists():
-        raise UserError(f"--checkpoint {checkpoint} does not exist.")
-    return BuildOptions(
-        checkpoint=checkpoint, repo=args.repo, work_dir=args.work_dir,
+    demo = args.checkpoint is None
+    options = BuildOptions(
+        checkpoint=args.checkpoint, repo=args.repo, work_dir=args.work_dir,
         max_batch_size=args.max_batch_size or spec.default_batch_size, precision=args.precision,
         serve_backend=args.serve_backend, device=args.device, instance_count=args.instance_count,
         gpus=parse_int_list(args.gpus, "--gpus") if args.gpus else (), gpu_types=parse_gpu_types(args.gpu_types),
         force=args.force, demo=demo, extra=extra)
+    spec.builder.read_options(options)  # every option's value, as the build reads it, before any work
+    if demo:  # made only once the flags are known to be good
+        return replace(options, checkpoint=spec.builder.make_demo_checkpoint(args.work_dir / "demo_checkpoints"))
+    if not args.checkpoint.exists():
+        raise UserError(f"--checkpoint {args.checkpoint} does not exist.")
+    return options
 
 
 def main(argv: list[str] | None = None) -> int:

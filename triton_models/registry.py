@@ -62,7 +62,8 @@ class ModelSpec:
 
     @property
     def builder(self) -> ModuleType:
-        """`triton_models/<key>/build.py`: build(options) and make_demo_checkpoint(folder)."""
+        """`triton_models/<key>/build.py`: OPTIONS, read_options(options), build(options) and
+        make_demo_checkpoint(folder)."""
         return importlib.import_module(f"triton_models.{self.key}.build")
 
 

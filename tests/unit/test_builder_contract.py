@@ -123,6 +123,30 @@ def test_each_builder_declares_every_option_it_reads_and_the_settings_it_is_give
     assert {name for name, _ in spec.options} <= set(spec.builder.OPTIONS)
 
 
+BAD_VALUES = {"yolox": ("score_threshold=2", "--option score_threshold=2 must be a number from 0 to 1"),
+              "caption_classification": ("folds=first", "--option folds=first must be all or a fold number"),
+              "eclair": ("max_new_tokens=0", "--option max_new_tokens=0 must be a whole number from 1"),
+              "e5_small_v2": None}
+
+
+@pytest.mark.parametrize("spec", MODELS, ids=lambda s: s.key)
+def test_an_option_value_out_of_range_is_refused_before_the_demo_checkpoint(spec, tmp_path, capsys):
+    """Every builder reads its options in `read_options`, which the CLI runs before any work: a bad
+    value costs no demo checkpoint (minutes for ECLAIR) and leaves no folder behind."""
+    from triton_models.build import main as build_main
+
+    assert set(BAD_VALUES) == {m.key for m in MODELS}
+    if BAD_VALUES[spec.key] is None:
+        assert spec.builder.OPTIONS == {}
+        return
+    option, sentence = BAD_VALUES[spec.key]
+    assert option.partition("=")[0] in spec.builder.OPTIONS
+    work = tmp_path / "work"
+    assert build_main([spec.key, "--repo", str(tmp_path / "repo"), "--work-dir", str(work), "--option", option]) == 1
+    assert f"error: {sentence}" in capsys.readouterr().err
+    assert not work.exists() and not (tmp_path / "repo").exists()
+
+
 def test_an_unknown_option_or_a_bad_value_is_refused_in_one_sentence(tmp_path, capsys):
     from triton_models.build import main as build_main
 

@@ -6,7 +6,12 @@ import pytest
 from converters.errors import UserError
 from converters.model_folder import read_model_config
 from triton_models.common import BuildOptions
-from triton_models.eclair.build import _max_new_tokens
+from triton_models.eclair.build import max_new_tokens, read_options
+
+
+def _max_new_tokens(folder, options):
+    """As the build takes it: the option read (and checked) first, then held to the decoder."""
+    return max_new_tokens(folder, options.demo, read_options(options)[0])
 
 
 def _options(tmp_path, demo=False, **extra):

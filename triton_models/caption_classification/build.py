@@ -118,15 +118,23 @@ def make_demo_checkpoint(folder: Path) -> Path:
     return root
 
 
+def read_options(options: BuildOptions) -> tuple[str, float, int]:
+    """folds (all or a fold number; which folds exist is the checkpoint's to say), the threshold (a
+    probability) and min_words; triton_models.build checks them before any work."""
+    folds = options.extra.get("folds", "0")
+    if folds != "all" and not folds.isdigit():
+        raise UserError(f"--option folds={folds} must be all or a fold number (default 0).")
+    return folds, options.number("threshold", 0.5, 0.0, 1.0), options.number("min_words", 1, 0, 1000, kind=int)
+
+
 def build(options: BuildOptions) -> list[Path]:
     folder = Path(options.checkpoint)
     if not folder.is_dir():
         raise UserError(f"CAPTION_CHECKPOINT {folder} must be the extracted model folder (with weights/foldK/...); "
                         "for a single .pt file use the converter command directly.")
-    folds = _folds(folder, options.extra.get("folds", "0"))
+    fold_option, threshold, min_words = read_options(options)
+    folds = _folds(folder, fold_option)
     tokenizer_folder = tokenizer_dir(folder)
-    threshold = options.number("threshold", 0.5, 0.0, 1.0)  # a probability
-    min_words = options.number("min_words", 1, 0, 1000, kind=int)
 
     settings = conversion_settings(options, name=CORE, io_json=IO_CONFIG, script=HERE / "model_script.py",
                                    class_name="DebertaLargeModel", sequence_length=MAX_LENGTH,

@@ -21,6 +21,10 @@ from triton_models.e5_small_v2.model_script import E5Embedder
 
 OPTIONS: dict[str, str] = {}  # `--option` keys this builder reads: none
 
+
+def read_options(options: BuildOptions) -> None:
+    """E5 reads no `--option` (triton_models.build refuses any before this)."""
+
 HERE = Path(__file__).parent
 CORE, TEXT = get("e5_small_v2").triton_names
 MAX_LENGTH = get("e5_small_v2").max_length

@@ -111,25 +111,16 @@ def max_new_tokens(folder: Path, demo: bool = False, wanted: int | None = None) 
     return wanted
 
 
-def _max_new_tokens(folder: Path, options: BuildOptions) -> int:
+def read_options(options: BuildOptions) -> tuple[int | None, str, bool]:
+    """max_new_tokens as asked (None: the checkpoint's; its decoder's limit is checked in build), the
+    generator and whether to compile the vision encoder; triton_models.build checks them before any work."""
     wanted = options.number("max_new_tokens", 1, 1, 1 << 20, kind=int) if "max_new_tokens" in options.extra else None
-    return max_new_tokens(folder, options.demo, wanted)
-
-
-def build(options: BuildOptions) -> list[Path]:
-    folder = Path(options.checkpoint)
-    check_folder(folder)
     # The graph decoder with in-flight batching: ECLAIR_BATCH_SIZE pages decode at once (its slots)
     # and one request carries at most that many pages. `--option generator=pytorch` serves `generate`.
     generator = options.extra.get("generator", "graph")
     if generator not in ("graph", "pytorch"):
         raise UserError(f"ECLAIR option generator={generator} is not one of graph, pytorch (TensorRT-LLM is the "
                         "overlay's build).")
-    # Like the python_torch runner: CPU instances that drive the GPU named by the `device` parameter.
-    # The graph decoder: one instance per device, whatever INSTANCE_COUNT says; its slots are its
-    # concurrency. Two on one GPU split the pages between two half-full decoders that both step
-    # (ingest run 12: two schedulers stepping 10 s each at about two pages a step).
-    count, placement = gpu_placement(replace(options, instance_count=1) if generator == "graph" else options)
     # The vision encoder on a GPU: compiled then captured per bucket (about 1.7x faster a page on an
     # H200, but minutes of compiling at build and load); `--option compile_encoder=off`: captured only.
     try:
@@ -139,7 +130,19 @@ def build(options: BuildOptions) -> list[Path]:
                                                 "to on or off.")
     except ValueError as error:
         raise UserError(str(error)) from None
-    parameters = {"max_new_tokens": str(_max_new_tokens(folder, options)), "device": options.device,
+    return wanted, generator, compile_encoder
+
+
+def build(options: BuildOptions) -> list[Path]:
+    folder = Path(options.checkpoint)
+    check_folder(folder)
+    wanted, generator, compile_encoder = read_options(options)
+    # Like the python_torch runner: CPU instances that drive the GPU named by the `device` parameter.
+    # The graph decoder: one instance per device, whatever INSTANCE_COUNT says; its slots are its
+    # concurrency. Two on one GPU split the pages between two half-full decoders that both step
+    # (ingest run 12: two schedulers stepping 10 s each at about two pages a step).
+    count, placement = gpu_placement(replace(options, instance_count=1) if generator == "graph" else options)
+    parameters = {"max_new_tokens": str(max_new_tokens(folder, options.demo, wanted)), "device": options.device,
                   "generator": generator, "slots": str(options.max_batch_size),
                   "compile_encoder": "on" if compile_encoder else "off",
                   **placement}

@@ -192,12 +192,16 @@ def demo_page() -> np.ndarray:
     return page
 
 
+def read_options(options: BuildOptions) -> tuple[float, float]:
+    """The score and NMS overlap thresholds (triton_models.build checks them before any work)."""
+    return options.number("score_threshold", 0.1, 0.0, 1.0), options.number("nms_iou_threshold", 0.5, 0.0, 1.0)
+
+
 def build(options: BuildOptions) -> list[Path]:
     checkpoint = Path(options.checkpoint)
     if not checkpoint.is_file():
         raise UserError(f"YOLOX_CHECKPOINT {checkpoint} must be a checkpoint file (best_ckpt.pth).")
-    score_threshold = options.number("score_threshold", 0.1, 0.0, 1.0)
-    iou_threshold = options.number("nms_iou_threshold", 0.5, 0.0, 1.0)
+    score_threshold, iou_threshold = read_options(options)
     cores = [convert(conversion_settings(options, name=name, io_json=io_json, script=Path(__file__),
                                          class_name="YOLOXOnPages", sequence_length=1),
                      load_model=lambda: load_model(checkpoint))
