@@ -13,7 +13,11 @@ error's (one fused cast, fp16 out, fast accumulation), all layers and with the F
 projections kept in fp16; torchao's float8 inference path, row-wise (in bf16) and per-tensor,
 where it imports. Each timed line names the four largest GEMM kernels.
 
+With `--fused-attention` every model runs DeBERTa's attention as one SDPA kernel (the disentangled
+terms its additive bias), to see what the shared, non-GEMM part costs.
+
     python3 benchmarks/fp8_probe.py [--batch 64] [--tokens 128] [--dense-tflops 989] [--variants fast,per-tensor]
+                                    [--fused-attention]
 """
 from __future__ import annotations
 
@@ -150,6 +154,32 @@ def quantise_static(model, batches, keep: str | None = None) -> int:
     return len(names)
 
 
+def fused_attention_forward(self, hidden_states, attention_mask, output_attentions=False, query_states=None,
+                            relative_pos=None, rel_embeddings=None):
+    """transformers' DeBERTa (v1) self-attention with the scores' softmax and the weighted sum of V in
+    one kernel: the disentangled terms (c2p + p2c, as transformers computes them) and the padding
+    mask become SDPA's additive bias, so the [B, H, L, L] scores and probabilities are never written.
+    The query is already divided by the scale, hence `scale=1`. Eval only (no dropout)."""
+    from transformers.models.deberta.modeling_deberta import scaled_size_sqrt
+    if query_states is not None or output_attentions or self.head_logits_proj is not None:
+        raise NotImplementedError("the fused attention covers DeBERTa-large's own path only")
+    query, key, value = self.transpose_for_scores(self.in_proj(hidden_states)).chunk(3, dim=-1)
+    query = query + self.transpose_for_scores(self.q_bias[None, None, :])
+    value = value + self.transpose_for_scores(self.v_bias[None, None, :])
+    scale_factor = 1 + len(self.pos_att_type)
+    query = query / scaled_size_sqrt(query, scale_factor).to(dtype=query.dtype)
+    bias = self.disentangled_att_bias(query, key, relative_pos, rel_embeddings, scale_factor)
+    bias = bias.masked_fill(~attention_mask.bool(), torch.finfo(query.dtype).min).to(query.dtype)
+    context = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=bias, scale=1.0)
+    context = context.permute(0, 2, 1, 3).contiguous()
+    return context.view(*context.shape[:-2], -1), None
+
+
+def use_fused_attention() -> None:
+    from transformers.models.deberta import modeling_deberta
+    modeling_deberta.DisentangledSelfAttention.forward = fused_attention_forward
+
+
 def quantise_torchao(model, granularity: str) -> int:
     """torchao's float8 inference path (dynamic activations), on the layers converters/fp8.py takes;
     row-wise asks for bf16 weights, so that model runs in bf16."""
@@ -169,6 +199,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--dense-tflops", type=float, default=989.0, help="the card's fp16 dense rate (H200: 989)")
+    parser.add_argument("--fused-attention", action="store_true", help="every model (fp32 reference too) with "
+                        "the scores' softmax and V in one SDPA kernel, the disentangled terms as its bias")
     parser.add_argument("--variants", default="", help="comma-separated words; only the timed variants whose "
                         "label holds one of them run, with fp16 always (default: every variant)")
     args = parser.parse_args()
@@ -178,6 +210,11 @@ def main() -> None:
     gen = torch.Generator(device="cuda").manual_seed(1)
     batches = [(torch.randint(0, 30000, (8, 64), device="cuda", generator=gen),
                 torch.ones(8, 64, dtype=torch.long, device="cuda")) for _ in range(9)]
+    if args.fused_attention:
+        unfused = logits(reference, batches)
+        use_fused_attention()
+        print(f"fused attention (SDPA, the disentangled terms as its bias): fp32 logits' max abs difference to "
+              f"transformers' attention {float((logits(reference, batches) - unfused).abs().max()):.3g}")
     want, fp16 = logits(reference, batches), logits(half, batches)
     fp16_error = float((fp16 - want).abs().max())
     bound = ERROR_FACTOR * max(fp16_error, 1e-3)
