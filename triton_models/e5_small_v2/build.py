@@ -21,10 +21,6 @@ from triton_models.e5_small_v2.model_script import E5Embedder
 
 OPTIONS: dict[str, str] = {}  # `--option` keys this builder reads: none
 
-
-def read_options(options: BuildOptions) -> None:
-    """E5 reads no `--option` (triton_models.build refuses any before this)."""
-
 HERE = Path(__file__).parent
 CORE, TEXT = get("e5_small_v2").triton_names
 MAX_LENGTH = get("e5_small_v2").max_length
@@ -58,6 +54,10 @@ def _check_folder(folder: Path) -> None:
     if hidden != EMBEDDING_DIM:
         raise UserError(f"E5 checkpoint {folder} has hidden_size {hidden} in config.json; e5_small_v2 serves "
                         f"{EMBEDDING_DIM}-wide embeddings, so point E5_CHECKPOINT at an e5-small-v2 folder.")
+
+
+def read_options(options: BuildOptions) -> None:
+    """E5 reads no `--option` (triton_models.build refuses any before this)."""
 
 
 def build(options: BuildOptions) -> list[Path]:
