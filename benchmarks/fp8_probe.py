@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.graph_timing import capture, seconds_per_replay  # noqa: E402
-from converters.fp8 import E4M3_MAX, ERROR_FACTOR, Fp8Linear, quantisable, quantise_linear_layers, top_changes  # noqa: E402
+from converters.fp8 import E4M3_MAX, ERROR_FACTOR, quantisable, quantise_linear_layers, top_changes  # noqa: E402
 from triton_models.caption_classification.model_script import DebertaLargeModel  # noqa: E402
 
 GROUPS = {"attention in_proj (q/k/v)": r"attention\.self\.in_proj", "attention out": r"attention\.output\.dense",
@@ -115,25 +115,11 @@ class Fp8StaticLinear(torch.nn.Module):
         return out.reshape(*x.shape[:-1], -1)
 
 
-class Fp8RowFastLinear(Fp8Linear):
-    """converters/fp8.py's layer with cuBLASLt's fast accumulation (no periodic promotion to fp32)."""
-
-    def forward(self, x):
-        rows = x.reshape(-1, self.in_features)
-        scale = rows.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / E4M3_MAX
-        quantised = (rows.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
-        out = torch._scaled_mm(quantised, self.weight_bytes.view(torch.float8_e4m3fn).t(), scale_a=scale,
-                               scale_b=self.weight_scale, out_dtype=torch.bfloat16, use_fast_accum=True).to(x.dtype)
-        out = out if self.bias is None else out + self.bias.to(x.dtype)
-        return out.reshape(*x.shape[:-1], self.out_features)
-
-
 def quantise_rowwise_fast(model) -> int:
+    """converters/fp8.py's layers with cuBLASLt's fast accumulation (no periodic promotion to fp32)."""
     names = quantise_linear_layers(model)
     for name in names:
-        parent, _, child = name.rpartition(".")
-        owner = model.get_submodule(parent) if parent else model
-        getattr(owner, child).__class__ = Fp8RowFastLinear
+        model.get_submodule(name).fast_accumulation = True
     return len(names)
 
 
@@ -244,7 +230,6 @@ def main() -> None:
                 "fp8 per-tensor, static input scales": lambda m: quantise_static(m, calibration),
                 "fp8 per-tensor, static input scales, FFN down in fp16": lambda m: quantise_static(
                     m, calibration, keep=GROUPS["FFN down"]),
-
                 "torchao fp8 row-wise": lambda m: quantise_torchao(m, "row"),
                 "torchao fp8 per-tensor": lambda m: quantise_torchao(m, "tensor")}
     wanted = [w.strip() for w in args.variants.split(",") if w.strip()]

@@ -37,6 +37,7 @@ KEPT_LAYERS = re.compile(r"(^|\.)(classifier|pooler|head|lm_head|score|qa_output
 
 class Fp8Linear(torch.nn.Module):
     """`nn.Linear` with e4m3 weights (one scale per output row) and per-row dynamic activations."""
+    fast_accumulation = False  # cuBLASLt's fast accumulation (benchmarks/fp8_probe.py measures it on)
 
     def __init__(self, linear: torch.nn.Linear):
         super().__init__()
@@ -61,7 +62,7 @@ class Fp8Linear(torch.nn.Module):
         weight = self.weight_bytes.view(torch.float8_e4m3fn)
         # row-wise scales take a bf16 product (cuBLASLt); the cast back fuses into the next op
         out = torch._scaled_mm(quantised, weight.t(), scale_a=scale, scale_b=self.weight_scale,
-                               out_dtype=torch.bfloat16).to(x.dtype)
+                               out_dtype=torch.bfloat16, use_fast_accum=self.fast_accumulation).to(x.dtype)
         if self.bias is not None:
             out = out + self.bias.to(x.dtype)
         return out.reshape(*x.shape[:-1], self.out_features)

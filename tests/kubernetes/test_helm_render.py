@@ -16,13 +16,8 @@ def test_chart_lints_and_renders_every_optional_part():
     tools_or_skip()
     lint = subprocess.run(["helm", "lint", str(CHART), "--strict"], capture_output=True, text=True)
     assert lint.returncode == 0, lint.stdout + lint.stderr
-    rendered = subprocess.run(["helm", "template", "t", str(CHART), "--set", "gpu.enabled=true",
-                               "--set", "autoscaling.enabled=true", "--set", "settings.MODELS=yolox",
-                               "--set", "settings.YOLOX_BATCH_SIZE=16"], capture_output=True, text=True)
-    assert rendered.returncode == 0, rendered.stderr
-    import yaml
-
-    objects = [o for o in yaml.safe_load_all(rendered.stdout) if o]
+    objects = render("--set", "gpu.enabled=true", "--set", "autoscaling.enabled=true", "--set", "settings.MODELS=yolox",
+                     "--set", "settings.YOLOX_BATCH_SIZE=16")
     kinds = sorted(o["kind"] for o in objects)
     assert kinds == ["Deployment", "HorizontalPodAutoscaler", "Job", "PersistentVolumeClaim", "Pod", "Service"]
     job = next(o for o in objects if o["kind"] == "Job")
