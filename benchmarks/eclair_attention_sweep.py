@@ -1,10 +1,11 @@
 """The decode-attention kernel's tilings on this GPU: for each batch, the cross-attention over the
 encoder tokens and the self-attention over a half-full cache, at every (keys per iteration, warps,
-pipeline stages, programs per SM) in the grid, as 10 layers replayed in one CUDA graph. Prints
-microseconds per call, bytes read per second and the fraction of the card's HBM bandwidth, then the
-best tiling beside the default (triton_models/eclair/decode_attention.py LAUNCH).
+pipeline stages, programs per SM, softmax state reduced per block or per key lane) in the grid, as 10
+layers replayed in one CUDA graph. Prints microseconds per call, bytes read per second and the
+fraction of the card's HBM bandwidth: the tiling `launch_for` picks, the best five, and the best of
+each reduction form.
 
-    python3 benchmarks/eclair_attention_sweep.py [--batches 1,16,64] [--hbm-tbps 4.8]
+    python3 benchmarks/eclair_attention_sweep.py [--batches 1,16,64] [--hbm-tbps 4.8] [--quick]
 """
 from __future__ import annotations
 
@@ -29,18 +30,24 @@ def replay_us(calls, count: int = 50) -> float:
     return seconds_per_replay(graph, count) / len(calls) * 1e6
 
 
-def sweep_arguments() -> tuple[list[int], float, int]:
-    """The sweeps' command line (--batches, --hbm-tbps) and this GPU's SM count."""
+def sweep_arguments(extra=None) -> tuple[argparse.Namespace, int]:
+    """The sweeps' command line (--batches, --hbm-tbps; `extra(parser)` adds more) and this GPU's SM count."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--batches", default="1,16,64")
     parser.add_argument("--hbm-tbps", type=float, default=4.8, help="the card's HBM bandwidth (H200: 4.8)")
+    if extra:
+        extra(parser)
     args = parser.parse_args()
-    return [int(x) for x in args.batches.split(",")], args.hbm_tbps, torch.cuda.get_device_properties(0).multi_processor_count
+    args.batches = [int(x) for x in args.batches.split(",")]
+    return args, torch.cuda.get_device_properties(0).multi_processor_count
 
 
 def main() -> None:
-    batches, hbm_tbps, sms = sweep_arguments()
-    grid = [da.Launch(*tiling) for tiling in itertools.product((32, 64, 128), (4, 8), (1, 2, 3), (2, 4, 8))]
+    args, sms = sweep_arguments(lambda parser: parser.add_argument(
+        "--quick", action="store_true", help="4 warps and 2 or 3 stages only (the full grid adds 8 warps and 1 stage)"))
+    batches, hbm_tbps = args.batches, args.hbm_tbps
+    warps, stages = ((4,), (2, 3)) if args.quick else ((4, 8), (1, 2, 3))
+    grid = [da.Launch(*tiling) for tiling in itertools.product((32, 64, 128), warps, stages, (2, 4, 8), (False, True))]
     print(f"{torch.cuda.get_device_name(0)}, {sms} SMs; q [B, {HEADS}, {DIM}] fp16; cross K/V [B, {HEADS}, "
           f"{ENCODER_TOKENS}, {DIM}]; self K/V [B, {HEADS}, {CACHE}, {DIM}] at position {CACHE // 2}; "
           f"{LAYERS} layers per graph")
@@ -63,16 +70,21 @@ def main() -> None:
                 except Exception as error:  # noqa: BLE001 - a tiling that does not compile is reported, not fatal
                     print(f"batch {b} {form}: {launch} failed: {type(error).__name__}")
             results.sort(key=lambda r: r[0])
-            default = next(r for r in results if r[1] == da.LAUNCH)
+            picked = da.launch_for(b * HEADS, form == "self")
+            default = next((r for r in results if r[1] == picked), None) or (replay_us(
+                [lambda i=i: da.decode_attention(q, k[i], v[i], 0.125, picked.per_sm * sms, *extra, counters=counters,
+                                                 launch=picked) for i in range(LAYERS)]), picked)
 
             def line(r, label):
                 fraction = read / (r[0] * 1e-6) / (hbm_tbps * 1e12)
                 return (f"batch {b} {form} {label}: {r[0]:.1f} us/call, {read / 2**20:.1f} MiB read, "
                         f"{fraction:.2f} of HBM; block {r[1].block}, {r[1].warps} warps, {r[1].stages} stages, "
-                        f"{r[1].per_sm} programs/SM")
-            print(line(default, "default"))
+                        f"{r[1].per_sm} programs/SM, {'lane' if r[1].lanes else 'block'} reductions")
+            print(line(default, "picked"))
             for rank, r in enumerate(results[:5]):
                 print(line(r, f"best #{rank + 1}"))
+            for lanes in (False, True):
+                print(line(next(r for r in results if r[1].lanes == lanes), f"best of {'lane' if lanes else 'block'} reductions"))
             del k, v
 
 

@@ -23,6 +23,7 @@ on the page), then prints
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -31,6 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from triton_models.eclair import decode_attention  # noqa: E402
 from triton_models.eclair.graph_decoder import SlotDecoder, attention_kernels, bucket_sizes  # noqa: E402
 from triton_models.eclair.runtime import TokenIds, steps_ahead  # noqa: E402
 
@@ -174,15 +176,24 @@ def main() -> None:
     parser.add_argument("--hbm", type=float, default=4.8e12, help="HBM bandwidth, B/s (H200: 4.8e12)")
     parser.add_argument("--layers", type=int, default=10)
     parser.add_argument("--vocab", type=int, default=50000)
-    parser.add_argument("--pages", type=int, default=4, help="pages for the fp16 agreement check")
+    parser.add_argument("--pages", type=int, default=4, help="pages for the fp16 agreement check (0: none)")
     parser.add_argument("--encoder-graph-batch", type=int, default=4, help="largest encoder bucket (served: 4); 0: eager only")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fp32", action="store_true", help="the agreement check in fp32 too")
     parser.add_argument("--gain", type=float, default=2.0,
                         help="decoder matrices ~ N(0, gain^2/fan_in); at 4 the model is chaotic in fp16")
+    parser.add_argument("--lane-reductions", choices=("picked", "on", "off"), default="picked",
+                        help="the attention kernels' softmax state per key lane (decode_attention.Launch.lanes): "
+                             "as launch_for picks, or forced on or off at every tiling")
     args = parser.parse_args()
     import transformers
+
+    if args.lane_reductions != "picked":
+        picked, lanes = decode_attention.launch_for, args.lane_reductions == "on"
+        decode_attention.launch_for = lambda rows, self_attention: dataclasses.replace(
+            picked(rows, self_attention), lanes=lanes)
+        print(f"decode attention: lane reductions forced {args.lane_reductions}")
 
     batches, device = [int(b) for b in args.batches.split(",")], args.device
     gpu = torch.cuda.get_device_name(device) if device.startswith("cuda") else device
@@ -224,6 +235,8 @@ def main() -> None:
         print(f"{batch:>5} {tokens / hf:>10.0f} {tokens / slot:>11.0f} {hf / slot:>7.1f}x {hf / steps * 1e3:>10.2f} "
               f"{admit * 1e3:>8.2f} {decode / steps * 1e3:>12.3f} {floor * 1e3:>13.3f} {floor / (decode / steps):>8.1%}")
 
+    if args.pages < 1:  # the speeds only
+        return
     agreement(model, decoder, pixels[:args.pages], args.new_tokens, device, f"fp16 (encoder {decoder.encoder_mode})")
     if args.fp32:
         del decoder

@@ -26,7 +26,8 @@ LAYERS, HEADS, DIM, WIDTH, TOKENS = 10, 16, 64, 1024, 1280  # ECLAIR's decoder a
 
 
 def main() -> None:
-    batches, hbm_tbps, sms = sweep_arguments()
+    args, sms = sweep_arguments()
+    batches, hbm_tbps = args.batches, args.hbm_tbps
     grid = [sa.StatesLaunch(*t) for t in itertools.product((16, 32, 64), (4, 8), (1, 2, 3), (1, 2, 4))]
     gen = torch.Generator(device="cuda").manual_seed(0)
     wk, wv = (torch.randn(LAYERS, HEADS, DIM, WIDTH, device="cuda", generator=gen).half() / WIDTH ** 0.5
