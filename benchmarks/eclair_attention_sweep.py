@@ -1,11 +1,11 @@
 """The decode-attention kernel's tilings on this GPU: for each batch, the cross-attention over the
 encoder tokens and the self-attention over a half-full cache, at every (keys per iteration, warps,
-pipeline stages, programs per SM, softmax state reduced per block or per key lane) in the grid, as 10
-layers replayed in one CUDA graph. Prints microseconds per call, bytes read per second and the
-fraction of the card's HBM bandwidth: the tiling `launch_for` picks, the best five, and the best of
-each reduction form.
+pipeline stages, programs per SM) in the grid, as 10 layers replayed in one CUDA graph. Prints
+microseconds per call, bytes read per second and the fraction of the card's HBM bandwidth: the
+tiling `launch_for` picks, then the best five.
 
-    python3 benchmarks/eclair_attention_sweep.py [--batches 1,16,64] [--hbm-tbps 4.8] [--quick]
+    python3 benchmarks/eclair_attention_sweep.py [--batches 1,16,64] [--hbm-tbps 4.8]
+        [--blocks 32,64,128] [--warps 1,2,4,8] [--stages 1,2,3] [--per-sm 2,4,8]
 """
 from __future__ import annotations
 
@@ -43,11 +43,13 @@ def sweep_arguments(extra=None) -> tuple[argparse.Namespace, int]:
 
 
 def main() -> None:
-    args, sms = sweep_arguments(lambda parser: parser.add_argument(
-        "--quick", action="store_true", help="4 warps and 2 or 3 stages only (the full grid adds 8 warps and 1 stage)"))
+    def grid_arguments(parser):
+        for name, default in (("blocks", "32,64,128"), ("warps", "1,2,4,8"), ("stages", "1,2,3"), ("per-sm", "2,4,8")):
+            parser.add_argument(f"--{name}", default=default, help=f"the grid's {name} (default {default})")
+    args, sms = sweep_arguments(grid_arguments)
     batches, hbm_tbps = args.batches, args.hbm_tbps
-    warps, stages = ((4,), (2, 3)) if args.quick else ((4, 8), (1, 2, 3))
-    grid = [da.Launch(*tiling) for tiling in itertools.product((32, 64, 128), warps, stages, (2, 4, 8), (False, True))]
+    axes = [[int(x) for x in value.split(",")] for value in (args.blocks, args.warps, args.stages, args.per_sm)]
+    grid = [da.Launch(*tiling) for tiling in itertools.product(*axes)]
     print(f"{torch.cuda.get_device_name(0)}, {sms} SMs; q [B, {HEADS}, {DIM}] fp16; cross K/V [B, {HEADS}, "
           f"{ENCODER_TOKENS}, {DIM}]; self K/V [B, {HEADS}, {CACHE}, {DIM}] at position {CACHE // 2}; "
           f"{LAYERS} layers per graph")
@@ -79,12 +81,10 @@ def main() -> None:
                 fraction = read / (r[0] * 1e-6) / (hbm_tbps * 1e12)
                 return (f"batch {b} {form} {label}: {r[0]:.1f} us/call, {read / 2**20:.1f} MiB read, "
                         f"{fraction:.2f} of HBM; block {r[1].block}, {r[1].warps} warps, {r[1].stages} stages, "
-                        f"{r[1].per_sm} programs/SM, {'lane' if r[1].lanes else 'block'} reductions")
+                        f"{r[1].per_sm} programs/SM")
             print(line(default, "picked"))
             for rank, r in enumerate(results[:5]):
                 print(line(r, f"best #{rank + 1}"))
-            for lanes in (False, True):
-                print(line(next(r for r in results if r[1].lanes == lanes), f"best of {'lane' if lanes else 'block'} reductions"))
             del k, v
 
 

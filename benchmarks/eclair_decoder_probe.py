@@ -23,7 +23,6 @@ on the page), then prints
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from triton_models.eclair import decode_attention  # noqa: E402
 from triton_models.eclair.graph_decoder import SlotDecoder, attention_kernels, bucket_sizes  # noqa: E402
 from triton_models.eclair.runtime import TokenIds, steps_ahead  # noqa: E402
 
@@ -183,17 +181,8 @@ def main() -> None:
     parser.add_argument("--fp32", action="store_true", help="the agreement check in fp32 too")
     parser.add_argument("--gain", type=float, default=2.0,
                         help="decoder matrices ~ N(0, gain^2/fan_in); at 4 the model is chaotic in fp16")
-    parser.add_argument("--lane-reductions", choices=("picked", "on", "off"), default="picked",
-                        help="the attention kernels' softmax state per key lane (decode_attention.Launch.lanes): "
-                             "as launch_for picks, or forced on or off at every tiling")
     args = parser.parse_args()
     import transformers
-
-    if args.lane_reductions != "picked":
-        picked, lanes = decode_attention.launch_for, args.lane_reductions == "on"
-        decode_attention.launch_for = lambda rows, self_attention: dataclasses.replace(
-            picked(rows, self_attention), lanes=lanes)
-        print(f"decode attention: lane reductions forced {args.lane_reductions}")
 
     batches, device = [int(b) for b in args.batches.split(",")], args.device
     gpu = torch.cuda.get_device_name(device) if device.startswith("cuda") else device

@@ -2,7 +2,6 @@
 interpreter on the CPU, against PyTorch's attention. Run by tests/unit/test_eclair_decode_attention.py
 in a process started with TRITON_INTERPRET=1 (the interpreter is chosen when Triton is first
 imported); not collected on its own (no test_ prefix)."""
-import dataclasses
 import math
 import os
 
@@ -16,13 +15,9 @@ if os.environ.get("TRITON_INTERPRET") != "1":
     raise RuntimeError("run these cases with TRITON_INTERPRET=1, as tests/unit/test_eclair_decode_attention.py does")
 
 
-@pytest.fixture(params=[False, True], ids=["block-reductions", "lane-reductions"])
-def interpreted(request):
-    """decode_attention with the softmax state reduced each block, or kept per key lane (Launch.lanes)."""
-    def attend(*args, launch=None, **kwargs):
-        launch = dataclasses.replace(launch or da.LAUNCH, lanes=request.param)
-        return da.decode_attention(*args, launch=launch, **kwargs)
-    return attend
+@pytest.fixture()
+def interpreted():
+    return da.decode_attention
 
 
 def reference(q, k, v, scale, lengths=None):

@@ -36,24 +36,21 @@ class Launch:
     warps: int = 4
     stages: int = 3
     per_sm: int = 4
-    lanes: bool = False  # keep the running max, sum and weighted V per key lane; reduce once after the loop
 
 
 LAUNCH = Launch()
 
 
 def launch_for(rows: int, self_attention: bool) -> Launch:
-    """The tiling measured fastest on an H200 (benchmarks/eclair_attention_sweep.py, 16 heads of 64):
-    the self-attention over a half-full cache in 8 programs per SM; the cross-attention over 1,280
-    keys in 128-key blocks at 2 programs per SM up to 512 rows, and beyond in 32-key blocks with the
-    softmax state kept per lane (0.82 of HBM at 64 pages, against 0.77 reducing each block; lane
-    reductions were slower at 1 and 16 pages and in the self-attention). Measured at 16, 256 and
-    1,024 rows (1, 16 and 64 pages); the cut between the last two is not measured."""
+    """The tiling measured fastest on an H200 (benchmarks/eclair_attention_sweep.py, 16 heads of 64,
+    at 16, 256, 512 and 1,024 rows: 1, 16, 32 and 64 pages). Two warps a program read faster than
+    four once the card is full: the cross-attention over 1,280 keys at 0.85 of HBM bandwidth at 64
+    pages (0.77 with four), the self-attention over a half-full cache at 0.62 (0.46)."""
     if self_attention:
-        return Launch(block=64, warps=4, stages=2, per_sm=8)
-    if rows <= 512:
-        return Launch(block=128, warps=4, stages=2, per_sm=2)
-    return Launch(block=32, warps=4, stages=2, per_sm=2, lanes=True)
+        if rows <= 256:
+            return Launch(block=64, warps=4, stages=2, per_sm=8)
+        return Launch(block=64 if rows <= 512 else 32, warps=2, stages=3, per_sm=2)
+    return Launch(block=64, warps=2, stages=3, per_sm=8 if rows <= 256 else 4)
 
 
 def available(device: torch.device) -> bool:
@@ -84,7 +81,7 @@ def _kernels():
                heads, keys, scale, chunk, len_add,
                sq_b, sq_h, sk_b, sk_h, sk_t, sv_b, sv_h, sv_t, sn_b, sn_h, snv_b, snv_h,
                D: tl.constexpr, BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, HAS_LEN: tl.constexpr,
-               HAS_NEW: tl.constexpr, HAS_SKIP: tl.constexpr, LANES: tl.constexpr):
+               HAS_NEW: tl.constexpr, HAS_SKIP: tl.constexpr):
         row, split = tl.program_id(0), tl.program_id(1)
         splits = tl.num_programs(1)
         b, h = row // heads, row % heads
@@ -109,9 +106,6 @@ def _kernels():
             tl.store(v_row + last * sv_t + d, new_v, mask=mine)
         m_run, l_run = float("-inf"), 0.0
         acc = tl.zeros([D], dtype=tl.float32)
-        m_lane = tl.full([BLOCK_N], float("-inf"), tl.float32)
-        l_lane = tl.zeros([BLOCK_N], dtype=tl.float32)
-        acc_lane = tl.zeros([BLOCK_N, D], dtype=tl.float32)
         for n0 in range(start, end, BLOCK_N):
             n = n0 + tl.arange(0, BLOCK_N)
             valid = n < end
@@ -124,26 +118,12 @@ def _kernels():
                 k = tl.where((n == last)[:, None], new_k[None, :], k)
                 v = tl.where((n == last)[:, None], new_v[None, :], v)
             score = tl.where(valid, tl.sum(k.to(tl.float32) * q[None, :], 1), float("-inf"))
-            if LANES:  # no reduction across the keys (across warps) inside the loop: one per lane, after it
-                m_new = tl.maximum(m_lane, score)
-                m_safe = tl.where(m_new > float("-inf"), m_new, 0.0)  # a lane with no key yet: weights 0, not NaN
-                p = tl.exp(score - m_safe)
-                alpha = tl.exp(m_lane - m_safe)
-                l_lane = l_lane * alpha + p
-                acc_lane = acc_lane * alpha[:, None] + p[:, None] * v.to(tl.float32)
-                m_lane = m_new
-            else:
-                m_new = tl.maximum(m_run, tl.max(score, 0))
-                p = tl.exp(score - m_new)
-                alpha = tl.exp(m_run - m_new)
-                l_run = l_run * alpha + tl.sum(p, 0)
-                acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), 0)
-                m_run = m_new
-        if LANES:  # the lanes combined as the ranges are below: weights exp(lane max - range max)
-            m_run = tl.max(m_lane, 0)
-            lane_weight = tl.exp(m_lane - tl.where(m_run > float("-inf"), m_run, 0.0))
-            l_run = tl.sum(l_lane * lane_weight, 0)
-            acc = tl.sum(acc_lane * lane_weight[:, None], 0)
+            m_new = tl.maximum(m_run, tl.max(score, 0))
+            p = tl.exp(score - m_new)
+            alpha = tl.exp(m_run - m_new)
+            l_run = l_run * alpha + tl.sum(p, 0)
+            acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), 0)
+            m_run = m_new
         if SPLITS == 1:
             tl.store(out_ptr + row * D + d, (acc / tl.where(l_run > 0, l_run, 1.0)).to(out_ptr.dtype.element_ty))
         else:  # publish this range; the row's last range to finish combines them (no second launch)
@@ -242,7 +222,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         nk.stride(0), nk.stride(1), nv.stride(0), nv.stride(1),
         D=dim, BLOCK_N=launch.block, SPLITS=splits, HAS_LEN=lengths is not None, HAS_NEW=has_new,
-        HAS_SKIP=skip is not None, LANES=launch.lanes,
+        HAS_SKIP=skip is not None,
         num_warps=launch.warps, num_stages=launch.stages)
     return out
 
@@ -254,7 +234,7 @@ def problem(device: torch.device, dtype: torch.dtype, heads: int, head_dim: int,
     page too), and the fused residual + layer norm. Checked once at load, so a GPU or a Triton they do not work on
     falls back to PyTorch's attention instead of failing the model."""
     attend, add_norm = attend or decode_attention, add_norm or add_layer_norm
-    tilings = {(launch_for(rows, form), form) for rows in (1, 1 << 20) for form in (False, True)}
+    tilings = {(launch_for(rows, form), form) for rows in (1, 512, 1 << 20) for form in (False, True)}
     try:
         gen = torch.Generator(device=device).manual_seed(0)
         q, k, v = (torch.randn(shape, device=device, generator=gen).to(dtype)
