@@ -17,7 +17,10 @@ With `--fused-attention` every model runs DeBERTa's attention as one SDPA kernel
 terms its additive bias), to see what the shared, non-GEMM part costs.
 
     python3 benchmarks/fp8_probe.py [--batch 64] [--tokens 128] [--dense-tflops 989] [--variants fast,per-tensor]
-                                    [--fused-attention]
+                                    [--fused-attention] [--gate-choice]
+
+With `--gate-choice` it first runs the build's fp8 gate as a PRECISION=fp8 build would (the layers
+it publishes in FP8, the kinds it keeps in fp16) and times that choice too.
 """
 from __future__ import annotations
 
@@ -32,7 +35,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.graph_timing import capture, seconds_per_replay  # noqa: E402
-from converters.fp8 import E4M3_MAX, ERROR_FACTOR, quantisable, quantise_linear_layers, top_changes  # noqa: E402
+from converters.fp8 import (E4M3_MAX, ERROR_FACTOR, choose_for_model, gate_batches, quantisable,  # noqa: E402
+                            quantise_linear_layers, top_changes)
 from triton_models.caption_classification.model_script import DebertaLargeModel  # noqa: E402
 
 GROUPS = {"attention in_proj (q/k/v)": r"attention\.self\.in_proj", "attention out": r"attention\.output\.dense",
@@ -180,6 +184,20 @@ def quantise_torchao(model, granularity: str) -> int:
     return len(chosen)
 
 
+def gate_choice(reference) -> list[str]:
+    """What PRECISION=fp8 would publish: the build gate's layer choice on the gate's own inputs (the
+    golden batch and 64 random rows of the caption core's IO at 128 tokens), printed with its report."""
+    from converters.batching import BatchPlan
+    from converters.io_config import parse_io_config
+    from triton_models.registry import get
+
+    entry = get("caption_classification")
+    io, plan = parse_io_config(entry.core_io_json), BatchPlan.create(64, (None, entry.max_length), None)
+    choice = choose_for_model(reference, gate_batches(io, plan), ("input_ids", "input_mask"), io.output_names, "cuda")
+    print(f"the build gate's choice: {len(choice.layers)} layers in FP8\n{choice.report()}")
+    return choice.layers
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--batch", type=int, default=64)
@@ -189,6 +207,8 @@ def main() -> None:
                         "the scores' softmax and V in one SDPA kernel, the disentangled terms as its bias")
     parser.add_argument("--variants", default="", help="comma-separated words; only the timed variants whose "
                         "label holds one of them run, with fp16 always (default: every variant)")
+    parser.add_argument("--gate-choice", action="store_true", help="run the build's fp8 gate on its own inputs "
+                        "(converters/fp8.py choose_for_model) and time the layers it would publish in FP8")
     args = parser.parse_args()
     torch.manual_seed(0)
     reference = DebertaLargeModel().cuda().eval()
@@ -223,7 +243,10 @@ def main() -> None:
     limit = args.dense_tflops * 1e12 / flops * args.batch  # items/s
     calibration = [(torch.randint(0, 30000, (8, 64), device="cuda", generator=gen),  # not the error batches
                     torch.ones(8, 64, dtype=torch.long, device="cuda")) for _ in range(4)]
+    chosen = gate_choice(reference) if args.gate_choice else None
     variants = {"fp16": lambda m: 0, "fp8 row-wise, converters/fp8.py": quantise_linear_layers,
+                **({"fp8 row-wise, the build gate's choice": lambda m: quantise_linear_layers(
+                    m, names=set(chosen))} if chosen else {}),
                 **({"fp8 row-wise, the layers within the gate": lambda m: quantise_linear_layers(
                     m, re.compile("|".join(within)))} if within else {}),
                 "fp8 row-wise, fast accumulation": quantise_rowwise_fast,

@@ -32,8 +32,11 @@ def main(out: Path, build: Path) -> None:
                   f"{cell(a, 'served_over_fp16_limit', '.2f')} | {cell(b, 'served_over_fp16_limit', '.2f')} |")
     print("\nfp8 accuracy against fp32, as each build's gate measured it (manifest `accuracy`):")
     for manifest in sorted(build.glob("fp8/model_repository/*/manifest.json")):
-        for row in json.loads(manifest.read_text()).get("accuracy", {}).get("fp8", []):
+        accuracy = json.loads(manifest.read_text()).get("accuracy") or {}
+        for row in accuracy.get("fp8", []):
             print(f"- {manifest.parent.name}: " + json.dumps(row))
+        for group, why in (accuracy.get("kept_in_fp16") or {}).items():
+            print(f"- {manifest.parent.name}: kept in fp16: {group} ({why})")
     refused = out / "refused.txt"
     if refused.is_file():
         print("\nrefused:\n" + refused.read_text())

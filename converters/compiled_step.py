@@ -52,20 +52,21 @@ def sequence_buckets(io: IOConfig, inputs: tuple[str, ...], pad_sequence: bool) 
 
 
 def export_program(model: torch.nn.Module, io: IOConfig, plan: BatchPlan, inputs: tuple[str, ...],
-                   sample: dict[str, np.ndarray], device: str, half: bool, path: Path, fp8: bool = False) -> Path:
+                   sample: dict[str, np.ndarray], device: str, half: bool, path: Path,
+                   fp8_layers: list[str] | None = None) -> Path:
     """`torch.export` to `path` with the batch axis and the variable axes dynamic (one shared
-    sequence size), taking the served inputs in the config's order; `fp8`: its linear layers
-    quantised (converters/fp8.py) after the cast to fp16."""
+    sequence size), taking the served inputs in the config's order; `fp8_layers`: these linear
+    layers quantised (converters/fp8.py) after the cast to fp16."""
     device = "cuda:0" if device == "cuda" else device  # a concrete device: the runner moves it to its own GPU
     model = copy.deepcopy(model).to(device).eval()
     args = tuple(torch.from_numpy(sample[name]).to(device) for name in inputs)
     if half:
         model = model.half()
         args = tuple(a.half() if a.is_floating_point() else a for a in args)
-    if fp8:
+    if fp8_layers:
         from converters.fp8 import quantise_linear_layers
 
-        quantise_linear_layers(model)
+        quantise_linear_layers(model, names=set(fp8_layers))
     batch = torch.export.Dim("batch", min=1, max=plan.max_batch_size)
     dynamic = []
     for name in inputs:

@@ -25,6 +25,9 @@ class ExportResult:
     seconds: float
 
 
+GOLDEN_BATCH = 2  # rows of the golden sample (seed 1) a build checks its published model with
+
+
 def make_sample(io: IOConfig, plan: BatchPlan, batch: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:
     """Deterministic random inputs at the opt shape (or at `batch`)."""
     rng = np.random.default_rng(seed)
@@ -58,10 +61,11 @@ def run_torch(model: torch.nn.Module, io: IOConfig, feeds: dict[str, np.ndarray]
 
 
 def run_as_served(model: torch.nn.Module, io: IOConfig, feeds: dict[str, np.ndarray], device: str,
-                  precision: str) -> dict[str, np.ndarray]:
+                  precision: str, fp8_layers: list[str] | None = None) -> dict[str, np.ndarray]:
     """Run the model as the python_torch runner serves it: fp16 on CUDA (float inputs cast) when the
-    precision is fp16 and a GPU is there, else fp32. Golden answers with a discrete part (a chosen
-    caption, a set of boxes) come from here: in fp16 a near-tie can flip, not just move a value."""
+    precision is fp16 and a GPU is there (fp8: `fp8_layers` in FP8, as the build's gate chose; None:
+    every quantisable layer), else fp32. Golden answers with a discrete part (a chosen caption, a set
+    of boxes) come from here: in fp16 a near-tie can flip, not just move a value."""
     target = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
     model = model.to(target)
     if target == "cuda" and precision in ("fp16", "fp8"):
@@ -69,7 +73,7 @@ def run_as_served(model: torch.nn.Module, io: IOConfig, feeds: dict[str, np.ndar
         if precision == "fp8":
             from converters.fp8 import quantise_linear_layers
 
-            quantise_linear_layers(model)
+            quantise_linear_layers(model, names=None if fp8_layers is None else set(fp8_layers))
         feeds = {k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in feeds.items()}
     return run_torch(model, io, feeds, target)
 

@@ -10,7 +10,10 @@ FLOPs, most of the answer) and layers whose sizes FP8 GEMMs cannot take (multipl
 Ada and Hopper (compute capability 8.9 and newer) have FP8 tensor cores; elsewhere FP8 is refused.
 
 The accuracy gate runs the fp32 model, the fp16 model and the fp8 model on the same inputs
-(the golden batch and 64 random rows) and refuses to publish when a bound fails:
+(the golden batch and 64 random rows). When every quantisable layer in FP8 breaks a bound, the
+build keeps in fp16 the kinds of layer (`layer_groups`: q/k/v, attention output, FFN up, ...) that
+break it, and publishes the rest in FP8 where that holds (`choose_fp8_layers`); when no kind holds
+alone, it refuses to publish. The bounds:
 - vector outputs (embeddings): cosine to fp32 at least `MIN_COSINE` for every row;
 - scalar outputs (logits): max abs error at most `ERROR_FACTOR` x the fp16 path's own, and the
   row with the top score in each batch the same as fp32's wherever fp32's margin is clear of
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -73,16 +77,27 @@ def quantisable(name: str, module: torch.nn.Module) -> bool:
             and module.in_features % 16 == 0 and module.out_features % 16 == 0)
 
 
-def quantise_linear_layers(model: torch.nn.Module, only: re.Pattern | None = None) -> list[str]:
-    """Replace the quantisable `nn.Linear` layers (those whose names `only` matches, where given) in
-    place; returns their names."""
-    names = [name for name, module in model.named_modules()
-             if quantisable(name, module) and (only is None or only.search(name))]
+def quantise_linear_layers(model: torch.nn.Module, only: re.Pattern | None = None,
+                           names: Collection[str] | None = None) -> list[str]:
+    """Replace the quantisable `nn.Linear` layers (those whose names `only` matches, or that `names`
+    lists, where given) in place; returns their names."""
+    names = [name for name, module in model.named_modules() if quantisable(name, module)
+             and (only is None or only.search(name)) and (names is None or name in names)]
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, Fp8Linear(getattr(parent, child)))
     return names
+
+
+def layer_groups(model: torch.nn.Module) -> dict[str, list[str]]:
+    """The quantisable layers by kind: their names with the block index replaced by `*`
+    ("encoder.layer.3.intermediate.dense" -> "encoder.layer.*.intermediate.dense"), in model order."""
+    groups: dict[str, list[str]] = {}
+    for name, module in model.named_modules():
+        if quantisable(name, module):
+            groups.setdefault(re.sub(r"(?<![^.])\d+(?![^.])", "*", name), []).append(name)
+    return groups
 
 
 def check_fp8_device(device: str) -> None:
@@ -169,35 +184,116 @@ def top_changes(reference: list[np.ndarray], other: list[np.ndarray], fp16_error
     return changed
 
 
+class AccuracyCheck:
+    """fp32 and fp16 (a half copy of `model`) run once on `batches`; `measure(quantised)` compares an
+    fp8 model (already in fp16) against them, output by output."""
+
+    def __init__(self, model: torch.nn.Module, batches: list[dict[str, np.ndarray]], inputs: tuple[str, ...],
+                 output_names: tuple[str, ...], device: str):
+        half = copy.deepcopy(model).to(device).half().eval()
+        reference_model = model.to(device).float().eval()
+        self.batches, self.inputs, self.output_names, self.device = batches, inputs, output_names, device
+        self.fp32 = [_run(reference_model, feeds, inputs, device, torch.float32) for feeds in batches]
+        self.fp16 = [_run(half, feeds, inputs, device, torch.float16) for feeds in batches]
+
+    def measure(self, quantised: torch.nn.Module) -> list[Fp8Accuracy]:
+        fp8_runs = [_run(quantised, feeds, self.inputs, self.device, torch.float16) for feeds in self.batches]
+        layers = sum(isinstance(m, Fp8Linear) for m in quantised.modules())
+        results = []
+        for index, name in enumerate(self.output_names):
+            per_batch = {path: [batch[index] for batch in outputs]
+                         for path, outputs in (("fp32", self.fp32), ("fp16", self.fp16), ("fp8", fp8_runs))}
+            ref, fp16, fp8 = (np.concatenate(per_batch[path]) for path in ("fp32", "fp16", "fp8"))
+            error16, error8 = float(np.abs(fp16 - ref).max()), float(np.abs(fp8 - ref).max())
+            if ref.shape[1] >= VECTOR_MIN_WIDTH:
+                results.append(Fp8Accuracy(len(ref), layers, name, "vector", error16, error8, MIN_COSINE,
+                                           float(_cosines(fp8, ref).min()), float(_cosines(fp16, ref).min()), 0))
+                continue
+            changed = top_changes([r[:, 0] for r in per_batch["fp32"]], [q[:, 0] for q in per_batch["fp8"]], error16)
+            results.append(Fp8Accuracy(len(ref), layers, name, "score", error16, error8,
+                                       ERROR_FACTOR * max(error16, 1e-3), None, None, changed))
+        return results
+
+
 def measure_accuracy(model: torch.nn.Module, quantised: torch.nn.Module, batches: list[dict[str, np.ndarray]],
                      inputs: tuple[str, ...], output_names: tuple[str, ...], device: str) -> list[Fp8Accuracy]:
     """fp32 (`model`), fp16 (a half copy) and fp8 (`quantised`, already in fp16) on the same batches."""
+    return AccuracyCheck(model, batches, inputs, output_names, device).measure(quantised)
+
+
+@dataclass(frozen=True)
+class Fp8Choice:
+    """The layers published in FP8, what the gate measured on them, and the kinds of layer kept in
+    fp16 with what each measured alone in FP8 (or, where none held, why nothing is published)."""
+    layers: list[str]
+    accuracy: list[Fp8Accuracy]
+    kept: dict[str, str]
+
+    def report(self) -> str:
+        kept = "".join(f"\n  kept in fp16: {group} (alone in fp8: {why})" for group, why in self.kept.items())
+        return "\n".join(a.report() for a in self.accuracy) + kept
+
+    def as_manifest(self) -> dict:
+        return {"fp8": [a.as_manifest() for a in self.accuracy], "fp8_layers": self.layers, "kept_in_fp16": self.kept}
+
+
+def choose_fp8_layers(groups: dict[str, list[str]],
+                      measure: Callable[[list[str]], list[Fp8Accuracy]]) -> Fp8Choice:
+    """Every group in FP8 where the bounds hold; else the groups that hold alone, added from the
+    smallest error up while the bounds still hold together (a greedy search: `measure(layer names)`
+    runs the gate's inputs with those layers in FP8). With no group holding alone, `layers` is empty
+    and `accuracy` is every layer's."""
+    every = [name for names in groups.values() for name in names]
+    accuracy = measure(every)
+    if all(a.ok for a in accuracy) or len(groups) < 2:
+        return Fp8Choice(every if all(a.ok for a in accuracy) else [], accuracy, {})
+    alone = {group: measure(names) for group, names in groups.items()}
+    kept = {group: "; ".join(a.report() for a in measured if not a.ok)
+            for group, measured in alone.items() if not all(a.ok for a in measured)}
+    holding = sorted((g for g in groups if g not in kept),
+                     key=lambda g: max(a.fp8_max_abs_error / max(a.bound, 1e-12) if a.kind == "score"
+                                       else 1 - (a.fp8_min_cosine or 0.0) for a in alone[g]))
+    if not holding:
+        return Fp8Choice([], accuracy, kept)
+    chosen, accuracy = [holding[0]], alone[holding[0]]
+    for group in holding[1:]:
+        together = measure([name for g in chosen + [group] for name in groups[g]])
+        if all(a.ok for a in together):
+            chosen, accuracy = chosen + [group], together
+        else:
+            kept[group] = "holds alone, not with " + ", ".join(chosen)
+    return Fp8Choice([name for g in groups if g in chosen for name in groups[g]], accuracy, kept)
+
+
+def gate_batches(io, plan) -> list[dict[str, np.ndarray]]:
+    """The gate's inputs: the golden sample and 64 random rows in batches of up to 8."""
+    from converters.export import GOLDEN_BATCH, make_sample
+
+    rows = min(8, plan.max_batch_size)
+    golden = make_sample(io, plan, batch=min(GOLDEN_BATCH, plan.max_batch_size), seed=1)
+    return [golden] + [make_sample(io, plan, batch=rows, seed=100 + i) for i in range(-(-64 // rows))]
+
+
+def choose_for_model(model: torch.nn.Module, batches: list[dict[str, np.ndarray]], inputs: tuple[str, ...],
+                     output_names: tuple[str, ...], device: str) -> Fp8Choice:
+    """`choose_fp8_layers` for `model` (fp32) on the gate's batches: each candidate set of layers
+    quantised in a fresh fp16 copy, against fp32 and fp16 run once."""
+    check = AccuracyCheck(model, batches, inputs, output_names, device)
     half = copy.deepcopy(model).to(device).half().eval()
-    reference_model = model.to(device).float().eval()
-    runs = {"fp32": [], "fp16": [], "fp8": []}
-    for feeds in batches:
-        runs["fp32"].append(_run(reference_model, feeds, inputs, device, torch.float32))
-        runs["fp16"].append(_run(half, feeds, inputs, device, torch.float16))
-        runs["fp8"].append(_run(quantised, feeds, inputs, device, torch.float16))
-    layers = sum(isinstance(m, Fp8Linear) for m in quantised.modules())
-    results = []
-    for index, name in enumerate(output_names):
-        per_batch = {path: [batch[index] for batch in outputs] for path, outputs in runs.items()}
-        ref, fp16, fp8 = (np.concatenate(per_batch[path]) for path in ("fp32", "fp16", "fp8"))
-        error16, error8 = float(np.abs(fp16 - ref).max()), float(np.abs(fp8 - ref).max())
-        if ref.shape[1] >= VECTOR_MIN_WIDTH:
-            results.append(Fp8Accuracy(len(ref), layers, name, "vector", error16, error8, MIN_COSINE,
-                                       float(_cosines(fp8, ref).min()), float(_cosines(fp16, ref).min()), 0))
-            continue
-        changed = top_changes([r[:, 0] for r in per_batch["fp32"]], [q[:, 0] for q in per_batch["fp8"]], error16)
-        results.append(Fp8Accuracy(len(ref), layers, name, "score", error16, error8,
-                                   ERROR_FACTOR * max(error16, 1e-3), None, None, changed))
-    return results
+
+    def measure(names: list[str]) -> list[Fp8Accuracy]:
+        quantised = copy.deepcopy(half)
+        quantise_linear_layers(quantised, names=set(names))
+        return check.measure(quantised)
+    return choose_fp8_layers(layer_groups(half), measure)
 
 
-def gate(model_name: str, accuracy: list[Fp8Accuracy]) -> None:
-    """Refuse to publish when a bound fails, naming the output, what was measured and the fix."""
+def gate(model_name: str, accuracy: list[Fp8Accuracy], kept: dict[str, str] | None = None) -> None:
+    """Refuse to publish when a bound fails, naming the output, what was measured and the fix (and,
+    from `choose_fp8_layers`, what each kind of layer measured alone)."""
     failed = [a for a in accuracy if not a.ok]
     if failed:
+        alone = "".join(f"; {group} alone: {why}" for group, why in (kept or {}).items())
         raise UserError(f"{model_name} in fp8 is outside its accuracy bounds, so nothing was published: "
-                        + "; ".join(a.report() for a in failed) + ". Serve it in fp16 (PRECISION=fp16 / --use-fp16).")
+                        + "; ".join(a.report() for a in failed) + alone
+                        + ". Serve it in fp16 (PRECISION=fp16 / --use-fp16).")

@@ -2,7 +2,6 @@
 small method with a plain result on `ConversionResult`."""
 from __future__ import annotations
 
-import copy
 import logging
 import tempfile
 import time
@@ -18,7 +17,7 @@ from converters.compiled_step import export_program, sequence_buckets, warm_and_
 from converters.engine_step import BuiltEngine, build_and_check_engines
 from converters.engine_targets import EngineTarget, cc_model_filenames, engine_targets
 from converters.errors import UserError
-from converters.fp8 import check_fp8_device, measure_accuracy, quantise_linear_layers
+from converters.fp8 import check_fp8_device, choose_for_model, gate_batches
 from converters.fp8 import gate as fp8_gate
 from converters.loading import build_model
 from converters.manifest import (engine_compatibility, file_sha256, fingerprint, gpu_identity, text_sha256,
@@ -33,7 +32,6 @@ from converters.triton_config import InstancePlan, TritonModelConfig, build_conf
 
 log = logging.getLogger("converters")
 
-GOLDEN_BATCH = 2
 
 
 @dataclass
@@ -151,6 +149,7 @@ class _Conversion:
         current = current_manifest(self.model_dir, self.key)
         if settings.generate_triton_config and not settings.force and current is not None:
             self.result.model_dir, self.result.up_to_date, self.result.precision = self.model_dir, True, current.precision
+            self.result.accuracy = current.accuracy  # fp8: which layers are FP8 (the caption golden runs them)
             self.result.say(f"{self.model_dir} is up to date with these inputs and settings; nothing to do "
                             "(--force rebuilds).")
             return True
@@ -213,10 +212,9 @@ class _Conversion:
             self.result.precision = "fp8" if s.use_fp8 else "fp16" if s.use_fp16 and s.device == "cuda" else "fp32"
         half = self.result.precision in ("fp16", "fp8")
         if backend.artifact == "exported":
-            if s.use_fp8:
-                self.fp8_gate()
+            fp8_layers = self.fp8_gate() if s.use_fp8 else None
             files[model_file] = export_program(self.model, s.io, s.plan, self.triton_inputs, self.sample, s.device,
-                                               half, scratch / model_file, fp8=s.use_fp8)
+                                               half, scratch / model_file, fp8_layers=fp8_layers)
         elif backend.artifact == "torchscript":
             # A trace records the device of the tensors it creates (position ids, YOLOX's grids): the
             # first GPU the instances drive gets `model.pt`, each further one its own `model.cuda<N>.pt`.
@@ -231,18 +229,18 @@ class _Conversion:
             files["1/model.py"], files[MODEL_SUPPORT_FILE] = backend.runner, MODEL_SUPPORT
         return files
 
-    def fp8_gate(self) -> None:
-        """fp32, fp16 and fp8 on the golden batch and 64 random rows; outside a bound, nothing is published."""
+    def fp8_gate(self) -> list[str]:
+        """fp32, fp16 and fp8 on the golden batch and 64 random rows: the layers to publish in FP8
+        (every quantisable one, or the kinds that hold the bounds: fp8.choose_fp8_layers); where no
+        kind holds, nothing is published."""
         s = self.settings
-        quantised = copy.deepcopy(self.model).to(s.device).half().eval()
-        quantise_linear_layers(quantised)
-        rows = min(8, s.plan.max_batch_size)
-        batches = [export_step.make_sample(s.io, s.plan, batch=min(GOLDEN_BATCH, s.plan.max_batch_size), seed=1)]
-        batches += [export_step.make_sample(s.io, s.plan, batch=rows, seed=100 + i) for i in range(-(-64 // rows))]
-        accuracy = measure_accuracy(self.model, quantised, batches, self.triton_inputs, s.io.output_names, s.device)
-        self.result.say("fp8 against fp32 (fp16 beside it):\n" + "\n".join(a.report() for a in accuracy))
-        self.result.accuracy = {"fp8": [a.as_manifest() for a in accuracy]}
-        fp8_gate(s.model_name, accuracy)
+        choice = choose_for_model(self.model, gate_batches(s.io, s.plan), self.triton_inputs, s.io.output_names,
+                                  s.device)
+        self.result.say("fp8 against fp32 (fp16 beside it):\n" + choice.report())
+        self.result.accuracy = choice.as_manifest()
+        if not choice.layers:
+            fp8_gate(s.model_name, choice.accuracy, choice.kept)
+        return choice.layers
 
     def publish(self, files: dict[str, Path | bytes | str]) -> None:
         s, backend, precision = self.settings, self.backend, self.result.precision
@@ -263,7 +261,8 @@ class _Conversion:
             self.result.timings["compile"] = compiled.seconds
             self.result.say(f"compiled {compiled.buckets} bucket shapes in {compiled.seconds:.1f} s; a padded batch "
                             f"against the exported program:\n{compiled.check.report()}")
-        golden_inputs = export_step.make_sample(s.io, s.plan, batch=min(GOLDEN_BATCH, s.plan.max_batch_size), seed=1)
+        golden_rows = min(export_step.GOLDEN_BATCH, s.plan.max_batch_size)
+        golden_inputs = export_step.make_sample(s.io, s.plan, batch=golden_rows, seed=1)
         golden = Golden({k: v for k, v in golden_inputs.items() if k in self.triton_inputs},
                         export_step.run_torch(self.model, s.io, golden_inputs, s.device), TOLERANCES[precision])
         engine = self._engine_entry()

@@ -1,6 +1,7 @@
 """FP8 for the compiled path (converters/fp8.py) on CPU: which layers are quantised, that the
 quantised model keeps its FP8 weights through dtype casts, the refusals off FP8 GPUs, and the
-accuracy gate, which publishes a sound quantisation and refuses a deliberately broken one."""
+accuracy gate, which publishes a sound quantisation and refuses a deliberately broken one, and
+keeps in fp16 the kinds of layer whose FP8 breaks the bounds."""
 from __future__ import annotations
 
 import copy
@@ -10,8 +11,8 @@ import pytest
 import torch
 
 from converters.errors import UserError
-from converters.fp8 import (ERROR_FACTOR, Fp8Linear, check_fp8_device, gate, measure_accuracy, top_changes,
-                            quantise_linear_layers)
+from converters.fp8 import (ERROR_FACTOR, AccuracyCheck, Fp8Linear, check_fp8_device, choose_fp8_layers, gate,
+                            layer_groups, measure_accuracy, quantise_linear_layers, top_changes)
 
 
 class Scorer(torch.nn.Module):
@@ -106,6 +107,74 @@ def test_the_gate_publishes_a_sound_quantisation_and_refuses_a_broken_one(vector
     assert ("min cosine" if vector else "max abs error") in message
 
 
+class Blocks(torch.nn.Module):
+    """Two residual blocks of (up, down), each block's layers named by its index, as transformers' are."""
+
+    def __init__(self, width=64):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = torch.nn.Embedding(100, width)
+        self.layer = torch.nn.ModuleList(torch.nn.ModuleDict(
+            {"up": torch.nn.Linear(width, 4 * width), "down": torch.nn.Linear(4 * width, width)}) for _ in range(2))
+        self.norm, self.head = torch.nn.LayerNorm(width), torch.nn.Linear(width, 1)
+
+    def forward(self, ids):
+        x = self.embed(ids)
+        for block in self.layer:
+            x = self.norm(x + block["down"](torch.nn.functional.gelu(block["up"](x))))
+        return self.head(x.mean(1))
+
+
+def _measure_with_broken(model, broken_groups):
+    """The gate's measure for `choose_fp8_layers`, with the layers of `broken_groups` quantised with
+    a deliberately wrong scale (4x)."""
+    check = AccuracyCheck(model, _batches(), ("ids",), ("out",), "cpu")
+    groups = layer_groups(model)
+
+    def measure(names):
+        quantised = copy.deepcopy(model).half()
+        quantise_linear_layers(quantised, names=set(names))
+        for name in names:
+            if any(name in groups[group] for group in broken_groups):
+                quantised.get_submodule(name).weight_scale.mul_(4)
+        return check.measure(quantised)
+    return measure
+
+
+def test_layers_are_grouped_by_kind_across_blocks():
+    assert layer_groups(Blocks()) == {"layer.*.up": ["layer.0.up", "layer.1.up"],
+                                      "layer.*.down": ["layer.0.down", "layer.1.down"]}  # not the head
+
+
+def test_the_kinds_whose_fp8_breaks_the_bounds_stay_fp16_and_the_rest_is_published_in_fp8():
+    model = Blocks().eval()
+    sound = choose_fp8_layers(layer_groups(model), _measure_with_broken(model, []))
+    assert sound.layers == ["layer.0.up", "layer.1.up", "layer.0.down", "layer.1.down"] and sound.kept == {}
+    assert sound.accuracy[0].quantised_layers == 4 and sound.accuracy[0].ok
+
+    choice = choose_fp8_layers(layer_groups(model), _measure_with_broken(model, ["layer.*.down"]))
+    assert choice.layers == ["layer.0.up", "layer.1.up"]
+    assert list(choice.kept) == ["layer.*.down"] and "max abs error to fp32" in choice.kept["layer.*.down"]
+    (measured,) = choice.accuracy
+    assert measured.ok and measured.quantised_layers == 2  # the published layers' own errors, within bounds
+    manifest = choice.as_manifest()
+    assert manifest["fp8_layers"] == choice.layers and manifest["fp8"][0]["quantised_layers"] == 2
+    assert "kept in fp16: layer.*.down (alone in fp8: out: max abs error" in choice.report()
+    gate("blocks", choice.accuracy, choice.kept)  # published: no error
+
+
+def test_with_every_kind_broken_nothing_is_published_and_each_kind_is_named():
+    model = Blocks().eval()
+    choice = choose_fp8_layers(layer_groups(model), _measure_with_broken(model, ["layer.*.up", "layer.*.down"]))
+    assert choice.layers == [] and set(choice.kept) == {"layer.*.up", "layer.*.down"}
+    with pytest.raises(UserError) as refused:
+        gate("blocks", choice.accuracy, choice.kept)
+    message = str(refused.value)
+    assert message.startswith("blocks in fp8 is outside its accuracy bounds, so nothing was published: out: ")
+    assert "; layer.*.up alone: out: max abs error" in message and "; layer.*.down alone: " in message
+    assert message.endswith("Serve it in fp16 (PRECISION=fp16 / --use-fp16).")
+
+
 def test_the_converter_refuses_fp8_outside_the_compiled_path(small_deberta, tmp_path, capsys):
     from converters.cli import main
     from tests.helpers import seed_command
@@ -159,3 +228,27 @@ def test_e5_with_its_real_weights_misses_the_cosine_bound_in_fp8_so_it_stays_fp1
     assert measured.fp8_min_cosine < 0.999
     with pytest.raises(UserError, match="embedding: min cosine to fp32 over 64 rows"):
         gate("e5_small_v2", [measured])
+
+
+def test_the_exported_program_carries_the_chosen_fp8_layers_and_answers_as_the_eager_model(tmp_path):
+    """compiled_step.export_program with the layers the gate chose: exactly those run as FP8 GEMMs in
+    the saved program, and it answers as the eager model quantised the same way (CPU)."""
+    from converters.batching import BatchPlan
+    from converters.compiled_step import export_program
+    from converters.export import make_sample
+    from converters.io_config import parse_io_config
+
+    io = parse_io_config('{"inputs": [{"name": "ids", "dtype": "int64", "shape": [-1], "max_shape": [12], '
+                         '"range": [0, 100]}], "outputs": [{"name": "out", "dtype": "float32", "shape": [1]}]}')
+    plan = BatchPlan.create(8, (None, 12), None)
+    model, chosen = Blocks().eval(), ["layer.0.up", "layer.1.up"]
+    sample = make_sample(io, plan, batch=4, seed=0)
+    path = export_program(model, io, plan, ("ids",), sample, "cpu", True, tmp_path / "model.pt2", fp8_layers=chosen)
+    program = torch.export.load(str(path))
+    gemms = [node for node in program.graph.nodes if node.target == torch.ops.aten._scaled_mm.default]
+    assert len(gemms) == len(chosen)
+    eager = copy.deepcopy(model).half()
+    quantise_linear_layers(eager, names=set(chosen))
+    ids = torch.from_numpy(make_sample(io, plan, batch=3, seed=5)["ids"])
+    with torch.inference_mode():
+        torch.testing.assert_close(program.module()(ids), eager(ids), rtol=0, atol=0)

@@ -153,13 +153,14 @@ def build(options: BuildOptions) -> list[Path]:
                "core": core_fingerprint(core)}
     if companion_is_current(options.repo, config, sources, options.force):
         return [core.model_dir, options.repo / SELECTION]
-    golden = _golden(folder, folds, tokenizer_folder, threshold, min_words, precision, options.device)
+    fp8_layers = (core.accuracy or {}).get("fp8_layers")  # the layers the fp8 gate published in FP8
+    golden = _golden(folder, folds, tokenizer_folder, threshold, min_words, precision, options.device, fp8_layers)
     files = {f"1/{TOKENIZER_FILE}": serving_tokenizer(tokenizer_folder, MAX_LENGTH, pad_to_max_length=True)}
     return [core.model_dir, publish_python_model(options.repo, config, HERE / "caption_selection_model.py", sources=sources,
                                                  golden=golden, files=files, demo=options.demo)]
 
 
-def _golden(folder, folds, tokenizer_folder, threshold, min_words, precision, device="cpu") -> Golden:
+def _golden(folder, folds, tokenizer_folder, threshold, min_words, precision, device="cpu", fp8_layers=None) -> Golden:
     """The expected selection for a fixed candidate list, computed with PyTorch."""
     from transformers import AutoTokenizer
 
@@ -169,7 +170,7 @@ def _golden(folder, folds, tokenizer_folder, threshold, min_words, precision, de
     io = parse_io_config(IO_CONFIG)
     feeds = {"input_ids": tokens["input_ids"].astype(np.int64), "input_mask": tokens["attention_mask"].astype(np.float32),
              "input_token_type_ids": np.zeros_like(tokens["attention_mask"], dtype=np.float32)}
-    logits = run_as_served(load_model(folder, folds), io, feeds, device, precision)["output"].reshape(-1)
+    logits = run_as_served(load_model(folder, folds), io, feeds, device, precision, fp8_layers)["output"].reshape(-1)
     probabilities = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
     best = int(np.argmax(probabilities))
     caption = kept[best] if probabilities[best] >= threshold else ""
