@@ -44,7 +44,7 @@ LAUNCH = Launch()
 def launch_for(rows: int, self_attention: bool) -> Launch:
     """The tiling measured fastest on an H200 (benchmarks/eclair_attention_sweep.py, 16 heads of 64,
     at 16, 256, 512 and 1,024 rows: 1, 16, 32 and 64 pages). Two warps a program read faster than
-    four once the card is full: the cross-attention over 1,280 keys at 0.85 of HBM bandwidth at 64
+    four once the card is full: the cross-attention over 1,280 keys at 0.86 of HBM bandwidth at 64
     pages (0.77 with four), the self-attention over a half-full cache at 0.62 (0.46)."""
     if self_attention:
         if rows <= 256:
