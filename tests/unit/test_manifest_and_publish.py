@@ -124,13 +124,17 @@ def test_a_publish_killed_at_any_moment_leaves_one_whole_folder(tmp_path):
     publish_model_folder(repo, "m", {"config.pbtxt": "0", "1/model.onnx": b"0", "golden.npz": b"0"})
     rng = random.Random(7)
     published = 0
+    def identity():  # each publish swaps in a new folder with new files (an inode alone can be reused)
+        config = (repo / "m" / "config.pbtxt").stat()
+        return config.st_ino, config.st_mtime_ns
+
     for _ in range(12):
-        before = (repo / "m").stat().st_ino  # each publish swaps in a new folder
+        before = identity()
         writer = subprocess.Popen([sys.executable, "-c", PUBLISH_LOOP, str(repo)], cwd=REPO_ROOT)
         deadline = time.monotonic() + 60  # the kill must land among publishes, not before the first
-        while (repo / "m").stat().st_ino == before and time.monotonic() < deadline and writer.poll() is None:
+        while identity() == before and time.monotonic() < deadline and writer.poll() is None:
             time.sleep(0.01)
-        published += (repo / "m").stat().st_ino != before
+        published += identity() != before
         time.sleep(rng.uniform(0.0, 0.4))
         writer.send_signal(signal.SIGKILL)
         writer.wait()
