@@ -35,7 +35,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.graph_timing import capture, seconds_per_replay  # noqa: E402
-from converters.fp8 import (E4M3_MAX, ERROR_FACTOR, choose_for_model, gate_batches, quantisable,  # noqa: E402
+from converters.export import gate_batches  # noqa: E402
+from converters.fp8 import (E4M3_MAX, ERROR_FACTOR, choose_for_model, quantisable,  # noqa: E402
                             quantise_linear_layers, top_changes)
 from triton_models.caption_classification.model_script import DebertaLargeModel  # noqa: E402
 

@@ -60,6 +60,13 @@ def run_torch(model: torch.nn.Module, io: IOConfig, feeds: dict[str, np.ndarray]
     return name_outputs(result, io)
 
 
+def gate_batches(io: IOConfig, plan: BatchPlan) -> list[dict[str, np.ndarray]]:
+    """The fp8 gate's inputs: the golden sample and 64 random rows in batches of up to 8."""
+    rows = min(8, plan.max_batch_size)
+    golden = make_sample(io, plan, batch=min(GOLDEN_BATCH, plan.max_batch_size), seed=1)
+    return [golden] + [make_sample(io, plan, batch=rows, seed=100 + i) for i in range(-(-64 // rows))]
+
+
 def run_as_served(model: torch.nn.Module, io: IOConfig, feeds: dict[str, np.ndarray], device: str,
                   precision: str, fp8_layers: list[str] | None = None) -> dict[str, np.ndarray]:
     """Run the model as the python_torch runner serves it: fp16 on CUDA (float inputs cast) when the

@@ -265,15 +265,6 @@ def choose_fp8_layers(groups: dict[str, list[str]],
     return Fp8Choice([name for g in groups if g in chosen for name in groups[g]], accuracy, kept)
 
 
-def gate_batches(io, plan) -> list[dict[str, np.ndarray]]:
-    """The gate's inputs: the golden sample and 64 random rows in batches of up to 8."""
-    from converters.export import GOLDEN_BATCH, make_sample
-
-    rows = min(8, plan.max_batch_size)
-    golden = make_sample(io, plan, batch=min(GOLDEN_BATCH, plan.max_batch_size), seed=1)
-    return [golden] + [make_sample(io, plan, batch=rows, seed=100 + i) for i in range(-(-64 // rows))]
-
-
 def choose_for_model(model: torch.nn.Module, batches: list[dict[str, np.ndarray]], inputs: tuple[str, ...],
                      output_names: tuple[str, ...], device: str) -> Fp8Choice:
     """`choose_fp8_layers` for `model` (fp32) on the gate's batches: each candidate set of layers

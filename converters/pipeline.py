@@ -17,7 +17,7 @@ from converters.compiled_step import export_program, sequence_buckets, warm_and_
 from converters.engine_step import BuiltEngine, build_and_check_engines
 from converters.engine_targets import EngineTarget, cc_model_filenames, engine_targets
 from converters.errors import UserError
-from converters.fp8 import check_fp8_device, choose_for_model, gate_batches
+from converters.fp8 import check_fp8_device, choose_for_model
 from converters.fp8 import gate as fp8_gate
 from converters.loading import build_model
 from converters.manifest import (engine_compatibility, file_sha256, fingerprint, gpu_identity, text_sha256,
@@ -234,8 +234,8 @@ class _Conversion:
         (every quantisable one, or the kinds that hold the bounds: fp8.choose_fp8_layers); where no
         kind holds, nothing is published."""
         s = self.settings
-        choice = choose_for_model(self.model, gate_batches(s.io, s.plan), self.triton_inputs, s.io.output_names,
-                                  s.device)
+        batches = export_step.gate_batches(s.io, s.plan)
+        choice = choose_for_model(self.model, batches, self.triton_inputs, s.io.output_names, s.device)
         self.result.say("fp8 against fp32 (fp16 beside it):\n" + choice.report())
         self.result.accuracy = choice.as_manifest()
         if not choice.layers:
