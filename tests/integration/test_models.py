@@ -131,23 +131,33 @@ def test_caption_selection_sends_concurrent_images_to_the_core_in_batches(served
             last = counts
             time.sleep(0.3)
         return counts
-    inferences, executions = settled_counts()
-    together = http.InferenceServerClient(server.http_url, concurrency=len(images), network_timeout=120)
-    try:
-        pending = []
-        for candidates in images:
-            tensor = http.InferInput("candidates", [len(candidates)], "BYTES")
-            tensor.set_data_from_numpy(candidates)
-            pending.append(together.async_infer("caption_selection", [tensor]))
-        answers = [p.get_result() for p in pending]
-    finally:
-        together.close()
-    for answer, expected in zip(answers, alone):
-        assert answer.as_numpy("caption")[0] == expected["caption"][0]
-        assert answer.as_numpy("score")[0] == pytest.approx(expected["score"][0], abs=1e-5)
-    after_inferences, after_executions = settled_counts()
-    assert after_inferences == inferences + 3 * len(images)  # 3 candidate rows an image
-    assert after_executions - executions < len(images)  # some images' core calls ran as one batch
+
+    def send_together() -> int:
+        """All images at once, each answer checked; the core executions they took."""
+        inferences, executions = settled_counts()
+        together = http.InferenceServerClient(server.http_url, concurrency=len(images), network_timeout=120)
+        try:
+            pending = []
+            for candidates in images:
+                tensor = http.InferInput("candidates", [len(candidates)], "BYTES")
+                tensor.set_data_from_numpy(candidates)
+                pending.append(together.async_infer("caption_selection", [tensor]))
+            answers = [p.get_result() for p in pending]
+        finally:
+            together.close()
+        for answer, expected in zip(answers, alone):
+            assert answer.as_numpy("caption")[0] == expected["caption"][0]
+            assert answer.as_numpy("score")[0] == pytest.approx(expected["score"][0], abs=1e-5)
+        after_inferences, after_executions = settled_counts()
+        assert after_inferences == inferences + 3 * len(images)  # 3 candidate rows an image
+        return after_executions - executions
+
+    # Whether two core calls meet in the batcher (100 us queue delay) depends on timing; on a busy
+    # host one round can run every call alone, so up to three rounds are sent.
+    rounds = []
+    while len(rounds) < 3 and (not rounds or rounds[-1] >= len(images)):
+        rounds.append(send_together())
+    assert rounds[-1] < len(images), f"core executions per round of {len(images)} images: {rounds}"
 
 
 # --- YOLOX page elements ----------------------------------------------------------------------
