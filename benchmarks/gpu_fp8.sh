@@ -8,7 +8,8 @@
 #   benchmarks/gpu_fp8.sh TOKENIZER_DIR OUT_DIR [NUMPY1_DIR]
 #
 # Environment: CAPTION_BATCHES (64,128), E5_BATCHES (64,256), BENCH_CONCURRENCY (1,4), BENCH_DURATION (3),
-# FP8_MODELS (caption_classification; e5_small_v2 builds fp16 under PRECISION=fp8: its FP8 misses its bound).
+# FP8_MODELS (caption_classification; e5_small_v2 builds fp16 under PRECISION=fp8: its FP8 misses its bound),
+# PRECISIONS ("fp16 fp8"; one of them to split the run over two calls: the summary reads what OUT_DIR holds).
 set -euo pipefail
 tokenizer=$1 out=$2 numpy1=${3:-}
 base=build/gpu_fp8
@@ -20,7 +21,7 @@ export PYTHONUNBUFFERED=1 SERVE_BACKEND=python_compiled
 declare -A served=([caption_classification]=deberta_large [e5_small_v2]=e5_small_v2)
 declare -A batches=([caption_classification]=${CAPTION_BATCHES:-64,128} [e5_small_v2]=${E5_BATCHES:-64,256})
 for key in ${FP8_MODELS:-caption_classification}; do
-    for precision in fp16 fp8; do
+    for precision in ${PRECISIONS:-fp16 fp8}; do
         work=$base/$precision
         PRECISION=$precision write_gpu_env "$work.env" "$base" "$key" 0 "$numpy1"
         echo "LOCAL_REPOSITORY=$work/model_repository" >> "$work.env"
