@@ -215,12 +215,6 @@ class AccuracyCheck:
         return results
 
 
-def measure_accuracy(model: torch.nn.Module, quantised: torch.nn.Module, batches: list[dict[str, np.ndarray]],
-                     inputs: tuple[str, ...], output_names: tuple[str, ...], device: str) -> list[Fp8Accuracy]:
-    """fp32 (`model`), fp16 (a half copy) and fp8 (`quantised`, already in fp16) on the same batches."""
-    return AccuracyCheck(model, batches, inputs, output_names, device).measure(quantised)
-
-
 @dataclass(frozen=True)
 class Fp8Choice:
     """The layers published in FP8, what the gate measured on them, and the kinds of layer kept in

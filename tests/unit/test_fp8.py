@@ -12,7 +12,7 @@ import torch
 
 from converters.errors import UserError
 from converters.fp8 import (ERROR_FACTOR, AccuracyCheck, Fp8Linear, check_fp8_device, choose_fp8_layers, gate,
-                            layer_groups, measure_accuracy, quantise_linear_layers, top_changes)
+                            layer_groups, quantise_linear_layers, top_changes)
 
 
 class Scorer(torch.nn.Module):
@@ -86,7 +86,7 @@ def test_the_gate_publishes_a_sound_quantisation_and_refuses_a_broken_one(vector
     model = Scorer(vector=vector).eval()
     quantised = copy.deepcopy(model).half()
     quantise_linear_layers(quantised)
-    accuracy = measure_accuracy(model, quantised, _batches(), ("ids",), ("out",), "cpu")
+    accuracy = AccuracyCheck(model, _batches(), ("ids",), ("out",), "cpu").measure(quantised)
     (measured,) = accuracy
     assert measured.rows == 64 and measured.quantised_layers == 2
     assert measured.kind == ("vector" if vector else "score")
@@ -98,7 +98,7 @@ def test_the_gate_publishes_a_sound_quantisation_and_refuses_a_broken_one(vector
 
     broken = copy.deepcopy(quantised)
     broken.down.weight_scale.mul_(4)  # a deliberately broken quantisation: the wrong scale (a view of its bytes)
-    accuracy = measure_accuracy(model, broken, _batches(), ("ids",), ("out",), "cpu")
+    accuracy = AccuracyCheck(model, _batches(), ("ids",), ("out",), "cpu").measure(broken)
     with pytest.raises(UserError) as refused:
         gate("scorer", accuracy)
     message = str(refused.value)
@@ -223,7 +223,8 @@ def test_e5_with_its_real_weights_misses_the_cosine_bound_in_fp8_so_it_stays_fp1
     quantised = copy.deepcopy(model).half()
     assert len(quantise_linear_layers(quantised)) == 36  # 6 layers x (q, k, v, attention out, FFN up, FFN down)
     batches = [make_sample(io, plan, batch=8, seed=100 + i) for i in range(8)]
-    (measured,) = measure_accuracy(model, quantised, batches, ("input_ids", "attention_mask"), ("embedding",), "cpu")
+    (measured,) = AccuracyCheck(model, batches, ("input_ids", "attention_mask"), ("embedding",),
+                                 "cpu").measure(quantised)
     assert measured.kind == "vector" and measured.fp16_min_cosine > 0.9999
     assert measured.fp8_min_cosine < 0.999
     with pytest.raises(UserError, match="embedding: min cosine to fp32 over 64 rows"):
