@@ -83,3 +83,11 @@ def infer(client, model: str, feeds: dict[str, np.ndarray], outputs: list[str]) 
         tensors.append(tensor)
     response = client.infer(model, tensors, outputs=[http.InferRequestedOutput(o) for o in outputs])
     return {o: response.as_numpy(o) for o in outputs}
+
+
+def batch_and_rows(client, model: str, feeds: dict[str, np.ndarray], output: str) -> tuple[np.ndarray, np.ndarray]:
+    """`output` for the feeds sent as one batch, and for each row sent alone (stacked)."""
+    batch = infer(client, model, feeds, [output])[output]
+    rows = [infer(client, model, {k: v[i:i + 1] for k, v in feeds.items()}, [output])[output][0]
+            for i in range(len(batch))]
+    return batch, np.stack(rows)

@@ -11,7 +11,7 @@ import torch
 
 from converters.loading import import_model_class
 from scripts.verify import verify_model
-from tests.helpers import SEED_IO_CONFIG, infer, run_converter, seed_command, wait_models_ready
+from tests.helpers import SEED_IO_CONFIG, batch_and_rows, infer, run_converter, seed_command, wait_models_ready
 
 
 @pytest.fixture(scope="module")
@@ -325,10 +325,8 @@ def test_python_compiled_backend_serves_buckets_that_match(small_deberta, tmp_pa
     rng = np.random.default_rng(5)
     feeds = {"input_ids": rng.integers(0, 1000, (3, 128)).astype(np.int64),
              "input_mask": np.ones((3, 128), np.float32)}
-    batch = infer(client, "deberta_large", feeds, ["output"])["output"]
-    rows = [infer(client, "deberta_large", {k: v[i:i + 1] for k, v in feeds.items()}, ["output"])["output"][0]
-            for i in range(3)]
-    np.testing.assert_allclose(batch, np.stack(rows), atol=1e-4, rtol=1e-3)
+    batch, rows = batch_and_rows(client, "deberta_large", feeds, "output")
+    np.testing.assert_allclose(batch, rows, atol=1e-4, rtol=1e-3)
     assert np.ptp(batch) > 0  # three different answers, not one broadcast row
     client.close()
 

@@ -17,7 +17,7 @@ def test_the_fp8_build_serves_through_triton_and_answers_its_golden_inputs(small
     import converters.pipeline as pipeline
     from converters.cli import main
     from scripts.verify import verify_model
-    from tests.helpers import infer, seed_command, wait_models_ready
+    from tests.helpers import batch_and_rows, seed_command, wait_models_ready
 
     monkeypatch.setattr(pipeline, "check_fp8_device", lambda device: None)
     repo = tmp_path / "repo"
@@ -40,11 +40,9 @@ def test_the_fp8_build_serves_through_triton_and_answers_its_golden_inputs(small
         rng = np.random.default_rng(7)
         feeds = {"input_ids": rng.integers(0, 1000, (3, 128)).astype(np.int64),
                  "input_mask": np.ones((3, 128), np.float32)}
-        batch = infer(client, "deberta_large", feeds, ["output"])["output"]
-        rows = [infer(client, "deberta_large", {k: v[i:i + 1] for k, v in feeds.items()}, ["output"])["output"][0]
-                for i in range(3)]
+        batch, rows = batch_and_rows(client, "deberta_large", feeds, "output")
         # activations are scaled per row, so a row's answer does not depend on its batch
-        np.testing.assert_allclose(batch, np.stack(rows), atol=2e-3, rtol=1e-2)
+        np.testing.assert_allclose(batch, rows, atol=2e-3, rtol=1e-2)
         assert np.ptp(batch) > 0
         with torch.inference_mode():  # the served answer is the published program's, run eagerly
             eager = program.module()(*(torch.from_numpy(v if v.dtype != np.float32 else v.astype(np.float16))
