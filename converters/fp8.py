@@ -80,9 +80,15 @@ def quantisable(name: str, module: torch.nn.Module) -> bool:
 def quantise_linear_layers(model: torch.nn.Module, only: re.Pattern | None = None,
                            names: Collection[str] | None = None) -> list[str]:
     """Replace the quantisable `nn.Linear` layers (those whose names `only` matches, or that `names`
-    lists, where given) in place; returns their names."""
-    names = [name for name, module in model.named_modules() if quantisable(name, module)
-             and (only is None or only.search(name)) and (names is None or name in names)]
+    lists, where given: each must be one) in place; returns their names."""
+    chosen = [name for name, module in model.named_modules() if quantisable(name, module)
+              and (only is None or only.search(name)) and (names is None or name in names)]
+    missing = sorted(set(names or ()) - set(chosen))
+    if missing:  # a model other than the one the gate measured: serving it would not be what was checked
+        raise UserError(f"the fp8 layers {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} (manifest "
+                        "accuracy.fp8_layers) are not quantisable linear layers of this model; rebuild it with "
+                        "--overwrite so that the gate measures this model.")
+    names = chosen
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
@@ -91,12 +97,16 @@ def quantise_linear_layers(model: torch.nn.Module, only: re.Pattern | None = Non
 
 
 def layer_groups(model: torch.nn.Module) -> dict[str, list[str]]:
-    """The quantisable layers by kind: their names with the block index replaced by `*`
-    ("encoder.layer.3.intermediate.dense" -> "encoder.layer.*.intermediate.dense"), in model order."""
+    """The quantisable layers by kind: their names with the index of each block that holds them
+    replaced by `*` ("encoder.layer.3.intermediate.dense" -> "encoder.layer.*.intermediate.dense"),
+    in model order. A layer's own index stays: in a Sequential MLP "blocks.3.mlp.0" (FFN up) and
+    "blocks.3.mlp.2" (FFN down) are two kinds."""
     groups: dict[str, list[str]] = {}
     for name, module in model.named_modules():
         if quantisable(name, module):
-            groups.setdefault(re.sub(r"(?<![^.])\d+(?![^.])", "*", name), []).append(name)
+            *holders, own = name.split(".")
+            kind = ".".join(["*" if part.isdigit() else part for part in holders] + [own])
+            groups.setdefault(kind, []).append(name)
     return groups
 
 
@@ -144,6 +154,13 @@ class Fp8Accuracy:
         if self.kind == "vector":
             return self.fp8_min_cosine is not None and self.fp8_min_cosine >= MIN_COSINE
         return self.fp8_max_abs_error <= self.bound and self.top_row_changed == 0
+
+    @property
+    def share_of_bound(self) -> float:
+        """How much of its bound the error takes (1: at the bound), comparable across kinds of output."""
+        if self.kind == "vector":
+            return (1 - (self.fp8_min_cosine or 0.0)) / (1 - MIN_COSINE)
+        return self.fp8_max_abs_error / max(self.bound, 1e-12)
 
     def report(self) -> str:
         if self.kind == "vector":
@@ -244,9 +261,7 @@ def choose_fp8_layers(groups: dict[str, list[str]],
     alone = {group: measure(names) for group, names in groups.items()}
     kept = {group: "; ".join(a.report() for a in measured if not a.ok)
             for group, measured in alone.items() if not all(a.ok for a in measured)}
-    holding = sorted((g for g in groups if g not in kept),
-                     key=lambda g: max(a.fp8_max_abs_error / max(a.bound, 1e-12) if a.kind == "score"
-                                       else 1 - (a.fp8_min_cosine or 0.0) for a in alone[g]))
+    holding = sorted((g for g in groups if g not in kept), key=lambda g: max(a.share_of_bound for a in alone[g]))
     if not holding:
         return Fp8Choice([], accuracy, kept)
     chosen, accuracy = [holding[0]], alone[holding[0]]

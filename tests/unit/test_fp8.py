@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from converters.errors import UserError
-from converters.fp8 import (ERROR_FACTOR, AccuracyCheck, Fp8Linear, check_fp8_device, choose_fp8_layers, gate,
-                            layer_groups, quantise_linear_layers, top_changes)
+from converters.fp8 import (ERROR_FACTOR, AccuracyCheck, Fp8Accuracy, Fp8Linear, check_fp8_device, choose_fp8_layers,
+                            gate, layer_groups, quantise_linear_layers, top_changes)
 
 
 class Scorer(torch.nn.Module):
@@ -144,6 +144,31 @@ def _measure_with_broken(model, broken_groups):
 def test_layers_are_grouped_by_kind_across_blocks():
     assert layer_groups(Blocks()) == {"layer.*.up": ["layer.0.up", "layer.1.up"],
                                       "layer.*.down": ["layer.0.down", "layer.1.down"]}  # not the head
+    mlp = lambda: torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(), torch.nn.Linear(256, 64))  # noqa: E731
+    blocks = torch.nn.Module()
+    blocks.blocks = torch.nn.ModuleList(torch.nn.ModuleDict({"mlp": mlp()}) for _ in range(2))
+    assert layer_groups(blocks) == {"blocks.*.mlp.0": ["blocks.0.mlp.0", "blocks.1.mlp.0"],  # a layer's own
+                                    "blocks.*.mlp.2": ["blocks.0.mlp.2", "blocks.1.mlp.2"]}  # index stays
+
+
+def test_the_greedy_choice_adds_kinds_from_the_smallest_error_while_they_hold_together():
+    """Made-up errors that add up per layer (bound 1): d breaks the bound alone; a, c, b hold alone
+    (in that order of error); a + c hold together, a + c + b do not."""
+    error = {"a": 0.2, "b": 0.5, "c": 0.4, "d": 2.0}
+    groups = {kind: [f"{kind}.0", f"{kind}.1"] for kind in "abcd"}
+    tried = []
+
+    def measure(names):
+        tried.append("".join(sorted({n[0] for n in names})))
+        total = sum(error[n[0]] for n in names) / 2
+        return [Fp8Accuracy(66, len(names), "out", "score", 0.01, total, 1.0, None, None, 0)]
+
+    choice = choose_fp8_layers(groups, measure)
+    assert tried == ["abcd", "a", "b", "c", "d", "ac", "abc"]  # all; each alone; then by error: +c, +b
+    assert choice.layers == ["a.0", "a.1", "c.0", "c.1"]
+    assert choice.accuracy[0].fp8_max_abs_error == pytest.approx(0.6)  # the chosen set's own measurement
+    assert choice.kept["b"] == "holds alone, not with a, c" and "max abs error" in choice.kept["d"]
+    assert list(choice.kept) == ["d", "b"]
 
 
 def test_the_kinds_whose_fp8_breaks_the_bounds_stay_fp16_and_the_rest_is_published_in_fp8():
@@ -292,3 +317,12 @@ def test_the_converters_fp8_build_publishes_the_gates_layers_and_records_them(sm
     assert len(gemms) == len(layers)
     report = next(m for m in messages if m.startswith("fp8 against fp32 (fp16 beside it):"))
     assert all(f"kept in fp16: {group} (alone in fp8: output: max abs error" in report for group in kept)
+
+
+def test_fp8_layers_that_the_model_lacks_are_refused_not_skipped():
+    """A manifest's fp8_layers read against another model would quietly serve what the gate never
+    measured: refused, naming the layer and the fix."""
+    with pytest.raises(UserError) as refused:
+        quantise_linear_layers(Blocks().half(), names={"layer.0.up", "layer.7.up"})
+    message = str(refused.value)
+    assert "layer.7.up" in message and "layer.0.up" not in message and "--overwrite" in message
