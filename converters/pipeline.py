@@ -33,7 +33,6 @@ from converters.triton_config import InstancePlan, TritonModelConfig, build_conf
 log = logging.getLogger("converters")
 
 
-
 @dataclass
 class ConversionResult:
     model_dir: Path | None = None

@@ -40,6 +40,13 @@ def test_each_form_and_size_gets_its_measured_tiling():
     assert da.launch_for(rows=1024, self_attention=False) == da.Launch(64, 2, 3, per_sm=4)
 
 
+def test_the_load_check_covers_every_tiling_launch_for_picks():
+    """`problem` checks each tiling once at load: any page count's tiling is among them."""
+    checked = da.picked_tilings()
+    assert {(da.launch_for(rows, form), form) for rows in range(1, 5000) for form in (False, True)} <= checked
+    assert len(checked) == 5  # self: 3 tilings, cross: 2
+
+
 def test_only_cuda_devices_use_the_kernels():
     import torch
 

@@ -124,6 +124,7 @@ def test_a_publish_killed_at_any_moment_leaves_one_whole_folder(tmp_path):
     publish_model_folder(repo, "m", {"config.pbtxt": "0", "1/model.onnx": b"0", "golden.npz": b"0"})
     rng = random.Random(7)
     published = 0
+
     def identity():  # each publish swaps in a new folder with new files (an inode alone can be reused)
         config = (repo / "m" / "config.pbtxt").stat()
         return config.st_ino, config.st_mtime_ns
