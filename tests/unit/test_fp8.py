@@ -314,9 +314,17 @@ def test_the_converters_fp8_build_publishes_the_gates_layers_and_records_them(sm
     assert not any(name.replace(".0.", ".*.").replace(".1.", ".*.") in kept for name in layers)
     program = torch.export.load(str(repo / "deberta_large/1/model.pt2"))
     gemms = [node for node in program.graph.nodes if node.target == torch.ops.aten._scaled_mm.default]
-    assert len(gemms) == len(layers)
+    owners = sorted(list(node.meta["nn_module_stack"].values())[-1][0] for node in gemms)  # each GEMM's layer
+    assert owners == sorted(layers)
     report = next(m for m in messages if m.startswith("fp8 against fp32 (fp16 beside it):"))
     assert all(f"kept in fp16: {group} (alone in fp8: output: max abs error" in report for group in kept)
+
+    # built again with the same inputs: nothing is redone, and the result still names the FP8 layers
+    # (the caption build's golden run reads them from it)
+    from converters.cli import build_parser, settings_from_args
+    again = pipeline.convert(settings_from_args(build_parser().parse_args(
+        command + ["--use-fp8", "--serve-backend", "python_compiled", "--max-batch-size", "8"])))
+    assert again.up_to_date and again.precision == "fp8" and again.accuracy["fp8_layers"] == layers
 
 
 def test_fp8_layers_that_the_model_lacks_are_refused_not_skipped():
