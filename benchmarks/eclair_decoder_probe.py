@@ -31,6 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from scripts.bench.points import host_cpu  # noqa: E402
 from triton_models.eclair.graph_decoder import SlotDecoder, attention_kernels, bucket_sizes  # noqa: E402
 from triton_models.eclair.runtime import TokenIds, steps_ahead  # noqa: E402
 
@@ -186,7 +187,8 @@ def main() -> None:
 
     batches, device = [int(b) for b in args.batches.split(",")], args.device
     gpu = torch.cuda.get_device_name(device) if device.startswith("cuda") else device
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {gpu}")
+    # generate's speed is the host's (Python launching kernels): the report names the CPU too
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {gpu}; host {host_cpu()}")
     model = build(args)
     params = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
     print(f"encoder {params(model.encoder):.0f}M params, decoder {params(model.decoder):.0f}M params, fp16")

@@ -138,7 +138,7 @@ def built_folders(stack: Stack, names: list[str]) -> dict[str, Path]:
 
 def bench(stack: Stack, settings: StackSettings, args: argparse.Namespace) -> Path:
     from converters.conversion_settings import parse_int_list
-    from scripts.bench.points import device_name
+    from scripts.bench.points import device_name, host_cpu
     from scripts.bench.report import summary, write_report
     from scripts.bench.sweep import sweep
 
@@ -164,7 +164,7 @@ def bench(stack: Stack, settings: StackSettings, args: argparse.Namespace) -> Pa
     if not points:
         raise UserError("nothing to benchmark: the chosen models are not batched (max_batch_size 0).")
     device = device_name()
-    meta = {"device": device, "duration_s": args.duration, "shared_memory": args.shared_memory,
+    meta = {"device": device, "host": host_cpu(), "duration_s": args.duration, "shared_memory": args.shared_memory,
             "sequence_length": args.sequence_length,
             "batch_sizes": batches, "concurrency": concurrencies}
     paths = write_report(points, args.out, meta)
@@ -188,7 +188,7 @@ def bench_eclair(stack: Stack, args: argparse.Namespace) -> Path:
     lengths differ, against the HBM floor of one step (scripts/bench/eclair.py)."""
     from converters.conversion_settings import parse_int_list
     from scripts.bench.eclair import bench_eclair as run
-    from scripts.bench.points import device_name
+    from scripts.bench.points import device_name, host_cpu
 
     low, high = parse_int_list(args.eclair_lengths, "--eclair-lengths")
     if not 1 <= low <= high:
@@ -196,9 +196,9 @@ def bench_eclair(stack: Stack, args: argparse.Namespace) -> Path:
     if args.eclair_pages < 1:
         raise UserError(f"--eclair-pages must be at least 1, got {args.eclair_pages}.")
     report = run(stack.grpc_url, built_folders(stack, ["eclair"])["eclair"], args.eclair_pages, (low, high),
-                 args.out, device_name(), with_generate=not args.no_raw)
+                 args.out, device_name(), with_generate=not args.no_raw, host=host_cpu())
     floor = report["hbm_floor_tokens_per_s"]
-    log(f"eclair on {report['device']}: {report['pages']} pages {report['page_shape']}, {report['slots']} slots, "
+    log(f"eclair on {report['device']} (host: {report['host']}): {report['pages']} pages {report['page_shape']}, {report['slots']} slots, "
         f"lengths {report['lengths']['low']}..{report['lengths']['high']} tokens (mean {report['lengths']['mean']:.0f}, forced)"
         + (f"; HBM floor {floor:,.0f} tokens/s" if floor else ""))
     for point in report["points"]:

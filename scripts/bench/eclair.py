@@ -174,7 +174,7 @@ def _sync(runtime) -> None:
 
 
 def bench_eclair(grpc_url: str, model_dir: Path, count: int, lengths: tuple[int, int], out: Path,
-                 device: str, with_generate: bool = True) -> dict:
+                 device: str, with_generate: bool = True, host: str = "") -> dict:
     """Every path on the same pages and limits; the report (also written to out/eclair.json)."""
     graph, inflight = _published(model_dir, "graph")
     slots = graph.generator.decoder.slots
@@ -197,7 +197,7 @@ def bench_eclair(grpc_url: str, model_dir: Path, count: int, lengths: tuple[int,
     time.sleep(2 * IDLE_WAIT_S)
     points.append(served(grpc_url, pages, limits, counts, clients=2 * slots))
     floor = hbm_floor_tokens_per_s(decoder, slots, float(np.mean(limits)) / 2, hbm_tbps(device))
-    report = {"device": device, "pages": count, "page_shape": list(pages.shape[1:]), "slots": slots,
+    report = {"device": device, "host": host, "pages": count, "page_shape": list(pages.shape[1:]), "slots": slots,
               "lengths": {"low": min(limits), "high": max(limits), "mean": float(np.mean(limits)),
                           "how": "forced: each page's max_new_tokens drawn uniformly"},
               "hbm_floor_tokens_per_s": floor, "graph_scheduler_times": scheduler,

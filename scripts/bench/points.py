@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import subprocess
 import time
@@ -72,6 +73,17 @@ def device_name() -> str:
         if out.returncode == 0 and out.stdout.strip():
             return out.stdout.strip().splitlines()[0]
     return f"CPU, {os.cpu_count()} cores"
+
+
+def host_cpu() -> str:
+    """The host's processor and core count: raw paths that launch kernels from Python (`generate`)
+    run at the host's speed, so reports name it beside the GPU."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            model = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "")
+    except OSError:
+        model = ""
+    return f"{model or platform.processor() or 'unknown CPU'}, {os.cpu_count()} cores"
 
 
 def percentiles(latencies: list[float]) -> tuple[float, float, float]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ def test_bench_report_plots_and_tune(local_stack, tmp_path):  # noqa: F811
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "bench.json").read_text())
     assert report["meta"]["sequence_length"] == 128
+    assert report["meta"]["host"].endswith(f", {os.cpu_count()} cores")  # the host's CPU, beside the device
     served = [p for p in report["points"] if p["kind"] == "served"]
     raw = [p for p in report["points"] if p["kind"] == "raw"]
     assert {(p["batch"], p["concurrency"]) for p in served} == {(1, 1), (1, 2), (4, 1), (4, 2)}  # 128 > max 64
