@@ -66,7 +66,7 @@ def export_program(model: torch.nn.Module, io: IOConfig, plan: BatchPlan, inputs
     if fp8_layers:
         from converters.fp8 import quantise_linear_layers
 
-        quantise_linear_layers(model, names=set(fp8_layers))
+        quantise_linear_layers(model, names=fp8_layers)
     batch = torch.export.Dim("batch", min=1, max=plan.max_batch_size)
     dynamic = []
     for name in inputs:

@@ -60,11 +60,15 @@ def run_torch(model: torch.nn.Module, io: IOConfig, feeds: dict[str, np.ndarray]
     return name_outputs(result, io)
 
 
+def golden_sample(io: IOConfig, plan: BatchPlan) -> dict[str, np.ndarray]:
+    """The inputs a build checks its published model with (and the fp8 gate's first batch)."""
+    return make_sample(io, plan, batch=min(GOLDEN_BATCH, plan.max_batch_size), seed=1)
+
+
 def gate_batches(io: IOConfig, plan: BatchPlan) -> list[dict[str, np.ndarray]]:
     """The fp8 gate's inputs: the golden sample and 64 random rows in batches of up to 8."""
     rows = min(8, plan.max_batch_size)
-    golden = make_sample(io, plan, batch=min(GOLDEN_BATCH, plan.max_batch_size), seed=1)
-    return [golden] + [make_sample(io, plan, batch=rows, seed=100 + i) for i in range(-(-64 // rows))]
+    return [golden_sample(io, plan)] + [make_sample(io, plan, batch=rows, seed=100 + i) for i in range(-(-64 // rows))]
 
 
 def run_as_served(model: torch.nn.Module, io: IOConfig, feeds: dict[str, np.ndarray], device: str,
@@ -80,7 +84,7 @@ def run_as_served(model: torch.nn.Module, io: IOConfig, feeds: dict[str, np.ndar
         if precision == "fp8":
             from converters.fp8 import quantise_linear_layers
 
-            quantise_linear_layers(model, names=None if fp8_layers is None else set(fp8_layers))
+            quantise_linear_layers(model, names=fp8_layers)
         feeds = {k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in feeds.items()}
     return run_torch(model, io, feeds, target)
 

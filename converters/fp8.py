@@ -81,9 +81,10 @@ def quantise_linear_layers(model: torch.nn.Module, only: re.Pattern | None = Non
                            names: Collection[str] | None = None) -> list[str]:
     """Replace the quantisable `nn.Linear` layers (those whose names `only` matches, or that `names`
     lists, where given: each must be one) in place; returns their names."""
+    wanted = None if names is None else set(names)
     chosen = [name for name, module in model.named_modules() if quantisable(name, module)
-              and (only is None or only.search(name)) and (names is None or name in names)]
-    missing = sorted(set(names or ()) - set(chosen))
+              and (only is None or only.search(name)) and (wanted is None or name in wanted)]
+    missing = sorted((wanted or set()) - set(chosen))
     if missing:  # a model other than the one the gate measured: serving it would not be what was checked
         raise UserError(f"the fp8 layers {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} (manifest "
                         "accuracy.fp8_layers) are not quantisable linear layers of this model; rebuild it with "
@@ -202,16 +203,16 @@ def top_changes(reference: list[np.ndarray], other: list[np.ndarray], fp16_error
 
 
 class AccuracyCheck:
-    """fp32 and fp16 (a half copy of `model`) run once on `batches`; `measure(quantised)` compares an
-    fp8 model (already in fp16) against them, output by output."""
+    """fp32 and fp16 (`half`, a half copy of `model`) run once on `batches`; `measure(quantised)`
+    compares an fp8 model (already in fp16) against them, output by output."""
 
     def __init__(self, model: torch.nn.Module, batches: list[dict[str, np.ndarray]], inputs: tuple[str, ...],
                  output_names: tuple[str, ...], device: str):
-        half = copy.deepcopy(model).to(device).half().eval()
+        self.half = copy.deepcopy(model).to(device).half().eval()
         reference_model = model.to(device).float().eval()
         self.batches, self.inputs, self.output_names, self.device = batches, inputs, output_names, device
         self.fp32 = [_run(reference_model, feeds, inputs, device, torch.float32) for feeds in batches]
-        self.fp16 = [_run(half, feeds, inputs, device, torch.float16) for feeds in batches]
+        self.fp16 = [_run(self.half, feeds, inputs, device, torch.float16) for feeds in batches]
 
     def measure(self, quantised: torch.nn.Module) -> list[Fp8Accuracy]:
         fp8_runs = [_run(quantised, feeds, self.inputs, self.device, torch.float16) for feeds in self.batches]
@@ -279,13 +280,12 @@ def choose_for_model(model: torch.nn.Module, batches: list[dict[str, np.ndarray]
     """`choose_fp8_layers` for `model` (fp32) on the gate's batches: each candidate set of layers
     quantised in a fresh fp16 copy, against fp32 and fp16 run once."""
     check = AccuracyCheck(model, batches, inputs, output_names, device)
-    half = copy.deepcopy(model).to(device).half().eval()
 
     def measure(names: list[str]) -> list[Fp8Accuracy]:
-        quantised = copy.deepcopy(half)
-        quantise_linear_layers(quantised, names=set(names))
+        quantised = copy.deepcopy(check.half)
+        quantise_linear_layers(quantised, names=names)
         return check.measure(quantised)
-    return choose_fp8_layers(layer_groups(half), measure)
+    return choose_fp8_layers(layer_groups(check.half), measure)
 
 
 def gate(model_name: str, accuracy: list[Fp8Accuracy], kept: dict[str, str] | None = None) -> None:

@@ -237,8 +237,7 @@ class _Conversion:
         choice = choose_for_model(self.model, batches, self.triton_inputs, s.io.output_names, s.device)
         self.result.say("fp8 against fp32 (fp16 beside it):\n" + choice.report())
         self.result.accuracy = choice.as_manifest()
-        if not choice.layers:
-            fp8_gate(s.model_name, choice.accuracy, choice.kept)
+        fp8_gate(s.model_name, choice.accuracy, choice.kept)  # the chosen layers' accuracy holds; none chosen: refused
         return choice.layers
 
     def publish(self, files: dict[str, Path | bytes | str]) -> None:
@@ -260,8 +259,7 @@ class _Conversion:
             self.result.timings["compile"] = compiled.seconds
             self.result.say(f"compiled {compiled.buckets} bucket shapes in {compiled.seconds:.1f} s; a padded batch "
                             f"against the exported program:\n{compiled.check.report()}")
-        golden_rows = min(export_step.GOLDEN_BATCH, s.plan.max_batch_size)
-        golden_inputs = export_step.make_sample(s.io, s.plan, batch=golden_rows, seed=1)
+        golden_inputs = export_step.golden_sample(s.io, s.plan)
         golden = Golden({k: v for k, v in golden_inputs.items() if k in self.triton_inputs},
                         export_step.run_torch(self.model, s.io, golden_inputs, s.device), TOLERANCES[precision])
         engine = self._engine_entry()
