@@ -7,8 +7,8 @@
 #   benchmarks/gpu_eclair.sh TOKENIZER_DIR OUT_DIR [NUMPY1_DIR]
 #
 # Environment: ECLAIR_BATCH_SIZE (16: decoder slots), ECLAIR_PAGES (64), ECLAIR_LENGTHS (32,512),
-# ECLAIR_COMPILE_ENCODER (on), BENCH (1: `bench eclair`), LATENCY (1: benchmarks.eclair_latency_probe; needs slots for 64 long
-# pages and the short one, e.g. ECLAIR_BATCH_SIZE=80).
+# ECLAIR_COMPILE_ENCODER (on), BENCH (1: `bench eclair`), LATENCY (1: benchmarks.eclair_latency_probe; needs slots for 80 long
+# pages (64 and 16 spare: a random-weight page may reach EOS sooner) and the short one, e.g. ECLAIR_BATCH_SIZE=96).
 set -euo pipefail
 tokenizer=$1 out=$2 numpy1=${3:-}
 work=build/gpu_eclair
