@@ -8,7 +8,7 @@
 # for a quicker start, the encoder captured uncompiled), and E5_GPU_IDS, CAPTION_GPU_IDS, YOLOX_GPU_IDS,
 # ECLAIR_GPU_IDS where set (a model on some of GPU_IDS only).
 write_gpu_env() {
-    local file=$1 work=$2 models=$3 gpus=$4 numpy1=$5
+    local file=$1 work=$2 models=$3 gpus=$4 numpy1=$5 pair key  # the loops' names too: a caller's own `key` stays
     {
         echo "MODELS=$models"
         echo "TRITON_GPU_IDS=$gpus"
