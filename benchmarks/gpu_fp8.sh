@@ -8,6 +8,7 @@
 #   benchmarks/gpu_fp8.sh TOKENIZER_DIR OUT_DIR [NUMPY1_DIR]
 #
 # Environment: CAPTION_BATCHES (64,128), E5_BATCHES (64,256), BENCH_CONCURRENCY (1,4), BENCH_DURATION (3),
+# BENCH_RAW_PATHS (eager,graphs: the raw paths `bench` measures; each compile of DeBERTa-large takes minutes),
 # FP8_MODELS (caption_classification; e5_small_v2 builds fp16 under PRECISION=fp8: its FP8 misses its bound),
 # PRECISIONS ("fp16 fp8"; one of them to split the run over two calls: the summary reads what OUT_DIR holds).
 set -euo pipefail
@@ -35,7 +36,8 @@ for key in ${FP8_MODELS:-caption_classification}; do
         fi
         cp "$work/local/build-$key.log" "$out/build_$name.log" 2>/dev/null || true
         stack bench "${served[$key]}" --batch-sizes "${batches[$key]}" --concurrency "${BENCH_CONCURRENCY:-1,4}" \
-            --duration "${BENCH_DURATION:-3}" --out "$out/$name" | tee "$out/bench_$name.txt"
+            --duration "${BENCH_DURATION:-3}" --raw-paths "${BENCH_RAW_PATHS:-eager,graphs}" --out "$out/$name" \
+            | tee "$out/bench_$name.txt"
         stack down > /dev/null
     done
 done

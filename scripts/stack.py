@@ -141,6 +141,7 @@ def bench(stack: Stack, settings: StackSettings, args: argparse.Namespace) -> Pa
     from scripts.bench.points import device_name, host_cpu
     from scripts.bench.report import summary, write_report
     from scripts.bench.sweep import sweep
+    from scripts.bench.raw import parse_raw_modes
 
     names = bench_names(settings, args.target)
     if not args.duration > 0:
@@ -159,8 +160,10 @@ def bench(stack: Stack, settings: StackSettings, args: argparse.Namespace) -> Pa
                         "or leave it out in docker mode.")
     if args.sequence_length < 1:
         raise UserError(f"--sequence-length must be at least 1, got {args.sequence_length}.")
+    raw_modes = parse_raw_modes(args.raw_paths)
     points = sweep(stack.grpc_url, list(folders.values()), batches, concurrencies, args.duration,
-                             raw=not args.no_raw, shared_memory=shared_memory, sequence_length=args.sequence_length)
+                   raw=not args.no_raw, shared_memory=shared_memory, sequence_length=args.sequence_length,
+                   raw_modes=raw_modes)
     if not points:
         raise UserError("nothing to benchmark: the chosen models are not batched (max_batch_size 0).")
     device = device_name()
@@ -269,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     sweep.add_argument("--concurrency", default="1,2,4", help="concurrent callers")
     sweep.add_argument("--duration", type=float, default=5.0, help="seconds per point")
     sweep.add_argument("--no-raw", action="store_true", help="skip the raw-model sweep")
+    sweep.add_argument("--raw-paths", default=None,
+                       help="bench: a compiled model's raw paths, of eager,compiled,graphs (default: all the card runs)")
     sweep.add_argument("--shared-memory", choices=("none", "system"), default="none",
                        help="bench: send numeric inputs through system shared memory (--local only)")
     sweep.add_argument("--out", type=Path, default=None,

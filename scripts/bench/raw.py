@@ -19,6 +19,18 @@ from scripts.bench.points import (DEFAULT_SEQUENCE_LENGTH, BenchPoint, bench_inp
                                   percentiles, warm_up)
 
 COMPILED_PROGRAM = SERVE_BACKENDS["python_compiled"].model_file
+RAW_MODES = ("eager", "compiled", "graphs")  # the compiled runner's modes, graphs on a GPU only
+
+
+def parse_raw_modes(text: str | None) -> frozenset[str] | None:
+    """`--raw-paths` (comma-separated RAW_MODES) as a set; None (every path the card runs) when not given."""
+    if text is None:
+        return None
+    modes = frozenset(m.strip() for m in text.split(",") if m.strip())
+    unknown = sorted(modes - set(RAW_MODES))
+    if unknown or not modes:
+        raise UserError(f"--raw-paths takes some of {','.join(RAW_MODES)}, got {text!r}.")
+    return modes
 
 
 def raw_paths(model_dir: Path) -> list[str | None]:
@@ -26,7 +38,7 @@ def raw_paths(model_dir: Path) -> list[str | None]:
     if not (Path(model_dir) / VERSION / COMPILED_PROGRAM).is_file():
         return [None]
     params = {k: v.string_value for k, v in read_model_config(model_dir).parameters.items()}
-    return ["eager", "compiled"] + (["graphs"] if RawModel.device(params).startswith("cuda") else [])
+    return list(RAW_MODES if RawModel.device(params).startswith("cuda") else RAW_MODES[:2])
 
 
 class RawModel:

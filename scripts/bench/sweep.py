@@ -12,7 +12,9 @@ from scripts.bench.raw import RawModel, raw_paths, raw_point
 
 def sweep(grpc_url: str, model_dirs: list[Path], batches: list[int], concurrencies: list[int], duration_s: float,
           raw: bool = True, shared_memory: bool = False,
-          sequence_length: int | None = DEFAULT_SEQUENCE_LENGTH) -> list[BenchPoint]:
+          sequence_length: int | None = DEFAULT_SEQUENCE_LENGTH, raw_modes: frozenset[str] | None = None) -> list[BenchPoint]:
+    """`raw_modes`: the compiled runner's raw paths to measure (None: every one the card runs;
+    each compile of a large model takes minutes)."""
     from tqdm import tqdm
 
     plan = []
@@ -23,7 +25,8 @@ def sweep(grpc_url: str, model_dirs: list[Path], batches: list[int], concurrenci
         sizes = [b for b in batches if b <= max_batch]
         plan += [(model_dir, b, c) for b in sizes for c in concurrencies]
         if raw:
-            plan += [(model_dir, b, mode) for mode in raw_paths(model_dir) for b in sizes]
+            modes = [m for m in raw_paths(model_dir) if m is None or raw_modes is None or m in raw_modes]
+            plan += [(model_dir, b, mode) for mode in modes for b in sizes]
     points, raw_models = [], {}
     for model_dir, batch, concurrency in tqdm(plan, desc="bench", unit="point"):
         if not isinstance(concurrency, int):  # a raw path: None, or a compiled model's mode

@@ -1,4 +1,5 @@
 """The bench's baselines: the best of several raw paths, and the fp16 limit from counted FLOPs."""
+import pytest
 import torch
 
 from scripts.bench.limits import flops_per_item, fp16_limit, peak_fp16_tflops
@@ -32,3 +33,14 @@ def test_served_is_compared_with_the_best_raw_path_and_the_limit():
     assert row["fp16_limit_items_per_s"] == 1_000_000.0 and row["served_over_fp16_limit"] == 900.0 / 1e6
     cpu = summary(points, "CPU, 2 cores")[0]
     assert cpu["fp16_limit_items_per_s"] is None and cpu["served_over_fp16_limit"] is None
+
+
+def test_raw_paths_flag_takes_the_compiled_runners_modes_and_names_a_wrong_one():
+    from converters.errors import UserError
+    from scripts.bench.raw import parse_raw_modes
+
+    assert parse_raw_modes(None) is None
+    assert parse_raw_modes("eager, graphs") == {"eager", "graphs"}
+    for text in ("eager,turbo", ","):
+        with pytest.raises(UserError, match=r"^--raw-paths takes some of eager,compiled,graphs, got "):
+            parse_raw_modes(text)
