@@ -7,7 +7,7 @@
 #   benchmarks/gpu_eclair.sh TOKENIZER_DIR OUT_DIR [NUMPY1_DIR]
 #
 # Environment: ECLAIR_BATCH_SIZE (16: decoder slots), ECLAIR_PAGES (64), ECLAIR_LENGTHS (32,512),
-# ECLAIR_COMPILE_ENCODER (on), BENCH (1: `bench eclair`), LATENCY (1: benchmarks.eclair_latency_probe; needs slots for 80 long
+# ECLAIR_COMPILE_ENCODER (on), BENCH (1: `bench eclair`), LATENCY (1 from 81 slots: benchmarks.eclair_latency_probe; needs slots for 80 long
 # pages (64 and 16 spare: a random-weight page may reach EOS sooner) and the short one, e.g. ECLAIR_BATCH_SIZE=96).
 set -euo pipefail
 tokenizer=$1 out=$2 numpy1=${3:-}
@@ -37,6 +37,6 @@ if [ "${BENCH:-1}" = 1 ]; then
     sleep 11  # the served scheduler's report, written once it goes idle (inflight.IDLE_REPORT_S)
     grep "ECLAIR scheduler:" "$work/local/triton.log" | tail -2 | tee -a "$out/bench_eclair.txt" || true
 fi
-if [ "${LATENCY:-1}" = 1 ]; then
+if [ "${LATENCY:-$(( ${ECLAIR_BATCH_SIZE:-16} > 80 ? 1 : 0 ))}" = 1 ]; then
     python3 -m benchmarks.eclair_latency_probe "$work/gpu.env" | tee "$out/latency.txt"
 fi

@@ -141,9 +141,11 @@ def bench(stack: Stack, settings: StackSettings, args: argparse.Namespace) -> Pa
     from scripts.bench.points import device_name, host_cpu
     from scripts.bench.report import summary, write_report
     from scripts.bench.sweep import sweep
-    from scripts.bench.raw import parse_raw_modes
 
     names = bench_names(settings, args.target)
+    if args.raw_modes is not None and (args.no_raw or names == ["eclair"]):
+        raise UserError("--raw-paths picks a compiled model's raw paths: leave it out with --no-raw or for "
+                        "`bench eclair` (which measures generate and the graph decoder).")
     if not args.duration > 0:
         raise UserError(f"--duration must be more than 0 seconds, got {args.duration:g}.")
     if names == ["eclair"]:
@@ -160,10 +162,9 @@ def bench(stack: Stack, settings: StackSettings, args: argparse.Namespace) -> Pa
                         "or leave it out in docker mode.")
     if args.sequence_length < 1:
         raise UserError(f"--sequence-length must be at least 1, got {args.sequence_length}.")
-    raw_modes = parse_raw_modes(args.raw_paths)
     points = sweep(stack.grpc_url, list(folders.values()), batches, concurrencies, args.duration,
                    raw=not args.no_raw, shared_memory=shared_memory, sequence_length=args.sequence_length,
-                   raw_modes=raw_modes)
+                   raw_modes=args.raw_modes)
     if not points:
         raise UserError("nothing to benchmark: the chosen models are not batched (max_batch_size 0).")
     device = device_name()
@@ -273,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     sweep.add_argument("--duration", type=float, default=5.0, help="seconds per point")
     sweep.add_argument("--no-raw", action="store_true", help="skip the raw-model sweep")
     sweep.add_argument("--raw-paths", default=None,
-                       help="bench: a compiled model's raw paths, of eager,compiled,graphs (default: all the card runs)")
+                       help="bench: a compiled model's raw paths, of eager,compiled,graphs (default: all the card runs; "
+                            "eager counts the FLOPs behind the fp16 limit)")
     sweep.add_argument("--shared-memory", choices=("none", "system"), default="none",
                        help="bench: send numeric inputs through system shared memory (--local only)")
     sweep.add_argument("--out", type=Path, default=None,
@@ -304,6 +306,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if named_env_file is not None and not named_env_file.is_file() and args.command != "tune":  # tune writes one
             raise UserError(f"--env-file {named_env_file} is not a file; name your settings file (cp .env.example .env).")
+        args.raw_modes = None
+        if args.raw_paths is not None:  # a command-line mistake, named before any work
+            from scripts.bench.raw import parse_raw_modes
+
+            args.raw_modes = parse_raw_modes(args.raw_paths)
         settings = load_settings(args.env_file, ROOT, host_checkpoints=args.mode != "kubernetes")
         mode = "kubernetes" if args.mode == "kubernetes" else choose_mode(args.mode)
         if settings["PRECISION"] == "fp8" and mode != "local":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from converters.errors import UserError
 from converters.model_folder import read_model_config
 from scripts.bench.load import served_point
 from scripts.bench.points import DEFAULT_SEQUENCE_LENGTH, BenchPoint
@@ -25,7 +26,11 @@ def sweep(grpc_url: str, model_dirs: list[Path], batches: list[int], concurrenci
         sizes = [b for b in batches if b <= max_batch]
         plan += [(model_dir, b, c) for b in sizes for c in concurrencies]
         if raw:
-            modes = [m for m in raw_paths(model_dir) if m is None or raw_modes is None or m in raw_modes]
+            runs = raw_paths(model_dir)
+            modes = [m for m in runs if m is None or raw_modes is None or m in raw_modes]
+            if not modes:
+                raise UserError(f"--raw-paths {','.join(sorted(raw_modes))} leaves {model_dir.name} no raw baseline: "
+                                f"this card runs it as {','.join(runs)}.")
             plan += [(model_dir, b, mode) for mode in modes for b in sizes]
     points, raw_models = [], {}
     for model_dir, batch, concurrency in tqdm(plan, desc="bench", unit="point"):

@@ -339,11 +339,14 @@ def test_python_compiled_backend_serves_buckets_that_match(small_deberta, tmp_pa
     np.testing.assert_allclose(eager.run(feeds)["output"], batch, atol=1e-4, rtol=1e-3)
 
     # `bench --raw-paths eager`: the sweep measures that path alone (no concurrency: no served point).
+    from converters.errors import UserError
     from scripts.bench.sweep import sweep
 
     points = sweep("unused:0", [repo / "deberta_large"], [1, 2], [], 0.2, raw_modes=frozenset({"eager"}))
     assert [(p.kind, p.batch) for p in points] == [("raw eager", 1), ("raw eager", 2)]
-    assert all(p.items_per_s > 0 for p in points)
+    with pytest.raises(UserError, match=r"^--raw-paths graphs leaves deberta_large no raw baseline: this card runs "
+                                        r"it as eager,compiled\.$"):
+        sweep("unused:0", [repo / "deberta_large"], [1], [], 0.2, raw_modes=frozenset({"graphs"}))
 
 
 def test_a_kept_engine_and_a_built_one_are_each_recorded_under_their_own_type(small_deberta, tmp_path):

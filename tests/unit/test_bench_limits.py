@@ -44,3 +44,25 @@ def test_raw_paths_flag_takes_the_compiled_runners_modes_and_names_a_wrong_one()
     for text in ("eager,turbo", ","):
         with pytest.raises(UserError, match=r"^--raw-paths takes some of eager,compiled,graphs, got "):
             parse_raw_modes(text)
+
+
+def test_a_wrong_raw_path_is_one_error_line_before_any_work(capsys):
+    from scripts.stack import main
+
+    assert main(["bench", "--raw-paths", "turbo"]) == 1
+    assert capsys.readouterr().err == "error: --raw-paths takes some of eager,compiled,graphs, got 'turbo'.\n"
+
+
+@pytest.mark.parametrize("target, no_raw", [("eclair", False), ("e5_small_v2", True)])
+def test_raw_paths_is_refused_where_it_picks_nothing(tmp_path, target, no_raw):
+    import argparse
+
+    from converters.errors import UserError
+    from scripts.stack import bench
+    from scripts.stack_settings import load_settings
+
+    env = tmp_path / ".env"
+    env.write_text("MODELS=e5_small_v2,eclair\n")
+    args = argparse.Namespace(target=target, raw_modes=frozenset({"eager"}), no_raw=no_raw, duration=1.0)
+    with pytest.raises(UserError, match=r"^--raw-paths picks a compiled model's raw paths: leave it out with --no-raw "):
+        bench(None, load_settings(env, tmp_path), args)

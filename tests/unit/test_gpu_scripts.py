@@ -1,5 +1,5 @@
-"""The GPU benchmark scripts (benchmarks/*.sh) run only on lent GPU machines, where a shell slip costs
-a whole run: they parse, and the shared .env writer leaves its caller's variables alone."""
+"""The GPU benchmark scripts (benchmarks/*.sh) run only on GPU machines, where a shell slip costs a
+whole run: they parse, and the shared .env writer leaves its caller's variables alone."""
 from __future__ import annotations
 
 import subprocess
@@ -9,6 +9,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = sorted((ROOT / "benchmarks").glob("*.sh"))
+
+
+def test_the_gpu_scripts_are_found():
+    assert {"gpu_env.sh", "gpu_eclair.sh", "gpu_fp8.sh", "gpu_compiled.sh"} <= {s.name for s in SCRIPTS}
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=[s.name for s in SCRIPTS])
