@@ -63,7 +63,7 @@ def main() -> None:
         thread.join()
     # counted by when it was sent, not answered: a slow answer must not drop out of its own sample
     during = [seconds for seconds, sent, _ in busy if sent >= args.long_pages]
-    line = (f"1 page, {args.short_tokens} new tokens, {settings['ECLAIR_BATCH_SIZE']} slots: p50 alone "
+    line = (f"1 page {list(pages[0].shape)}, {args.short_tokens} new tokens, {settings['ECLAIR_BATCH_SIZE']} slots: p50 alone "
             f"{statistics.median(alone) * 1000:.0f} ms; {len(during)} of {len(busy)} sent while at least "
             f"{args.long_pages} of {long_count} pages of at most {args.long_tokens} tokens were in flight")
     if during:
