@@ -81,6 +81,18 @@ def server_totals(client, model: str) -> dict[str, float]:
     return totals
 
 
+def settled_totals(client, model: str, requests: float, timeout_s: float = 2.0) -> dict[str, float]:
+    """`server_totals` once Triton has counted at least `requests` successes (or after `timeout_s`):
+    it records a request's statistics as it releases the response, which can follow the client's
+    receipt, so a snapshot taken at once may miss the last requests answered."""
+    deadline = time.monotonic() + timeout_s
+    totals = server_totals(client, model)
+    while totals["requests"] < requests and time.monotonic() < deadline:
+        time.sleep(0.005)
+        totals = server_totals(client, model)
+    return totals
+
+
 def server_means_ms(before: dict[str, float], after: dict[str, float]) -> dict[str, float | None]:
     """Per-request means (ms) between two `server_totals` snapshots."""
     count = after["requests"] - before["requests"]
@@ -102,11 +114,12 @@ def served_point(grpc_url: str, model_dir: Path, batch: int, concurrency: int, d
     feeds = bench_inputs(model_dir, batch, sequence_length)
     wire = {i.name: wire_type(i.data_type) for i in config.input}
     latencies: list[float] = []
-    lock, errors, clock, totals = threading.Lock(), [], [], []
+    lock, errors, clock, totals, warm_calls = threading.Lock(), [], [], [], []
     stats_client = grpc.InferenceServerClient(grpc_url)
+    before_warm_up = server_totals(stats_client, config.name)
 
-    def open_window() -> None:
-        totals.append(server_totals(stats_client, config.name))
+    def open_window() -> None:  # after every warm-up call is counted: none of them in the window's means
+        totals.append(settled_totals(stats_client, config.name, before_warm_up["requests"] + sum(warm_calls)))
         clock.append(time.monotonic())
 
     # The timed window opens once every caller is warm: a first call can take seconds (CUDA kernels).
@@ -117,7 +130,9 @@ def served_point(grpc_url: str, model_dir: Path, batch: int, concurrency: int, d
         mine, handle, region = [], None, f"bench_{os.getpid()}_{index}" if shared_memory else None
         try:
             tensors, handle = input_tensors(client, feeds, wire, region)
-            warm_up(lambda: client.infer(config.name, tensors, client_timeout=REQUEST_TIMEOUT_S))
+            calls = warm_up(lambda: client.infer(config.name, tensors, client_timeout=REQUEST_TIMEOUT_S))
+            with lock:
+                warm_calls.append(calls)
             barrier.wait()
             deadline = clock[0] + duration_s
             while time.monotonic() < deadline:
@@ -145,8 +160,10 @@ def served_point(grpc_url: str, model_dir: Path, batch: int, concurrency: int, d
     for thread in threads:
         thread.join()
     wall = time.monotonic() - clock[0] if clock else 0.0
-    try:  # every timed request has been answered (the callers have joined): the window's counts are complete
-        server = server_means_ms(totals[0], server_totals(stats_client, config.name)) if totals else {}
+    try:  # every timed request has been answered (the callers have joined); wait until Triton has counted them
+        server = (server_means_ms(totals[0], settled_totals(stats_client, config.name,
+                                                            totals[0]["requests"] + len(latencies)))
+                  if totals else {})
     finally:
         stats_client.close()
     if errors or not latencies:

@@ -91,9 +91,11 @@ def percentiles(latencies: list[float]) -> tuple[float, float, float]:
     return float(values[0]), float(values[1]), float(values[2])
 
 
-def warm_up(call, calls: int = 3, seconds: float = 0.5) -> None:
-    """A few untimed calls: the first ones compile CUDA kernels and TorchScript's optimised graph."""
+def warm_up(call, calls: int = 3, seconds: float = 0.5) -> int:
+    """A few untimed calls: the first ones compile CUDA kernels and TorchScript's optimised graph.
+    Returns how many were made."""
     started, done = time.monotonic(), 0
     while done < calls or time.monotonic() - started < seconds:
         call()
         done += 1
+    return done
