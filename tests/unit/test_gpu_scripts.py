@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import REPO_ROOT as ROOT
+
 SCRIPTS = sorted((ROOT / "benchmarks").glob("*.sh"))
 
 
