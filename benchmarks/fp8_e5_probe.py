@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.graph_timing import capture, seconds_per_replay  # noqa: E402
 from benchmarks.fp8_probe import graphed_items_per_s, kernel_split, quantise_static  # noqa: E402
 from converters.fp8 import MIN_COSINE, quantise_linear_layers  # noqa: E402
 from triton_models.e5_small_v2.model_script import E5Embedder  # noqa: E402
@@ -43,15 +44,14 @@ def linear_gemm_ms(model, ids, mask) -> float:
     """The linear layers' GEMMs of one forward alone, back to back (eager `F.linear` with bias, on the
     inputs each layer saw), replayed as one CUDA graph: what they cost outside the model."""
     with torch.inference_mode():
-        shapes = []
-        hooks = [m.register_forward_hook(lambda m, args, out: shapes.append((args[0].reshape(-1, args[0].shape[-1]),
-                                                                              m.weight, m.bias)))
+        calls = []  # (input rows, weight, bias) of each linear layer as the forward ran it
+        hooks = [m.register_forward_hook(lambda m, args, out: calls.append((args[0].reshape(-1, args[0].shape[-1]),
+                                                                             m.weight, m.bias)))
                  for m in model.modules() if isinstance(m, torch.nn.Linear)]
         model(ids, mask)
         for hook in hooks:
             hook.remove()
-        from benchmarks.graph_timing import capture, seconds_per_replay
-        graph = capture(lambda: [torch.nn.functional.linear(x, w, b) for x, w, b in shapes])
+        graph = capture(lambda: [torch.nn.functional.linear(x, w, b) for x, w, b in calls])
         return seconds_per_replay(graph, 30) * 1e3
 
 
