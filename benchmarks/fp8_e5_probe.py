@@ -1,10 +1,11 @@
 """Where E5's time goes, and what FP8 could gain there, on a GPU: the E5 core as served
-(triton_models/e5_small_v2: BERT, mean pooling, L2 norm) in fp16 and with its linear layers in FP8
-(converters/fp8.py, row-wise, as a PRECISION=fp8 build would quantise them; and per-tensor with
-static input scales, benchmarks/fp8_probe.py's fastest way), each exported, compiled and replayed as
-a CUDA graph as the served path runs it: items/s, the fraction of the fp16 dense limit, the min
-cosine to fp32 over 64 rows (the gate's bound: 0.999), and the kernel time of a forward split into
-GEMMs, Triton's fused kernels and the rest, with the linear layers' share of the GEMM time.
+(triton_models/e5_small_v2: BERT, mean pooling, L2 norm) in fp16 and with every linear layer in FP8
+(converters/fp8.py's row-wise layers; and per-tensor with static input scales, benchmarks/fp8_probe.py's
+fastest way; a PRECISION=fp8 build keeps E5 in fp16), each exported, compiled and replayed as a CUDA
+graph as the served path runs it: items/s, the fraction of the fp16 dense limit ("linear-layer
+FLOPs": 2 per non-embedding weight a token, the norms' few included), the min cosine to fp32 over 64 rows (the gate's bound: 0.999), and
+the kernel time of a forward split into GEMMs, Triton's fused kernels and the rest; first, the
+linear layers' fp16 GEMMs alone, back to back, as a yardstick.
 
     python3 benchmarks/fp8_e5_probe.py [--checkpoint FOLDER] [--batch 256] [--tokens 128] [--device cuda]
 
@@ -84,7 +85,7 @@ def main() -> None:
           f"64 tokens" + (f", timing at [{args.batch}, {args.tokens}]; fp16 dense limit {limit:,.0f} items/s (linear-layer "
                         "FLOPs only)" if args.device == "cuda" else " (no timing on CPU)"))
     if args.device == "cuda":
-        print(f"the linear layers' fp16 GEMMs alone, back to back: {linear_gemm_ms(half, ids, mask):.2f} ms a forward")
+        print(f"the linear layers' fp16 GEMMs alone: {linear_gemm_ms(half, ids, mask):.2f} ms a forward")
     base = None
     for label, quantise in variants.items():
         model = copy.deepcopy(half)
