@@ -11,8 +11,7 @@ import torch
 
 from converters.triton_config import read_config
 from scripts.verify import verify_model
-from tests.helpers import infer, wait_models_ready
-from triton_models.registry import MODELS
+from tests.helpers import infer
 
 from tests.integration.conftest import ALL_NAMES
 
@@ -132,28 +131,44 @@ def test_caption_selection_sends_concurrent_images_to_the_core_in_batches(served
             time.sleep(0.3)
         return counts
 
+    # Full batches sent to the core first hold it busy while the images' core calls arrive, so those
+    # calls queue and can meet in the batcher (an idle core runs a lone call at once: its preferred
+    # batch sizes include 1). A full batch merges with nothing: each is exactly one execution.
+    full, length = core.max_batch_size, core.input[0].dims[-1]
+    busy_inputs = []
+    for name, dtype in (("input_ids", "INT64"), ("input_mask", "FP32")):
+        tensor = http.InferInput(name, [full, length], dtype)
+        tensor.set_data_from_numpy(np.ones((full, length), dtype=np.int64 if dtype == "INT64" else np.float32))
+        busy_inputs.append(tensor)
+    busy_batches = 3
+
     def send_together() -> int:
-        """All images at once, each answer checked; the core executions they took."""
+        """The full batches, then all images at once, each answer checked; the core executions the
+        images took."""
         inferences, executions = settled_counts()
-        together = http.InferenceServerClient(server.http_url, concurrency=len(images), network_timeout=120)
+        together = http.InferenceServerClient(server.http_url, concurrency=busy_batches + len(images),
+                                              network_timeout=120)
         try:
+            busy = [together.async_infer("deberta_large", busy_inputs) for _ in range(busy_batches)]
             pending = []
             for candidates in images:
                 tensor = http.InferInput("candidates", [len(candidates)], "BYTES")
                 tensor.set_data_from_numpy(candidates)
                 pending.append(together.async_infer("caption_selection", [tensor]))
             answers = [p.get_result() for p in pending]
+            for call in busy:
+                call.get_result()
         finally:
             together.close()
         for answer, expected in zip(answers, alone):
             assert answer.as_numpy("caption")[0] == expected["caption"][0]
             assert answer.as_numpy("score")[0] == pytest.approx(expected["score"][0], abs=1e-5)
         after_inferences, after_executions = settled_counts()
-        assert after_inferences == inferences + 3 * len(images)  # 3 candidate rows an image
-        return after_executions - executions
+        assert after_inferences == inferences + 3 * len(images) + busy_batches * full  # 3 candidate rows an image
+        return after_executions - executions - busy_batches
 
-    # Whether two core calls meet in the batcher (100 us queue delay) depends on timing; on a busy
-    # host one round can run every call alone, so up to three rounds are sent.
+    # Whether two calls meet still depends on timing (the busy batches may end before the calls
+    # arrive on a slow host), so up to three rounds are sent.
     rounds = []
     while len(rounds) < 3 and (not rounds or rounds[-1] >= len(images)):
         rounds.append(send_together())
