@@ -1,6 +1,8 @@
 """Step 1: PyTorch -> ONNX (opset 17, batch axis dynamic on every tensor)."""
 from __future__ import annotations
 
+import contextlib
+
 import time
 import warnings
 from dataclasses import dataclass
@@ -50,14 +52,31 @@ def run_torch(model: torch.nn.Module, io: IOConfig, feeds: dict[str, np.ndarray]
     PyTorch's default TF32 convolutions on a GPU keep 10 mantissa bits, which moved YOLOX's decoded
     pixel boxes by 0.4 px, past the fp32 tolerance of the checks this reference serves."""
     args = tuple(torch.from_numpy(feeds[name]).to(device) for name in io.input_names)
-    matmul_tf32 = torch.backends.cuda.matmul.allow_tf32
-    try:
-        torch.backends.cuda.matmul.allow_tf32 = False
-        with torch.inference_mode(), torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=False):
-            result = model(*args)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
+    with ieee_fp32_matmuls(), torch.inference_mode(), torch.backends.cudnn.flags(
+            enabled=torch.backends.cudnn.enabled, allow_tf32=False):
+        result = model(*args)
     return name_outputs(result, io)
+
+
+@contextlib.contextmanager
+def ieee_fp32_matmuls():
+    """fp32 matmuls in IEEE fp32 inside, the process's own setting restored exactly after. Restoring
+    through the old `allow_tf32` flag would leave `fp32_precision` at "ieee" where it was "none"; that
+    setting is part of Inductor's cache key, so every later compile in the builder (the cache it
+    publishes) would miss in the server, which compiles everything again at load."""
+    matmul = torch.backends.cuda.matmul
+    if not hasattr(matmul, "fp32_precision"):  # torch before 2.9
+        before, matmul.allow_tf32 = matmul.allow_tf32, False
+        try:
+            yield
+        finally:
+            matmul.allow_tf32 = before
+        return
+    before, matmul.fp32_precision = matmul.fp32_precision, "ieee"
+    try:
+        yield
+    finally:
+        matmul.fp32_precision = before
 
 
 def golden_sample(io: IOConfig, plan: BatchPlan) -> dict[str, np.ndarray]:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -11,7 +13,7 @@ import torch
 
 from converters.loading import import_model_class
 from scripts.verify import verify_model
-from tests.helpers import SEED_IO_CONFIG, batch_and_rows, infer, run_converter, seed_command, wait_models_ready
+from tests.helpers import REPO_ROOT, SEED_IO_CONFIG, batch_and_rows, infer, run_converter, seed_command, wait_models_ready
 
 
 @pytest.fixture(scope="module")
@@ -316,6 +318,14 @@ def test_python_compiled_backend_serves_buckets_that_match(small_deberta, tmp_pa
     assert 'key: "precision"' in config and "sequence_buckets" not in config  # fixed 128 tokens: batch buckets only
     manifest = json.loads((repo / "deberta_large/manifest.json").read_text())
     assert manifest["serve_backend"] == "python_compiled"
+    # A fresh process (as Triton's stub is) loads from the builder's cache: every compile a hit. The
+    # builder's fp32 reference once left a matmul setting that is part of Inductor's cache key
+    # changed, and every load compiled again.
+    load = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks/compiled_load_probe.py"),
+                           str(repo / "deberta_large")], capture_output=True, text=True, timeout=300)
+    assert load.returncode == 0, load.stderr
+    counters = json.loads(load.stdout.strip().splitlines()[-1])["cache_counters"]
+    assert counters.get("fxgraph_cache_hit", 0) >= 1 and "fxgraph_cache_miss" not in counters, counters
 
     server = triton_server(repo)
     client = http.InferenceServerClient(server.http_url)

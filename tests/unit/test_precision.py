@@ -113,3 +113,24 @@ def test_the_absolute_tolerance_scales_with_the_outputs_range():
     rows = np.array([[0.5, 40.0, 1000.0, 12.0, 0.9, 0.1], [600.0, 300.0, 20.0, 8.0, 0.2, 0.7]])  # boxes, then scores
     assert compare({"output": rows}, {"output": rows + [1.4, 0, 0, 0, 0, 0]}, TOLERANCES["fp16"]).ok
     assert not compare({"output": rows}, {"output": rows + [0, 0, 0, 0, 0.5, 0]}, TOLERANCES["fp16"]).ok  # a score
+
+
+def test_the_fp32_reference_leaves_the_process_matmul_setting_as_it_found_it():
+    """run_torch computes in IEEE fp32 and restores the setting exactly: the old `allow_tf32` flag
+    restored "none" as "ieee", a change in Inductor's cache key that made every server load miss
+    the builder's published cache."""
+    import numpy as np
+    import torch
+
+    from converters.export import ieee_fp32_matmuls, run_torch
+    from converters.io_config import parse_io_config
+
+    matmul = torch.backends.cuda.matmul
+    before = matmul.fp32_precision
+    with ieee_fp32_matmuls():
+        assert matmul.fp32_precision == "ieee"
+    assert matmul.fp32_precision == before
+    io = parse_io_config('{"inputs": [{"name": "x", "dtype": "float32", "shape": [4]}], '
+                         '"outputs": [{"name": "y", "dtype": "float32", "shape": [4]}]}')
+    out = run_torch(torch.nn.Identity(), io, {"x": np.ones((2, 4), np.float32)})
+    assert out["y"].shape == (2, 4) and matmul.fp32_precision == before
