@@ -65,7 +65,9 @@ def ieee_fp32_matmuls():
     setting is part of Inductor's cache key, so every later compile in the builder (the cache it
     publishes) would miss in the server, which compiles everything again at load."""
     matmul = torch.backends.cuda.matmul
-    if not hasattr(matmul, "fp32_precision"):  # torch before 2.9
+    # torch without fp32_precision, or TF32 set through the old flag (the new setting alone would
+    # leave the two disagreeing, and reading the old flag would raise): the old flag, both ways
+    if not hasattr(matmul, "fp32_precision") or matmul.fp32_precision == "tf32":
         before, matmul.allow_tf32 = matmul.allow_tf32, False
         try:
             yield

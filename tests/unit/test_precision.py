@@ -116,9 +116,9 @@ def test_the_absolute_tolerance_scales_with_the_outputs_range():
 
 
 def test_the_fp32_reference_leaves_the_process_matmul_setting_as_it_found_it():
-    """run_torch computes in IEEE fp32 and restores the setting exactly: the old `allow_tf32` flag
-    restored "none" as "ieee", a change in Inductor's cache key that made every server load miss
-    the builder's published cache."""
+    """run_torch computes in IEEE fp32 and restores the setting exactly, also after an error: the old
+    `allow_tf32` flag restored "none" as "ieee", a change in Inductor's cache key that made every
+    server load miss the builder's published cache. TF32 set through the old flag stays readable."""
     import numpy as np
     import torch
 
@@ -126,11 +126,23 @@ def test_the_fp32_reference_leaves_the_process_matmul_setting_as_it_found_it():
     from converters.io_config import parse_io_config
 
     matmul = torch.backends.cuda.matmul
-    before = matmul.fp32_precision
-    with ieee_fp32_matmuls():
-        assert matmul.fp32_precision == "ieee"
-    assert matmul.fp32_precision == before
     io = parse_io_config('{"inputs": [{"name": "x", "dtype": "float32", "shape": [4]}], '
                          '"outputs": [{"name": "y", "dtype": "float32", "shape": [4]}]}')
-    out = run_torch(torch.nn.Identity(), io, {"x": np.ones((2, 4), np.float32)})
-    assert out["y"].shape == (2, 4) and matmul.fp32_precision == before
+    original = matmul.fp32_precision
+    try:
+        matmul.fp32_precision = "none"
+        with ieee_fp32_matmuls():
+            assert matmul.fp32_precision == "ieee"
+        assert matmul.fp32_precision == "none"
+        with pytest.raises(RuntimeError), ieee_fp32_matmuls():
+            raise RuntimeError("a failing reference")
+        assert matmul.fp32_precision == "none"
+        assert run_torch(torch.nn.Identity(), io, {"x": np.ones((2, 4), np.float32)})["y"].shape == (2, 4)
+        assert matmul.fp32_precision == "none"
+
+        matmul.allow_tf32 = True  # a user's script may set TF32 the old way
+        with ieee_fp32_matmuls():
+            assert matmul.allow_tf32 is False
+        assert matmul.allow_tf32 is True and matmul.fp32_precision == "tf32"
+    finally:
+        matmul.fp32_precision = original
